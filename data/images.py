@@ -1,0 +1,142 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own dataset classes, held whole in memory.
+
+The decoded uint8 images (60k x 28 x 28 is 47 MB) move to the training device once; each batch is an index
+slice, converted to float and augmented there as one batched op (`random_affine`). Offline, Fashion-MNIST
+comes from Debian's `dataset-fashion-mnist` package, decompressed into torchvision's `FashionMNIST/raw/`.
+"""
+import gzip
+import math
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision import datasets
+
+from data import UserInputError
+from data.batches import TensorBatches, split_indices
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+class _CIFAR10(datasets.CIFAR10):
+    # torchvision checks each batch file's md5; we check that the files exist and let unpickling catch
+    # corruption, so CIFAR-format files made elsewhere (tests, re-exports) load too.
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+# name -> (torchvision class, where its files live under data_dir, what to put there when offline)
+DATASETS = {
+    "mnist": (datasets.MNIST, "MNIST/raw", "the four uncompressed IDX files " + ", ".join(IDX_FILES)),
+    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw",
+                      "the four uncompressed IDX files (or run `apt-get install -y dataset-fashion-mnist`)"),
+    "cifar10": (_CIFAR10, "cifar-10-batches-py",
+                "data_batch_1..5, test_batch and batches.meta from cifar-10-python.tar.gz"),
+}
+
+
+def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool) -> Tensor:
+    """Rotate by up to ±degrees, shift by up to ±translate whole pixels, mirror half the batch: one grid_sample."""
+    b, _, h, w = images.shape
+    angle = (torch.rand(b, device=images.device) * 2 - 1) * math.radians(degrees)
+    shift = torch.randint(-translate, translate + 1, (b, 2), device=images.device).float()
+    mirror = torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0) if hflip else torch.ones(b, device=images.device)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0] * 2 / w], 1),   # grid units: 2/w per pixel
+                         torch.stack([sin * mirror, cos, shift[:, 1] * 2 / h], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ImageDataModule(L.LightningDataModule):
+    task = "multiclass"
+
+    def __init__(self, name: str, data_dir: str, batch_size: int = 256, eval_batch_size: int = 1000,
+                 val_size: int = 5000, split_seed: int = 0, download: bool = True,
+                 augment: dict | None = None, on_device: bool = True) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise UserInputError(f"unknown image dataset {name!r}; choose one of {sorted(DATASETS)}")
+        self.name, self.root, self.download = name, Path(data_dir).expanduser(), download
+        self.batch_size, self.eval_batch_size, self.val_size, self.split_seed = batch_size, eval_batch_size, val_size, split_seed
+        self.augment = {"degrees": 0.0, "translate": 0, "hflip": False, "enabled": False, **(augment or {})}
+        self.on_device = on_device
+        self.train = self.val = self.test = None  # (uint8 images (N, C, H, W), int64 labels (N,))
+
+    # -- files ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        cls, subdir, what = DATASETS[self.name]
+        folder = self.root / subdir
+        if self.name == "fashion_mnist" and not (folder / IDX_FILES[0]).exists() and DEBIAN_FASHION_MNIST.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):  # Debian recompressed them: the IDX inside is standard
+                with gzip.open(gz) as src, open(folder / gz.stem, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        try:
+            cls(self.root, train=True, download=self.download)
+        except Exception as err:  # offline download, or nothing there
+            raise UserInputError(f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__}): "
+                                 f"put {what} there, or set paths.data_dir") from err
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        cls, subdir, what = DATASETS[self.name]
+        try:
+            ds = cls(self.root, train=train, download=False)
+            images = torch.as_tensor(ds.data)  # MNIST-like: (N, H, W); CIFAR: (N, H, W, C) numpy
+            labels = torch.as_tensor(ds.targets, dtype=torch.long)
+        except Exception as err:
+            raise UserInputError(f"could not read {self.name} from {self.root / subdir}/ ({type(err).__name__}: {err}); "
+                                 f"replace it with {what}") from err
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
+        if len(images) != len(labels):
+            raise UserInputError(f"{self.name} in {self.root / subdir}/ has {len(images)} images but {len(labels)} labels")
+        self.classes = list(ds.classes)
+        return images, labels
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train is None:
+            images, labels = self._load(train=True)
+            train_idx, val_idx = split_indices(len(labels), self.val_size, self.split_seed)
+            self.train, self.val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+            # Normalization statistics per channel, from the training split only.
+            x = self.train[0].float().div_(255)
+            self.mean, self.std = x.mean((0, 2, 3)), x.std((0, 2, 3))
+        if stage == "test" and self.test is None:  # the official test split is read only here
+            self.test = self._load(train=False)
+
+    @property
+    def net_kwargs(self) -> dict:
+        c, h, w = self.train[0].shape[1:]
+        return {"in_channels": c, "num_classes": len(self.classes), "image_size": (h, w)}
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+
+    def _to_float(self, images: Tensor, augment: bool) -> Tensor:
+        x = images.float().div_(255)  # (B, C, H, W) in [0, 1]; zero padding below is the black background
+        if augment:
+            x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"])
+        mean, std = self.mean.to(x.device).view(1, -1, 1, 1), self.std.to(x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def _batches(self, split: tuple[Tensor, Tensor], batch_size: int, train: bool) -> TensorBatches:
+        device = self._device()
+        augment = train and self.augment["enabled"]
+        return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train, drop_last=train,
+                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
+                             transform=lambda x, y: (self._to_float(x, augment), y))
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.train, self.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.val, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.test, self.eval_batch_size, train=False)

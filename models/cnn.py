@@ -1,0 +1,39 @@
+"""The CNN of the course notes: [conv -> (batch norm) -> ReLU] x n -> max-pool blocks, then a fully connected head.
+
+Each block keeps H and W with `padding = kernel_size // 2` (stride 1), doubles or widens the channels, and the
+2x2 max-pool halves H and W: 28x28x1 -> 14x14x32 -> 7x7x64 -> 3x3x128 for widths (32, 64, 128).
+Left out on purpose: residual connections and global average pooling (they belong to later architectures).
+"""
+import torch
+from torch import nn
+
+
+class ConvNet(nn.Module):
+    """Images (B, C, H, W) -> class logits (B, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
+                 widths: tuple[int, ...] = (32, 64), convs_per_block: int = 1, kernel_size: int = 3,
+                 padding: int | None = None, stride: int = 1, batch_norm: bool = True,
+                 hidden_size: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding  # "same" padding for odd kernels
+        layers, c = [], in_channels
+        for width in widths:
+            for i in range(convs_per_block):
+                # Only the first conv of a block strides; bias is redundant right before batch norm.
+                layers.append(nn.Conv2d(c, width, kernel_size, stride=stride if i == 0 else 1,
+                                        padding=padding, bias=not batch_norm))
+                layers += [nn.BatchNorm2d(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
+                c = width
+            layers.append(nn.MaxPool2d(2))  # halves H and W
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():  # flattened size after the conv stack, from one dummy image
+            n_features = self.features(torch.zeros(1, in_channels, *image_size)).numel()
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(n_features, hidden_size), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # (B, num_classes)

@@ -1,0 +1,132 @@
+"""The one training recipe every redes network goes through: loss, metrics, optimizer, schedule, L1/L2.
+
+The network is a plain `nn.Module` returning logits; the task comes from the data:
+  binary      one logit per row        -> sigmoid + binary cross-entropy   metrics: auroc, acc
+  multiclass  (B, classes) logits      -> softmax + cross-entropy          metrics: acc
+  lm          (B, T, vocab) logits     -> cross-entropy per character      metrics: acc, bpc, perplexity
+Batches are tuples `(*inputs, targets)`; the network is called as `net(*inputs)`.
+Metrics accumulate on the device (torchmetrics) and are read once per epoch: no host sync per step.
+"""
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+              "rmsprop": torch.optim.RMSprop}
+TASKS = ("binary", "multiclass", "lm")
+
+
+def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
+    if task == "binary":
+        return MetricCollection({"auroc": BinaryAUROC(), "acc": BinaryAccuracy()})
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+
+
+class Recipe(L.LightningModule):
+    def __init__(self, net: nn.Module, task: str, lr: float, optimizer: dict, scheduler: dict,
+                 weight_decay: float = 0.0, l1: float = 0.0, num_classes: int | None = None,
+                 channels_last: bool = False, config: dict | None = None) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+        if optimizer["name"] not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer['name']!r}; choose one of {sorted(OPTIMIZERS)}")
+        # `config` is the run's whole resolved config: eval/generate rebuild the network from it.
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        # Keyed "train_", "val_", "test_": a ModuleDict key may not shadow nn.Module.train.
+        self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.net(*inputs)
+
+    def _loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean loss, plus (predictions, targets) flattened the way the metrics want them."""
+        if self.hparams.task == "binary":
+            logits = logits.reshape(-1)  # (B,) one logit per row
+            return F.binary_cross_entropy_with_logits(logits, targets.float()), logits.sigmoid(), targets
+        logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (B*T, classes), (B*T,)
+        return F.cross_entropy(logits, targets), logits, targets
+
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        *inputs, targets = batch
+        loss, preds, flat_targets = self._loss(self.net(*inputs), targets)
+        self.losses[f"{stage}_"].update(loss.detach(), weight=flat_targets.numel())
+        self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        if self.hparams.l1:  # L1 pulls weights to exactly zero (sparsity); L2 is weight_decay in the optimizer
+            loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        loss = self.losses[f"{stage}_"].compute()
+        values = {f"{stage}/loss": loss, **{f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_"].compute().items()}}
+        if self.hparams.task == "lm":  # loss is in nats per character
+            values[f"{stage}/bpc"] = loss / math.log(2)
+            values[f"{stage}/perplexity"] = loss.exp()
+        self.log_dict(values, prog_bar=stage != "train")
+        self.losses[f"{stage}_"].reset()
+        self.metrics[f"{stage}_"].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last and self.device.type == "cuda":  # NHWC convolutions on tensor cores
+            self.net.to(memory_format=torch.channels_last)
+
+    # -- optimization ---------------------------------------------------------------------------
+    def _decayed_parameters(self) -> list[nn.Parameter]:
+        # Weight matrices and conv kernels are regularized; biases and norm scales/shifts are not.
+        return [p for p in self.net.parameters() if p.ndim >= 2]
+
+    def configure_optimizers(self):
+        decayed = self._decayed_parameters()
+        ids = {id(p) for p in decayed}
+        groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
+                  {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
+        options = {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+        optimizer = OPTIMIZERS[self.hparams.optimizer["name"]](groups, lr=self.hparams.lr, **options)
+        scheduler = self._scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer):
+        s = self.hparams.scheduler
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        if s["name"] == "none":
+            return None
+        if s["name"] == "step":  # multiply the LR by gamma every `every_epochs` epochs
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["every_epochs"] * steps_per_epoch,
+                                                   gamma=s["gamma"])
+        if s["name"] == "cosine":  # from lr down to lr * final_ratio over the whole run
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps,
+                                                              eta_min=self.hparams.lr * s["final_ratio"])
+        if s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps,
+                                                       pct_start=s["pct_start"])
+        raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")

@@ -1,0 +1,101 @@
+"""Train any redes model with the one shared recipe: `python train.py model=<dnn|cnn|lstm> [key=value ...]`.
+
+`train(cfg)` is plain Python (the tests call it); `main` adds Hydra's CLI and one-line errors on top.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))  # configs' ${paths.root_dir}
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from data import UserInputError
+from models.recipe import Recipe
+
+
+def device_name(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
+    """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
+    if cfg.model.compile:
+        net.compile()
+    recipe = Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
+                    l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
+                    scheduler=OmegaConf.to_container(cfg.scheduler),
+                    num_classes=datamodule.net_kwargs.get("num_classes") or datamodule.net_kwargs.get("vocab_size"),
+                    channels_last=cfg.model.get("channels_last", False),
+                    config=OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, recipe
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
+    out = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, recipe = build(cfg)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    start = time.perf_counter()
+    trainer.fit(recipe, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best")[0]  # the official test split, once
+
+    checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
+    metrics = {
+        **test,
+        f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
+        **getattr(datamodule, "reference_metrics", dict)(),  # e.g. the Bayes-optimal AUC of synthetic data
+        "epochs": trainer.current_epoch,
+        "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
+        "train_seconds": round(train_seconds, 2),
+        "device": device_name(trainer),
+        "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
+    }
+    if logger:  # fills TensorBoard's hparams tab, so runs can be compared there
+        hparams = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()
+                   if not k.startswith(("paths.", "callbacks.", "logger."))}
+        logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        metrics = train(cfg)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
