@@ -38,7 +38,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     recipe = Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
                     l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
                     scheduler=OmegaConf.to_container(cfg.scheduler),
-                    num_classes=datamodule.net_kwargs.get("num_classes") or datamodule.net_kwargs.get("vocab_size"),
+                    net_kwargs=datamodule.net_kwargs,
                     channels_last=cfg.model.get("channels_last", False),
                     config=OmegaConf.to_container(cfg, resolve=True))
     return datamodule, recipe
@@ -49,26 +49,24 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
     start = time.perf_counter()
     trainer.fit(recipe, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
-    test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best")[0]  # the official test split, once
-
     checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
-    metrics = {
-        **test,
+    fit = {  # read before trainer.test: restoring the best checkpoint rewinds the callbacks' state
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
-        **getattr(datamodule, "reference_metrics", dict)(),  # e.g. the Bayes-optimal AUC of synthetic data
         "epochs": trainer.current_epoch,
         "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(time.perf_counter() - start, 2),
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
     }
+    test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best")[0]  # the official test split, once
+    reference = getattr(datamodule, "reference_metrics", dict)()  # e.g. the Bayes-optimal AUC of synthetic data
+    metrics = {**test, **reference, **fit}
     if logger:  # fills TensorBoard's hparams tab, so runs can be compared there
         hparams = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()
                    if not k.startswith(("paths.", "callbacks.", "logger."))}

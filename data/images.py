@@ -23,11 +23,11 @@ IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 
 class _CIFAR10(datasets.CIFAR10):
-    # torchvision checks each batch file's md5; we check that the files exist and let unpickling catch
-    # corruption, so CIFAR-format files made elsewhere (tests, re-exports) load too.
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root, self.base_folder)
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+    # torchvision checks each extracted file's md5 (the downloaded archive's md5 still is): we only need the
+    # files to exist and unpickle, so CIFAR-format files made elsewhere (tests, re-exports) load too.
+    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+    meta = {**datasets.CIFAR10.meta, "md5": None}
 
 
 # name -> (torchvision class, where its files live under data_dir, what to put there when offline)
@@ -77,24 +77,27 @@ class ImageDataModule(L.LightningDataModule):
             for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):  # Debian recompressed them: the IDX inside is standard
                 with gzip.open(gz) as src, open(folder / gz.stem, "wb") as dst:
                     shutil.copyfileobj(src, dst)
+        self._open(train=True, download=self.download)
+
+    def _open(self, train: bool, download: bool) -> datasets.VisionDataset:
+        cls, subdir, what = DATASETS[self.name]
+        folder = self.root / subdir
         try:
-            cls(self.root, train=True, download=self.download)
-        except Exception as err:  # offline download, or nothing there
-            raise UserInputError(f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__}): "
-                                 f"put {what} there, or set paths.data_dir") from err
+            return cls(self.root, train=train, download=download)  # torchvision decodes the files here
+        except Exception as err:
+            problem = (f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})"
+                       if folder.is_dir() and any(folder.iterdir()) else
+                       f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})")
+            raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
-        cls, subdir, what = DATASETS[self.name]
-        try:
-            ds = cls(self.root, train=train, download=False)
-            images = torch.as_tensor(ds.data)  # MNIST-like: (N, H, W); CIFAR: (N, H, W, C) numpy
-            labels = torch.as_tensor(ds.targets, dtype=torch.long)
-        except Exception as err:
-            raise UserInputError(f"could not read {self.name} from {self.root / subdir}/ ({type(err).__name__}: {err}); "
-                                 f"replace it with {what}") from err
+        ds = self._open(train, download=False)
+        images = torch.as_tensor(ds.data)  # MNIST-like: (N, H, W) tensor; CIFAR: (N, H, W, C) numpy
+        labels = torch.as_tensor(ds.targets, dtype=torch.long)
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
         if len(images) != len(labels):
-            raise UserInputError(f"{self.name} in {self.root / subdir}/ has {len(images)} images but {len(labels)} labels")
+            raise UserInputError(f"{self.name} in {self.root}/ has {len(images)} images but {len(labels)} labels: "
+                                 "the files are from different releases; replace them")
         self.classes = list(ds.classes)
         return images, labels
 

@@ -29,15 +29,18 @@ def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
 
 class Recipe(L.LightningModule):
     def __init__(self, net: nn.Module, task: str, lr: float, optimizer: dict, scheduler: dict,
-                 weight_decay: float = 0.0, l1: float = 0.0, num_classes: int | None = None,
+                 weight_decay: float = 0.0, l1: float = 0.0, net_kwargs: dict | None = None,
                  channels_last: bool = False, config: dict | None = None) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
         if optimizer["name"] not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer['name']!r}; choose one of {sorted(OPTIMIZERS)}")
-        # `config` is the run's whole resolved config: eval/generate rebuild the network from it.
+        # `config` (the run's resolved config) and `net_kwargs` (what the data told the network) let
+        # `load_recipe` rebuild the network from a checkpoint alone.
         self.save_hyperparameters(ignore=["net"])
+        net_kwargs = net_kwargs or {}
+        num_classes = net_kwargs.get("num_classes") or net_kwargs.get("vocab_size")
         self.net = net
         # Keyed "train_", "val_", "test_": a ModuleDict key may not shadow nn.Module.train.
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
@@ -130,3 +133,12 @@ class Recipe(L.LightningModule):
             return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps,
                                                        pct_start=s["pct_start"])
         raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")
+
+
+def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:
+    """A trained Recipe from its checkpoint alone; `weights_only=True`: loading never runs code from the file."""
+    from hydra.utils import instantiate
+
+    hparams = torch.load(ckpt_path, map_location=map_location, weights_only=True)["hyper_parameters"]
+    net = instantiate(hparams["config"]["model"]["net"])(**hparams["net_kwargs"])
+    return Recipe.load_from_checkpoint(ckpt_path, map_location=map_location, net=net, weights_only=True)

@@ -1,0 +1,246 @@
+"""The numbers of the course notes' worked examples, one test (or a few) per item of concepts.ipynb."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from models import course
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "concepts.ipynb"
+needs_fashion_mnist = pytest.mark.skipif(
+    not course.FASHION_MNIST_DIR.exists(), reason=f"Fashion-MNIST not found at {course.FASHION_MNIST_DIR}")
+
+
+# ---- 1. One neuron ----
+
+def test_rain_neuron_is_and_and_its_line_is_the_notes_line():
+    x = course.BOOLEAN_INPUTS
+    assert torch.equal(course.neuron(x, course.AND_WEIGHTS, course.AND_BIAS), course.AND_TARGETS)
+    assert torch.equal(course.neuron(x, course.OR_WEIGHTS, course.OR_BIAS), course.OR_TARGETS)
+    # Points on x2 = -4/5 x1 + 6/5 have pre-activation 0: that line is the decision boundary.
+    on_line = torch.tensor([[0.0, 1.2], [1.5, 0.0], [1.0, 0.4]])
+    torch.testing.assert_close(on_line @ course.AND_WEIGHTS + course.AND_BIAS, torch.zeros(3))
+
+
+def test_no_single_neuron_solves_xor():
+    grid = torch.linspace(-2, 2, 41)  # steps of 0.1; the same grid does hold an AND and an OR
+    x = course.BOOLEAN_INPUTS
+    assert course.best_linear_accuracy(x, course.AND_TARGETS, grid) == 1.0
+    assert course.best_linear_accuracy(x, course.OR_TARGETS, grid) == 1.0
+    assert course.best_linear_accuracy(x, course.XOR_TARGETS, grid) == 0.75
+    predicted, _ = course.train_single_neuron(x, course.XOR_TARGETS)
+    assert course.accuracy(predicted, course.XOR_TARGETS) <= 0.75
+    predicted, _ = course.train_single_neuron(x, course.AND_TARGETS)  # same training does learn AND
+    assert course.accuracy(predicted, course.AND_TARGETS) == 1.0
+
+
+def test_one_hidden_layer_of_two_units_solves_xor():
+    assert torch.equal(course.xor_by_hand(course.BOOLEAN_INPUTS), course.XOR_TARGETS)
+    mlp, losses = course.train_xor_mlp()
+    predicted = (mlp(course.BOOLEAN_INPUTS).squeeze(-1) > 0).float()
+    assert course.accuracy(predicted, course.XOR_TARGETS) == 1.0
+    assert losses[-1] < 0.01 < losses[0]
+
+
+def test_linear_layers_without_activation_collapse_to_one():
+    torch.manual_seed(0)
+    stack = nn.Sequential(nn.Linear(8, 9), nn.Linear(9, 4))
+    single = course.collapse_linear_stack(stack)
+    assert tuple(single.weight.T.shape) == (8, 4)  # the notes' (8x9)(9x4) = 8x4, x as a row vector
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(single(x), stack(x), atol=1e-6, rtol=0)
+    with_relu = nn.Sequential(stack[0], nn.ReLU(), stack[1])  # a non-linearity breaks the collapse
+    assert not torch.allclose(single(x), with_relu(x), atol=1e-3)
+
+
+# ---- 2. Activations ----
+
+@pytest.mark.parametrize("name", list(course.ACTIVATIONS))
+def test_notes_derivative_matches_autograd(name):
+    function, derivative = course.ACTIVATIONS[name]
+    x = torch.linspace(-4, 4, 80, dtype=torch.float64)  # an even count skips x = 0, where relu/step kink
+    torch.testing.assert_close(derivative(x), course.autograd_derivative(function, x), atol=1e-12, rtol=0)
+
+
+def test_activation_values():
+    zero = torch.zeros(1)
+    assert course.ACTIVATIONS["sigmoid"][1](zero).item() == 0.25  # the sigmoid's steepest slope
+    assert course.ACTIVATIONS["tanh"][1](zero).item() == 1.0
+    assert course.step(torch.tensor([-1.0, 0.0, 2.0])).tolist() == [0.0, 0.0, 1.0]
+
+
+def test_softmax_example():
+    a = torch.tensor([-0.21, 0.47, 1.72])
+    total, probabilities = course.softmax_by_hand(a)
+    assert total.item() == pytest.approx(7.99, abs=0.05)
+    assert probabilities.round(decimals=1).tolist() == pytest.approx([0.1, 0.2, 0.7])
+    torch.testing.assert_close(probabilities, torch.softmax(a, dim=-1))
+
+
+# ---- 3. Losses ----
+
+def test_losses_match_formula_and_torch():
+    predicted, targets = torch.tensor([2.5, 0.0, 2.1]), torch.tensor([3.0, -0.5, 2.0])
+    assert course.mse(predicted, targets).item() == pytest.approx(0.17)  # (0.25 + 0.25 + 0.01) / 3
+    torch.testing.assert_close(course.mse(predicted, targets), F.mse_loss(predicted, targets))
+
+    p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 1.0])
+    assert course.binary_cross_entropy(p, y).item() == pytest.approx(0.2798, abs=1e-4)  # -(ln.9+ln.8+ln.6)/3
+    torch.testing.assert_close(course.binary_cross_entropy(p, y), F.binary_cross_entropy(p, y))
+
+    logits, classes = torch.tensor([[-0.21, 0.47, 1.72], [1.0, 0.0, 0.0]]), torch.tensor([2, 0])
+    first_row = course.categorical_cross_entropy(logits[:1], classes[:1]).item()
+    assert first_row == pytest.approx(0.359, abs=1e-3)  # -ln 0.70, the softmax example's winner
+    torch.testing.assert_close(course.categorical_cross_entropy(logits, classes), F.cross_entropy(logits, classes))
+
+
+# ---- 4. Backpropagation ----
+
+@pytest.mark.parametrize("sizes", [(2, 3, 1), (2, 2, 2)])
+def test_backprop_by_hand_matches_autograd(sizes):
+    parameters = course.sigmoid_network_parameters(*sizes)
+    x, target = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.full((sizes[2],), 1.0, dtype=torch.float64)
+    by_hand = course.backprop_by_hand(x, target, **parameters)
+    by_autograd = course.backprop_autograd(x, target, **parameters)
+    for name in parameters:
+        assert by_hand[name].shape == parameters[name].shape
+        torch.testing.assert_close(by_hand[name], by_autograd[name], atol=1e-12, rtol=0)
+    assert by_hand["w1"].abs().max() > 1e-4  # the gradients are not trivially zero
+
+
+def test_gradient_descent_reaches_least_squares_line():
+    x, y = course.noisy_line()  # y = 2 x - 1 + noise
+    m_exact, b_exact = course.least_squares_line(x, y)
+    m, b, losses = course.gradient_descent_line(x, y)
+    assert m == pytest.approx(m_exact, abs=1e-3) and b == pytest.approx(b_exact, abs=1e-3)
+    assert m_exact == pytest.approx(2.0, abs=0.15) and b_exact == pytest.approx(-1.0, abs=0.15)
+    assert losses[-1] < 0.1 < losses[0]  # ends at the noise level, 0.3^2 = 0.09
+
+
+# ---- 5. Learning rate and optimizers ----
+
+@needs_fashion_mnist
+def test_learning_rate_too_small_good_too_large_on_fashion_mnist():
+    images, labels = course.load_fashion_mnist(2000)
+    assert images.shape == (2000, 784) and 0 <= images.min() and images.max() <= 1
+    assert labels.unique().tolist() == list(range(10))
+    losses = {name: course.train_softmax_regression(images, labels, lr)[1]
+              for name, lr in course.LEARNING_RATES.items()}
+    start = losses["good"][0]  # same seed, so all three start from the same loss, ~ln 10 = 2.30
+    assert start == pytest.approx(2.3, abs=0.1)
+    assert losses["too small"][-1] > 0.97 * start  # 100 steps move it by about 1%
+    assert losses["good"][-1] < 0.35 * start
+    assert not losses["too large"][-1] < 2 * start  # worse than where it began (or not finite)
+
+    model, _ = course.train_softmax_regression(images, labels, course.LEARNING_RATES["good"])
+    test_images, test_labels = course.load_fashion_mnist(1000, split="test")
+    assert course.accuracy(model(test_images).argmax(-1), test_labels) > 0.7  # chance is 0.1
+
+
+def test_load_fashion_mnist_rejects_unknown_split():
+    with pytest.raises(ValueError, match="valid"):
+        course.load_fashion_mnist(10, split="validation")
+
+
+def test_momentum_and_adaptive_optimizers_beat_sgd_on_an_elongated_bowl():
+    final = {}
+    for name, (optimizer_class, settings) in course.OPTIMIZERS.items():
+        path = course.optimizer_path(course.elongated_bowl, course.BOWL_START, optimizer_class, settings, 300)
+        final[name] = course.elongated_bowl(path[[100, 300]]).tolist()  # loss after 100 and 300 steps
+    assert final["SGD"][0] > 0.1  # from 58: still crawling along the shallow x direction
+    for name in ("SGD+momentum", "RMSprop", "Adam"):
+        assert final[name][0] < final["SGD"][0] / 100
+    for name, (_, after_300) in final.items():
+        assert after_300 < 1e-3, name  # all reach the minimum eventually
+
+
+# ---- 7. Convolution ----
+
+def test_vertical_edge_filter_marks_the_edge():
+    edges = course.convolve(course.EDGE_IMAGE, course.VERTICAL_EDGE_FILTER)
+    assert edges.tolist() == [[0.0, 30.0, 30.0, 0.0]] * 4
+    assert torch.equal(course.cross_correlate_by_hand(course.EDGE_IMAGE, course.VERTICAL_EDGE_FILTER), edges)
+    assert course.convolve(course.EDGE_IMAGE, course.VERTICAL_EDGE_FILTER, padding=1).shape == (6, 6)
+    assert course.convolve(course.EDGE_IMAGE, course.VERTICAL_EDGE_FILTER, stride=2).shape == (2, 2)
+
+
+@pytest.mark.parametrize("n", [5, 6, 7, 28])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_output_size_formula(n, padding, stride):
+    size = course.conv_output_size(n, 3, padding, stride)
+    assert course.convolve(torch.zeros(n, n), torch.zeros(3, 3), padding, stride).shape == (size, size)
+
+
+def test_rgb_filter_spans_the_channels():
+    rgb, filter_3x3x3 = course.EDGE_IMAGE.expand(3, 6, 6), course.VERTICAL_EDGE_FILTER.expand(3, 3, 3)
+    assert course.convolve(rgb, filter_3x3x3).tolist() == [[0.0, 90.0, 90.0, 0.0]] * 4  # 3 channels x 30
+    assert torch.equal(course.cross_correlate_by_hand(rgb, filter_3x3x3), course.convolve(rgb, filter_3x3x3))
+
+
+def test_max_pooling():
+    pooled = F.max_pool2d(course.POOLING_EXAMPLE[None], kernel_size=2)[0]
+    assert pooled.tolist() == [[9.0, 2.0], [6.0, 3.0]]
+
+
+def test_feature_maps_shrink_while_channels_grow():
+    shapes = course.layer_shapes(course.small_cnn(), torch.zeros(1, 1, 28, 28))
+    assert [shape for _, shape in shapes] == [
+        (1, 1, 28, 28), (1, 8, 28, 28), (1, 8, 28, 28), (1, 8, 14, 14),
+        (1, 16, 14, 14), (1, 16, 14, 14), (1, 16, 7, 7),
+        (1, 32, 5, 5), (1, 32, 5, 5), (1, 800), (1, 10),
+    ]
+
+
+def test_alexnet_and_vgg16_parameter_counts():
+    alexnet = course.count_parameters(torchvision.models.alexnet(weights=None))
+    assert alexnet == pytest.approx(61.1e6, abs=1e6)  # the notes round it to ~60M
+    vgg16 = course.count_parameters(torchvision.models.vgg16(weights=None))
+    assert vgg16 == pytest.approx(138.4e6, abs=1e6)
+
+
+# ---- 8. Width, depth and the LSTM ----
+
+@pytest.mark.parametrize("width, depth", [(2, 1), (16, 1), (16, 3), (64, 2)])
+def test_mlp_parameter_count_formula(width, depth):
+    model = course.mlp(784, width, depth, 10)
+    assert course.count_parameters(model) == course.mlp_parameter_count(784, width, depth, 10)
+
+
+def test_wider_and_deeper_fit_a_wiggly_curve_better():
+    narrow, wide, wide_and_deep = (course.fit_wiggly_curve(w, d)[0] for w, d in [(2, 1), (16, 1), (16, 3)])
+    assert narrow > wide > wide_and_deep
+    assert narrow > 0.3 and wide_and_deep < 0.01  # sin(3 pi x) has variance 0.5
+
+
+def test_lstm_gates_by_hand_match_nn_lstm():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(input_size=3, hidden_size=4)
+    x, h, c = torch.randn(3), torch.randn(4), torch.randn(4)
+    output, (h_torch, c_torch) = lstm(x[None, None], (h[None, None], c[None, None]))  # (T=1, B=1, .)
+    h_hand, c_hand, gates = course.lstm_step_by_hand(lstm, x, h, c)
+    torch.testing.assert_close(h_hand, h_torch[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(c_hand, c_torch[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(h_hand, output[0, 0], atol=1e-6, rtol=0)
+    for name in ("forget gate", "update (input) gate", "output gate"):
+        assert 0 < gates[name].min() and gates[name].max() < 1
+    assert gates["candidate"].abs().max() < 1
+
+
+# ---- The notebook ----
+
+@needs_fashion_mnist
+def test_notebook_executes_and_draws():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(cell.get("outputs", []) == [] for cell in notebook.cells), "store the notebook without outputs"
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 5

@@ -1,0 +1,91 @@
+"""Image datasets: the real torchvision loaders on files in the exact on-disk formats, batching, augmentation."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from data import UserInputError
+from data.batches import TensorBatches, split_indices
+from data.images import DEBIAN_FASHION_MNIST, ImageDataModule, random_affine
+
+
+def test_mnist_loader_reads_idx_files(mnist_dir):
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train[0].shape == (1000, 1, 28, 28) and dm.val[0].shape == (200, 1, 28, 28)
+    assert dm.test is None  # the test split is read only for trainer.test
+    dm.setup("test")
+    images, labels = dm.test
+    raw = (mnist_dir / "MNIST/raw/t10k-labels-idx1-ubyte").read_bytes()[8:]
+    assert images.shape == (300, 1, 28, 28) and labels.tolist() == list(raw)
+    assert dm.net_kwargs == {"in_channels": 1, "num_classes": 10, "image_size": (28, 28)}
+
+
+def test_cifar_loader_reads_pickled_batches(cifar_dir):
+    dm = ImageDataModule("cifar10", str(cifar_dir), val_size=100)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.train[0].shape == (400, 3, 32, 32) and dm.test[0].shape == (100, 3, 32, 32)
+    with open(cifar_dir / "cifar-10-batches-py/test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    first = torch.as_tensor(batch["data"][0].reshape(3, 32, 32))  # planes R, G, B of 32x32
+    assert torch.equal(dm.test[0][0], first) and dm.test[1].tolist() == batch["labels"]
+    assert dm.net_kwargs["in_channels"] == 3 and dm.classes[1] == "automobile"
+
+
+def test_missing_files_give_one_clear_error(tmp_path):
+    dm = ImageDataModule("mnist", str(tmp_path), download=False)
+    with pytest.raises(UserInputError, match=r"MNIST/raw/ .*train-images-idx3-ubyte"):
+        dm.prepare_data()
+
+
+def test_corrupt_idx_file_is_named(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        raw.joinpath(f.name).write_bytes(f.read_bytes()[: 100 if "train-images" in f.name else None])
+    dm = ImageDataModule("mnist", str(tmp_path), download=False)
+    with pytest.raises(UserInputError, match="could not read mnist from .*MNIST/raw/"):
+        dm.prepare_data()
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs `apt-get install -y dataset-fashion-mnist`")
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    dm = ImageDataModule("fashion_mnist", str(tmp_path), download=False)
+    dm.prepare_data()  # decompresses into tmp_path/FashionMNIST/raw/
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.train[0]) + len(dm.val[0]) == 60_000 and len(dm.test[0]) == 10_000
+    assert dm.classes[0] == "T-shirt/top" and torch.bincount(dm.test[1]).tolist() == [1000] * 10
+
+
+def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
+    rows = torch.arange(103)
+    loader = TensorBatches(rows, rows * 2, batch_size=10, shuffle=True, seed=7)
+    first, second = [torch.cat([b[0] for b in loader]) for _ in range(2)]
+    assert sorted(first.tolist()) == list(range(103)) and not torch.equal(first, second)
+    again = TensorBatches(rows, rows * 2, batch_size=10, shuffle=True, seed=7, epoch=1)
+    assert torch.equal(torch.cat([b[0] for b in again]), second)  # epoch 1 of a resumed run = epoch 1
+    assert len(TensorBatches(rows, batch_size=10, drop_last=True)) == 10 == len(list(TensorBatches(rows, batch_size=10, drop_last=True)))
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    train, val = split_indices(100, 20, seed=0)
+    assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(val, split_indices(100, 20, seed=0)[1])
+    assert len(split_indices(100, 0.1, seed=0)[1]) == 10
+
+
+def test_augmentation_translates_whole_pixels_and_mirrors():
+    images = torch.rand(64, 1, 8, 8)
+    assert torch.allclose(random_affine(images, 0, 0, hflip=False), images, atol=1e-6)
+    mirrored = random_affine(images, 0, 0, hflip=True)
+    is_flip = torch.isclose(mirrored, images.flip(3), atol=1e-6).flatten(1).all(1)
+    is_same = torch.isclose(mirrored, images, atol=1e-6).flatten(1).all(1)
+    assert (is_flip | is_same).all() and 10 < is_flip.sum() < 54
+    shifted = random_affine(torch.ones(64, 1, 8, 8), 0, 2, hflip=False)
+    blank_columns = (shifted.sum(2) == 0).sum(-1)  # a shift of k pixels leaves k black columns
+    assert set(blank_columns.flatten().tolist()) <= {0, 1, 2} and blank_columns.max() == 2

@@ -1,0 +1,85 @@
+"""The shared recipe end to end: train(cfg) on small generated data, early stopping, the CLI."""
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+import train as train_module
+from data.images import ImageDataModule
+from models.recipe import load_recipe
+from tests.conftest import ROOT, make_config
+
+FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=200", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null"]
+
+
+def mnist_config(mnist_dir, out, *overrides):
+    return make_config("model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", *FAST, *overrides, output_dir=out)
+
+
+@pytest.mark.parametrize("data", ["fashion_mnist", "mnist", "cifar10"])
+def test_cnn_configs_compose_and_instantiate(data, tmp_path):
+    from hydra.utils import instantiate
+    cfg = make_config("model=cnn", f"data={data}", output_dir=tmp_path)
+    assert cfg.data.name == data and cfg.monitor.metric == "val/acc"
+    assert isinstance(instantiate(cfg.data), ImageDataModule)
+    assert instantiate(cfg.model.net)(in_channels=3, num_classes=10, image_size=(32, 32)) is not None
+
+
+def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_path):
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3"))
+    assert metrics["test/acc"] > 0.9  # the generated classes are easy: this asserts learning
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("test/loss", "val/acc_best", "epochs", "stopped_early", "train_seconds", "device"):
+        assert key in saved
+    assert saved["epochs"] == 3 and (tmp_path / saved["best_checkpoint"]).is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    recipe = load_recipe(str(tmp_path / saved["best_checkpoint"]))  # the checkpoint alone rebuilds the network
+    assert recipe.hparams.net_kwargs["image_size"] == (28, 28) and recipe.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
+    # min_delta=1: no gain in accuracy can count as an improvement, so patience=2 stops after 3 epochs of 20.
+    cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=20", "callbacks.early_stopping.min_delta=1.0",
+                       "callbacks.early_stopping.patience=2")
+    metrics = train_module.train(cfg)
+    assert metrics["stopped_early"] and metrics["epochs"] == 3
+
+
+def test_test_split_is_read_only_by_trainer_test(mnist_dir, tmp_path, monkeypatch):
+    events = []
+    load, test = ImageDataModule._load, L.Trainer.test
+    monkeypatch.setattr(ImageDataModule, "_load", lambda self, train: events.append(f"load train={train}") or load(self, train))
+    monkeypatch.setattr(L.Trainer, "test", lambda self, *a, **k: events.append("trainer.test") or test(self, *a, **k))
+    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1"))
+    assert events == ["load train=True", "trainer.test", "load train=False"]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", "trainer.max_epochs=1",
+                     f"hydra.run.dir={out}", *FAST)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
+    assert "test/acc" in json.loads((out / "metrics.json").read_text())
+
+
+def test_cli_unknown_choice_lists_the_options(tmp_path):
+    result = run_cli("model=cnnn", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0 and "Could not find 'model/cnnn'" in result.stderr and "cnn" in result.stderr
+
+
+def test_cli_missing_data_is_one_clear_line(tmp_path):
+    result = run_cli("model=cnn", "data=mnist", f"paths.data_dir={tmp_path}/nothing", "data.download=false",
+                     f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: mnist not found in")
