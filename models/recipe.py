@@ -97,7 +97,7 @@ class Recipe(L.LightningModule):
         self._log_epoch("test")
 
     def on_fit_start(self) -> None:
-        if self.hparams.channels_last and self.device.type == "cuda":  # NHWC convolutions on tensor cores
+        if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
             self.net.to(memory_format=torch.channels_last)
 
     # -- optimization ---------------------------------------------------------------------------
