@@ -17,7 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.recipe import Recipe
+from models.checkpointing import resolve_ckpt_path
+from models.cli import check_overrides, check_trainer_args, resume_arguments
+from models.recipe import NonFiniteLossError, Recipe
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -47,24 +49,28 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
 def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
+    resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    check_trainer_args(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
     start = time.perf_counter()
-    trainer.fit(recipe, datamodule=datamodule)
+    trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
     fit = {  # read before trainer.test: restoring the best checkpoint rewinds the callbacks' state
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
         "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
         "train_seconds": round(time.perf_counter() - start, 2),
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
     }
-    test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best")[0]  # the official test split, once
+    # The official test split, once, on the best checkpoint.
+    test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
     reference = getattr(datamodule, "reference_metrics", dict)()  # e.g. the Bayes-optimal AUC of synthetic data
     metrics = {**test, **reference, **fit}
     if logger:  # fills TensorBoard's hparams tab, so runs can be compared there
@@ -89,11 +95,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         metrics = train(cfg)
-    except UserInputError as err:
+    except (UserInputError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+        check_overrides(sys.argv[1:])
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -40,12 +40,14 @@ DATASETS = {
 }
 
 
-def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool) -> Tensor:
+def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
+                  generator: torch.Generator | None = None) -> Tensor:
     """Rotate by up to ±degrees, shift by up to ±translate whole pixels, mirror half the batch: one grid_sample."""
     b, _, h, w = images.shape
-    angle = (torch.rand(b, device=images.device) * 2 - 1) * math.radians(degrees)
-    shift = torch.randint(-translate, translate + 1, (b, 2), device=images.device).float()
-    mirror = torch.where(torch.rand(b, device=images.device) < 0.5, -1.0, 1.0) if hflip else torch.ones(b, device=images.device)
+    rand = dict(device=images.device, generator=generator)
+    angle = (torch.rand(b, **rand) * 2 - 1) * math.radians(degrees)
+    shift = torch.randint(-translate, translate + 1, (b, 2), **rand).float()
+    mirror = torch.where(torch.rand(b, **rand) < 0.5, -1.0, 1.0) if hflip else torch.ones(b, device=images.device)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0] * 2 / w], 1),   # grid units: 2/w per pixel
                          torch.stack([sin * mirror, cos, shift[:, 1] * 2 / h], 1)], 1)  # (B, 2, 3)
@@ -121,10 +123,10 @@ class ImageDataModule(L.LightningDataModule):
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
 
-    def _to_float(self, images: Tensor, augment: bool) -> Tensor:
+    def _to_float(self, images: Tensor, augment: bool, generator: torch.Generator | None = None) -> Tensor:
         x = images.float().div_(255)  # (B, C, H, W) in [0, 1]; zero padding below is the black background
         if augment:
-            x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"])
+            x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"], generator)
         mean, std = self.mean.to(x.device).view(1, -1, 1, 1), self.std.to(x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
@@ -133,7 +135,7 @@ class ImageDataModule(L.LightningDataModule):
         augment = train and self.augment["enabled"]
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train, drop_last=train,
                              seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
-                             transform=lambda x, y: (self._to_float(x, augment), y))
+                             transform=lambda x, y, generator: (self._to_float(x, augment, generator), y))
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches(self.train, self.batch_size, train=True)

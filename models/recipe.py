@@ -21,6 +21,10 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 TASKS = ("binary", "multiclass", "lm")
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops before any checkpoint takes the bad weights."""
+
+
 def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
     if task == "binary":
         return MetricCollection({"auroc": BinaryAUROC(), "acc": BinaryAccuracy()})
@@ -45,6 +49,10 @@ class Recipe(L.LightningModule):
         # Keyed "train_", "val_", "test_": a ModuleDict key may not shadow nn.Module.train.
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
+        # Non-finite guard without a host sync per step: count steps and remember the first bad one on the
+        # device; the host looks every log interval and before any checkpoint is written.
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("first_bad_step", torch.full((), -1, dtype=torch.long), persistent=False)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -69,7 +77,35 @@ class Recipe(L.LightningModule):
         self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         if self.hparams.l1:  # L1 pulls weights to exactly zero (sparsity); L2 is weight_decay in the optimizer
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.steps_seen, self.first_bad_step)
+        self.steps_seen += 1
         return loss
+
+    def check_finite(self) -> None:
+        step = int(self.first_bad_step)  # the one host sync, every log interval
+        if step >= 0:
+            per_epoch = int(self.trainer.num_training_batches)
+            raise NonFiniteLossError(
+                f"training loss became non-finite at step {step} (epoch {step // per_epoch}, batch {step % per_epoch}); "
+                "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.training:
+            self.check_finite()
+        # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
+        checkpoint["rng"] = {"cpu": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"]["cpu"])
+            if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -88,6 +124,7 @@ class Recipe(L.LightningModule):
         self.metrics[f"{stage}_"].reset()
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -117,12 +154,23 @@ class Recipe(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _total_steps(self) -> int:
+        # Not trainer.estimated_stepping_batches: it builds the train loader before a resumed run's checkpoint
+        # is restored, and Lightning then never gives that loader its saved position (mid-epoch resume breaks).
+        t = self.trainer
+        if t.max_steps and t.max_steps > 0:
+            return t.max_steps
+        batches = len(t.datamodule.train_dataloader())
+        limit = t.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return max(1, batches // t.accumulate_grad_batches) * t.max_epochs
+
     def _scheduler(self, optimizer: torch.optim.Optimizer):
         s = self.hparams.scheduler
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         if s["name"] == "none":
             return None
+        total_steps = self._total_steps()
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         if s["name"] == "step":  # multiply the LR by gamma every `every_epochs` epochs
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["every_epochs"] * steps_per_epoch,
                                                    gamma=s["gamma"])

@@ -1,0 +1,169 @@
+"""Tables for the ad-click DNN: numeric and categorical columns and a 0/1 label, held whole on the training device.
+
+Features, fitted on the training split only:
+  numeric      signed log1p on heavy-tailed columns, then standardized; a missing value becomes 0 (the mean)
+               plus a 1 in that column's "was missing" indicator (only columns with missing training values get one)
+  categorical  per field: id 0 = missing; 1..V = the training values seen at least `min_count` times; then up
+               to `hash_buckets` buckets that every other value (rare in training, or never seen) is hashed into.
+               Rare training values train those buckets, so an unseen value lands on a trained embedding.
+The encoded table is three tensors, (numeric float32 (N, n), categorical int64 (N, F), labels int64 (N,)),
+moved to the device once and served as index slices (`TensorBatches`).
+
+DataModules (the `data=` choices):
+  ClicksDataModule  (data/clicks.py) the synthetic ad-click generator; knows the Bayes-optimal AUC
+  CSVDataModule     any CSV: data.path, data.label_column, data.numeric_columns, data.categorical_columns,
+                    data.timestamp_columns (each expanded to hour and weekday fields); data=advertising presets it
+  CriteoDataModule  (data/criteo.py) the Criteo format, converted once to on-disk memmaps
+"""
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from data import UserInputError
+from data.batches import TensorBatches, split_indices
+
+
+def stable_hash(values: np.ndarray) -> np.ndarray:
+    """Values -> int64 in [1, 2**31 - 1), the same in every process (unlike Python's salted `hash`)."""
+    return (pd.util.hash_array(np.asarray(values, dtype=object)) % np.uint64(2**31 - 2)).astype(np.int64) + 1
+
+
+def signed_log1p(x: Tensor) -> Tensor:
+    return x.sign() * x.abs().log1p()  # counts and money: 0 -> 0, 1e6 -> 13.8; negatives mirrored
+
+
+class NumericScaler:
+    """(B, n) raw numbers with NaN for missing -> (B, n + m) standardized features and m missing-indicators."""
+
+    def __init__(self, log: Tensor) -> None:
+        self.log = log  # (n,) bool: which columns get signed_log1p
+        zeros = torch.zeros(len(log), dtype=torch.float64)
+        self.count, self.sum, self.sumsq = zeros.clone(), zeros.clone(), zeros.clone()
+
+    def _logged(self, x: Tensor) -> Tensor:
+        return torch.where(self.log, signed_log1p(x), x)
+
+    def update(self, x: Tensor) -> "NumericScaler":  # one chunk of training rows at a time: bounded memory
+        x = self._logged(x.double())
+        seen = ~x.isnan()
+        self.count += seen.sum(0)
+        self.sum += torch.where(seen, x, 0).sum(0)
+        self.sumsq += torch.where(seen, x * x, 0).sum(0)
+        self.rows = getattr(self, "rows", 0) + len(x)
+        return self
+
+    def finish(self) -> "NumericScaler":
+        n = self.count.clamp(min=1)
+        self.mean = (self.sum / n).float()
+        std = (self.sumsq / n - (self.sum / n) ** 2).clamp(min=0).sqrt().float()
+        self.std = torch.where(std > 1e-12, std, 1.0)  # a constant column stays 0 instead of dividing by 0
+        self.indicated = self.count < self.rows        # (n,) columns with missing training values get an indicator
+        return self
+
+    def to(self, device: torch.device) -> "NumericScaler":
+        for name in ("log", "mean", "std", "indicated"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    @property
+    def width(self) -> int:
+        return len(self.log) + int(self.indicated.sum())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        z = (self._logged(x.float()) - self.mean) / self.std  # (B, n)
+        missing = z.isnan()
+        return torch.cat([torch.where(missing, 0.0, z), missing[:, self.indicated].float()], dim=1)  # (B, n + m)
+
+
+class CategoryIds:
+    """Per categorical field, values -> ids: 0 missing, 1..V frequent training values, V+1.. hashed buckets."""
+
+    def __init__(self, train: pd.DataFrame, min_count: int, hash_buckets: int) -> None:
+        self.vocab, self.buckets = {}, {}
+        for name, column in train.items():
+            counts = as_strings(column).value_counts()
+            self.vocab[name] = pd.Index(sorted(counts.index[counts >= min_count]))
+            rare = int((counts < min_count).sum())  # no more buckets than there are rare values to fill them
+            self.buckets[name] = max(1, min(hash_buckets, rare))
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [1 + len(self.vocab[f]) + self.buckets[f] for f in self.vocab]
+
+    def __call__(self, frame: pd.DataFrame) -> Tensor:
+        fields = []
+        for name, vocab in self.vocab.items():
+            values = as_strings(frame[name])
+            known = vocab.get_indexer(values)  # -1 where not in the vocabulary
+            hashed = len(vocab) + 1 + stable_hash(values.to_numpy()) % self.buckets[name]
+            fields.append(np.where(values.isna(), 0, np.where(known >= 0, known + 1, hashed)))
+        return torch.as_tensor(np.stack(fields, axis=1) if fields else np.zeros((len(frame), 0)), dtype=torch.long)
+
+
+def as_strings(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
+        column = column.astype("Int64")  # 3.0 and 3 are the same level
+    return column.astype(str).where(column.notna())
+
+
+class TabularDataModule(L.LightningDataModule):
+    """Encodes and serves the splits that a subclass's `frames(splits)` returns as pandas DataFrames."""
+
+    task = "binary"
+
+    def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,
+                 log_columns: list[str] | str = "auto", min_count: int = 5, hash_buckets: int = 1000,
+                 batch_size: int = 1024, eval_batch_size: int = 8192, on_device: bool = True) -> None:
+        super().__init__()
+        self.numeric, self.categorical, self.label = list(numeric_columns), list(categorical_columns), label_column
+        self.log_columns, self.min_count, self.hash_buckets = log_columns, min_count, hash_buckets
+        self.batch_size, self.eval_batch_size, self.on_device = batch_size, eval_batch_size, on_device
+        self.train = self.val = self.test = None  # (numeric (N, n), categorical (N, F), labels (N,))
+
+    def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train is None:
+            train, val = self.frames(("train", "val"))
+            numbers = torch.tensor(train[self.numeric].to_numpy(np.float32)).reshape(len(train), -1)
+            self.scaler = NumericScaler(self.heavy_tailed(train)).update(numbers).finish()
+            self.ids = CategoryIds(train[self.categorical], self.min_count, self.hash_buckets)
+            self.train, self.val = self.encode(train), self.encode(val)
+        if stage == "test" and self.test is None:  # the test rows are read only here
+            self.test = self.encode(*self.frames(("test",)))
+
+    def heavy_tailed(self, train: pd.DataFrame) -> Tensor:
+        if self.log_columns != "auto":
+            return torch.tensor([c in self.log_columns for c in self.numeric], dtype=torch.bool)
+        # auto: non-negative with a long right tail (skewness > 2), like counts, prices and incomes
+        return torch.tensor([bool(train[c].min() >= 0 and train[c].skew() > 2) for c in self.numeric], dtype=torch.bool)
+
+    def encode(self, frame: pd.DataFrame) -> tuple[Tensor, Tensor, Tensor]:
+        numbers = torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), -1)
+        labels = torch.tensor(frame[self.label].to_numpy(np.int64))
+        return self.scaler(numbers), self.ids(frame[self.categorical]), labels
+
+    @property
+    def net_kwargs(self) -> dict:
+        return {"num_numeric": self.scaler.width, "cardinalities": self.ids.cardinalities}
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _batches(self, split: tuple[Tensor, ...], batch_size: int, train: bool) -> TensorBatches:
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train,
+                             drop_last=train and len(split[0]) >= batch_size,  # no batch of 1 for batch norm
+                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.train, self.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.val, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.test, self.eval_batch_size, train=False)

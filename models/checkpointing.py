@@ -1,0 +1,43 @@
+"""Checkpoints that survive crashes, and resuming from them.
+
+- `AtomicCheckpointIO` writes `x.ckpt.tmp` beside the target, then renames it over `x.ckpt` (`os.replace` is
+  atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
+- `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
+  does not exist or was trained by another network.
+Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
+"""
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from data import UserInputError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) -> str | None:
+    """None (a fresh run), or the checkpoint to resume: `last` means this run directory's last.ckpt."""
+    if ckpt_path is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise UserInputError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; "
+                             "give an existing .ckpt, or `last` together with the run's hydra.run.dir")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        trained = hparams["config"]["model"]["net"]["_target_"]
+    except Exception as err:
+        raise UserInputError(f"ckpt_path={ckpt_path}: {path} is not a redes checkpoint ({type(err).__name__})") from err
+    if trained != net_target:
+        raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds a {trained}, not the {net_target} this run builds; "
+                             "pick the model=... it was trained with")
+    return str(path)

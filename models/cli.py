@@ -1,0 +1,72 @@
+"""What the command line needs besides the recipe: one-line errors for bad input, and `resume=RUN_DIR`."""
+import typing
+from pathlib import Path
+
+import lightning as L
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from data import UserInputError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once up front, so a misspelled key or an unknown choice is one line, not a page."""
+    if any(a.startswith("-") for a in argv):  # --multirun, --cfg, ...: Hydra's own business
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            compose("train", overrides=[a for a in argv if not a.startswith(("hydra.", "+hydra."))])
+    except Exception as err:
+        message = " ".join(str(err).split("Config search path")[0].split())
+        raise UserInputError(f"{message} (see `python train.py --help`)") from err
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses to
+    start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics)."""
+    args = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    if "resume" in args:
+        run = Path(args["resume"])
+        overrides = run / ".hydra" / "overrides.yaml"
+        if not overrides.is_file():
+            raise UserInputError(f"resume={run}: no {overrides}; resume takes a run directory made by train.py")
+        kept = [a for a in OmegaConf.load(overrides) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
+        return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
+    run_dir = args.get("hydra.run.dir")
+    if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
+        raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "
+                             "choose another directory, or add ckpt_path=last to continue it")
+    return argv
+
+
+def _admits(value, hint) -> bool:
+    if hint is typing.Any or value is None and type(None) in typing.get_args(hint):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_admits(value, h) for h in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or hint is dict:
+        return isinstance(value, (dict, DictConfig))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint) or isinstance(value, (dict, DictConfig))  # a dict: Hydra builds the object
+    return True  # a hint we cannot judge
+
+
+def check_trainer_args(trainer_cfg: DictConfig) -> None:
+    """`trainer.max_epochs=abc` -> one line naming the argument and the type it takes."""
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    for key, value in trainer_cfg.items():
+        if key.startswith("_"):
+            continue
+        if key not in hints:
+            raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")
+        if not _admits(value, hints[key]):
+            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hints[key]}".replace("typing.", ""))

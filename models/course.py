@@ -1,0 +1,341 @@
+"""The worked examples of the course notes ("apuntes"), as code.
+
+notebooks/concepts.ipynb shows them and tests/test_concepts.py asserts their numbers; both import
+from here so each example is written once. Item 6 (regularization) lives with the training recipe.
+"""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def fit(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, optimizer: torch.optim.Optimizer,
+        steps: int) -> list[float]:
+    # Full batch: every step sees all the data, so the loss curve shows the optimizer, not the sampling.
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def logit_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets)  # (N, 1) logits vs (N,) 0/1
+
+
+# ---- 1. One neuron, XOR, and why layers need a non-linearity -------------------------------------
+
+BOOLEAN_INPUTS = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # (4, 2): x1, x2
+AND_TARGETS = torch.tensor([0.0, 0.0, 0.0, 1.0])
+OR_TARGETS = torch.tensor([0.0, 1.0, 1.0, 1.0])
+XOR_TARGETS = torch.tensor([0.0, 1.0, 1.0, 0.0])
+
+# The notes' "rain" neuron: 4*x1 + 5*x2 - 6 > 0, i.e. the decision line x2 = -4/5*x1 + 6/5.
+# On 0/1 inputs only (1, 1) lies above it, so it is an AND.
+AND_WEIGHTS, AND_BIAS = torch.tensor([4.0, 5.0]), -6.0
+OR_WEIGHTS, OR_BIAS = torch.tensor([1.0, 1.0]), -0.5  # the line x1 + x2 = 0.5 leaves only (0, 0) below
+
+
+def step(x: Tensor) -> Tensor:
+    # 1 where x > 0, else 0. Built from sign() because autograd gives sign the derivative 0,
+    # which is the notes' step' = 0 (almost everywhere); a comparison would cut the graph instead.
+    return torch.sign(x).clamp(min=0)
+
+
+def neuron(x: Tensor, weights: Tensor, bias: float, activation=step) -> Tensor:
+    return activation(x @ weights + bias)  # (N, 2) @ (2,) -> (N,)
+
+
+def accuracy(predicted: Tensor, targets: Tensor) -> float:
+    return (predicted == targets).float().mean().item()
+
+
+def best_linear_accuracy(x: Tensor, targets: Tensor, grid: Tensor) -> float:
+    # Tries every (w1, w2, b) on the grid at once: (G, G, G, N) pre-activations.
+    w1, w2, b = torch.meshgrid(grid, grid, grid, indexing="ij")
+    z = w1[..., None] * x[:, 0] + w2[..., None] * x[:, 1] + b[..., None]
+    return (step(z) == targets).float().mean(-1).max().item()
+
+
+def train_single_neuron(x: Tensor, targets: Tensor, steps: int = 2000, lr: float = 0.5,
+                        seed: int = 0) -> tuple[Tensor, nn.Linear]:
+    torch.manual_seed(seed)
+    unit = nn.Linear(2, 1)  # a sigmoid neuron trained with cross-entropy (logistic regression)
+    fit(unit, x, targets, logit_bce, torch.optim.SGD(unit.parameters(), lr=lr), steps)
+    return (unit(x).squeeze(-1) > 0).float().detach(), unit  # predicted 0/1: sigmoid > 0.5 iff logit > 0
+
+
+def xor_by_hand(x: Tensor) -> Tensor:
+    # Hidden layer: an OR unit and an AND unit; the output fires for "OR and not AND".
+    hidden = torch.stack([neuron(x, OR_WEIGHTS, OR_BIAS), neuron(x, AND_WEIGHTS, AND_BIAS)], dim=-1)
+    return neuron(hidden, torch.tensor([1.0, -1.0]), -0.5)
+
+
+def train_xor_mlp(steps: int = 1000, lr: float = 0.1, seed: int = 1) -> tuple[nn.Module, list[float]]:
+    # Two sigmoid units are the minimum and some seeds stall in a local minimum (3/4 right); seed 1 does not.
+    torch.manual_seed(seed)
+    mlp = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1))  # 2 -> 2 hidden -> 1 logit
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
+    return mlp, fit(mlp, BOOLEAN_INPUTS, XOR_TARGETS, logit_bce, optimizer, steps)
+
+
+def collapse_linear_stack(stack: nn.Sequential) -> nn.Linear:
+    # W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2): without an activation, depth adds nothing.
+    first, *rest = stack
+    weight, bias = first.weight, first.bias  # torch stores (out, in); the notes write the transpose
+    for layer in rest:
+        weight, bias = layer.weight @ weight, layer.weight @ bias + layer.bias
+    single = nn.Linear(weight.shape[1], weight.shape[0])
+    single.weight.data, single.bias.data = weight.detach(), bias.detach()
+    return single
+
+
+# ---- 2. Activations and the derivatives the notes give -------------------------------------------
+
+# name -> (function, derivative written as in the notes)
+ACTIVATIONS = {
+    "sigmoid": (torch.sigmoid, lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x))),
+    "tanh": (torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
+    "relu": (torch.relu, lambda x: (x > 0).to(x.dtype)),
+    "step": (step, torch.zeros_like),
+    "identity": (lambda x: x, torch.ones_like),
+}
+
+
+def autograd_derivative(function, x: Tensor) -> Tensor:
+    x = x.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(function(x).sum(), x)  # elementwise f, so d sum / dx_i = f'(x_i)
+    return gradient
+
+
+def softmax_by_hand(a: Tensor) -> tuple[Tensor, Tensor]:
+    exponentials = torch.exp(a)  # (..., K) scores
+    total = exponentials.sum(-1, keepdim=True)  # (..., 1): the normaliser
+    return total, exponentials / total
+
+
+# ---- 3. Losses, from the formula -----------------------------------------------------------------
+
+def mse(predicted: Tensor, targets: Tensor) -> Tensor:
+    return ((targets - predicted) ** 2).mean()
+
+
+def binary_cross_entropy(probabilities: Tensor, targets: Tensor) -> Tensor:
+    p, y = probabilities, targets
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def categorical_cross_entropy(logits: Tensor, classes: Tensor) -> Tensor:
+    log_probabilities = torch.log(softmax_by_hand(logits)[1])  # (N, K)
+    return -log_probabilities[torch.arange(len(classes)), classes].mean()
+
+
+# ---- 4. Backpropagation by hand, and gradient descent on a line ----------------------------------
+
+def sigmoid_network_parameters(inputs: int, hidden: int, outputs: int, seed: int = 0) -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(seed)  # float64 so hand and autograd agree to ~1e-15
+    shapes = {"w1": (inputs, hidden), "b1": (hidden,), "w2": (hidden, outputs), "b2": (outputs,)}
+    return {name: torch.randn(shape, generator=generator, dtype=torch.float64)
+            for name, shape in shapes.items()}
+
+
+def sigmoid_network_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor):
+    # w_ij connects unit i to unit j, as in the notes: w1 is (inputs, hidden), w2 is (hidden, outputs).
+    hidden = torch.sigmoid(x @ w1 + b1)
+    return hidden, torch.sigmoid(hidden @ w2 + b2)
+
+
+def backprop_by_hand(x, target, w1, b1, w2, b2) -> dict[str, Tensor]:
+    hidden, output = sigmoid_network_forward(x, w1, b1, w2, b2)
+    # Output unit k: delta_k = dL/dy_k * y_k (1 - y_k), and dL/dy_k = y_k - t_k for L = 1/2 sum (y - t)^2.
+    delta_out = (output - target) * output * (1 - output)  # (outputs,)
+    # Hidden unit j: delta_j = sum_k delta_k w_jk * y_j (1 - y_j); row j of w2 @ delta_out is that sum.
+    delta_hidden = (w2 @ delta_out) * hidden * (1 - hidden)  # (hidden,)
+    # dL/dw_ij = delta_j * x_i: an outer product of what enters the weight and the delta it feeds.
+    return {"w1": torch.outer(x, delta_hidden), "b1": delta_hidden,
+            "w2": torch.outer(hidden, delta_out), "b2": delta_out}
+
+
+def backprop_autograd(x, target, w1, b1, w2, b2) -> dict[str, Tensor]:
+    parameters = {name: p.clone().requires_grad_() for name, p in
+                  {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()}
+    output = sigmoid_network_forward(x, **parameters)[1]
+    (0.5 * ((output - target) ** 2).sum()).backward()  # the notes' squared error; 1/2 cancels the 2
+    return {name: p.grad for name, p in parameters.items()}
+
+
+def noisy_line(n: int = 100, slope: float = 2.0, intercept: float = -1.0, noise: float = 0.3,
+               seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, generator=generator, dtype=torch.float64) * 2  # x in [0, 2)
+    return x, slope * x + intercept + noise * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def least_squares_line(x: Tensor, y: Tensor) -> tuple[float, float]:
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return slope.item(), (y.mean() - slope * x.mean()).item()
+
+
+def gradient_descent_line(x: Tensor, y: Tensor, lr: float = 0.1, steps: int = 2000):
+    m, b, losses = 0.0, 0.0, []
+    for _ in range(steps):
+        residual = y - (m * x + b)
+        losses.append((residual ** 2).mean().item())
+        # L = mean (y - (m x + b))^2, so dL/dm = -2 mean(x r) and dL/db = -2 mean(r).
+        m, b = m + lr * 2 * (x * residual).mean().item(), b + lr * 2 * residual.mean().item()
+    return m, b, losses
+
+
+# ---- 5. Learning rate and optimizers -------------------------------------------------------------
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_fashion_mnist(n: int, split: str = "train") -> tuple[Tensor, Tensor]:
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}; valid: 'train', 'test'")
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as f:
+        f.read(16)  # IDX header: magic, count, rows, cols as big-endian int32
+        pixels = np.frombuffer(f.read(n * 28 * 28), dtype=np.uint8)
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        f.read(8)  # magic, count
+        labels = np.frombuffer(f.read(n), dtype=np.uint8)
+    images = torch.tensor(pixels, dtype=torch.float32).view(n, 28 * 28) / 255  # (n, 784) in [0, 1]
+    return images, torch.tensor(labels, dtype=torch.long)
+
+
+# Full-batch gradient descent on 2000 images, 100 steps: 1e-4 barely moves the loss; 10 makes it
+# jump far above where it started (cross-entropy grows only linearly in the logits, so it stays finite).
+LEARNING_RATES = {"too small": 1e-4, "good": 0.1, "too large": 10.0}
+
+
+def train_softmax_regression(images: Tensor, labels: Tensor, lr: float, steps: int = 100,
+                             seed: int = 0) -> tuple[nn.Linear, list[float]]:
+    torch.manual_seed(seed)
+    model = nn.Linear(images.shape[1], 10)  # (784,) pixels -> 10 class logits
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return model, fit(model, images, labels, F.cross_entropy, optimizer, steps)
+
+
+def elongated_bowl(p: Tensor) -> Tensor:
+    # Curvature 1 along x and 100 along y; minimum 0 at (0, 0). Plain gradient descent must keep
+    # lr < 2/100 or it diverges along y, and with such a small step it crawls along x.
+    return 0.5 * (p[..., 0] ** 2 + 100 * p[..., 1] ** 2)
+
+
+BOWL_START = (-4.0, 1.0)
+OPTIMIZERS = {  # name -> (class, settings) for optimizer_path; lr picked per method, not tuned hard
+    "SGD": (torch.optim.SGD, {"lr": 0.018}),  # just under the 2/100 stability limit
+    "SGD+momentum": (torch.optim.SGD, {"lr": 0.018, "momentum": 0.8}),
+    "RMSprop": (torch.optim.RMSprop, {"lr": 0.05}),  # steps ~lr in each coordinate whatever the curvature
+    "Adam": (torch.optim.Adam, {"lr": 0.3}),
+}
+
+
+def optimizer_path(loss_fn, start: tuple[float, float], optimizer_class, settings: dict,
+                   steps: int) -> Tensor:
+    point = torch.tensor(start, requires_grad=True)
+    optimizer = optimizer_class([point], **settings)
+    path = [point.detach().clone()]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(point).backward()
+        optimizer.step()
+        path.append(point.detach().clone())
+    return torch.stack(path)  # (steps + 1, 2)
+
+
+# ---- 7. Convolution ------------------------------------------------------------------------------
+
+EDGE_IMAGE = torch.tensor([[10.0] * 3 + [0.0] * 3] * 6)  # (6, 6): bright left half, dark right half
+VERTICAL_EDGE_FILTER = torch.tensor([[1.0, 0.0, -1.0]] * 3)  # (3, 3): left column minus right column
+POOLING_EXAMPLE = torch.tensor([[1.0, 3, 2, 1], [2, 9, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]])  # (4, 4)
+
+
+def conv_output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
+    return (n + 2 * padding - f) // stride + 1
+
+
+def convolve(image: Tensor, kernel: Tensor, padding: int = 0, stride: int = 1) -> Tensor:
+    # One filter over a (H, W) or (C, H, W) image; the filter spans every input channel, (C, f, f),
+    # so the result has one channel whatever C is. conv2d wants batch and channel axes: (1, C, H, W).
+    if image.dim() == 2:
+        image, kernel = image[None], kernel[None]
+    return F.conv2d(image[None], kernel[None], padding=padding, stride=stride)[0, 0]  # (H', W')
+
+
+def cross_correlate_by_hand(image: Tensor, kernel: Tensor) -> Tensor:
+    # What conv2d computes: slide the (unflipped) filter and sum the elementwise products.
+    f, out = kernel.shape[-1], conv_output_size(image.shape[-1], kernel.shape[-1])
+    return torch.tensor([[(image[..., r:r + f, c:c + f] * kernel).sum().item() for c in range(out)]
+                         for r in range(out)])
+
+
+def small_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(  # sizes for a 28x28 input
+        nn.Conv2d(in_channels, 8, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8 x 14 x 14
+        nn.Conv2d(8, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16 x 7 x 7
+        nn.Conv2d(16, 32, kernel_size=3), nn.ReLU(),  # 32 x 5 x 5: no padding, 7 - 3 + 1
+        nn.Flatten(), nn.Linear(32 * 5 * 5, num_classes),
+    )
+
+
+def layer_shapes(model: nn.Sequential, x: Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    shapes = [("input", tuple(x.shape))]
+    for layer in model:
+        x = layer(x)
+        shapes.append((type(layer).__name__, tuple(x.shape)))
+    return shapes
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- 8. Width and depth; the LSTM's gates --------------------------------------------------------
+
+def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
+    layers, size = [], in_features
+    for _ in range(depth):  # depth = number of hidden layers, width = units in each
+        layers += [nn.Linear(size, width), nn.Tanh()]
+        size = width
+    return nn.Sequential(*layers, nn.Linear(size, out_features))
+
+
+def mlp_parameter_count(in_features: int, width: int, depth: int, out_features: int) -> int:
+    # (inputs + 1 bias) weights into every unit, layer by layer.
+    return (in_features + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * out_features
+
+
+def fit_wiggly_curve(width: int, depth: int, steps: int = 500, seed: int = 0) -> tuple[float, nn.Module]:
+    torch.manual_seed(seed)
+    x = torch.linspace(-1, 1, 128)[:, None]  # (128, 1)
+    y = torch.sin(3 * torch.pi * x)  # three half-waves: a few units cannot bend that often
+    model = mlp(1, width, depth, 1)
+    return fit(model, x, y, F.mse_loss, torch.optim.Adam(model.parameters(), lr=0.01), steps)[-1], model
+
+
+def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
+    hidden = lstm.hidden_size
+
+    def gate(k: int, activation) -> Tensor:
+        # PyTorch stacks the four gates' rows as i, f, g, o: weight_ih_l0 is (4 * hidden, input).
+        rows = slice(k * hidden, (k + 1) * hidden)
+        return activation(x @ lstm.weight_ih_l0[rows].T + lstm.bias_ih_l0[rows]
+                          + h @ lstm.weight_hh_l0[rows].T + lstm.bias_hh_l0[rows])
+
+    gates = {"update (input) gate": gate(0, torch.sigmoid), "forget gate": gate(1, torch.sigmoid),
+             "candidate": gate(2, torch.tanh), "output gate": gate(3, torch.sigmoid)}
+    # Cell state: keep what the forget gate lets through, add what the update gate lets in.
+    c = gates["forget gate"] * c + gates["update (input) gate"] * gates["candidate"]
+    h = gates["output gate"] * torch.tanh(c)
+    return h, c, gates
+

@@ -1,0 +1,274 @@
+"""Results you can see: figures of what a trained network gets right and wrong, drawn into TensorBoard.
+
+`ResultFigures` is a Lightning callback (configs/callbacks/default.yaml). It reads the task from the data:
+  multiclass  confusion matrix (validation: every `val_every_n_epochs`; test: on the best checkpoint), a grid of
+              test predictions, a grid of the most confidently wrong test examples, the first conv layer's filters
+  binary      ROC curve and calibration (reliability) plot of the test split
+  lm          nothing (models/samples.py logs text samples)
+It never runs the network itself: a forward hook on `pl_module.net` catches the logits the recipe's own
+validation/test step computes, and everything accumulates on the device (no host sync per step); the host reads
+the accumulators once, at the epoch's end. Nothing happens during training steps, nor without a TensorBoard logger.
+
+The `*_figure` functions return plain matplotlib Figures (no pyplot state), so notebooks/ draw the same pictures.
+"""
+import math
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+
+# -- figures ------------------------------------------------------------------------------------------
+def confusion_matrix_figure(confusion: np.ndarray, classes: list[str], title: str = "confusion matrix") -> Figure:
+    """Rows: true class, columns: predicted. Colour: the share of the row (per-class recall); text: counts."""
+    confusion = np.asarray(confusion)
+    n = len(confusion)
+    share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * n + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 20:  # beyond that the numbers do not fit in the cells
+        for i, j in np.ndindex(n, n):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title=f"{title}: accuracy {np.trace(confusion) / max(confusion.sum(), 1):.2%} of {confusion.sum()}")
+    ax.set_xticklabels(classes, rotation=90, fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    confusion = np.asarray(confusion)
+    return np.diag(confusion) / np.maximum(confusion.sum(1), 1)  # recall of each true class
+
+
+def image_grid_figure(images: np.ndarray, titles: list[str], correct: list[bool] | None = None,
+                      columns: int = 8, title: str = "", cell: float = 1.6) -> Figure:
+    """`images` (N, C, H, W) in [0, 1]; one title per image, green when `correct`, red when not; `cell` in inches.
+    One mosaic in one axes: matplotlib's cost is per axes, and a grid of 32 axes takes seconds to draw."""
+    images = np.asarray(images)
+    n, c, h, w = images.shape
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    gap = max(1, w // 14)  # pixels between images
+    band = math.ceil(0.3 / cell * (w + gap))  # pixels above each image for a two-line title (0.3 inch)
+    mosaic = np.ones((rows * (band + h), columns * (w + gap), c))  # white background
+    for i in range(n):
+        r, k = divmod(i, columns)
+        top, left = r * (band + h) + band, k * (w + gap)
+        mosaic[top:top + h, left:left + w] = images[i].transpose(1, 2, 0)  # (H, W, C)
+    top_inches = 0.35 if title else 0.0
+    width = cell * columns
+    fig = Figure(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + top_inches))
+    ax = fig.add_axes((0, 0, 1, 1 - top_inches / fig.get_figheight()))
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        r, k = divmod(i, columns)
+        color = "black" if correct is None else ("tab:green" if correct[i] else "tab:red")
+        ax.text(k * (w + gap) + w / 2, r * (band + h) + band - 1, titles[i], ha="center", va="bottom",
+                fontsize=7, color=color)
+    if title:
+        fig.suptitle(title, y=0.995, va="top")
+    return fig
+
+
+def prediction_grid_figure(images: np.ndarray, targets: np.ndarray, probs: np.ndarray, classes: list[str],
+                           title: str = "") -> Figure:
+    """Each image titled `predicted (probability)` and, when wrong, `true: ...`."""
+    preds = probs.argmax(1)
+    titles = [f"{classes[p]} ({probs[i, p]:.0%})" + ("" if p == t else f"\ntrue: {classes[t]}")
+              for i, (p, t) in enumerate(zip(preds, targets))]
+    return image_grid_figure(images, titles, correct=list(preds == targets), title=title)
+
+
+def filters_figure(weight: Tensor, title: str = "first convolution's filters") -> Figure:
+    """Conv kernels (out, in, kh, kw), each scaled to its own range: grey for one input channel, RGB for three."""
+    w = weight.detach().float().cpu()
+    w = w if w.shape[1] in (1, 3) else w.mean(1, keepdim=True)  # other channel counts: their mean
+    low, high = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
+    w = (w - low) / (high - low).clamp_min(1e-12)
+    return image_grid_figure(w.numpy(), [str(i) for i in range(len(w))], columns=min(8, len(w)), title=title, cell=0.9)
+
+
+def roc_figure(probs: np.ndarray, targets: np.ndarray, title: str = "ROC") -> Figure:
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+    p, t = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(targets).long()
+    fpr, tpr, _ = binary_roc(p, t)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(fpr.numpy(), tpr.numpy(), label=f"model (AUC {float(binary_auroc(p, t)):.4f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="chance (AUC 0.5)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, aspect="equal")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(probs: np.ndarray, targets: np.ndarray, bins: int = 10, title: str = "calibration") -> Figure:
+    """Per equal-width probability bin: the mean predicted probability against the share of positives.
+    A calibrated model lies on the diagonal; below it, the model is over-confident about positives."""
+    probs, targets = np.asarray(probs, dtype=float), np.asarray(targets, dtype=float)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    filled = count > 0
+    mean_prob = np.bincount(which, probs, bins)[filled] / count[filled]
+    positives = np.bincount(which, targets, bins)[filled] / count[filled]
+    fig = Figure(figsize=(4.5, 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    top.plot(mean_prob, positives, "o-", label="model")
+    top.set(ylabel="share of positives", title=title, xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    bottom.bar((np.arange(bins) + 0.5) / bins, count, width=0.9 / bins, color="tab:blue")
+    bottom.set(xlabel="predicted probability", ylabel="rows", yscale="log" if count.max() > 100 * max(count.min(), 1) else "linear")
+    fig.tight_layout()
+    return fig
+
+
+def displayable(images: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """Network inputs (N, C, H, W) back to [0, 1]: undo the data's normalization, or stretch each image."""
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        return (x * std.float().cpu().view(1, -1, 1, 1) + mean.float().cpu().view(1, -1, 1, 1)).clamp(0, 1)
+    low, high = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+    return (x - low) / (high - low).clamp_min(1e-12)
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+# -- the callback ---------------------------------------------------------------------------------------
+class ResultFigures(Callback):
+    def __init__(self, max_images: int = 32, val_every_n_epochs: int = 1) -> None:
+        if max_images < 0 or val_every_n_epochs < 0:
+            raise ValueError(f"max_images={max_images}, val_every_n_epochs={val_every_n_epochs}: use 0 (off) or more")
+        self.max_images, self.val_every_n_epochs = max_images, val_every_n_epochs
+        self._hook = self._logits = None
+        self.results: dict[str, Tensor] = {}  # the last epoch's accumulators, on the CPU (the tests read them)
+
+    # What the recipe's own step computed: the hook keeps the network's output for on_*_batch_end.
+    def _start(self, pl_module: LightningModule) -> None:
+        self._logits, self._acc = None, {}
+        self._hook = pl_module.net.register_forward_hook(lambda module, inputs, output: setattr(self, "_logits", output))
+
+    def _stop(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = self._logits = None
+
+    @staticmethod
+    def _writer(trainer: Trainer):
+        tensorboard = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        return tensorboard[0].experiment if tensorboard else None
+
+    def _task(self, trainer: Trainer) -> str | None:
+        return getattr(trainer.datamodule, "task", None) if self._writer(trainer) is not None else None
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        every = self.val_every_n_epochs
+        if (not trainer.sanity_checking and every and trainer.current_epoch % every == 0
+                and self._task(trainer) == "multiclass"):
+            self._start(pl_module)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._task(trainer) in ("multiclass", "binary"):
+            self._start(pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._logits is not None:
+            self._update(trainer, batch, examples=False)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._logits is not None:
+            self._update(trainer, batch, examples=True)
+
+    def _update(self, trainer: Trainer, batch: tuple[Tensor, ...], examples: bool) -> None:
+        logits, self._logits = self._logits.detach().float(), None
+        *inputs, targets = batch
+        acc = self._acc
+        if trainer.datamodule.task == "binary":
+            acc.setdefault("probs", []).append(logits.reshape(-1).sigmoid())  # (B,)
+            acc.setdefault("targets", []).append(targets.reshape(-1))
+            return
+        logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (B, C), (B,)
+        c = logits.shape[-1]
+        preds = logits.argmax(-1)
+        if "confusion" not in acc:
+            acc["confusion"] = torch.zeros(c * c, dtype=torch.long, device=logits.device)
+        acc["confusion"].index_add_(0, targets * c + preds, torch.ones_like(targets))  # row: true, column: predicted
+        images = inputs[0] if inputs else None
+        if not examples or not self.max_images or images is None or images.ndim != 4:  # galleries need (B, C, H, W)
+            return
+        probs = logits.softmax(-1)  # (B, C)
+        # The first examples of the split, as they come.
+        have = len(acc["samples"][0]) if "samples" in acc else 0
+        if have < self.max_images:
+            take = (images[: self.max_images - have], targets[: self.max_images - have], probs[: self.max_images - have])
+            acc["samples"] = take if not have else tuple(torch.cat(pair) for pair in zip(acc["samples"], take))
+        # The most confident mistakes so far: a running top-k over (kept ones + this batch), on the device.
+        confidence = torch.where(preds != targets, probs.amax(-1), -1.0)  # (B,), -1: right, never a mistake
+        pool = (confidence, images, targets, probs)
+        if "mistakes" in acc:
+            pool = tuple(torch.cat(pair) for pair in zip(acc["mistakes"], pool))
+        top = pool[0].topk(min(self.max_images, len(pool[0]))).indices
+        acc["mistakes"] = tuple(t[top] for t in pool)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._hook is not None:
+            self._stop()
+            self._draw(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._hook is not None:
+            self._stop()
+            self._draw(trainer, pl_module, "test")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop()  # a run that failed mid-epoch must not leave the hook behind
+
+    # -- drawing, once per epoch ----------------------------------------------------------------------
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        acc, writer, step = self._acc, self._writer(trainer), trainer.global_step
+        if not acc:  # no batches (limit_*_batches=0)
+            return
+        dm = trainer.datamodule
+        if dm.task == "binary":
+            probs, targets = torch.cat(acc["probs"]).cpu().numpy(), torch.cat(acc["targets"]).cpu().numpy()
+            self.results = {"probs": probs, "targets": targets}
+            writer.add_figure(f"{stage}/roc", roc_figure(probs, targets, f"ROC, {stage} split"), step)
+            writer.add_figure(f"{stage}/calibration", calibration_figure(probs, targets, title=f"calibration, {stage} split"), step)
+            return
+        c = math.isqrt(len(acc["confusion"]))
+        confusion = acc["confusion"].view(c, c).cpu().numpy()
+        classes = [str(name) for name in getattr(dm, "classes", range(c))]
+        self.results = {"confusion": confusion}
+        writer.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(confusion, classes, f"{stage} split"), step)
+        if stage != "test":
+            return
+        mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+        for key, title in (("samples", "first test examples"), ("mistakes", "most confident mistakes")):
+            if key not in acc:
+                continue
+            images, targets, probs = (t.cpu() for t in acc[key][-3:])
+            if key == "mistakes":  # fewer mistakes than max_images: the rest of the pool were right answers
+                wrong = acc[key][0].cpu() >= 0
+                images, targets, probs = images[wrong], targets[wrong], probs[wrong]
+            self.results[key] = (images, targets, probs)
+            if len(images):
+                figure = prediction_grid_figure(displayable(images, mean, std).numpy(), targets.numpy(), probs.numpy(),
+                                                classes, title=f"{title}: predicted (probability)")
+                writer.add_figure(f"test/{'predictions' if key == 'samples' else 'confident_mistakes'}", figure, step)
+        conv = first_conv(pl_module.net)
+        if conv is not None:
+            writer.add_figure("test/first_conv_filters", filters_figure(conv.weight), step)

@@ -1,0 +1,97 @@
+"""LSTM networks: a character-level language model and a sequence classifier, trained by the one shared recipe.
+
+`model=lstm` builds `build(**net_kwargs, **knobs)`, and what the data provides picks the network:
+  a vocabulary (`vocab_size`, text corpora)   -> CharLM: embedding -> LSTM -> linear, logits at every step (task "lm")
+  classes and an image size (ImageDataModule) -> SequenceClassifier: the image read row by row (H steps of C*W
+                                                 features) -> LSTM -> linear on the final state (task "multiclass")
+Two small classes rather than one with optional front-ends and heads: each reads top to bottom with no
+branches on the task, each has only the arguments it uses, and the one fact that decides (what the data is) is
+read in one place, `build`. Both share the knob names hidden_size, num_layers, dropout.
+Left out on purpose: bidirectional layers (a language model must not see the next character), attention,
+and layer norm inside the cell (nn.LSTM keeps cuDNN's fused kernel on a GPU and oneDNN's on the CPU).
+"""
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, hidden_size)
+
+
+class CharLM(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_size: int = 256, num_layers: int = 2,
+                 dropout: float = 0.1, tie_weights: bool = False) -> None:
+        super().__init__()
+        if tie_weights and embedding_dim != hidden_size:
+            raise ValueError(f"tie_weights needs embedding_dim == hidden_size; got {embedding_dim} and {hidden_size}")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        # nn.LSTM applies `dropout` between stacked layers only; self.dropout covers its input and output.
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, vocab_size)
+        if tie_weights:  # one (vocab, hidden) matrix both reads and writes characters: fewer parameters
+            self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.step(tokens)[0]  # (B, T, vocab_size), every window from a zero state
+
+    def step(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        x = self.dropout(self.embedding(tokens))  # (B, T, embedding_dim)
+        x, state = self.lstm(x, state)  # (B, T, hidden_size); state after the last step
+        return self.head(self.dropout(x)), state  # (B, T, vocab_size)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, length: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """prompt ids (T0,) -> (T0 + length,): the prompt, then `length` sampled ids. Call in eval mode.
+        temperature 0 takes the most likely character; top_k samples among the k most likely only."""
+        logits, state = self.step(prompt[None])  # the whole prompt in one call; (1, T0, V)
+        out = [prompt]
+        for _ in range(length):
+            logits = logits[:, -1]  # (1, V): scores for the next character
+            if temperature == 0:
+                token = logits.argmax(-1, keepdim=True)  # (1, 1)
+            else:
+                logits = logits / temperature  # < 1 sharpens the distribution, > 1 flattens it
+                if top_k:
+                    kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]  # (1, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (1, 1)
+            out.append(token[0])
+            logits, state = self.step(token, state)  # one step on from the carried state
+        return torch.cat(out)
+
+
+class SequenceClassifier(nn.Module):
+    """Sequences (B, T, input_size) with optional true lengths (B,), or images (B, C, H, W) read as H steps of C*W
+    features -> class logits (B, num_classes) from the last layer's final hidden state."""
+
+    def __init__(self, input_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if x.ndim == 4:
+            x = x.permute(0, 2, 1, 3).flatten(2)  # (B, H, C*W): step t reads row t of every channel
+        if lengths is not None:  # padded batch: each sequence stops at its own length, padding never enters
+            x = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(x)  # h: (num_layers, B, hidden_size), in the batch's own order even when packed
+        return self.head(self.dropout(h[-1]))  # (B, num_classes)
+
+
+def build(*, vocab_size: int | None = None, vocab: list[str] | None = None, num_classes: int | None = None,
+          in_channels: int = 1, image_size: tuple[int, int] | None = None, embedding_dim: int = 64,
+          hidden_size: int = 256, num_layers: int = 2, dropout: float = 0.1, tie_weights: bool = False) -> nn.Module:
+    """The network the data asks for. `vocab` (the characters) only rides along in net_kwargs, so the checkpoint
+    can decode ids; the network needs its size."""
+    if vocab_size is not None:
+        return CharLM(vocab_size, embedding_dim, hidden_size, num_layers, dropout, tie_weights)
+    if num_classes is not None and image_size is not None:
+        return SequenceClassifier(in_channels * image_size[1], num_classes, hidden_size, num_layers, dropout)
+    raise ValueError("the LSTM needs data that gives vocab_size (a text corpus: data=shakespeare|tinyshakespeare|text) "
+                     "or num_classes and image_size (images read row by row: data=fashion_mnist_rows)")

@@ -1,0 +1,197 @@
+"""Reading what train.py leaves in a run directory, for eval.py, predict.py and the notebooks.
+
+A run directory holds metrics.json, checkpoints/best.ckpt (whose hyperparameters carry the resolved config and the
+data's net_kwargs), tensorboard/events.* and, when it came from the command line, .hydra/config.yaml and
+.hydra/overrides.yaml. A sweep (`python train.py --multirun ...`) is a folder of run directories.
+"""
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from data import UserInputError
+
+# Config keys that differ between runs without being a choice: where files went, what to log.
+NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.")
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run directory (one holding metrics.json) at or under `root`, sorted by path."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob("metrics.json"))
+
+
+def newest_run(root: str | Path) -> Path:
+    runs = find_runs(root)
+    if not runs:
+        raise UserInputError(f"no run directory (one with metrics.json) under {root}/: train one with `python train.py`")
+    return max(runs, key=lambda run: (run / "metrics.json").stat().st_mtime)
+
+
+def read_metrics(run: str | Path) -> dict:
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        raise UserInputError(f"{path} not found: give a run directory written by train.py")
+    return json.loads(path.read_text())
+
+
+def best_checkpoint(run: str | Path) -> Path:
+    run = Path(run)
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    return run / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"no checkpoint at {path}: give a .ckpt written by train.py (RUN/checkpoints/best.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
+    except Exception as err:
+        raise UserInputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if "config" not in checkpoint.get("hyper_parameters", {}):
+        raise UserInputError(f"{path} is not a checkpoint written by train.py (no config in its hyperparameters)")
+    return checkpoint
+
+
+def read_config(run: str | Path) -> dict:
+    """The run's config as Hydra saved it (.hydra/config.yaml, unresolved), else the resolved one in best.ckpt."""
+    saved = Path(run) / ".hydra" / "config.yaml"
+    if saved.is_file():
+        return OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    return load_checkpoint(best_checkpoint(run))["hyper_parameters"]["config"]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# -- TensorBoard events -----------------------------------------------------------------------------------
+def scalars(run: str | Path) -> pd.DataFrame:
+    """Every scalar TensorBoard holds for the run: columns tag, step, value (a resumed run: the newest value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = Path(run)
+    folders = sorted({p.parent for p in run.rglob("events.out.tfevents.*")})
+    rows = []
+    for folder in folders:
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
+        events.Reload()
+        rows += [(tag, e.step, e.value) for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+    table = pd.DataFrame(rows, columns=["tag", "step", "value"])
+    return table.drop_duplicates(["tag", "step"], keep="last").reset_index(drop=True)
+
+
+def epoch_curves(run: str | Path) -> pd.DataFrame:
+    """One row per epoch (1 = the first pass), one column per epoch-level train/ and val/ metric."""
+    table = scalars(run)
+    epochs = table[table.tag == "epoch"].set_index("step")["value"]  # Lightning logs the epoch beside every metric
+    per_epoch = table[table.tag.str.match(r"(train|val)/") & ~table.tag.str.endswith(("_step", "_best"))]
+    per_epoch = per_epoch.assign(epoch=per_epoch.step.map(epochs).astype("Int64") + 1).dropna(subset=["epoch"])
+    curves = per_epoch.pivot_table(index="epoch", columns="tag", values="value", aggfunc="last")
+    curves.columns.name = None
+    return curves
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch (1 = the first) whose weights the checkpoint holds."""
+    return int(load_checkpoint(path)["epoch"]) + 1
+
+
+# -- data and predictions -----------------------------------------------------------------------------------
+def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
+    """The run's DataModule from its stored `data` config, set up for fit (normalization statistics, vocabulary,
+    encoders all come from the training split). `overrides`: `data.KEY=VALUE` or `paths.data_dir=DIR`."""
+    config = OmegaConf.create(data_config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not (key.startswith("data.") or key == "paths.data_dir"):
+            raise UserInputError(f"{item!r}: only data.KEY=VALUE and paths.data_dir=DIR change the data")
+        path = "data_dir" if key == "paths.data_dir" else key[len("data."):]
+        if OmegaConf.select(config, path, default=KeyError) is KeyError:
+            raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}); "
+                                 f"its settings: {', '.join(sorted(flatten(data_config)))}")
+        OmegaConf.update(config, path, yaml.safe_load(value))
+    datamodule = instantiate(config)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+@torch.no_grad()
+def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The checkpoint's predictions on a whole split: inputs, targets, probabilities (N, C) or (N,), classes."""
+    from models.recipe import load_recipe
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r}; choose val or test")
+    recipe = load_recipe(str(ckpt_path)).eval()
+    task = recipe.hparams.task
+    if task == "lm":
+        raise ValueError("predict_split is for classifiers; a language model's outputs are text (generate.py)")
+    datamodule = build_datamodule(recipe.hparams.config["data"], overrides)
+    datamodule.setup(split)
+    batches = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    inputs, targets, probs = [], [], []
+    for *x, y in batches:
+        logits = recipe(*x).float()
+        probs.append(logits.reshape(-1).sigmoid() if task == "binary" else logits.softmax(-1))
+        inputs.append(x[0])
+        targets.append(y)
+    num_classes = recipe.hparams.net_kwargs.get("num_classes", 2)
+    return {"task": task, "inputs": torch.cat(inputs), "targets": torch.cat(targets), "probs": torch.cat(probs),
+            "classes": [str(c) for c in getattr(datamodule, "classes", range(num_classes))],
+            "mean": getattr(datamodule, "mean", None), "std": getattr(datamodule, "std", None)}
+
+
+# -- comparing runs -------------------------------------------------------------------------------------
+def compare(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run under `root`: the config keys that differ between the runs, then the results."""
+    root = Path(root)
+    runs = find_runs(root)
+    if not runs:
+        raise UserInputError(f"no run directory (one with metrics.json) under {root}/")
+    configs = {run: {k: v for k, v in flatten(read_config(run)).items() if not k.startswith(NOT_CHOICES)}
+               for run in runs}
+    keys = sorted(set().union(*configs.values()))
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1]
+    rows = []
+    for run in runs:
+        metrics = read_metrics(run)
+        results = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+        rows.append({"run": str(run.relative_to(root)) if run != root else ".",
+                     **{k: configs[run].get(k) for k in varying}, **results,
+                     **{k: metrics.get(k) for k in ("epochs", "stopped_early", "train_seconds")}})
+    return pd.DataFrame(rows).set_index("run"), varying
+
+
+# -- command lines of eval.py and predict.py ----------------------------------------------------------------
+def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+                    ) -> tuple[dict, list[str], dict]:
+    """`key=value` arguments -> (the script's own options, data overrides, trainer.* options)."""
+    options, data, trainer = {}, [], {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserInputError(f"{arg!r} is not key=value; usage: {usage}")
+        if key.startswith("data.") or key == "paths.data_dir":
+            data.append(arg)
+        elif key.startswith("trainer."):
+            trainer[key[len("trainer."):]] = yaml.safe_load(value)
+        elif key in required + optional:
+            options[key] = value
+        else:
+            raise UserInputError(f"unknown argument {key!r}; usage: {usage}")
+    if missing := [k for k in required if k not in options]:
+        raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
+    return options, data, trainer

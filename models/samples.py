@@ -1,0 +1,44 @@
+"""Text from a character language model: `sample` (used by generate.py) and a callback that logs samples to
+TensorBoard's Text tab after every validation, so you can read what the model has learned as it trains."""
+import warnings
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from data.text import decode, encode
+from models.lstm import CharLM
+
+
+def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature: float = 1.0,
+           top_k: int | None = None, seed: int = 0) -> str:
+    """`prompt` followed by `length` sampled characters; the same seed gives the same text."""
+    if not prompt:
+        raise ValueError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature}; use 0 (most likely character) or more (1 = the model's own distribution)")
+    if unknown := sorted(set(prompt) - set(vocab)):
+        warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}")
+    device = next(net.parameters()).device
+    ids = encode(prompt, vocab).to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    out = net.generate(ids, length, temperature, top_k, generator)
+    return prompt + decode(out[len(ids):], vocab)  # the prompt verbatim, even characters the vocabulary lacks
+
+
+class TextSamples(Callback):
+    def __init__(self, prompt: str = "\n", length: int = 300, temperature: float = 0.8, top_k: int | None = None,
+                 seed: int = 0) -> None:
+        self.options = dict(prompt=prompt, length=length, temperature=temperature, top_k=top_k, seed=seed)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not loggers or trainer.sanity_checking or not isinstance(pl_module.net, CharLM):
+            return
+        was_training = pl_module.net.training
+        pl_module.net.eval()  # no dropout while sampling
+        text = sample(pl_module.net, pl_module.hparams.net_kwargs["vocab"], **self.options)
+        pl_module.net.train(was_training)
+        markdown = "\n".join("    " + line for line in text.splitlines())  # a code block keeps the line breaks
+        for logger in loggers:
+            logger.experiment.add_text("samples", markdown, global_step=trainer.global_step)

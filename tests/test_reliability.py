@@ -1,0 +1,136 @@
+"""Reliability: kill -9 and resume, reproducible runs, the non-finite guard, atomic and safe checkpoints,
+and one-line errors for bad input that damage nothing written before."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train as train_module
+from data import UserInputError
+from models.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from models.recipe import NonFiniteLossError, Recipe
+from tests.conftest import ROOT
+from tests.test_train import FAST, mnist_config, run_cli
+
+COMPARED = ("test/acc", "test/loss", "val/acc_best", "epochs", "steps")
+
+
+def cli_args(mnist_dir, out):
+    # 4 epochs x 15 steps; last.ckpt every 4 steps; no early stop, so the run length is fixed.
+    return ["model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", *FAST, "trainer.max_epochs=4",
+            "callbacks.early_stopping=null", "callbacks.step_checkpoint.every_n_train_steps=4", f"hydra.run.dir={out}"]
+
+
+def saved_step(path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except Exception:  # not there yet
+        return -1
+
+
+def test_resume_after_three_kill_9_matches_an_uninterrupted_run(mnist_dir, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run_cli(*cli_args(mnist_dir, whole)).returncode == 0
+    expected = json.loads((whole / "metrics.json").read_text())
+
+    last, args, kills = broken / "checkpoints" / "last.ckpt", cli_args(mnist_dir, broken), []
+    for cycle in range(3):
+        before = saved_step(last)
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while saved_step(last) <= before and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-epoch, right after a fresh last.ckpt
+        proc.wait()
+        kills.append(saved_step(last))
+        args = [f"resume={broken}"]  # the run's own overrides, its directory, ckpt_path=last
+    assert kills == sorted(set(kills)) and kills[-1] < expected["steps"], kills  # each cycle got further
+    result = run_cli(f"resume={broken}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((broken / "metrics.json").read_text())
+    assert {k: resumed[k] for k in COMPARED} == pytest.approx({k: expected[k] for k in COMPARED}, abs=1e-6)
+
+
+def test_same_seed_same_metrics(mnist_dir, tmp_path):
+    first = train_module.train(mnist_config(mnist_dir, tmp_path / "a", "trainer.max_epochs=2"))
+    second = train_module.train(mnist_config(mnist_dir, tmp_path / "b", "trainer.max_epochs=2"))
+    other = train_module.train(mnist_config(mnist_dir, tmp_path / "c", "trainer.max_epochs=2", "seed=1"))
+    assert {k: first[k] for k in COMPARED} == {k: second[k] for k in COMPARED}
+    assert first["test/loss"] != other["test/loss"]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    loss = Recipe._loss
+
+    def poisoned(self, logits, targets):
+        value, preds, flat = loss(self, logits, targets)
+        return (value * float("nan") if self.trainer.global_step >= 7 else value), preds, flat
+
+    monkeypatch.setattr(Recipe, "_loss", poisoned)
+    cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3", "callbacks.step_checkpoint.every_n_train_steps=5")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 7 \(epoch 0, batch 7\)"):
+        train_module.train(cfg)
+    good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert good["global_step"] == 5 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+
+    def dies_mid_write(obj, f):
+        open(f, "wb").write(b"half a checkpo")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(OSError):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+class Payload:  # a pickled object: loading it would run code
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, tmp_path):
+    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1"))
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.load(tmp_path / "checkpoints" / name, weights_only=True)  # raises if anything but tensors/containers
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": Payload()}, evil)
+    with pytest.raises(UserInputError, match="not a redes checkpoint"):
+        resolve_ckpt_path(str(evil), tmp_path, "models.cnn.ConvNet")
+    with pytest.raises(UserInputError, match="holds a models.cnn.ConvNet, not the models.dnn"):
+        resolve_ckpt_path(str(tmp_path / "checkpoints" / "best.ckpt"), tmp_path, "models.dnn.ClickMLP")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
+    (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
+    (["model.lrr=0.1"], "error: Could not override 'model.lrr'."),
+    (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
+    (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
+    (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"], "error: mnist not found in /no/such/dir/MNIST/raw/"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    result = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith(message), result.stderr[-1500:]
+    assert not any(line.startswith("Traceback") for line in lines)
+
+
+def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(*cli_args(mnist_dir, out)[:-1], "trainer.max_epochs=1", f"hydra.run.dir={out}").returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = run_cli("model=cnn", f"hydra.run.dir={out}")
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
