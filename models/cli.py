@@ -1,9 +1,12 @@
 """What the command line needs besides the recipe: one-line errors for bad input, and `resume=RUN_DIR`."""
+import csv
+import json
 import typing
 from pathlib import Path
 
 import lightning as L
 from hydra import compose, initialize_config_dir
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError
@@ -70,3 +73,26 @@ def check_trainer_args(trainer_cfg: DictConfig) -> None:
             raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")
         if not _admits(value, hints[key]):
             raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hints[key]}".replace("typing.", ""))
+
+
+class SweepSummary(Callback):
+    """After `python train.py -m ...`: summary.csv and summary.json in the sweep directory, one row per job
+    (its overrides and its metrics.json), best first by the monitored validation metric."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        rows = []
+        for metrics in sorted(sweep.glob("*/metrics.json")):
+            job = metrics.parent
+            overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml") if (job / ".hydra" / "overrides.yaml").exists() else []
+            rows.append({"job": job.name, **dict(o.split("=", 1) for o in overrides), **json.loads(metrics.read_text())})
+        if not rows:
+            return
+        key, mode = f"{config.monitor.metric}_best", config.monitor.mode
+        rows.sort(key=lambda r: r.get(key, float("nan")), reverse=mode == "max")
+        (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(sweep / "summary.csv", "w", newline="") as f:
+            csv.DictWriter(f, columns).writeheader()
+            csv.DictWriter(f, columns).writerows(rows)
+        print(f"{len(rows)} runs; summary: {sweep / 'summary.csv'}; best by {key}: job {rows[0]['job']}")

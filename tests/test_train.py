@@ -83,3 +83,13 @@ def test_cli_missing_data_is_one_clear_line(tmp_path):
                      f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: mnist not found in")
+
+
+def test_multirun_writes_one_directory_per_job_and_a_summary(mnist_dir, tmp_path):
+    result = run_cli("-m", "model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", *FAST, "trainer.max_epochs=1",
+                     "model.lr=0.01,0.003", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "1"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted(r["model.lr"] for r in summary) == ["0.003", "0.01"]
+    assert summary[0]["val/acc_best"] >= summary[1]["val/acc_best"]  # best first

@@ -1,0 +1,115 @@
+"""Training throughput: the project's Lightning path against a plain PyTorch loop, same process, same
+network, batches, loss, optimizer and schedule. Prints JSON.
+
+    python benchmarks/throughput.py model=cnn [steps=200] [warmup=20] [out=FILE] [any train.py override ...]
+
+Both paths get `warmup` untimed steps, then `steps` timed ones (the GPU is synchronized at both ends).
+Validation, checkpoints, logging and the progress bar are off in both: this measures the training step.
+"""
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+import train as project  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock(L.Callback):
+    """Wall time from the start of step `warmup` to the end of training."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.seconds = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def plain_loop(recipe, loader, steps: int, warmup: int, precision: str) -> float:
+    """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones."""
+    net, device = recipe.net, recipe.device
+    config = recipe.configure_optimizers()
+    optimizer = config["optimizer"] if isinstance(config, dict) else config
+    scheduler = config["lr_scheduler"]["scheduler"] if isinstance(config, dict) else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    net.train()
+    done, start = 0, None
+    while done < warmup + steps:
+        for *inputs, targets in loader:
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
+            if done == warmup + steps:
+                break
+            with autocast:
+                loss = recipe._loss(net(*inputs), targets)[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            done += 1
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> dict:
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "out"))
+    steps, warmup = int(options.get("steps", 200)), int(options.get("warmup", 20))
+    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    L.seed_everything(cfg.seed)
+    datamodule, recipe = project.build(cfg)
+    clock = Clock(warmup)
+    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[clock], plugins=None)
+    trainer.fit(recipe, datamodule=datamodule)
+
+    L.seed_everything(cfg.seed)  # the same initial network again, for the plain loop
+    _, plain = project.build(cfg)
+    plain.trainer = trainer  # only for configure_optimizers' schedule length
+    plain.to(recipe.device)
+    if cfg.model.get("channels_last"):
+        plain.net.to(memory_format=torch.channels_last)
+    loader = datamodule.train_dataloader()
+    plain_seconds = plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision))
+
+    batch = loader.batch_size
+    result = {
+        "model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
+        "torch": torch.__version__, "lightning": L.__version__, "batch_size": batch, "steps": steps,
+        "lightning_samples_per_s": round(steps * batch / clock.seconds, 1),
+        "plain_samples_per_s": round(steps * batch / plain_seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+    }
+    result["ratio"] = round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
+    return result, options.get("out")
+
+
+if __name__ == "__main__":
+    result, out = main(sys.argv[1:])
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
