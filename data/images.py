@@ -60,14 +60,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(self, name: str, data_dir: str, batch_size: int = 256, eval_batch_size: int = 1000,
                  val_size: int = 5000, split_seed: int = 0, download: bool = True,
-                 augment: dict | None = None, on_device: bool = True) -> None:
+                 augment: dict | None = None, on_device: bool = True, train_size: int | None = None) -> None:
         super().__init__()
         if name not in DATASETS:
             raise UserInputError(f"unknown image dataset {name!r}; choose one of {sorted(DATASETS)}")
         self.name, self.root, self.download = name, Path(data_dir).expanduser(), download
         self.batch_size, self.eval_batch_size, self.val_size, self.split_seed = batch_size, eval_batch_size, val_size, split_seed
         self.augment = {"degrees": 0.0, "translate": 0, "hflip": False, "enabled": False, **(augment or {})}
-        self.on_device = on_device
+        self.on_device, self.train_size = on_device, train_size
         self.train = self.val = self.test = None  # (uint8 images (N, C, H, W), int64 labels (N,))
 
     # -- files ------------------------------------------------------------------------------------
@@ -107,6 +107,7 @@ class ImageDataModule(L.LightningDataModule):
         if stage in ("fit", "validate") and self.train is None:
             images, labels = self._load(train=True)
             train_idx, val_idx = split_indices(len(labels), self.val_size, self.split_seed)
+            train_idx = train_idx[: self.train_size]  # a small training set makes overfitting visible
             self.train, self.val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
             # Normalization statistics per channel, from the training split only.
             x = self.train[0].float().div_(255)

@@ -105,9 +105,9 @@ class CharDataModule(L.LightningDataModule):
             window = min(window, len(ids) - 1)
             starts, jitter, steps = torch.arange(0, len(ids) - window, window, device=device), 0, steps[:window + 1]
 
-        def windows(first: Tensor) -> tuple[Tensor, Tensor]:
-            if jitter:
-                first = first + torch.randint(0, jitter, first.shape, device=device)
+        def windows(first: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            if jitter:  # drawn from the batch's own generator: a resumed run reads the same windows
+                first = first + torch.randint(0, jitter, first.shape, device=device, generator=generator)
             chunk = ids[first[:, None] + steps]  # (B, T + 1)
             return chunk[:, :-1], chunk[:, 1:]  # inputs (B, T), targets (B, T): the next character
 
