@@ -1,0 +1,83 @@
+"""Wall seconds of training until the test metric crosses each threshold. Prints JSON.
+
+    python benchmarks/time_to_accuracy.py model=cnn targets=[0.93,0.94] [out=FILE] [any train.py override ...]
+    python benchmarks/time_to_accuracy.py model=lstm data=tinyshakespeare data.path=... targets=[1.6,1.5]
+    python benchmarks/time_to_accuracy.py model=dnn targets=[0.80,0.82]
+
+The metric is test/acc for images, test/loss (nats/char, lower is better) for text, test/auroc for clicks.
+This benchmark alone scores the test split after every epoch, with the clock stopped: it measures speed and
+chooses nothing (training still early-stops and checkpoints on validation only).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+import train as project  # noqa: E402
+
+METRIC = {"multiclass": ("test/acc", "max"), "binary": ("test/auroc", "max"), "lm": ("test/loss", "min")}
+
+
+class TestClock(L.Callback):
+    """After each training epoch: stop the clock, score the test split, record (train seconds, metric)."""
+
+    def __init__(self, datamodule, metric: str) -> None:
+        self.datamodule, self.metric, self.points = datamodule, metric, []
+        self.train_seconds, self.started = 0.0, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_seconds += time.perf_counter() - self.started
+        self.datamodule.setup("test")
+        pl_module.eval()
+        with torch.no_grad(), torch.autocast(pl_module.device.type, torch.bfloat16,
+                                             enabled=str(trainer.precision).startswith("bf16")):
+            for *inputs, targets in self.datamodule.test_dataloader():
+                pl_module._step((*inputs, targets), "test")
+        value = float(pl_module.losses["test_"].compute() if self.metric == "test/loss"
+                      else pl_module.metrics["test_"].compute()[self.metric.split("/")[1]])
+        pl_module.losses["test_"].reset()
+        pl_module.metrics["test_"].reset()
+        pl_module.train()
+        self.points.append((round(self.train_seconds, 2), round(value, 5)))
+
+
+def main(argv: list[str]) -> tuple[dict, str | None]:
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("targets", "out"))
+    targets = [float(t) for t in options.get("targets", "[]").strip("[]").split(",") if t]
+    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    L.seed_everything(cfg.seed)
+    datamodule, recipe = project.build(cfg)
+    metric, mode = METRIC[datamodule.task]
+    clock = TestClock(datamodule, metric)
+    callbacks = [instantiate(c) for name, c in cfg.callbacks.items() if c and name in ("early_stopping",)]
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[clock, *callbacks], plugins=None)
+    trainer.fit(recipe, datamodule=datamodule)
+    better = (lambda v, t: v >= t) if mode == "max" else (lambda v, t: v <= t)
+    reached = {str(t): next((s for s, v in clock.points if better(v, t)), None) for t in targets}
+    result = {"model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
+              "torch": torch.__version__, "metric": metric, "seconds_to_target": reached,
+              "curve": clock.points, "overrides": overrides}
+    return result, options.get("out")
+
+
+if __name__ == "__main__":
+    result, out = main(sys.argv[1:])
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
