@@ -103,7 +103,7 @@ def roc_figure(probs: np.ndarray, targets: np.ndarray, title: str = "ROC") -> Fi
     from torchmetrics.functional.classification import binary_auroc, binary_roc
 
     p, t = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(targets).long()
-    fpr, tpr, _ = binary_roc(p, t)
+    fpr, tpr, _ = binary_roc(p, t, thresholds=201)  # 201 thresholds: a bounded cost for millions of rows
     fig = Figure(figsize=(4.5, 4.5))
     ax = fig.add_subplot()
     ax.plot(fpr.numpy(), tpr.numpy(), label=f"model (AUC {float(binary_auroc(p, t)):.4f})")
@@ -130,7 +130,8 @@ def calibration_figure(probs: np.ndarray, targets: np.ndarray, bins: int = 10, t
     top.set(ylabel="share of positives", title=title, xlim=(0, 1), ylim=(0, 1))
     top.legend(loc="upper left")
     bottom.bar((np.arange(bins) + 0.5) / bins, count, width=0.9 / bins, color="tab:blue")
-    bottom.set(xlabel="predicted probability", ylabel="rows", yscale="log" if count.max() > 100 * max(count.min(), 1) else "linear")
+    skewed = count.max() > 100 * max(count.min(), 1)  # e.g. clicks: most rows predicted near 0
+    bottom.set(xlabel="predicted probability", ylabel="rows", yscale="log" if skewed else "linear")
     fig.tight_layout()
     return fig
 
@@ -155,12 +156,13 @@ class ResultFigures(Callback):
             raise ValueError(f"max_images={max_images}, val_every_n_epochs={val_every_n_epochs}: use 0 (off) or more")
         self.max_images, self.val_every_n_epochs = max_images, val_every_n_epochs
         self._hook = self._logits = None
-        self.results: dict[str, Tensor] = {}  # the last epoch's accumulators, on the CPU (the tests read them)
+        self._acc: dict = {}     # this epoch's accumulators, on the device
+        self.results: dict = {}  # the last drawn epoch's, on the CPU: confusion, samples, mistakes or probs, targets
 
     # What the recipe's own step computed: the hook keeps the network's output for on_*_batch_end.
     def _start(self, pl_module: LightningModule) -> None:
         self._logits, self._acc = None, {}
-        self._hook = pl_module.net.register_forward_hook(lambda module, inputs, output: setattr(self, "_logits", output))
+        self._hook = pl_module.net.register_forward_hook(lambda net, inputs, output: setattr(self, "_logits", output))
 
     def _stop(self) -> None:
         if self._hook is not None:
@@ -214,7 +216,7 @@ class ResultFigures(Callback):
         # The first examples of the split, as they come.
         have = len(acc["samples"][0]) if "samples" in acc else 0
         if have < self.max_images:
-            take = (images[: self.max_images - have], targets[: self.max_images - have], probs[: self.max_images - have])
+            take = tuple(t[: self.max_images - have] for t in (images, targets, probs))
             acc["samples"] = take if not have else tuple(torch.cat(pair) for pair in zip(acc["samples"], take))
         # The most confident mistakes so far: a running top-k over (kept ones + this batch), on the device.
         confidence = torch.where(preds != targets, probs.amax(-1), -1.0)  # (B,), -1: right, never a mistake
@@ -247,13 +249,15 @@ class ResultFigures(Callback):
             probs, targets = torch.cat(acc["probs"]).cpu().numpy(), torch.cat(acc["targets"]).cpu().numpy()
             self.results = {"probs": probs, "targets": targets}
             writer.add_figure(f"{stage}/roc", roc_figure(probs, targets, f"ROC, {stage} split"), step)
-            writer.add_figure(f"{stage}/calibration", calibration_figure(probs, targets, title=f"calibration, {stage} split"), step)
+            writer.add_figure(f"{stage}/calibration",
+                              calibration_figure(probs, targets, title=f"calibration, {stage} split"), step)
             return
         c = math.isqrt(len(acc["confusion"]))
         confusion = acc["confusion"].view(c, c).cpu().numpy()
         classes = [str(name) for name in getattr(dm, "classes", range(c))]
         self.results = {"confusion": confusion}
-        writer.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(confusion, classes, f"{stage} split"), step)
+        figure = confusion_matrix_figure(confusion, classes, f"{stage} split")
+        writer.add_figure(f"{stage}/confusion_matrix", figure, step)
         if stage != "test":
             return
         mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)

@@ -28,7 +28,8 @@ def find_runs(root: str | Path) -> list[Path]:
 def newest_run(root: str | Path) -> Path:
     runs = find_runs(root)
     if not runs:
-        raise UserInputError(f"no run directory (one with metrics.json) under {root}/: train one with `python train.py`")
+        raise UserInputError(f"no run directory (one with metrics.json) under {root}/: "
+                             "train one with `python train.py`")
     return max(runs, key=lambda run: (run / "metrics.json").stat().st_mtime)
 
 

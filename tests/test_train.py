@@ -13,6 +13,7 @@ from models.recipe import load_recipe
 from tests.conftest import ROOT, make_config
 
 FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=200", "callbacks.progress_bar=null",
+        "callbacks.result_figures=null",
         "callbacks.model_summary=null"]
 
 

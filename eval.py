@@ -1,0 +1,66 @@
+"""Evaluate a trained checkpoint on its test split: `python eval.py ckpt_path=RUN/checkpoints/best.ckpt`.
+
+The network comes from the checkpoint alone (`models.recipe.load_recipe`), the data from the config stored in it,
+so this reproduces the test metrics train.py wrote to RUN/metrics.json. `paths.data_dir=DIR` or `data.KEY=VALUE`
+change the data (the dataset moved; a larger eval batch); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
+Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))
+
+import lightning as L
+
+from data import UserInputError
+from models.recipe import load_recipe
+from models.runs import build_datamodule, load_checkpoint, parse_arguments
+
+USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.data_dir=DIR] [data.KEY=VALUE ...] "
+         "[trainer.KEY=VALUE ...]")
+
+
+def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_options: dict | None = None) -> dict:
+    """The checkpoint's test metrics (plus the data's reference metrics, as in metrics.json)."""
+    load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
+    recipe = load_recipe(str(ckpt_path))
+    config = recipe.hparams.config
+    datamodule = build_datamodule(config["data"], data_overrides)
+    # The precision it was trained and tested with; the device wherever this runs.
+    options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
+               "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
+               "enable_progress_bar": False, **(trainer_options or {})}
+    try:
+        trainer = L.Trainer(**options)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(f"trainer options {trainer_options}: {err}") from err
+    metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
+    return {**metrics, **getattr(datamodule, "reference_metrics", dict)()}
+
+
+def output_path(ckpt_path: Path) -> Path:
+    """RUN/metrics_eval.json beside RUN/metrics.json, for a checkpoint in RUN/checkpoints/."""
+    run = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    return run / "metrics_eval.json"
+
+
+def main(argv: list[str]) -> int:
+    try:
+        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path",), optional=("out",))
+        ckpt_path = Path(options["ckpt_path"])
+        metrics = evaluate(ckpt_path, data, trainer)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(options.get("out") or output_path(ckpt_path))
+    saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
+    out.write_text(json.dumps(saved, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

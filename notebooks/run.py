@@ -1,0 +1,71 @@
+"""Execute an analysis notebook headless on a run: `python notebooks/run.py analyze_run RUN_DIR [name=value ...]`.
+
+As papermill does, it injects `run_dir = 'RUN_DIR'` (and each name=value, read as a Python literal, else as a
+string) in a cell after the notebook's "parameters" cell, executes the notebook with nbclient, and writes the
+executed copy to RUN_DIR/<notebook>.ipynb (or out=FILE). The notebooks in git stay without outputs.
+  python notebooks/run.py analyze_run outputs/cnn/2025-01-01_12-00-00
+  python notebooks/run.py compare_runs outputs/multirun/2025-01-01_12-00-00
+"""
+import ast
+import sys
+from pathlib import Path
+
+NOTEBOOKS = Path(__file__).resolve().parent
+USAGE = "python notebooks/run.py <analyze_run|compare_runs> RUN_DIR [name=value ...] [out=FILE.ipynb]"
+
+
+def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeout: int = 600, **parameters) -> Path:
+    """Run notebooks/<name>.ipynb with `run_dir` and `parameters`; return where the executed copy went."""
+    import nbclient
+    import nbformat
+
+    path = NOTEBOOKS / f"{name}.ipynb"
+    if not path.is_file():
+        choices = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+        raise ValueError(f"unknown notebook {name!r}; choose one of {choices}")
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"run directory {run_dir} not found")
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    values = {"run_dir": str(Path(run_dir).resolve()), **parameters}
+    source = "# Parameters injected by notebooks/run.py\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
+    notebook.cells.insert(tagged[0] + 1 if tagged else 0,
+                          nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    out = Path(out) if out else Path(run_dir) / f"{name}.ipynb"
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})  # cwd: notebooks/, as in Jupyter
+    try:
+        client.execute()
+    finally:
+        nbformat.write(notebook, out)  # a failed run too: the copy shows the cell and its traceback
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or "=" in argv[0] or "=" in argv[1]:
+        print(f"usage: {USAGE}", file=sys.stderr)
+        return 2
+    name, run_dir, parameters = argv[0], argv[1], {}
+    for arg in argv[2:]:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            print(f"error: {arg!r} is not name=value; usage: {USAGE}", file=sys.stderr)
+            return 2
+        try:
+            parameters[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parameters[key] = value  # a bare word or path: a string
+    try:
+        out = execute(name, run_dir, **parameters)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # nbclient's CellExecutionError: the failing cell's traceback
+        print(f"error: the notebook failed; the executed copy shows where.\n{err}", file=sys.stderr)
+        return 1
+    print(f"executed {name} on {run_dir}: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

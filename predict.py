@@ -1,0 +1,135 @@
+"""A trained checkpoint's predictions on new inputs: `python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=PATH`.
+
+  input=IMAGE or input=FOLDER  PNG/JPG/... images (a folder: every image directly in it) -> one row per image:
+                               file, class, probability, then the probability of every class. Each image is
+                               greyscaled or made RGB and resized to the network's input, and normalized with the
+                               training split's statistics, as in training.
+  input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models),
+                               or `class` and `probability` (multi-class). The run's DataModule turns rows into
+                               network inputs with its `encode_frame(pandas.DataFrame) -> tuple[Tensor, ...]`.
+Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
+The DataModule is rebuilt from the config stored in the checkpoint and set up on its training split (for the
+statistics and encoders), so the run's dataset must be readable: `paths.data_dir=DIR` if it moved.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from data import UserInputError
+from models.recipe import load_recipe
+from models.runs import build_datamodule, load_checkpoint, parse_arguments
+
+USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv [out=FILE.csv] "
+         "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CHUNK = 65536  # rows per forward pass: bounds memory on large tables
+
+
+def image_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserInputError(f"input={path}: no {'/'.join(IMAGE_SUFFIXES)} files in that folder")
+        return files
+    return [path]
+
+
+def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and resized to `size`."""
+    if channels not in (1, 3):
+        raise UserInputError(f"the network takes {channels}-channel images; predict.py reads grey (1) or RGB (3)")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)  # PIL: (W, H)
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserInputError(f"input {file}: not a readable image ({err})") from err
+        array = np.asarray(image, dtype=np.uint8).reshape(size[0], size[1], channels)
+        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))  # (C, H, W)
+    return torch.stack(images)
+
+
+@torch.no_grad()
+def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
+    kwargs = recipe.hparams.net_kwargs
+    if recipe.hparams.task != "multiclass" or "image_size" not in kwargs:
+        raise UserInputError(f"this checkpoint's network ({recipe.hparams.config['model']['net']['_target_']}) "
+                             "does not classify images; give it what it was trained on")
+    if getattr(datamodule, "mean", None) is None:
+        raise UserInputError(f"{type(datamodule).__name__} has no mean/std: cannot normalize images as in training")
+    images = read_images(files, kwargs["in_channels"], tuple(kwargs["image_size"]))
+    mean, std = datamodule.mean.view(1, -1, 1, 1), datamodule.std.view(1, -1, 1, 1)
+    x = (images.float() / 255 - mean) / std  # (N, C, H, W), as data.images normalizes training batches
+    probs = torch.cat([recipe(chunk).float().softmax(-1) for chunk in x.split(1024)])  # (N, classes)
+    classes = [str(c) for c in getattr(datamodule, "classes", range(probs.shape[1]))]
+    best = probs.argmax(1)
+    table = pd.DataFrame({"file": [str(f) for f in files], "class": [classes[i] for i in best],
+                          "probability": probs.gather(1, best[:, None])[:, 0].numpy()})
+    return pd.concat([table, pd.DataFrame(probs.numpy(), columns=classes)], axis=1)
+
+
+@torch.no_grad()
+def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
+    encode = getattr(datamodule, "encode_frame", None)
+    if encode is None:
+        raise UserInputError(f"input={csv}: this run's data ({type(datamodule).__name__}) cannot encode table rows "
+                             "(it has no encode_frame); CSV input is for models trained on tables")
+    try:
+        frame = pd.read_csv(csv)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"input={csv}: not a readable CSV file ({err})") from err
+    outputs = []
+    for start in range(0, len(frame), CHUNK):
+        inputs = encode(frame.iloc[start:start + CHUNK])  # raises UserInputError naming a bad column or row
+        outputs.append(recipe(*inputs).float())
+    logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
+    if recipe.hparams.task == "binary":
+        return frame.assign(click_probability=logits.reshape(-1).sigmoid().numpy())
+    probs = logits.softmax(-1)
+    classes = [str(c) for c in getattr(datamodule, "classes", range(probs.shape[1]))]
+    return frame.assign(**{"class": [classes[i] for i in probs.argmax(1)], "probability": probs.amax(1).numpy()})
+
+
+def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()) -> pd.DataFrame:
+    load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
+    path = Path(input_path)
+    if not path.exists():
+        raise UserInputError(f"input={path}: no such file or folder")
+    if not (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES + (".csv",)):
+        raise UserInputError(f"input={path}: give a folder of images, an image ({', '.join(IMAGE_SUFFIXES)}) or a .csv")
+    recipe = load_recipe(str(ckpt_path)).eval()
+    if recipe.hparams.task == "lm":
+        raise UserInputError("this checkpoint is a language model: sample text with generate.py")
+    datamodule = build_datamodule(recipe.hparams.config["data"], data_overrides)
+    if path.suffix.lower() == ".csv":
+        return predict_rows(recipe, datamodule, path)
+    return predict_images(recipe, datamodule, image_files(path))
+
+
+def main(argv: list[str]) -> int:
+    try:
+        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path", "input"), optional=("out",))
+        if trainer:
+            raise UserInputError(f"trainer.{next(iter(trainer))}: predict.py runs no Trainer; usage: {USAGE}")
+        table = predict(options["ckpt_path"], options["input"], data)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if options.get("out"):
+        table.to_csv(options["out"], index=False)
+        print(f"{len(table)} predictions written to {options['out']}", file=sys.stderr)
+    else:
+        table.to_csv(sys.stdout, index=False, float_format="%.4f")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

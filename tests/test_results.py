@@ -1,0 +1,219 @@
+"""Results you can see: TensorBoard figures, the analysis notebooks, eval.py and predict.py, on one small sweep."""
+import base64
+import importlib
+import io
+import json
+import re
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train as train_module
+from data import UserInputError
+from data.batches import TensorBatches
+from models import runs
+from models.figures import ResultFigures
+from models.recipe import Recipe, load_recipe
+from tests.conftest import make_config, pattern_images, write_idx
+
+eval_script, predict_script = importlib.import_module("eval"), importlib.import_module("predict")
+
+# A small, fast CNN; two epochs so the learning curves have two points.
+SMALL = ["model=cnn", "data=mnist", "trainer.max_epochs=2", "data.val_size=100", "data.batch_size=64",
+         "data.eval_batch_size=100", "model.net.widths=[8,16]", "model.net.hidden_size=32",
+         "trainer.log_every_n_steps=2", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+         "callbacks.result_figures.max_images=16"]
+
+
+@pytest.fixture(scope="module")
+def noisy_mnist_dir(tmp_path_factory):
+    """conftest's pattern images with 10% of the labels changed: the network learns the rest, and makes mistakes."""
+    root = tmp_path_factory.mktemp("noisy_mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n, seed in (("train", 500, 0), ("t10k", 200, 1)):
+        images, labels = pattern_images(n, 28, 1, seed)
+        rng = np.random.default_rng(seed + 100)
+        flip = rng.random(n) < 0.1
+        labels[flip] = (labels[flip] + rng.integers(1, 10, flip.sum())) % 10
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[..., 0])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(noisy_mnist_dir, tmp_path_factory):
+    """A learning-rate sweep of two runs laid out as `python train.py --multirun` lays them out: DIR/0, DIR/1, each
+    with .hydra/config.yaml, checkpoints, events and metrics.json. train() in-process: no second `import lightning`."""
+    out = tmp_path_factory.mktemp("sweep")
+    for i, lr in enumerate((0.003, 0.01)):
+        cfg = make_config(*SMALL, f"paths.data_dir={noisy_mnist_dir}", f"model.lr={lr}", output_dir=out / str(i))
+        train_module.train(cfg)
+        (out / str(i) / ".hydra").mkdir()
+        OmegaConf.save(cfg, out / str(i) / ".hydra" / "config.yaml")  # what Hydra's CLI saves
+    assert [p.name for p in runs.find_runs(out)] == ["0", "1"]
+    return out
+
+
+def events(folder) -> EventAccumulator:
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_holds_scalars_hyperparameters_and_figures(sweep):
+    tb = events(sweep / "0" / "tensorboard")
+    tags = tb.Tags()
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss"):
+        assert tag in tags["scalars"]
+    assert any(tag.startswith("lr-") for tag in tags["scalars"]), tags["scalars"]
+    assert "_hparams_/experiment" in tb.PluginTagToContent("hparams")  # train.py's hparams tab
+    for tag in ("val/confusion_matrix", "test/confusion_matrix", "test/predictions", "test/confident_mistakes",
+                "test/first_conv_filters"):
+        image = Image.open(io.BytesIO(tb.Images(tag)[-1].encoded_image_string))
+        assert image.width > 100 and image.height > 100, tag
+    assert len(tb.Images("val/confusion_matrix")) == 2  # one per epoch
+
+
+def test_figures_count_every_test_example_and_the_worst_mistakes(sweep, tmp_path):
+    ckpt = runs.best_checkpoint(sweep / "0")
+    recipe = load_recipe(str(ckpt))
+    figures = ResultFigures(max_images=8)
+    trainer = L.Trainer(logger=TensorBoardLogger(tmp_path, name="tb", version=""), callbacks=[figures],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    datamodule = runs.build_datamodule(recipe.hparams.config["data"])
+    metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
+    confusion = figures.results["confusion"]
+    assert confusion.sum() == 200 and np.trace(confusion) / 200 == pytest.approx(metrics["test/acc"], abs=1e-6)
+    # The gallery holds the most confident mistakes of the whole split, most confident first.
+    images, targets, probs = figures.results["mistakes"]
+    assert len(images) == 8 and (probs.argmax(1) != targets).all()
+    predicted = runs.predict_split(ckpt)
+    p, t = predicted["probs"], predicted["targets"]
+    worst = p.amax(1)[p.argmax(1) != t].sort(descending=True).values[:8]
+    torch.testing.assert_close(probs.amax(1), worst)
+    torch.testing.assert_close(figures.results["samples"][0], predicted["inputs"][:8])
+    # Without a TensorBoard logger the callback does nothing at all.
+    quiet = ResultFigures()
+    L.Trainer(logger=False, callbacks=[quiet], enable_progress_bar=False, enable_model_summary=False).test(
+        recipe, datamodule=datamodule, verbose=False)
+    assert quiet.results == {} and quiet._hook is None
+
+
+def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
+    run = sweep / "0"
+    assert eval_script.main([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    trained, evaluated = runs.read_metrics(run), json.loads((run / "metrics_eval.json").read_text())
+    for key in ("test/acc", "test/loss"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-3) and printed[key] == evaluated[key]
+    assert eval_script.main([f"ckpt_path={run}/nothing.ckpt"]) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint at")
+
+
+def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, labels = pattern_images(20, 28, 1, seed=7)  # clean labels
+    for i, image in enumerate(images):  # RGB and twice the size: predict.py greyscales and resizes
+        Image.fromarray(image[..., 0]).convert("RGB").resize((56, 56)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "predictions.csv"
+    ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={folder}", f"out={out}"]) == 0
+    table = pd.read_csv(out)
+    classes = [f"{k} - {name}" for k, name in enumerate("zero one two three four five six seven eight nine".split())]
+    assert list(table.columns) == ["file", "class", "probability", *classes] and len(table) == 20
+    np.testing.assert_allclose(table[classes].sum(1), 1.0, atol=1e-4)
+    assert (table["class"] == [classes[k] for k in labels]).mean() >= 0.9  # it learned the patterns
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'rows.csv'}"]) == 2  # no such file
+
+
+def test_notebooks_execute_and_draw(sweep):
+    nbformat = pytest.importorskip("nbformat")  # the dev extras: nbformat, nbclient, ipykernel
+    pytest.importorskip("nbclient")
+    run_notebook = importlib.import_module("notebooks.run").execute
+    analyzed = run_notebook("analyze_run", sweep / "0")
+    assert analyzed == sweep / "0" / "analyze_run.ipynb"
+    outputs = [o for cell in nbformat.read(analyzed, as_version=4).cells for o in cell.get("outputs", [])]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 4  # learning curves, confusion matrix, accuracy per class, mistakes
+    assert all(Image.open(io.BytesIO(base64.b64decode(o["data"]["image/png"]))).width > 200 for o in pngs)
+    text = "".join(o.get("text", "") for o in outputs)
+    recomputed, recorded = re.search(r"from best.ckpt: ([\d.]+) \(metrics.json: ([\d.]+)\)", text).groups()
+    assert recomputed == recorded
+
+    table, varying = runs.compare(sweep)
+    assert varying == ["model.lr"] and list(table["model.lr"]) == [0.003, 0.01]
+    compared = run_notebook("compare_runs", sweep)
+    outputs = [o for cell in nbformat.read(compared, as_version=4).cells for o in cell.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # results, curves, result against lr
+
+
+# -- CSV rows: a minimal tabular DataModule with the `encode_frame` the DNN's must provide ----------------------
+class TinyClicks(L.LightningDataModule):
+    """Rows (a, b, c) -> clicked; encode_frame turns a table of new rows into the network's inputs."""
+
+    task = "binary"
+    columns = ["a", "b", "c"]
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(600, 3, generator=g)
+        y = (x @ torch.tensor([2.0, -1.0, 0.5]) + 0.5 * torch.randn(600, generator=g) > 0).float()
+        self.splits = {"train": (x[:400], y[:400]), "val": (x[400:500], y[400:500]), "test": (x[500:], y[500:])}
+
+    @property
+    def net_kwargs(self) -> dict:
+        return {"in_features": 3, "out_features": 1}
+
+    def encode_frame(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
+        if missing := [c for c in self.columns if c not in frame]:
+            raise UserInputError(f"missing columns {missing}")
+        return (torch.tensor(frame[self.columns].to_numpy(), dtype=torch.float32),)
+
+    def train_dataloader(self):
+        return TensorBatches(*self.splits["train"], batch_size=50, shuffle=True)
+
+    def val_dataloader(self):
+        return TensorBatches(*self.splits["val"], batch_size=100)
+
+    def test_dataloader(self):
+        return TensorBatches(*self.splits["test"], batch_size=100)
+
+
+def test_predict_appends_a_click_probability_to_csv_rows(tmp_path):
+    config = {"model": {"net": {"_target_": "torch.nn.Linear", "_partial_": True}},
+              "data": {"_target_": "tests.test_results.TinyClicks", "seed": 0}, "trainer": {"precision": "32-true"}}
+    datamodule = TinyClicks()
+    recipe = Recipe(torch.nn.Linear(3, 1), task="binary", lr=0.1, optimizer={"name": "adam"},
+                    scheduler={"name": "none"}, net_kwargs=datamodule.net_kwargs, config=config)
+    figures = ResultFigures()
+    trainer = L.Trainer(max_epochs=5, logger=TensorBoardLogger(tmp_path, name="tb", version=""), callbacks=[figures],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(recipe, datamodule=datamodule)
+    metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
+    trainer.save_checkpoint(tmp_path / "clicks.ckpt")
+    assert {"test/roc", "test/calibration"} <= set(events(tmp_path / "tb").Tags()["images"])
+    from torchmetrics.functional.classification import binary_auroc
+    auroc = binary_auroc(torch.as_tensor(figures.results["probs"]), torch.as_tensor(figures.results["targets"]).long())
+    assert float(auroc) == pytest.approx(metrics["test/auroc"], abs=1e-6) and metrics["test/auroc"] > 0.9
+
+    rows = pd.DataFrame({"id": [10, 11, 12, 13], "a": [2.0, -2.0, 0.1, 0.0], "b": [-1.0, 1.0, 0.0, 0.0],
+                         "c": [0, 0, 0, 5]})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    assert predict_script.main([f"ckpt_path={tmp_path / 'clicks.ckpt'}", f"input={tmp_path / 'rows.csv'}",
+                                f"out={tmp_path / 'scored.csv'}"]) == 0
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    assert list(scored.columns) == ["id", "a", "b", "c", "click_probability"]
+    pd.testing.assert_frame_equal(scored[rows.columns], rows, check_dtype=False)  # the rows, unchanged, in order
+    expected = recipe.net(torch.tensor(rows[["a", "b", "c"]].to_numpy(), dtype=torch.float32)).sigmoid().view(-1)
+    np.testing.assert_allclose(scored["click_probability"], expected.detach().numpy(), rtol=1e-5)
+    assert scored["click_probability"][0] > 0.9 > 0.1 > scored["click_probability"][1]  # it learned the sign
