@@ -1,0 +1,113 @@
+"""Regularization in the real recipe (notebooks/regularization.ipynb): each technique has the effect it should.
+
+Six short runs of train.train(cfg) on real Fashion-MNIST, shared by every test here and by the notebook.
+The margins below held for seeds 42, 0 and 1 with room to spare (the measured values are in the comments).
+"""
+import importlib
+
+import pandas as pd
+import pytest
+import torch
+
+from data.images import DEBIAN_FASHION_MNIST
+from models import regularization
+
+needs_fashion_mnist = pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
+                                reason=f"real Fashion-MNIST not found at {DEBIAN_FASHION_MNIST} "
+                                       "(apt-get install -y dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """The six experiments, trained once per session: name -> (metrics, curves, final weights)."""
+    root = tmp_path_factory.mktemp("regularization")
+    results = {}
+    for name in regularization.EXPERIMENTS:
+        metrics, curves = regularization.experiment(name, root)
+        results[name] = (metrics, curves, regularization.weights(root / name))
+    return root, results
+
+
+def final_val_loss(runs, name: str) -> float:
+    return runs[1][name][1]["val/loss"].iloc[-1]
+
+
+@needs_fashion_mnist
+def test_baseline_overfits(runs):
+    metrics, curves, _ = runs[1]["baseline"]
+    val, train = curves["val/loss"], curves["train/loss"]
+    assert metrics["epochs"] == len(curves) == 30 and not metrics["stopped_early"]
+    assert train.iloc[-1] < 0.05  # 0.007-0.010: the 500 training images are memorized
+    assert val.idxmin() <= 15  # epoch 10 for all three seeds
+    assert val.iloc[-1] > val.min() + 0.05  # +0.11 to +0.14: validation loss climbs back after its minimum
+    assert val.iloc[-1] > 10 * train.iloc[-1]
+
+
+@needs_fashion_mnist
+def test_weight_decay_shrinks_the_weights(runs):
+    baseline, decayed = runs[1]["baseline"][2], runs[1]["weight_decay"][2]
+    assert regularization.weight_norm(decayed) < 0.8 * regularization.weight_norm(baseline)  # 0.67-0.68 of it
+
+
+@needs_fashion_mnist
+def test_l1_makes_the_weights_sparse(runs):
+    near_zero = {name: regularization.near_zero_fraction(runs[1][name][2]) for name in ("baseline", "weight_decay", "l1")}
+    assert near_zero["l1"] > 0.3  # 0.47-0.48
+    assert near_zero["l1"] > 10 * near_zero["baseline"]  # baseline 0.026-0.027
+    assert near_zero["l1"] > 5 * near_zero["weight_decay"]  # L2 shrinks weights but does not zero them: 0.042-0.044
+
+
+@needs_fashion_mnist
+def test_early_stopping_stops_at_patience_after_the_best_epoch(runs):
+    root, results = runs
+    metrics, curves, _ = results["early_stopping"]
+    baseline_curves = results["baseline"][1]
+    assert metrics["stopped_early"] and metrics["epochs"] == len(curves) < 30  # 15 of 30
+    best = regularization.best_epoch(root / "early_stopping")
+    assert best == curves["val/loss"].idxmin() == baseline_curves["val/loss"].idxmin()
+    assert metrics["epochs"] == best + 5  # patience 5: five epochs without a lower val/loss
+    assert metrics["val/loss_best"] == pytest.approx(curves["val/loss"].min(), abs=1e-6)
+    # Same seed, same config but the callback: the same curve, cut short; replaying the rule on it agrees.
+    torch.testing.assert_close(torch.tensor(curves["val/loss"].values),
+                               torch.tensor(baseline_curves["val/loss"].loc[curves.index].values), atol=1e-4, rtol=0)
+    assert regularization.replay_early_stopping(baseline_curves["val/loss"], 5) == (metrics["epochs"], best)
+
+
+@needs_fashion_mnist
+def test_dropout_weight_decay_and_augmentation_end_with_a_lower_validation_loss(runs):
+    baseline = final_val_loss(runs, "baseline")  # 0.65-0.73
+    lower = {name: baseline - final_val_loss(runs, name) for name in ("dropout", "weight_decay", "augmentation")}
+    assert all(gain > 0.03 for gain in lower.values()), lower  # gains of 0.07 to 0.16
+    # ...while the training loss stays higher: they fight memorizing, not learning.
+    train = {name: runs[1][name][1]["train/loss"].iloc[-1] for name in ("baseline", *lower)}
+    assert all(train[name] > train["baseline"] for name in lower), train
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="choose one of .*'baseline'"):
+        regularization.overrides("weight_decayy")
+
+
+def test_replay_early_stopping_rule():
+    val_loss = pd.Series([1.0, 0.8, 0.9, 0.85, 0.7, 0.75, 0.76, 0.8], index=range(1, 9))
+    assert regularization.replay_early_stopping(val_loss, 2) == (4, 2)  # 0.9 and 0.85 do not beat 0.8
+    assert regularization.replay_early_stopping(val_loss, 3) == (8, 5)
+    assert regularization.replay_early_stopping(val_loss, 4) == (None, 5)  # never stops: 3 epochs after the best
+
+
+@needs_fashion_mnist
+def test_notebook_executes_and_draws(runs):
+    nbformat = pytest.importorskip("nbformat")  # the dev extras: nbformat, nbclient, ipykernel
+    pytest.importorskip("nbclient")
+    root, _ = runs
+    notebook = regularization.ROOT / "notebooks" / "regularization.ipynb"
+    stored = nbformat.read(notebook, as_version=4)
+    assert all(cell.get("outputs", []) == [] for cell in stored.cells), "store the notebook without outputs"
+    # The session's runs are reused (same overrides), so this times the notebook's own work, not the training.
+    executed = importlib.import_module("notebooks.run").execute("regularization", root, out=root / "executed.ipynb",
+                                                                timeout=600)
+    outputs = [output for cell in nbformat.read(executed, as_version=4).cells for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 8  # a figure per technique and more
+    text = "".join(output.get("text", "") for output in outputs)
+    assert f"stopped_early=True after {runs[1]['early_stopping'][0]['epochs']} of 30 epochs" in text
