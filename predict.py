@@ -6,7 +6,7 @@
                                training split's statistics, as in training.
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models),
                                or `class` and `probability` (multi-class). The run's DataModule turns rows into
-                               network inputs with its `encode_frame(pandas.DataFrame) -> tuple[Tensor, ...]`.
+                               network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
 Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
 The DataModule is rebuilt from the config stored in the checkpoint and set up on its training split (for the
 statistics and encoders), so the run's dataset must be readable: `paths.data_dir=DIR` if it moved.
@@ -86,10 +86,8 @@ def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
         frame = pd.read_csv(csv)
     except (OSError, ValueError) as err:
         raise UserInputError(f"input={csv}: not a readable CSV file ({err})") from err
-    outputs = []
-    for start in range(0, len(frame), CHUNK):
-        inputs = encode(frame.iloc[start:start + CHUNK])  # raises UserInputError naming a bad column or row
-        outputs.append(recipe(*inputs).float())
+    inputs = encode(frame, where=f"input={csv}")  # raises UserInputError naming a bad column or row
+    outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
     if recipe.hparams.task == "binary":
         return frame.assign(click_probability=logits.reshape(-1).sigmoid().numpy())

@@ -36,7 +36,7 @@ def world(seed: int) -> dict:
         "country_p": zipf(40, 1.0), "country_effect": rng.normal(0, 0.4, 40),
         "topic_p": zipf(1000, 0.3), "topic_effect": rng.normal(0, 0.6, 1000),
         "city_country": rng.choice(40, 3000, p=zipf(40, 1.0)),  # each city lies in one country
-        "city_p": zipf(3000, 0.2), "city_effect": rng.normal(0, 0.3, 3000),
+        "city_p": zipf(3000, 0.2), "city_effect": rng.normal(0, 0.15, 3000),
     }
 
 
@@ -95,7 +95,7 @@ class ClicksDataModule(TabularDataModule):
     def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
         if splits == ("test",):  # a stream of its own: the test rows never depend on how many rows train
             test = make_clicks(self.sizes["test"], self.seed, "test")
-            self.test_p_click = torch.as_tensor(test["p_click"].to_numpy())  # the truth, for reference_metrics
+            self.test_p_click = torch.tensor(test["p_click"].to_numpy())  # the truth, for reference_metrics
             return [test]
         rows = make_clicks(self.rows - self.sizes["test"], self.seed, "train")
         train, val = split_indices(len(rows), self.sizes["val"], self.split_seed)

@@ -114,6 +114,7 @@ class TabularDataModule(L.LightningDataModule):
     """Encodes and serves the splits that a subclass's `frames(splits)` returns as pandas DataFrames."""
 
     task = "binary"
+    timestamps: list[str] = []  # raw date-time columns, each expanded into the fields "<name> hour", "<name> weekday"
 
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,
                  log_columns: list[str] | str = "auto", min_count: int = 5, hash_buckets: int = 1000,
@@ -149,6 +150,34 @@ class TabularDataModule(L.LightningDataModule):
         return self.scaler(numbers), self.ids(frame[self.categorical]), labels
 
     @property
+    def derived(self) -> list[str]:
+        return [f"{c} {part}" for c in self.timestamps for part in ("hour", "weekday")]
+
+    def parse_features(self, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+        """Raw rows (strings or numbers) checked and parsed: every feature column present, numbers finite (or
+        empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row."""
+        needed = [*self.numeric, *[c for c in self.categorical if c not in self.derived], *self.timestamps]
+        if missing := [c for c in needed if c not in frame.columns]:
+            raise UserInputError(f"{where}: no column {missing[0]!r} in the header (row 1), which has "
+                                 f"{list(frame.columns)}; fix the column name in the config or the file")
+        frame = frame.copy()
+        for column in self.numeric:
+            frame[column] = parse(frame[column], to_finite, where, column, "is not a finite number",
+                                  f"fix it, or list {column!r} under data.categorical_columns")
+        for column in self.timestamps:
+            stamps = parse(frame[column], to_datetime, where, column, "is not a date and time",
+                           "write it like 2016-03-27 00:53:11")
+            frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
+        return frame
+
+    def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
+        """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
+        the training split; predict.py's CSV path. Call setup("fit") first."""
+        frame = self.parse_features(frame.reset_index(drop=True), where)
+        numbers = torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), -1)
+        return self.scaler(numbers), self.ids(frame[self.categorical])
+
+    @property
     def net_kwargs(self) -> dict:
         return {"num_numeric": self.scaler.width, "cardinalities": self.ids.cardinalities}
 
@@ -167,3 +196,78 @@ class TabularDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatches:
         return self._batches(self.test, self.eval_batch_size, train=False)
+
+
+class CSVDataModule(TabularDataModule):
+    """Any CSV with a header and a 0/1 label column: rows split at random into train, validation and test."""
+
+    def __init__(self, path: str, label_column: str, numeric_columns: list[str] = (),
+                 categorical_columns: list[str] = (), timestamp_columns: list[str] = (), val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, split_seed: int = 0, **encoding) -> None:
+        self.timestamps = list(timestamp_columns)  # each becomes two categorical fields: "<name> hour", "<name> weekday"
+        super().__init__(numeric_columns, [*categorical_columns, *self.derived], label_column, **encoding)
+        self.path, self.split_seed = Path(path).expanduser(), split_seed
+        self.fractions = {"val": val_fraction, "test": test_fraction}
+        named = [label_column, *numeric_columns, *categorical_columns, *self.timestamps]
+        if twice := sorted({c for c in named if named.count(c) > 1}):
+            raise UserInputError(f"column(s) {twice} are named twice among data.label_column, data.numeric_columns, "
+                                 "data.categorical_columns, data.timestamp_columns: give each column one role")
+        if not 0 < val_fraction + test_fraction < 1 or min(val_fraction, test_fraction) <= 0:
+            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
+                                 "each must be > 0 and together < 1")
+
+    def read(self) -> pd.DataFrame:
+        """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""
+        where = f"data.path={self.path}"
+        if not self.path.is_file():
+            raise UserInputError(f"{where}: no such file; give a CSV file with a header row")
+        try:
+            frame = pd.read_csv(self.path, dtype=str, skipinitialspace=True)
+        except pd.errors.EmptyDataError:
+            raise UserInputError(f"{where} is empty: row 1 should be the header naming the columns "
+                                 f"(label column {self.label!r}), then one row per example") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise UserInputError(f"{where} is not a readable CSV ({err})") from None
+        if self.label not in frame.columns:
+            raise UserInputError(f"{where}: no label column {self.label!r} in the header (row 1), which has "
+                                 f"{list(frame.columns)}; fix data.label_column or the file")
+        frame = self.parse_features(frame, where)
+        if frame.empty:
+            raise UserInputError(f"{where} has a header but no rows: row 2 (the first example, column "
+                                 f"{self.label!r} and the others) is missing")
+        labels = pd.to_numeric(frame[self.label], errors="coerce")
+        if bad := np.flatnonzero(~labels.isin([0, 1])).tolist():
+            raise UserInputError(f"{where}, column {self.label!r}, row {bad[0] + 1} (line {bad[0] + 2}): label "
+                                 f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such rows)")
+        frame[self.label] = labels.astype(np.int64)
+        return frame
+
+    def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
+        frame = self.read()
+        n_test = round(len(frame) * self.fractions["test"])
+        n_val = round(len(frame) * self.fractions["val"])
+        if min(n_test, n_val) < 1 or len(frame) - n_test - n_val < 2:
+            raise UserInputError(f"data.path={self.path} has {len(frame)} rows: too few to split into training, "
+                                 f"validation ({self.fractions['val']}) and test ({self.fractions['test']}) rows")
+        rest, test = split_indices(len(frame), n_test, self.split_seed)
+        train, val = split_indices(len(rest), n_val, self.split_seed + 1)
+        rows = {"train": rest[train], "val": rest[val], "test": test}
+        return [frame.iloc[rows[s].numpy()] for s in splits]
+
+
+def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: str) -> pd.Series:
+    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse."""
+    parsed = parser(column)
+    if bad := np.flatnonzero(column.notna().to_numpy() & parsed.isna().to_numpy()).tolist():
+        raise UserInputError(f"{where}, column {name!r}, row {bad[0] + 1} (line {bad[0] + 2}): {column.iloc[bad[0]]!r} "
+                             f"{problem}; {fix}")
+    return parsed
+
+
+def to_finite(column: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers.where(np.isfinite(numbers))  # "inf" is no more usable than "abc"
+
+
+def to_datetime(column: pd.Series) -> pd.Series:
+    return pd.to_datetime(column, errors="coerce")

@@ -174,9 +174,9 @@ class TinyClicks(L.LightningDataModule):
     def net_kwargs(self) -> dict:
         return {"in_features": 3, "out_features": 1}
 
-    def encode_frame(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
+    def encode_frame(self, frame: pd.DataFrame, where: str) -> tuple[torch.Tensor, ...]:
         if missing := [c for c in self.columns if c not in frame]:
-            raise UserInputError(f"missing columns {missing}")
+            raise UserInputError(f"{where}: missing columns {missing}")
         return (torch.tensor(frame[self.columns].to_numpy(), dtype=torch.float32),)
 
     def train_dataloader(self):

@@ -1,0 +1,105 @@
+"""Preparing a Criteo file larger than you would like to hold in memory: time, throughput and peak memory.
+
+    python benchmarks/criteo_prepare.py [--gb 2.0] [--dir /tmp/criteo_bench] [--chunk-rows 100000] [--keep]
+
+Writes a Kaggle-format file (tab-separated, no header: label, I1..I13, C1..C26; empty cells for missing values,
+~290 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`
+runs. The conversion runs in a fresh process, so its peak resident memory (getrusage's ru_maxrss) is its own:
+it should stay near the imports' footprint plus one chunk, whatever --gb is.
+"""
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# Per-column levels: a few columns with a handful of values, most with thousands to millions (as in Criteo).
+LEVELS = [1_400, 550, 1_000_000, 300_000, 300, 20, 12_000, 600, 3, 90_000, 5_000, 1_000_000, 3_000, 26, 11_000,
+          800_000, 10, 4_000, 2_000, 4, 1_000_000, 15, 15, 100_000, 100, 50_000]
+MISSING = [0.45, 0.0, 0.2, 0.2, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04, 0.77, 0.2]  # I1..I13
+
+
+def hex8(values: np.ndarray) -> np.ndarray:
+    """uint32 -> 8-character lowercase hex strings, vectorized."""
+    nibbles = (values[:, None] >> np.arange(28, -4, -4, dtype=np.uint32)) & 0xF  # (n, 8)
+    return HEX[nibbles].view("S8").ravel().astype(str)
+
+
+def criteo_rows(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    columns = {"label": (rng.random(n) < 0.26).astype(np.int8)}
+    for i, missing in enumerate(MISSING, 1):
+        counts = pd.array(np.floor(rng.lognormal(1.5, 1.8, n)).astype(np.int64), dtype="Int64")
+        counts[rng.random(n) < missing] = pd.NA
+        columns[f"I{i}"] = counts
+    for i, levels in enumerate(LEVELS, 1):
+        ids = (rng.zipf(1.3, n) % levels).astype(np.uint32) * np.uint32(2654435761)  # spread over 32 bits
+        strings = pd.Series(hex8(ids), dtype=object)
+        strings[rng.random(n) < 0.05 * (i % 3)] = None
+        columns[f"C{i}"] = strings
+    return pd.DataFrame(columns)
+
+
+def write_file(path: Path, gigabytes: float, seed: int = 0) -> int:
+    rng, rows, target = np.random.default_rng(seed), 0, int(gigabytes * 1e9)
+    with open(path, "w") as f:
+        while f.tell() < target:
+            block = criteo_rows(100_000, rng)
+            f.write(block.to_csv(sep="\t", header=False, index=False, lineterminator="\n"))
+            rows += len(block)
+            print(f"\rwriting {path}: {f.tell() / 1e9:.2f} / {gigabytes} GB", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return rows
+
+
+def measure(path: Path, cache_dir: Path, chunk_rows: int) -> dict:
+    """Runs in its own process (see --measure): one preparation, timed, with this process's peak memory."""
+    sys.path.insert(0, str(ROOT))
+    from data.criteo import prepare
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    start = time.perf_counter()
+    cache = prepare(path, cache_dir, chunk_rows)
+    seconds = time.perf_counter() - start
+    meta = json.loads((cache / "meta.json").read_text())
+    return {"file_gb": round(path.stat().st_size / 1e9, 3), "rows": meta["rows"], "seconds": round(seconds, 1),
+            "mb_per_s": round(path.stat().st_size / 1e6 / seconds, 1), "rows_per_s": round(meta["rows"] / seconds),
+            "peak_rss_mib_after_imports": round(rss_before), "peak_rss_mib": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "cache_gb": round(sum(f.stat().st_size for f in cache.iterdir()) / 1e9, 3), "chunk_rows": chunk_rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gb", type=float, default=2.0, help="size of the generated file in GB (default 2)")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/criteo_bench"), help="where the file and cache go")
+    parser.add_argument("--chunk-rows", type=int, default=100_000, help="rows parsed at a time")
+    parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the child process
+    args = parser.parse_args()
+    if args.measure:
+        (args.dir / "result.json").write_text(json.dumps(measure(args.measure, args.dir / "cache", args.chunk_rows)))
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
+    path = args.dir / f"criteo_{args.gb:g}gb.txt"
+    if not path.is_file():
+        write_file(path, args.gb)
+    shutil.rmtree(args.dir / "cache", ignore_errors=True)  # measure a cold conversion
+    child = subprocess.run([sys.executable, __file__, "--measure", str(path), "--dir", str(args.dir),
+                            "--chunk-rows", str(args.chunk_rows)])  # its progress bar shows here
+    if child.returncode:
+        sys.exit(child.returncode)
+    print(json.dumps(json.loads((args.dir / "result.json").read_text()), indent=2))
+    if not args.keep:
+        shutil.rmtree(args.dir)
+
+
+if __name__ == "__main__":
+    main()

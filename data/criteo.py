@@ -1,0 +1,281 @@
+"""Criteo's display-ad click logs: a 0/1 label, 13 integer features (counts) and 26 categorical ones (hashed ids).
+
+Read: Kaggle's `train.txt` (tab-separated, no header: label, I1..I13, C1..C26) or a CSV with that header; an empty
+cell is a missing value. The text is converted ONCE, `chunk_rows` rows at a time, into three .npy files in
+`cache_dir/<name>-<bytes>-<mtime>/` (a changed file gets a new cache; the old one is deleted):
+  labels.npy      int8 (N,)
+  integers.npy    float32 (N, 13), NaN where missing (exact up to 2**24; the model sees their log anyway)
+  categories.npy  int32 (N, 26): a stable 31-bit hash of the string, 0 where missing
+Memory while converting is bounded by one chunk (~0.5 KB of pandas strings per row: ~50 MB for 100k rows),
+whatever the file size; later runs open the files as memmaps and parse nothing.
+
+Rows keep the file's order (Criteo's is chronological): the first 80% train, the next 10% validate, the last 10%
+test. A hashed id becomes embedding row `1 + hash % buckets` (0: missing), buckets = min(hash_buckets, training
+rows). Numeric statistics come from the training rows, read in chunks.
+Serving: when the rows of a stage (train + val, or test) take at most `max_in_memory_gb` (4 GB: ~27M rows at
+157 bytes each; the features are made per batch, so a batch is all that is added) they are copied into tensors
+on the device and served by index like every other dataset; larger ones are streamed from the memmaps in
+shuffled blocks of `block_rows` consecutive rows (a batch is batch_size/block_rows blocks from all over the file).
+"""
+import json
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from torch import Tensor
+
+from data import UserInputError
+from data.batches import TensorBatches
+from data.tabular import NumericScaler, stable_hash, to_finite
+
+LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
+COLUMNS = [LABEL, *INTEGERS, *CATEGORIES]
+ARRAYS = {"labels": (np.int8, [LABEL]), "integers": (np.float32, INTEGERS), "categories": (np.int32, CATEGORIES)}
+
+
+class NpyWriter:
+    """A 2-D .npy file written a chunk at a time; the header gets the final row count at the end (numpy leaves
+    room in the header for the first dimension to grow to 21 digits in place)."""
+
+    def __init__(self, path: Path, dtype, width: int) -> None:
+        self.file, self.dtype, self.width, self.rows = open(path, "wb"), np.dtype(dtype), width, 0
+        self.data_start = self._header()
+
+    def _header(self) -> int:
+        self.file.seek(0)
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                         "fortran_order": False, "shape": (self.rows, self.width)})
+        return self.file.tell()
+
+    def append(self, array: np.ndarray) -> None:
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(np.ascontiguousarray(array, self.dtype).tobytes())
+        self.rows += len(array)
+
+    def finish(self) -> None:
+        assert self._header() == self.data_start, "the .npy header changed size"
+
+    def __enter__(self) -> "NpyWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def sniff(path: Path) -> tuple[str, list[str] | None]:
+    """(separator, header names or None) from the first line; one-line errors for what cannot be Criteo."""
+    if not path.is_file():
+        raise UserInputError(f"data.path={path}: no such file; give Criteo's train.txt or a CSV with its columns")
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+    if not first:
+        raise UserInputError(f"data.path={path} is empty: row 1 should be a header ({','.join(COLUMNS[:3])},...) "
+                             "or a first tab-separated example (label, I1..I13, C1..C26)")
+    sep = "\t" if "\t" in first else ","
+    fields = first.split(sep)
+    if fields[0].strip().lstrip("-").replace(".", "", 1).isdigit() or fields[0] == "":  # a data row: no header
+        if len(fields) != len(COLUMNS):
+            raise UserInputError(f"data.path={path}, row 1 (line 1) has {len(fields)} {sep!r}-separated fields; a "
+                                 f"Criteo row has {len(COLUMNS)}: label, I1..I13, C1..C26 (or add that header)")
+        return sep, None
+    if missing := [c for c in COLUMNS if c not in fields]:
+        raise UserInputError(f"data.path={path}: no column {missing[0]!r} in the header (row 1), which has "
+                             f"{fields[:5]}...; a Criteo file has {LABEL}, I1..I13, C1..C26")
+    return sep, fields
+
+
+def cache_path(path: Path, cache_dir: Path) -> Path:
+    stat = path.stat()
+    return cache_dir / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def prepare(path: Path, cache_dir: Path, chunk_rows: int = 100_000) -> Path:
+    """Convert the text file once into the cache's .npy files (see the module docstring); return the cache."""
+    path = path.expanduser().resolve()
+    sep, header = sniff(path)
+    cache = cache_path(path, cache_dir)
+    if (cache / "meta.json").is_file():
+        return cache
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        start, rows = time.perf_counter(), convert(path, sep, header, tmp, chunk_rows)
+    except BaseException:  # bad input, Ctrl-C: leave no half-made cache behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    stat = path.stat()
+    meta = {"source": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "rows": rows,
+            "seconds": round(time.perf_counter() - start, 2)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for old in cache_dir.glob(f"{path.stem}-*"):  # caches of earlier versions of this file
+        if old != tmp and (old / "meta.json").is_file() and json.loads((old / "meta.json").read_text())["source"] == str(path):
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(cache)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def convert(path: Path, sep: str, header: list[str] | None, out: Path, chunk_rows: int) -> int:
+    """Parse `chunk_rows` rows at a time and append them to out/*.npy; return the number of rows."""
+    columns = (TextColumn("[bold]preparing {task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TextColumn("{task.fields[rows]:,} rows"), TimeRemainingColumn())
+    rows = 0
+    with Progress(*columns) as progress, ExitStack() as files:
+        writers = {name: files.enter_context(NpyWriter(out / f"{name}.npy", dtype, len(cols)))
+                   for name, (dtype, cols) in ARRAYS.items()}
+        task = progress.add_task(path.name, total=path.stat().st_size, rows=0)
+        text = files.enter_context(progress.open(path, "rb", task_id=task))
+        for chunk in read_chunks(text, path, sep, header, chunk_rows):
+            writers["labels"].append(chunk[LABEL].to_numpy()[:, None])
+            writers["integers"].append(chunk[INTEGERS].to_numpy(np.float32))
+            writers["categories"].append(np.stack([hash_column(chunk[c]) for c in CATEGORIES], axis=1))
+            rows += len(chunk)
+            progress.update(task, rows=rows)
+        for writer in writers.values():
+            writer.finish()
+    if rows == 0:
+        raise UserInputError(f"data.path={path} has a header but no rows: row 2 (the first example) is missing")
+    return rows
+
+
+def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows: int):
+    """pandas' chunks, labels checked; a value the fast float parser refuses is named by row and column."""
+    dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
+    chunks = pd.read_csv(text, sep=sep, header=0 if header else None, names=None if header else COLUMNS,
+                         usecols=COLUMNS, dtype=dtypes, chunksize=chunk_rows)
+    rows = 0
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except ValueError:
+            locate_bad_value(path, sep, header, rows, chunk_rows)
+            raise
+        check_labels(chunk[LABEL].to_numpy(), path, rows, header)
+        yield chunk
+        rows += len(chunk)
+
+
+def hash_column(values: pd.Series) -> np.ndarray:
+    return np.where(values.isna().to_numpy(), 0, stable_hash(values.to_numpy())).astype(np.int32)
+
+
+def row_name(row: int, header: list[str] | None) -> str:  # row: 0-based among the examples
+    return f"row {row + 1} (line {row + 2 if header else row + 1})"
+
+
+def check_labels(labels: np.ndarray, path: Path, first_row: int, header: list[str] | None) -> None:
+    if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():  # NaN (an empty label) fails both
+        raise UserInputError(f"data.path={path}, column {LABEL!r}, {row_name(first_row + bad[0], header)}: "
+                             f"label {'(empty)' if np.isnan(labels[bad[0]]) else f'{labels[bad[0]]:g}'} is not 0 or 1")
+
+
+def locate_bad_value(path: Path, sep: str, header: list[str] | None, first_row: int, rows: int) -> None:
+    chunk = pd.read_csv(path, sep=sep, header=None, names=header or COLUMNS, dtype=str, nrows=rows,
+                        skiprows=first_row + (1 if header else 0))
+    for column in [LABEL, *INTEGERS]:
+        if bad := np.flatnonzero(chunk[column].notna() & to_finite(chunk[column]).isna()).tolist():
+            raise UserInputError(f"data.path={path}, column {column!r}, {row_name(first_row + bad[0], header)}: "
+                                 f"{chunk[column].iloc[bad[0]]!r} is not a number; fix or delete that row")
+
+
+class CriteoDataModule(L.LightningDataModule):
+    task = "binary"
+
+    def __init__(self, path: str, cache_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 hash_buckets: int = 100_000, batch_size: int = 4096, eval_batch_size: int = 16384,
+                 max_in_memory_gb: float = 4.0, block_rows: int = 256, chunk_rows: int = 100_000,
+                 on_device: bool = True) -> None:
+        super().__init__()
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
+                                 "each must be > 0 and together < 1")
+        self.path, self.cache_dir = Path(path).expanduser(), Path(cache_dir).expanduser()
+        self.fractions, self.hash_buckets, self.chunk_rows = (val_fraction, test_fraction), hash_buckets, chunk_rows
+        self.batch_size, self.eval_batch_size, self.block_rows = batch_size, eval_batch_size, block_rows
+        self.max_in_memory_bytes, self.on_device = max_in_memory_gb * 2**30, on_device
+        self.arrays = self.train = self.val = self.test = None  # arrays: the memmaps; splits: (start, stop) rows
+
+    def prepare_data(self) -> None:
+        self.cache = prepare(self.path, self.cache_dir, self.chunk_rows)
+
+    def setup(self, stage: str) -> None:
+        if self.arrays is None:
+            self.cache = prepare(self.path, self.cache_dir, self.chunk_rows)  # a no-op once prepared
+            self.arrays = {name: np.load(self.cache / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+            n = len(self.arrays["labels"])
+            n_val, n_test = (round(n * f) for f in self.fractions)
+            if min(n_val, n_test) < 1 or n - n_val - n_test < 2:
+                raise UserInputError(f"data.path={self.path} has {n} rows: too few for training, validation "
+                                     f"({self.fractions[0]}) and test ({self.fractions[1]}) rows")
+            bounds = np.cumsum([0, n - n_val - n_test, n_val, n_test]).tolist()
+            self.rows = dict(zip(("train", "val", "test"), zip(bounds[:-1], bounds[1:])))
+        if stage in ("fit", "validate") and self.train is None:
+            start, stop = self.rows["train"]
+            self.scaler = NumericScaler(torch.ones(len(INTEGERS), dtype=torch.bool))  # all counts: log them all
+            for lo in range(start, stop, 1 << 20):  # a million rows (52 MB) at a time
+                self.scaler.update(torch.from_numpy(np.array(self.arrays["integers"][lo:min(lo + (1 << 20), stop)])))
+            self.scaler.finish()
+            self.buckets = max(1, min(self.hash_buckets, int(stop - start)))  # no more than training rows can fill
+            self.train, self.val = self.load("train", "val")
+        if stage == "test" and self.test is None:  # the test rows are read only here
+            self.test, = self.load("test")
+
+    def load(self, *splits: str) -> list:
+        """Each split's rows as CPU tensors (labels, integers, categories) when they fit, else its (start, stop)."""
+        rows = [self.rows[s] for s in splits]
+        row_bytes = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in self.arrays.values())
+        if sum(stop - start for start, stop in rows) * row_bytes > self.max_in_memory_bytes:
+            return rows
+        return [tuple(torch.from_numpy(np.array(self.arrays[a][start:stop])) for a in ARRAYS) for start, stop in rows]
+
+    @property
+    def net_kwargs(self) -> dict:
+        return {"num_numeric": self.scaler.width, "cardinalities": [1 + self.buckets] * len(CATEGORIES)}
+
+    def features(self, labels: Tensor, integers: Tensor, categories: Tensor, generator=None) -> tuple[Tensor, ...]:
+        ids = torch.where(categories == 0, 0, categories % self.buckets + 1)  # (B, 26); 0: missing
+        return self.scaler(integers), ids, labels.reshape(-1).long()
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _batches(self, split, batch_size: int, train: bool) -> TensorBatches:
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        self.scaler.to(device)
+        common = dict(shuffle=train, seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0)
+        if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
+            return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,
+                                 drop_last=train and len(split[0]) >= batch_size, **common)
+        # Streamed: batches of `block_rows`-row blocks read from the memmaps (sequential reads, bounded memory).
+        start, stop = split
+        block = self.block_rows if train else batch_size
+        offsets = np.arange(block)
+
+        def read(starts: Tensor, generator=None) -> tuple[Tensor, ...]:
+            idx = (starts.numpy()[:, None] + offsets).ravel()
+            idx = idx[idx < stop]
+            arrays = (torch.from_numpy(self.arrays[a][idx]).to(device, non_blocking=True) for a in ARRAYS)
+            return self.features(*arrays)
+
+        starts, blocks = torch.arange(start, stop, block), max(1, batch_size // block) if train else 1
+        return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train and len(starts) >= blocks,
+                             **common)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.train, self.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.val, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.test, self.eval_batch_size, train=False)

@@ -1,0 +1,65 @@
+"""Sample text from a trained character language model (`python train.py model=lstm ...`):
+
+    python generate.py ckpt_path=RUN_DIR/checkpoints/best.ckpt prompt="ROMEO:" length=500 temperature=0.8 top_k=40
+
+Prints the prompt followed by `length` sampled characters. The same seed (default 0) gives the same text.
+temperature=0 always takes the most likely character; top_k=0 (default) samples from the whole vocabulary.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from data import UserInputError
+from models.lstm import CharLM
+from models.recipe import load_recipe
+from models.samples import sample
+
+# option -> (type, default); given on the command line as key=value
+OPTIONS = {"ckpt_path": (str, None), "prompt": (str, "\n"), "length": (int, 500), "temperature": (float, 0.8),
+           "top_k": (int, 0), "seed": (int, 0), "device": (str, "cpu")}
+
+
+def parse(argv: list[str]) -> dict:
+    options = {key: default for key, (_, default) in OPTIONS.items()}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in OPTIONS:
+            raise UserInputError(f"{arg!r}: give key=value with key one of {', '.join(OPTIONS)}")
+        try:
+            options[key] = OPTIONS[key][0](value)  # the value verbatim: prompt=ROMEO: stays "ROMEO:"
+        except ValueError:
+            raise UserInputError(f"{key}={value!r} is not a {OPTIONS[key][0].__name__}") from None
+    if options["ckpt_path"] is None:
+        raise UserInputError("ckpt_path is required: ckpt_path=RUN_DIR/checkpoints/best.ckpt from a model=lstm run")
+    if options["length"] < 0 or options["top_k"] < 0 or options["temperature"] < 0:
+        raise UserInputError("length, top_k and temperature must be >= 0")
+    if not options["prompt"]:
+        raise UserInputError("prompt is empty: give at least one character (the default is a newline)")
+    return options
+
+
+def generate(ckpt_path: str, prompt: str = "\n", length: int = 500, temperature: float = 0.8, top_k: int = 0,
+             seed: int = 0, device: str = "cpu") -> str:
+    if not Path(ckpt_path).is_file():
+        raise UserInputError(f"ckpt_path={ckpt_path}: no such file")
+    recipe = load_recipe(ckpt_path, map_location=device)
+    if not isinstance(recipe.net, CharLM):
+        raise UserInputError(f"ckpt_path={ckpt_path} holds a {type(recipe.net).__name__}, not a character language "
+                             "model; train one with `python train.py model=lstm`")
+    net = recipe.net.to(device).eval()
+    return sample(net, recipe.hparams.net_kwargs["vocab"], prompt, length, temperature, top_k or None, seed)
+
+
+def main(argv: list[str]) -> None:
+    try:
+        options = parse(argv)
+        print(generate(**options))
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main(sys.argv[1:])

@@ -1,0 +1,199 @@
+"""The LSTM: shapes, learning, the text pipeline (corpora, vocabulary, windows), generation from a checkpoint,
+packed sequences, and the row-by-row image classifier end to end."""
+import json
+import warnings
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train as train_module
+from data import UserInputError
+from data.text import ShakespeareDataModule, TextFileDataModule, decode, encode, play_text
+from generate import generate, parse
+from models.lstm import CharLM, SequenceClassifier, build
+from models.recipe import Recipe
+from tests.conftest import make_config
+
+QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
+PATTERN = "hello world, hello LSTM\n"  # after a few characters of context every next character is certain
+
+
+def text_config(path, out, *overrides):
+    tiny = ["data.seq_len=32", "data.batch_size=16", "data.eval_seq_len=96", "model.net.embedding_dim=16",
+            "model.net.hidden_size=64", "model.net.num_layers=1", "model.lr=1e-2", "trainer.max_time=null"]
+    return make_config("model=lstm", "data=text", f"data.path={path}", *tiny, *QUIET, *overrides, output_dir=out)
+
+
+@pytest.fixture(scope="module")
+def pattern_run(tmp_path_factory):
+    """A tiny LSTM trained through train() on a repeating sentence: (run directory, metrics)."""
+    root = tmp_path_factory.mktemp("pattern")
+    (root / "pattern.txt").write_text(PATTERN * 500)
+    metrics = train_module.train(text_config(root / "pattern.txt", root / "run", "trainer.max_steps=150"))
+    return root / "run", metrics
+
+
+# -- networks ---------------------------------------------------------------------------------------
+
+def test_shapes_and_the_data_picks_the_network():
+    lm = build(vocab_size=30, vocab=["<unk>"] + list("abcdefghijklmnopqrstuvwxyz,.\n"), hidden_size=32)
+    assert isinstance(lm, CharLM) and lm(torch.randint(0, 30, (4, 7))).shape == (4, 7, 30)
+    classifier = build(in_channels=1, num_classes=10, image_size=(28, 28), hidden_size=32)
+    assert isinstance(classifier, SequenceClassifier)
+    assert classifier(torch.randn(5, 1, 28, 28)).shape == (5, 10)  # 28 steps of 28 features
+    assert classifier.lstm.input_size == 28
+    assert SequenceClassifier(3, 4, hidden_size=8)(torch.randn(2, 9, 3)).shape == (2, 4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        build(in_channels=1)
+
+
+def test_weight_tying_shares_one_matrix_and_needs_equal_sizes():
+    tied = CharLM(20, embedding_dim=32, hidden_size=32, tie_weights=True)
+    assert tied.head.weight is tied.embedding.weight
+    untied = CharLM(20, embedding_dim=32, hidden_size=32)
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters()) == 20 * 32
+    with pytest.raises(ValueError, match="embedding_dim == hidden_size"):
+        CharLM(20, embedding_dim=16, hidden_size=32, tie_weights=True)
+
+
+@pytest.mark.parametrize("task", ["lm", "multiclass"])
+def test_overfits_one_batch(task):
+    torch.manual_seed(0)
+    if task == "lm":
+        net, inputs, targets = CharLM(12, 16, 64, 1, dropout=0.0), torch.randint(0, 12, (8, 20)), torch.randint(0, 12, (8, 20))
+    else:
+        net, inputs, targets = SequenceClassifier(6, 10, 64), torch.randn(16, 12, 6), torch.randint(0, 10, (16,))
+    recipe = Recipe(net, task=task, lr=1e-2, optimizer={"name": "adam"}, scheduler={"name": "none"},
+                    net_kwargs={"num_classes": 10} if task == "multiclass" else {"vocab_size": 12})
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = recipe._loss(net(inputs), targets)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2, losses[::10]
+
+
+def test_packed_padded_batch_gives_each_sequence_its_own_final_state():
+    torch.manual_seed(0)
+    net = SequenceClassifier(input_size=5, num_classes=3, hidden_size=16).eval()
+    lengths = torch.tensor([7, 2, 5, 1])
+    sequences = [torch.randn(n, 5) for n in lengths]
+    padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=9.0)  # (4, 7, 5)
+    alone = torch.cat([net(s[None]) for s in sequences])  # each sequence run unpadded, by itself
+    torch.testing.assert_close(net(padded, lengths), alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(net(padded), alone, atol=1e-3)  # without lengths the padding changes the answer
+
+
+# -- text data ------------------------------------------------------------------------------------
+
+def test_vocabulary_encodes_unknown_characters_as_unk():
+    vocab = ["<unk>", "\n", " ", "a", "b", "é"]
+    ids = encode("ab é\nz☃", vocab)
+    assert ids.tolist() == [3, 4, 2, 5, 1, 0, 0] and ids.dtype == torch.long
+    assert decode(ids, vocab) == "ab é\n\ufffd\ufffd"
+
+
+def test_training_windows_predict_the_next_character_and_evaluation_covers_the_split(tmp_path):
+    path = tmp_path / "abc.txt"
+    path.write_text("".join(chr(ord("a") + i % 26) for i in range(2000)))  # a..z repeated: next = previous + 1
+    dm = TextFileDataModule(str(path), seq_len=16, batch_size=8, eval_seq_len=30, eval_batch_size=4)
+    dm.setup("fit")
+    assert dm.net_kwargs["vocab"] == ["<unk>"] + [chr(ord("a") + i) for i in range(26)]
+    inputs, targets = next(iter(dm.train_dataloader()))
+    assert inputs.shape == targets.shape == (8, 16)
+    assert torch.equal(targets, inputs % 26 + 1)  # ids 1..26 are a..z: each target is the next letter
+    assert inputs[:, 0].unique().numel() > 1  # random offsets, not one fixed phase
+    val = list(dm.val_dataloader())  # 100 characters: windows of 30 (+1 target) cover the first 91 in order
+    inputs = torch.cat([x for x, _ in val]).flatten()
+    assert len(inputs) == 90 and torch.equal(inputs, dm.val[:90])
+
+
+def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
+    for content in ("", "x"):
+        (tmp_path / "tiny.txt").write_text(content)
+        with pytest.raises(UserInputError, match="characters"):
+            train_module.train(text_config(tmp_path / "tiny.txt", tmp_path / "run"))
+    (tmp_path / "short.txt").write_text("to be or not to be")
+    with pytest.raises(UserInputError, match="data.seq_len"):
+        TextFileDataModule(str(tmp_path / "short.txt"), seq_len=32).setup("fit")
+    with pytest.raises(UserInputError, match="no such file"):
+        TextFileDataModule(str(tmp_path / "missing.txt")).setup("fit")
+
+
+def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
+    markdown = "# Hamlet\n\n## ACT I\n\n**HAMLET**  \nTo be, or not\\--  \nto be.\n\n_Exit_\n"
+    assert play_text(markdown) == "Hamlet\n\nACT I\n\nHAMLET:\nTo be, or not--\nto be.\n\nExit\n"
+    dm = ShakespeareDataModule(val_plays=["macbeth"], test_plays=["the-tempest"])
+    assert "macbeth" not in dm.plays["train"] and "the-tempest" not in dm.plays["train"] and len(dm.plays["train"]) >= 30
+    text = dm.read("val")
+    assert "MACBETH:\n" in text and not set("*_#\\") & set(text)
+    with pytest.raises(UserInputError, match="unknown play"):
+        ShakespeareDataModule(val_plays=["hamlett"], test_plays=["macbeth"])
+
+
+# -- learning, checkpoint, generation ---------------------------------------------------------------
+
+def test_learns_a_repeating_sentence_to_near_zero_loss(pattern_run):
+    run, metrics = pattern_run
+    # Only the first characters of each 96-character test window, read from a zero state, cost anything.
+    assert metrics["test/loss"] < 0.1 and metrics["test/acc"] > 0.97, metrics
+    assert metrics["test/bpc"] == pytest.approx(metrics["test/loss"] / 0.6931, rel=1e-3)
+    assert json.loads((run / "metrics.json").read_text())["test/loss"] == metrics["test/loss"]
+
+
+def test_vocabulary_round_trips_through_the_checkpoint_and_generation_continues_the_pattern(pattern_run):
+    run, _ = pattern_run
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)  # plain lists and tensors only
+    assert checkpoint["hyper_parameters"]["net_kwargs"]["vocab"] == ["<unk>"] + sorted(set(PATTERN))
+    text = generate(str(run / "checkpoints" / "best.ckpt"), prompt="hello", length=60, temperature=0)
+    assert text == ("hello" + (PATTERN * 4)[5:])[:65]
+
+
+def test_generation_starts_with_the_prompt_and_is_deterministic_under_a_seed(pattern_run):
+    ckpt = str(pattern_run[0] / "checkpoints" / "best.ckpt")
+    first, again = (generate(ckpt, prompt="LSTM", length=200, temperature=2.0, seed=1) for _ in range(2))
+    other = generate(ckpt, prompt="LSTM", length=200, temperature=2.0, seed=2)
+    assert first == again and first.startswith("LSTM") and len(first) == 204
+    assert other != first  # temperature 2 flattens the distribution: seeds must diverge somewhere in 200 draws
+
+
+def test_unknown_prompt_characters_warn_and_generation_goes_on(pattern_run):
+    ckpt = str(pattern_run[0] / "checkpoints" / "best.ckpt")
+    with pytest.warns(UserWarning, match="not in the training vocabulary"):
+        text = generate(ckpt, prompt="Zürich ☃ hello", length=30)
+    assert text.startswith("Zürich ☃ hello") and len(text) == len("Zürich ☃ hello") + 30
+
+
+def test_samples_are_logged_to_tensorboard_every_validation(pattern_run):
+    run, _ = pattern_run
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    samples = events.Tensors("samples/text_summary")
+    assert len(samples) >= 2 and len({s.step for s in samples}) == len(samples)
+    assert "hello" in samples[-1].tensor_proto.string_val[0].decode()
+
+
+def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
+    options = parse(["ckpt_path=x.ckpt", "prompt=ROMEO:", "length=20", "top_k=5", "temperature=0.5"])
+    assert options["prompt"] == "ROMEO:" and options["length"] == 20 and options["top_k"] == 5
+    with pytest.raises(UserInputError, match="prompt, length"):
+        parse(["ckpt_path=x.ckpt", "lenght=20"])
+    with pytest.raises(UserInputError, match="ckpt_path is required"):
+        parse([])
+
+
+# -- the row classifier end to end ------------------------------------------------------------------
+
+def test_row_classifier_end_to_end(mnist_dir, tmp_path):
+    cfg = make_config("model=lstm", "data=fashion_mnist_rows", "data.name=mnist", f"paths.data_dir={mnist_dir}",
+                      "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=6", "model.lr=1e-2",
+                      *QUIET, output_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = train_module.train(cfg)
+    assert metrics["test/acc"] > 0.9, metrics  # each class is a bright square at its own rows: learnable
+    assert "test/bpc" not in metrics
