@@ -5,13 +5,16 @@ string) in a cell after the notebook's "parameters" cell, executes the notebook 
 executed copy to RUN_DIR/<notebook>.ipynb (or out=FILE). The notebooks in git stay without outputs.
   python notebooks/run.py analyze_run outputs/cnn/2025-01-01_12-00-00
   python notebooks/run.py compare_runs outputs/multirun/2025-01-01_12-00-00
+  python notebooks/run.py ad_click outputs/dnn/2025-01-01_12-00-00          # a model=dnn run
+  python notebooks/run.py text_generation outputs/lstm/2025-01-01_12-00-00  # a model=lstm language model
 """
 import ast
 import sys
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent
-USAGE = "python notebooks/run.py <analyze_run|compare_runs> RUN_DIR [name=value ...] [out=FILE.ipynb]"
+USAGE = ("python notebooks/run.py <analyze_run|compare_runs|ad_click|text_generation> RUN_DIR [name=value ...] "
+         "[out=FILE.ipynb]")
 
 
 def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeout: int = 600, **parameters) -> Path:
