@@ -13,20 +13,24 @@ os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))  # con
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
-from models.cli import check_overrides, check_trainer_args, resume_arguments
+from models.cli import (check_monitor, check_overrides, check_single_process_sweep, check_trainer_args,
+                        distributed_arguments, resume_arguments)
 from models.recipe import NonFiniteLossError, Recipe
 
 
 def device_name(trainer: L.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+        name = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes (DDP)"
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
@@ -49,6 +53,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
 def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
+    check_monitor(cfg.monitor, get_class(cfg.data._target_).task)  # the data's task decides which metrics exist
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
@@ -56,6 +61,7 @@ def train(cfg: DictConfig) -> dict:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     check_trainer_args(cfg.trainer)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    check_single_process_sweep(trainer)
 
     start = time.perf_counter()
     trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -77,7 +83,8 @@ def train(cfg: DictConfig) -> dict:
         hparams = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()
                    if not k.startswith(("paths.", "callbacks.", "logger."))}
         logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -92,18 +99,21 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the monitored validation metric's best value: what a sweeper (hparams_search=...) optimizes."""
     try:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
+    if rank_zero_only.rank == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
+    return metrics.get(f"{cfg.monitor.metric}_best")
 
 
 if __name__ == "__main__":
     try:
-        sys.argv[1:] = resume_arguments(sys.argv[1:])
+        sys.argv[1:] = distributed_arguments(resume_arguments(sys.argv[1:]))
         check_overrides(sys.argv[1:])
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,6 +3,9 @@
 Small datasets (MNIST-sized images, ad-click tables, a text corpus) fit in device memory whole, so the
 fastest loader is no loader: shuffle indices on the device and slice. No per-sample Python, no worker
 processes, no host->device copy per step (airbench's trick). Augmentation runs on the whole batch.
+
+Under DDP every rank holds the whole split and serves its own shard of it (`num_replicas`, `rank`): Lightning
+inserts a DistributedSampler only into a torch DataLoader, never into an iterable like this one.
 """
 from collections.abc import Callable, Iterator
 
@@ -13,32 +16,51 @@ from torch import Tensor
 class TensorBatches:
     """Iterable of batches `transform(*[t[idx] for t in tensors], generator=g)`, reshuffled every epoch when
     `shuffle`. `g` is a generator on the data's device seeded by (seed, epoch, batch): random augmentation
-    drawn from it is the same in a resumed run as in an uninterrupted one, whatever else used the RNG."""
+    drawn from it is the same in a resumed run as in an uninterrupted one, whatever else used the RNG.
+
+    With `num_replicas` > 1 (DDP) this rank serves rows rank, rank + num_replicas, ... of the epoch's order,
+    which every rank draws alike from the same seed: the shards are disjoint, and rank r's batch b holds every
+    num_replicas-th row of the single-process batch b of num_replicas * batch_size rows. With `drop_last` (training)
+    the shards are equal, the order's last n % num_replicas rows sitting the epoch out, so every rank takes the
+    same number of steps (DistributedSampler(drop_last=True) does the same); without it (evaluation) every row is
+    served exactly once, and the shards differ by at most one row."""
 
     def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, epoch: int = 0, transform: Callable[..., tuple[Tensor, ...]] | None = None) -> None:
+                 seed: int = 0, epoch: int = 0, transform: Callable[..., tuple[Tensor, ...]] | None = None,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors must share dim 0"
+        assert 0 <= rank < num_replicas, f"rank {rank} of {num_replicas} replicas"
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tensors, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.transform = seed, epoch, transform
+        self.num_replicas, self.rank = num_replicas, rank
         self.yielded = 0      # batches handed out so far in the epoch in progress
         self._skip = 0        # batches to skip at the next __iter__ (a resumed run)
 
+    def _shard(self) -> slice:
+        """This rank's positions in the epoch's order of all n rows."""
+        n, r = len(self.tensors[0]), self.num_replicas
+        return slice(self.rank, n - n % r if self.drop_last else n, r)
+
     def __len__(self) -> int:
-        n = len(self.tensors[0])
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        rows = len(range(len(self.tensors[0]))[self._shard()])
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         n, device = len(self.tensors[0]), self.tensors[0].device
         # Each epoch's order depends on (seed, epoch) alone, on any device, so a resumed run sees the same batches.
         epoch_seed = (self.seed + 1_000_003 * self.epoch) % 2**63
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).to(device) if self.shuffle else None
+        # This rank's rows, a strided view of the order (unshuffled: of the tensors); with one process, all rows.
+        shard = self._shard()
+        tensors = self.tensors if order is not None else tuple(t[shard] for t in self.tensors)
+        order = order[shard] if order is not None else None
         self.epoch += 1
         start, self._skip = self._skip, 0
         for b in range(start, len(self)):
             self.yielded = b + 1
             rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = order[rows] if order is not None else rows
-            batch = tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in tensors)
             if self.transform is None:
                 yield batch
             else:
@@ -55,6 +77,11 @@ class TensorBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self._skip = state["epoch"], state["batches"]
+
+
+def replica_of(trainer) -> dict:
+    """This process's place among the DDP ranks, as TensorBatches arguments; one process without a trainer."""
+    return {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer is not None else {}
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:

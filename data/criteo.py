@@ -33,7 +33,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches
+from data.batches import TensorBatches, replica_of
 from data.tabular import NumericScaler, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -252,7 +252,8 @@ class CriteoDataModule(L.LightningDataModule):
     def _batches(self, split, batch_size: int, train: bool) -> TensorBatches:
         device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
         self.scaler.to(device)
-        common = dict(shuffle=train, seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0)
+        common = dict(shuffle=train, seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
+                      **replica_of(self.trainer))
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
             return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,
                                  drop_last=train and len(split[0]) >= batch_size, **common)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, split_indices
+from data.batches import TensorBatches, replica_of, split_indices
 
 
 def stable_hash(values: np.ndarray) -> np.ndarray:
@@ -186,7 +186,8 @@ class TabularDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train,
                              drop_last=train and len(split[0]) >= batch_size,  # no batch of 1 for batch norm
-                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0)
+                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
+                             **replica_of(self.trainer))
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches(self.train, self.batch_size, train=True)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches
+from data.batches import TensorBatches, replica_of
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -113,7 +113,7 @@ class CharDataModule(L.LightningDataModule):
 
         return TensorBatches(starts, batch_size=batch_size, shuffle=train, drop_last=train and len(starts) >= batch_size,
                              seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
-                             transform=windows)
+                             transform=windows, **replica_of(self.trainer))
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches(self.train, self.seq_len, self.batch_size, train=True)

@@ -1,4 +1,5 @@
-"""What the command line needs besides the recipe: one-line errors for bad input, and `resume=RUN_DIR`."""
+"""What the command line needs besides the recipe: one-line errors for bad input, `resume=RUN_DIR`, the ranks
+of a DDP run sharing one run directory, and sweep summaries."""
 import csv
 import json
 import typing
@@ -6,10 +7,14 @@ from pathlib import Path
 
 import lightning as L
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError
+from models.recipe import epoch_metric_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -42,6 +47,38 @@ def resume_arguments(argv: list[str]) -> list[str]:
         raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "
                              "choose another directory, or add ckpt_path=last to continue it")
     return argv
+
+
+def distributed_arguments(argv: list[str]) -> list[str]:
+    """torchrun and srun start every rank with the same command line. The ranks must share one run directory
+    (each would otherwise stamp its own from the clock), and only rank 0 writes .hydra/. (The ranks that Lightning
+    itself starts, `trainer=ddp` or `ddp_cpu` from one command, are given rank 0's directory by Lightning.)"""
+    for launcher, environment in (("torchrun", TorchElasticEnvironment), ("srun", SLURMEnvironment)):
+        if environment.detect() and (env := environment()).world_size() > 1:
+            if not any(a.startswith("hydra.run.dir=") for a in argv):
+                raise UserInputError(f"the {env.world_size()} processes that {launcher} started need one run "
+                                     "directory: add hydra.run.dir=DIR (e.g. outputs/dnn/$SLURM_JOB_ID)")
+            if (rank := env.global_rank()) > 0:
+                return argv + ["hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{rank}"]
+    return argv
+
+
+def check_monitor(monitor: DictConfig, task: str) -> None:
+    """`monitor.metric` picks the best checkpoint, stops early and is what a sweep optimizes: it must be logged."""
+    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+    if monitor.metric not in names:
+        raise UserInputError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
+                             f"choose one of {', '.join(names)}")
+    if monitor.mode not in ("min", "max"):
+        raise UserInputError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
+
+
+def check_single_process_sweep(trainer: L.Trainer) -> None:
+    """Lightning starts each extra DDP rank by re-running the command line, which under `-m` is the whole sweep
+    again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
+    if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise UserInputError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
+                             "process per run (drop trainer=ddp...), or start each DDP run on its own")
 
 
 def _admits(value, hint) -> bool:
@@ -78,6 +115,10 @@ def check_trainer_args(trainer_cfg: DictConfig) -> None:
 class SweepSummary(Callback):
     """After `python train.py -m ...`: summary.csv and summary.json in the sweep directory, one row per job
     (its overrides and its metrics.json), best first by the monitored validation metric."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)

@@ -5,7 +5,9 @@ The network is a plain `nn.Module` returning logits; the task comes from the dat
   multiclass  (B, classes) logits      -> softmax + cross-entropy          metrics: acc
   lm          (B, T, vocab) logits     -> cross-entropy per character      metrics: acc, bpc, perplexity
 Batches are tuples `(*inputs, targets)`; the network is called as `net(*inputs)`.
-Metrics accumulate on the device (torchmetrics) and are read once per epoch: no host sync per step.
+Metrics accumulate on the device (torchmetrics) and are read once per epoch: no host sync per step. Under DDP
+each rank accumulates its own shard and `compute()` gathers all ranks' states, so every rank logs the same epoch
+metrics over the whole split (and early stopping and checkpointing decide alike).
 """
 import math
 
@@ -29,6 +31,12 @@ def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
     if task == "binary":
         return MetricCollection({"auroc": BinaryAUROC(), "acc": BinaryAccuracy()})
     return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+
+
+def epoch_metric_names(task: str, stage: str) -> list[str]:
+    """What `Recipe` logs once per epoch for a stage, e.g. val/loss, val/auroc, val/acc: what a monitor can watch."""
+    names = ["loss", *task_metrics(task, num_classes=2).keys(), *(("bpc", "perplexity") if task == "lm" else ())]
+    return [f"{stage}/{name}" for name in names]
 
 
 class Recipe(L.LightningModule):
@@ -83,12 +91,24 @@ class Recipe(L.LightningModule):
         return loss
 
     def check_finite(self) -> None:
-        step = int(self.first_bad_step)  # the one host sync, every log interval
+        first_bad = self.first_bad_step
+        if self.trainer.world_size > 1:  # all ranks stop at the same check, on the earliest bad step of any rank
+            never = torch.iinfo(torch.long).max
+            earliest = self.trainer.strategy.reduce(first_bad.where(first_bad >= 0, never), reduce_op="min")
+            first_bad = earliest.where(earliest < never, -1)
+        step = int(first_bad)  # the one host sync, every log interval
         if step >= 0:
             per_epoch = int(self.trainer.num_training_batches)
             raise NonFiniteLossError(
                 f"training loss became non-finite at step {step} (epoch {step // per_epoch}, batch {step % per_epoch}); "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The global gradient norm before clipping, every log interval only: the norm costs a pass over the grads.
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
+            if norms:
+                self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if batch_idx % self.trainer.log_every_n_steps == 0:
@@ -119,7 +139,9 @@ class Recipe(L.LightningModule):
         if self.hparams.task == "lm":  # loss is in nats per character
             values[f"{stage}/bpc"] = loss / math.log(2)
             values[f"{stage}/perplexity"] = loss.exp()
-        self.log_dict(values, prog_bar=stage != "train")
+        # torchmetrics' compute() has already reduced these over the DDP ranks: sync_dist only averages equal
+        # values (tells Lightning they are global); with one process it does nothing.
+        self.log_dict(values, prog_bar=stage != "train", sync_dist=True)
         self.losses[f"{stage}_"].reset()
         self.metrics[f"{stage}_"].reset()
 

@@ -71,7 +71,7 @@ def events(folder) -> EventAccumulator:
 def test_tensorboard_holds_scalars_hyperparameters_and_figures(sweep):
     tb = events(sweep / "0" / "tensorboard")
     tags = tb.Tags()
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss"):
+    for tag in ("train/loss", "train/acc", "train/grad_norm", "val/loss", "val/acc", "test/acc", "test/loss"):
         assert tag in tags["scalars"]
     assert any(tag.startswith("lr-") for tag in tags["scalars"]), tags["scalars"]
     assert "_hparams_/experiment" in tb.PluginTagToContent("hparams")  # train.py's hparams tab
