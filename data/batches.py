@@ -91,3 +91,17 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Ten
         raise ValueError(f"val_size={val_size} leaves no training or no validation rows out of {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
+
+
+class SplitLoaders:
+    """The three dataloaders of a DataModule that holds `train`, `val`, `test` splits and serves one with
+    `_batches(split, batch_size, train)`; mixed in before LightningDataModule."""
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.train, self.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.val, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.test, self.eval_batch_size, train=False)

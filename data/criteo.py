@@ -33,7 +33,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, replica_of
+from data.batches import SplitLoaders, TensorBatches, replica_of
 from data.tabular import NumericScaler, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -190,7 +190,7 @@ def locate_bad_value(path: Path, sep: str, header: list[str] | None, first_row: 
                                  f"{chunk[column].iloc[bad[0]]!r} is not a number; fix or delete that row")
 
 
-class CriteoDataModule(L.LightningDataModule):
+class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     task = "binary"
 
     def __init__(self, path: str, cache_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.1,
@@ -271,12 +271,3 @@ class CriteoDataModule(L.LightningDataModule):
         starts, blocks = torch.arange(start, stop, block), max(1, batch_size // block) if train else 1
         return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train and len(starts) >= blocks,
                              **common)
-
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches(self.train, self.batch_size, train=True)
-
-    def val_dataloader(self) -> TensorBatches:
-        return self._batches(self.val, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches(self.test, self.eval_batch_size, train=False)

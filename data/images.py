@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from data import UserInputError
-from data.batches import TensorBatches, replica_of, split_indices
+from data.batches import SplitLoaders, TensorBatches, replica_of, split_indices
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -55,7 +55,7 @@ def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitLoaders, L.LightningDataModule):
     task = "multiclass"
 
     def __init__(self, name: str, data_dir: str, batch_size: int = 256, eval_batch_size: int = 1000,
@@ -138,12 +138,3 @@ class ImageDataModule(L.LightningDataModule):
                              seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
                              transform=lambda x, y, generator: (self._to_float(x, augment, generator), y),
                              **replica_of(self.trainer))
-
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches(self.train, self.batch_size, train=True)
-
-    def val_dataloader(self) -> TensorBatches:
-        return self._batches(self.val, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches(self.test, self.eval_batch_size, train=False)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, replica_of, split_indices
+from data.batches import SplitLoaders, TensorBatches, replica_of, split_indices
 
 
 def stable_hash(values: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def as_strings(column: pd.Series) -> pd.Series:
     return column.astype(str).where(column.notna())
 
 
-class TabularDataModule(L.LightningDataModule):
+class TabularDataModule(SplitLoaders, L.LightningDataModule):
     """Encodes and serves the splits that a subclass's `frames(splits)` returns as pandas DataFrames."""
 
     task = "binary"
@@ -188,15 +188,6 @@ class TabularDataModule(L.LightningDataModule):
                              drop_last=train and len(split[0]) >= batch_size,  # no batch of 1 for batch norm
                              seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
                              **replica_of(self.trainer))
-
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches(self.train, self.batch_size, train=True)
-
-    def val_dataloader(self) -> TensorBatches:
-        return self._batches(self.val, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches(self.test, self.eval_batch_size, train=False)
 
 
 class CSVDataModule(TabularDataModule):

@@ -28,9 +28,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
+    # validate_args=False: the checks of every update (are the targets 0/1? in range?) read the device, a host
+    # sync per step; the targets come from our own DataModules, checked once when the data is read.
     if task == "binary":
-        return MetricCollection({"auroc": BinaryAUROC(), "acc": BinaryAccuracy()})
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+        return MetricCollection({"auroc": BinaryAUROC(validate_args=False), "acc": BinaryAccuracy(validate_args=False)})
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)})
+
+
+def mean_metric() -> MeanMetric:
+    """A running mean with no NaN check: torchmetrics' check is a host sync per update, and a non-finite training
+    loss is caught by the recipe's own guard (check_finite) without one."""
+    try:
+        return MeanMetric(nan_strategy="disable")
+    except ValueError:  # torchmetrics before "disable" existed
+        return MeanMetric()
 
 
 def epoch_metric_names(task: str, stage: str) -> list[str]:
@@ -55,7 +66,7 @@ class Recipe(L.LightningModule):
         num_classes = net_kwargs.get("num_classes") or net_kwargs.get("vocab_size")
         self.net = net
         # Keyed "train_", "val_", "test_": a ModuleDict key may not shadow nn.Module.train.
-        self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_": mean_metric() for s in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
         # Non-finite guard without a host sync per step: count steps and remember the first bad one on the
         # device; the host looks every log interval and before any checkpoint is written.
