@@ -1,11 +1,14 @@
 """Preparing a Criteo file larger than you would like to hold in memory: time, throughput and peak memory.
 
     python benchmarks/criteo_prepare.py [--gb 2.0] [--dir /tmp/criteo_bench] [--chunk-rows 100000] [--keep]
+                                        [--train-steps 300 --max-in-memory-gb 0.1]
 
 Writes a Kaggle-format file (tab-separated, no header: label, I1..I13, C1..C26; empty cells for missing values,
 ~290 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`
 runs. The conversion runs in a fresh process, so its peak resident memory (getrusage's ru_maxrss) is its own:
 it should stay near the imports' footprint plus one chunk, whatever --gb is.
+With --train-steps N, `python train.py model=dnn data=criteo` then trains N steps on the cached file with
+data.max_in_memory_gb below the file's size, so the rows stream from the memmaps, and its peak RSS is reported too.
 """
 import argparse
 import json
@@ -49,13 +52,15 @@ def criteo_rows(n: int, rng: np.random.Generator) -> pd.DataFrame:
 
 def write_file(path: Path, gigabytes: float, seed: int = 0) -> int:
     rng, rows, target = np.random.default_rng(seed), 0, int(gigabytes * 1e9)
-    with open(path, "w") as f:
+    part = path.with_name(path.name + ".part")  # renamed when complete: an interrupted write is never reused
+    with open(part, "w") as f:
         while f.tell() < target:
             block = criteo_rows(100_000, rng)
             f.write(block.to_csv(sep="\t", header=False, index=False, lineterminator="\n"))
             rows += len(block)
             print(f"\rwriting {path}: {f.tell() / 1e9:.2f} / {gigabytes} GB", end="", file=sys.stderr)
     print(file=sys.stderr)
+    part.replace(path)
     return rows
 
 
@@ -76,12 +81,41 @@ def measure(path: Path, cache_dir: Path, chunk_rows: int) -> dict:
             "cache_gb": round(sum(f.stat().st_size for f in cache.iterdir()) / 1e9, 3), "chunk_rows": chunk_rows}
 
 
+# Runs a script as __main__ and then prints this process's peak RSS (KiB) as the last line of stderr.
+PEAK_RSS_OF = """import resource, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def train_streamed(path: Path, args) -> dict:
+    """train.py on the prepared file, streamed (max_in_memory_gb below its size), in a child process: its peak RSS."""
+    run = args.dir / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo", f"data.path={path}",
+               f"data.cache_dir={args.dir / 'cache'}", f"data.max_in_memory_gb={args.max_in_memory_gb}",
+               f"trainer.limit_train_batches={args.train_steps}", "trainer.max_epochs=1", "trainer.limit_val_batches=20",
+               "trainer.limit_test_batches=20", "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
+    start = time.perf_counter()
+    child = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    peak_kib = int(child.stderr.strip().splitlines()[-1].split()[-1])
+    return {"steps": metrics["steps"], "max_in_memory_gb": args.max_in_memory_gb,
+            "seconds": round(time.perf_counter() - start, 1), "test/auroc": round(metrics["test/auroc"], 4),
+            "peak_rss_mib": round(peak_kib / 1024)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=2.0, help="size of the generated file in GB (default 2)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/criteo_bench"), help="where the file and cache go")
     parser.add_argument("--chunk-rows", type=int, default=100_000, help="rows parsed at a time")
     parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
+    parser.add_argument("--train-steps", type=int, default=0, help="then train this many steps, streamed")
+    parser.add_argument("--max-in-memory-gb", type=float, default=0.1, help="data.max_in_memory_gb for training")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.measure:
@@ -96,7 +130,10 @@ def main() -> None:
                             "--chunk-rows", str(args.chunk_rows)])  # its progress bar shows here
     if child.returncode:
         sys.exit(child.returncode)
-    print(json.dumps(json.loads((args.dir / "result.json").read_text()), indent=2))
+    result = json.loads((args.dir / "result.json").read_text())
+    if args.train_steps:
+        result["training"] = train_streamed(path, args)
+    print(json.dumps(result, indent=2))
     if not args.keep:
         shutil.rmtree(args.dir)
 

@@ -127,6 +127,27 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     assert not any(line.startswith("Traceback") for line in lines)
 
 
+BAD_FILES = {  # name -> (file content, command line, the start of the error line)
+    "csv value": ("age,city,y\n30,a,0\nforty,b,1\n", ["model=dnn", "data=csv", "data.label_column=y",
+                  "data.numeric_columns=[age]", "data.categorical_columns=[city]"],
+                  "error: data.path={path}, column 'age', row 2 (line 3): 'forty' is not a finite number"),
+    "criteo fields": ("\t".join(["1"] * 39) + "\n", ["model=dnn", "data=criteo"],
+                      "error: data.path={path}, row 1 (line 1) has 39"),
+    "one-character corpus": ("x", ["model=lstm", "data=text"], "error: data.path={path} holds 1 characters"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_data_files_are_one_line_from_the_command_line(case, tmp_path):
+    content, args, message = BAD_FILES[case]
+    path = tmp_path / "input.txt"
+    path.write_text(content)
+    result = run_cli(*args, f"data.path={path}", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith(message.format(path=path)), result.stderr[-1500:]
+    assert not any(line.startswith("Traceback") for line in lines)
+
+
 def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     out = tmp_path / "run"
     assert run_cli(*cli_args(mnist_dir, out)[:-1], "trainer.max_epochs=1", f"hydra.run.dir={out}").returncode == 0
