@@ -30,6 +30,19 @@ def test_cnn_configs_compose_and_instantiate(data, tmp_path):
     assert instantiate(cfg.model.net)(in_channels=3, num_classes=10, image_size=(32, 32)) is not None
 
 
+@pytest.mark.parametrize("model, data, target", [
+    ("dnn", "clicks", "data.clicks.ClicksDataModule"), ("dnn", "advertising", "data.tabular.CSVDataModule"),
+    ("dnn", "csv", "data.tabular.CSVDataModule"), ("dnn", "criteo", "data.criteo.CriteoDataModule"),
+    ("lstm", "shakespeare", "data.text.ShakespeareDataModule"), ("lstm", "tinyshakespeare", "data.text.TextFileDataModule"),
+    ("lstm", "text", "data.text.TextFileDataModule"), ("lstm", "fashion_mnist_rows", "data.images.ImageDataModule"),
+])
+def test_dnn_and_lstm_configs_compose(model, data, target, tmp_path):
+    cfg = make_config(f"model={model}", f"data={data}", "data.path=F", output_dir=tmp_path) if data in (
+        "csv", "criteo", "text") else make_config(f"model={model}", f"data={data}", output_dir=tmp_path)
+    assert cfg.data._target_ == target and cfg.monitor.metric.startswith("val/")
+    assert cfg.model.net._target_ == {"dnn": "models.dnn.ClickMLP", "lstm": "models.lstm.build"}[model]
+
+
 def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_path):
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3"))
     assert metrics["test/acc"] > 0.9  # the generated classes are easy: this asserts learning
