@@ -124,6 +124,10 @@ class Recipe(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.check_finite()
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            # The step budget ends mid-epoch: asking to stop makes Lightning validate this batch first (it does so
+            # for max_time and early stopping, not for max_steps), so a best checkpoint and val metrics exist.
+            self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.training:

@@ -65,6 +65,12 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     assert metrics["stopped_early"] and metrics["epochs"] == 3
 
 
+def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp_path):
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_steps=5"))  # an epoch is 15 steps
+    assert metrics["steps"] == 5 and "val/acc_best" in metrics and "test/acc" in metrics
+    assert (tmp_path / metrics["best_checkpoint"]).is_file() and not metrics["stopped_early"]
+
+
 def test_test_split_is_read_only_by_trainer_test(mnist_dir, tmp_path, monkeypatch):
     events = []
     load, test = ImageDataModule._load, L.Trainer.test
