@@ -1,17 +1,22 @@
 """Preparing a Criteo file larger than you would like to hold in memory: time, throughput and peak memory.
 
     python benchmarks/criteo_prepare.py [--gb 2.0] [--dir /tmp/criteo_bench] [--chunk-rows 100000] [--keep]
-                                        [--train-steps 300 --max-in-memory-gb 0.1]
+                                        [--train-steps 300 --max-in-memory-gb 0.1 --hash-buckets 100000]
+                                        [--memory-limit-gb 1.0]
 
 Writes a Kaggle-format file (tab-separated, no header: label, I1..I13, C1..C26; empty cells for missing values,
 ~290 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`
 runs. The conversion runs in a fresh process, so its peak resident memory (getrusage's ru_maxrss) is its own:
 it should stay near the imports' footprint plus one chunk, whatever --gb is.
 With --train-steps N, `python train.py model=dnn data=criteo` then trains N steps on the cached file with
-data.max_in_memory_gb below the file's size, so the rows stream from the memmaps, and its peak RSS is reported too.
+data.max_in_memory_gb below the file's size, so the rows stream from the files, and its peak RSS is reported too.
+With --memory-limit-gb, that training runs in a memory cgroup (v1 or v2, needs root) limited to that much: the
+kernel then has to keep RSS *and* the page cache of the files it reads under the limit, a file larger than the
+limit proves the training never needs it whole, and the cgroup's peak usage and limit hits are reported.
 """
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -91,21 +96,66 @@ finally:
 """
 
 
+class MemoryCgroup:
+    """A memory cgroup limited to `limit` bytes (cgroup v2, else v1's memory controller), removed on exit."""
+
+    def __init__(self, limit: int) -> None:
+        name = f"redes_bench_{os.getpid()}"
+        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")
+        if (v2 / "cgroup.controllers").is_file():
+            self.dir, self.files = v2 / name, {"limit": "memory.max", "peak": "memory.peak", "hits": None}
+        elif v1.is_dir():
+            self.dir, self.files = v1 / name, {"limit": "memory.limit_in_bytes", "peak": "memory.max_usage_in_bytes",
+                                               "hits": "memory.failcnt"}
+        else:
+            sys.exit("--memory-limit-gb: no memory cgroup here (needs /sys/fs/cgroup, cgroup v1 or v2)")
+        try:
+            self.dir.mkdir()
+        except OSError as err:
+            sys.exit(f"--memory-limit-gb: cannot create {self.dir} ({err.strerror}): run as root, or leave the option out")
+        (self.dir / self.files["limit"]).write_text(str(limit))
+        self.limit = limit
+
+    def enter(self) -> None:  # preexec_fn: the child moves itself into the group before it runs
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def report(self) -> dict:
+        read = lambda key: int((self.dir / self.files[key]).read_text()) if self.files[key] and (
+            self.dir / self.files[key]).is_file() else None
+        return {"memory_limit_mib": round(self.limit / 2**20), "cgroup_peak_mib": round((read("peak") or 0) / 2**20),
+                "limit_hits": read("hits")}
+
+    def remove(self) -> None:
+        self.dir.rmdir()
+
+
 def train_streamed(path: Path, args) -> dict:
     """train.py on the prepared file, streamed (max_in_memory_gb below its size), in a child process: its peak RSS."""
     run = args.dir / "run"
     shutil.rmtree(run, ignore_errors=True)
     command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo", f"data.path={path}",
                f"data.cache_dir={args.dir / 'cache'}", f"data.max_in_memory_gb={args.max_in_memory_gb}",
-               f"trainer.limit_train_batches={args.train_steps}", "trainer.max_epochs=1", "trainer.limit_val_batches=20",
-               "trainer.limit_test_batches=20", "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
+               f"data.hash_buckets={args.hash_buckets}", f"trainer.limit_train_batches={args.train_steps}",
+               "trainer.max_epochs=1", "trainer.limit_val_batches=20", "trainer.limit_test_batches=20",
+               "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
+    cgroup = MemoryCgroup(int(args.memory_limit_gb * 2**30)) if args.memory_limit_gb else None
     start = time.perf_counter()
-    child = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=cgroup.enter if cgroup else None)
+        seconds, limits = time.perf_counter() - start, cgroup.report() if cgroup else {}
+    finally:
+        if cgroup:
+            cgroup.remove()
+    if child.returncode:
+        sys.exit(f"training failed (exit {child.returncode}{', killed: out of memory?' if child.returncode < 0 else ''}):"
+                 f" {limits}\n{child.stderr[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     peak_kib = int(child.stderr.strip().splitlines()[-1].split()[-1])
-    return {"steps": metrics["steps"], "max_in_memory_gb": args.max_in_memory_gb,
-            "seconds": round(time.perf_counter() - start, 1), "test/auroc": round(metrics["test/auroc"], 4),
-            "peak_rss_mib": round(peak_kib / 1024)}
+    cache_bytes = sum(f.stat().st_size for f in (args.dir / "cache").glob("*/*.npy"))
+    return {"steps": metrics["steps"], "max_in_memory_gb": args.max_in_memory_gb, "hash_buckets": args.hash_buckets,
+            "seconds": round(seconds, 1), "test/auroc": round(metrics["test/auroc"], 4),
+            "peak_rss_mib": round(peak_kib / 1024), "cache_mib": round(cache_bytes / 2**20), **limits}
 
 
 def main() -> None:
@@ -116,6 +166,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
     parser.add_argument("--train-steps", type=int, default=0, help="then train this many steps, streamed")
     parser.add_argument("--max-in-memory-gb", type=float, default=0.1, help="data.max_in_memory_gb for training")
+    parser.add_argument("--hash-buckets", type=int, default=100_000, help="data.hash_buckets for training")
+    parser.add_argument("--memory-limit-gb", type=float, help="train inside a memory cgroup limited to this (GiB)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.measure:

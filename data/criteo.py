@@ -7,15 +7,18 @@ cell is a missing value. The text is converted ONCE, `chunk_rows` rows at a time
   integers.npy    float32 (N, 13), NaN where missing (exact up to 2**24; the model sees their log anyway)
   categories.npy  int32 (N, 26): a stable 31-bit hash of the string, 0 where missing
 Memory while converting is bounded by one chunk (~0.5 KB of pandas strings per row: ~50 MB for 100k rows),
-whatever the file size; later runs open the files as memmaps and parse nothing.
+whatever the file size; later runs read the files and parse nothing.
 
 Rows keep the file's order (Criteo's is chronological): the first 80% train, the next 10% validate, the last 10%
 test. A hashed id becomes embedding row `1 + hash % buckets` (0: missing), buckets = min(hash_buckets, training
 rows). Numeric statistics come from the training rows, read in chunks.
 Serving: when the rows of a stage (train + val, or test) take at most `max_in_memory_gb` (4 GB: ~27M rows at
 157 bytes each; the features are made per batch, so a batch is all that is added) they are copied into tensors
-on the device and served by index like every other dataset; larger ones are streamed from the memmaps in
+on the device and served by index like every other dataset; larger ones are streamed from the files in
 shuffled blocks of `block_rows` consecutive rows (a batch is batch_size/block_rows blocks from all over the file).
+The rows are read with positioned reads (`NpyRows`), not through memmaps: the file's pages then stay in the OS
+page cache, which the kernel reclaims as it likes, instead of piling up in this process's resident memory (every
+memmapped page ever touched counts in RSS, so a streamed epoch over a 100 GB file would show 100 GB of RSS).
 """
 import json
 import os
@@ -68,6 +71,51 @@ class NpyWriter:
 
     def __exit__(self, *exc) -> None:
         self.file.close()
+
+
+class NpyRows:
+    """The rows of a 2-D .npy file, read on demand with os.preadv into fresh arrays (nothing stays mapped)."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, fortran_order, self.dtype = read_header(f)
+            self.data_start = f.tell()
+        assert len(self.shape) == 2 and not fortran_order, f"{path}: not a C-ordered 2-D array"
+        self.path, self.row_bytes = path, self.dtype.itemsize * self.shape[1]
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 as an array of their own."""
+        return self.read_blocks(np.array([start]), stop - start, stop)
+
+    def read_blocks(self, starts: np.ndarray, length: int, stop: int) -> np.ndarray:
+        """The rows of blocks [s, min(s + length, stop)) for each s in `starts`, concatenated."""
+        ends = np.minimum(starts + length, stop)
+        out = np.empty((int((ends - starts).sum()), self.shape[1]), self.dtype)
+        view, row = memoryview(out.reshape(-1).view(np.uint8)), 0
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            want = (end - start) * self.row_bytes
+            got = os.preadv(self.fd, [view[row * self.row_bytes:][:want]], self.data_start + start * self.row_bytes)
+            if got != want:
+                raise UserInputError(f"{self.path} is shorter than its header says; delete its folder to rebuild it")
+            row += end - start
+        return out
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+    def __getstate__(self) -> dict:  # a DataModule copied to a worker or rank reopens the file there
+        return {k: v for k, v in self.__dict__.items() if k != "fd"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.fd = os.open(self.path, os.O_RDONLY)
 
 
 def sniff(path: Path) -> tuple[str, list[str] | None]:
@@ -205,7 +253,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         self.fractions, self.hash_buckets, self.chunk_rows = (val_fraction, test_fraction), hash_buckets, chunk_rows
         self.batch_size, self.eval_batch_size, self.block_rows = batch_size, eval_batch_size, block_rows
         self.max_in_memory_bytes, self.on_device = max_in_memory_gb * 2**30, on_device
-        self.arrays = self.train = self.val = self.test = None  # arrays: the memmaps; splits: (start, stop) rows
+        self.arrays = self.train = self.val = self.test = None  # arrays: NpyRows; splits: tensors or (start, stop)
 
     def prepare_data(self) -> None:
         self.cache = prepare(self.path, self.cache_dir, self.chunk_rows)
@@ -213,7 +261,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.arrays is None:
             self.cache = prepare(self.path, self.cache_dir, self.chunk_rows)  # a no-op once prepared
-            self.arrays = {name: np.load(self.cache / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+            self.arrays = {name: NpyRows(self.cache / f"{name}.npy") for name in ARRAYS}
             n = len(self.arrays["labels"])
             n_val, n_test = (round(n * f) for f in self.fractions)
             if min(n_val, n_test) < 1 or n - n_val - n_test < 2:
@@ -225,7 +273,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             start, stop = self.rows["train"]
             self.scaler = NumericScaler(torch.ones(len(INTEGERS), dtype=torch.bool))  # all counts: log them all
             for lo in range(start, stop, 1 << 20):  # a million rows (52 MB) at a time
-                self.scaler.update(torch.from_numpy(np.array(self.arrays["integers"][lo:min(lo + (1 << 20), stop)])))
+                self.scaler.update(torch.from_numpy(self.arrays["integers"].read(lo, min(lo + (1 << 20), stop))))
             self.scaler.finish()
             self.buckets = max(1, min(self.hash_buckets, int(stop - start)))  # no more than training rows can fill
             self.train, self.val = self.load("train", "val")
@@ -235,10 +283,10 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     def load(self, *splits: str) -> list:
         """Each split's rows as CPU tensors (labels, integers, categories) when they fit, else its (start, stop)."""
         rows = [self.rows[s] for s in splits]
-        row_bytes = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in self.arrays.values())
+        row_bytes = sum(a.row_bytes for a in self.arrays.values())
         if sum(stop - start for start, stop in rows) * row_bytes > self.max_in_memory_bytes:
             return rows
-        return [tuple(torch.from_numpy(np.array(self.arrays[a][start:stop])) for a in ARRAYS) for start, stop in rows]
+        return [tuple(torch.from_numpy(self.arrays[a].read(start, stop)) for a in ARRAYS) for start, stop in rows]
 
     @property
     def net_kwargs(self) -> dict:
@@ -257,16 +305,13 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
             return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,
                                  drop_last=train and len(split[0]) >= batch_size, **common)
-        # Streamed: batches of `block_rows`-row blocks read from the memmaps (sequential reads, bounded memory).
+        # Streamed: batches of `block_rows`-row blocks read from the files (sequential reads, bounded memory).
         start, stop = split
         block = self.block_rows if train else batch_size
-        offsets = np.arange(block)
 
         def read(starts: Tensor, generator=None) -> tuple[Tensor, ...]:
-            idx = (starts.numpy()[:, None] + offsets).ravel()
-            idx = idx[idx < stop]
-            arrays = (torch.from_numpy(self.arrays[a][idx]).to(device, non_blocking=True) for a in ARRAYS)
-            return self.features(*arrays)
+            arrays = (torch.from_numpy(self.arrays[a].read_blocks(starts.numpy(), block, stop)) for a in ARRAYS)
+            return self.features(*(a.to(device, non_blocking=True) for a in arrays))
 
         starts, blocks = torch.arange(start, stop, block), max(1, batch_size // block) if train else 1
         return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train and len(starts) >= blocks,

@@ -13,7 +13,7 @@ DataModules (the `data=` choices):
   ClicksDataModule  (data/clicks.py) the synthetic ad-click generator; knows the Bayes-optimal AUC
   CSVDataModule     any CSV: data.path, data.label_column, data.numeric_columns, data.categorical_columns,
                     data.timestamp_columns (each expanded to hour and weekday fields); data=advertising presets it
-  CriteoDataModule  (data/criteo.py) the Criteo format, converted once to on-disk memmaps
+  CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The ad-click DNN: the network, the synthetic generator and its Bayes optimum, the CSV and Criteo readers (cache,
 streaming, bad input), and train(cfg) end to end."""
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -177,7 +178,20 @@ def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monk
     assert len(np.load(second / "labels.npy", mmap_mode="r")) == 201
 
 
-def test_criteo_streamed_from_memmaps_serves_the_same_rows(tmp_path):
+def test_npy_rows_reads_what_numpy_saved(tmp_path):
+    array = np.arange(300, dtype=np.float32).reshape(100, 3)
+    np.save(tmp_path / "a.npy", array)
+    rows = pickle.loads(pickle.dumps(criteo.NpyRows(tmp_path / "a.npy")))  # as a DDP rank or a worker gets it
+    assert len(rows) == 100 and np.array_equal(rows.read(10, 20), array[10:20])
+    blocks = rows.read_blocks(np.array([90, 0, 40]), 8, stop=95)  # the first block stops at `stop`
+    assert np.array_equal(blocks, array[[*range(90, 95), *range(0, 8), *range(40, 48)]])
+    with open(tmp_path / "a.npy", "r+b") as f:
+        f.truncate(rows.data_start + 50 * rows.row_bytes)
+    with pytest.raises(UserInputError, match="shorter than its header"):
+        rows.read(40, 60)
+
+
+def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     path = tmp_path / "train.txt"
     criteo_rows(1000, np.random.default_rng(2)).to_csv(path, sep="\t", header=False, index=False)
     held, streamed = (CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=gb, batch_size=64,
