@@ -21,6 +21,7 @@ from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
 from models.cli import (check_monitor, check_overrides, check_single_process_sweep, check_trainer_args,
                         distributed_arguments, resume_arguments)
+from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 
 
@@ -35,6 +36,8 @@ def device_name(trainer: L.Trainer) -> str:
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()  # before the first step's buffers: see models/host.py
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")

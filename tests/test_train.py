@@ -1,5 +1,6 @@
 """The shared recipe end to end: train(cfg) on small generated data, early stopping, the CLI."""
 import json
+import platform
 import subprocess
 import sys
 
@@ -113,3 +114,10 @@ def test_multirun_writes_one_directory_per_job_and_a_summary(mnist_dir, tmp_path
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(r["model.lr"] for r in summary) == ["0.003", "0.01"]
     assert summary[0]["val/acc_best"] >= summary[1]["val/acc_best"]  # best first
+
+
+def test_freed_memory_is_kept_for_reuse_on_linux():
+    from models.host import keep_freed_memory
+    applied = keep_freed_memory()
+    assert applied == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert make_config("model=cnn").keep_freed_memory is True  # on by default, `keep_freed_memory=false` turns it off
