@@ -41,16 +41,20 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    return datamodule, build_recipe(cfg, datamodule)
+
+
+def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
+    """A fresh network (from the current RNG state) for data that is set up, inside the shared recipe."""
     net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
     if cfg.model.compile:
         net.compile()
-    recipe = Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
-                    l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
-                    scheduler=OmegaConf.to_container(cfg.scheduler),
-                    net_kwargs=datamodule.net_kwargs,
-                    channels_last=cfg.model.get("channels_last", False),
-                    config=OmegaConf.to_container(cfg, resolve=True))
-    return datamodule, recipe
+    return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
+                  l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
+                  scheduler=OmegaConf.to_container(cfg.scheduler),
+                  net_kwargs=datamodule.net_kwargs,
+                  channels_last=cfg.model.get("channels_last", False),
+                  config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def train(cfg: DictConfig) -> dict:

@@ -1,9 +1,11 @@
 """Training throughput: the project's Lightning path against a plain PyTorch loop, same process, same
 network, batches, loss, optimizer and schedule. Prints JSON.
 
-    python benchmarks/throughput.py model=cnn [steps=200] [warmup=20] [out=FILE] [any train.py override ...]
+    python benchmarks/throughput.py model=cnn [steps=200] [warmup=20] [repeats=3] [out=FILE] [any train.py override ...]
 
-Both paths get `warmup` untimed steps, then `steps` timed ones (the GPU is synchronized at both ends).
+Both paths get `warmup` untimed steps, then `steps` timed ones (the GPU is synchronized at both ends), on a fresh
+network each time; the two paths take turns `repeats` times and each reports its best run (a shared machine's slow
+spells only ever slow a run down) next to all of them.
 Validation, checkpoints, logging and the progress bar are off in both: this measures the training step.
 """
 import json
@@ -72,35 +74,52 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str) -> float
     return time.perf_counter() - start
 
 
-def main(argv: list[str]) -> dict:
-    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "out"))
-    steps, warmup = int(options.get("steps", 200)), int(options.get("warmup", 20))
-    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+def lightning_run(cfg, datamodule, steps: int, warmup: int):
+    """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer, recipe)."""
     L.seed_everything(cfg.seed)
-    datamodule, recipe = project.build(cfg)
-    clock = Clock(warmup)
+    recipe, clock = project.build_recipe(cfg, datamodule), Clock(warmup)
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock], plugins=None)
     trainer.fit(recipe, datamodule=datamodule)
+    return clock.seconds, trainer, recipe
 
-    L.seed_everything(cfg.seed)  # the same initial network again, for the plain loop
-    _, plain = project.build(cfg)
+
+def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
+    """The same fresh network (same seed) through the hand-written loop; its timed seconds."""
+    L.seed_everything(cfg.seed)
+    plain = project.build_recipe(cfg, datamodule)
     plain.trainer = trainer  # only for configure_optimizers' schedule length
-    plain.to(recipe.device)
+    plain.to(trainer.strategy.root_device)
     if cfg.model.get("channels_last"):
         plain.net.to(memory_format=torch.channels_last)
-    loader = datamodule.train_dataloader()
-    plain_seconds = plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision))
+    return plain_loop(plain, datamodule.train_dataloader(), steps, warmup, str(cfg.trainer.precision))
 
-    batch = loader.batch_size
+
+def main(argv: list[str]) -> dict:
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "repeats", "out"))
+    steps, warmup, repeats = int(options.get("steps", 200)), int(options.get("warmup", 20)), int(options.get("repeats", 3))
+    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    L.seed_everything(cfg.seed)
+    datamodule, _ = project.build(cfg)  # the data once; every run below gets a fresh network
+    lightning_seconds, plain_seconds = [], []
+    for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
+        seconds, trainer, recipe = lightning_run(cfg, datamodule, steps, warmup)
+        lightning_seconds.append(seconds)
+        plain_seconds.append(plain_run(cfg, datamodule, trainer, steps, warmup))
+
+    batch = datamodule.train_dataloader().batch_size
+    rate = lambda seconds: round(steps * batch / seconds, 1)
     result = {
         "model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
         "torch": torch.__version__, "lightning": L.__version__, "batch_size": batch, "steps": steps,
-        "lightning_samples_per_s": round(steps * batch / clock.seconds, 1),
-        "plain_samples_per_s": round(steps * batch / plain_seconds, 1),
+        "repeats": repeats,
+        # The best of the repeats (the least disturbed run, as timeit reports), and every run's figure.
+        "lightning_samples_per_s": rate(min(lightning_seconds)),
+        "plain_samples_per_s": rate(min(plain_seconds)),
+        "lightning_runs": [rate(s) for s in lightning_seconds], "plain_runs": [rate(s) for s in plain_seconds],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
     }

@@ -91,14 +91,22 @@ class Recipe(L.LightningModule):
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
         return loss
 
+    def _logging_step(self) -> bool:
+        """Whether Lightning sends this step's on_step values to the loggers: when (optimizer steps done + 1) is a
+        multiple of log_every_n_steps. Per-step values are logged only then: a self.log call costs ~1 ms of Python
+        (a sixth of the DNN's CPU step), and a value logged at any other step would reach TensorBoard stale."""
+        n = self.trainer.log_every_n_steps
+        return n > 0 and (self.trainer.global_step + 1) % n == 0
+
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        if self._logging_step():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         if self.hparams.l1:  # L1 pulls weights to exactly zero (sparsity); L2 is weight_decay in the optimizer
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, self.steps_seen, self.first_bad_step)
-        self.steps_seen += 1
+        self.first_bad_step.copy_(torch.where(bad, self.steps_seen, self.first_bad_step))  # in place: no host sync
+        self.steps_seen.add_(1)
         return loss
 
     def check_finite(self) -> None:
@@ -116,7 +124,7 @@ class Recipe(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The global gradient norm before clipping, every log interval only: the norm costs a pass over the grads.
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        if self._logging_step():
             norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
             if norms:
                 self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, on_epoch=False)
