@@ -105,7 +105,7 @@ class Recipe(L.LightningModule):
         if self.hparams.l1:  # L1 pulls weights to exactly zero (sparsity); L2 is weight_decay in the optimizer
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step.copy_(torch.where(bad, self.steps_seen, self.first_bad_step))  # in place: no host sync
+        self.first_bad_step.copy_(torch.where(bad, self.steps_seen, self.first_bad_step))  # in place: no Module.__setattr__
         self.steps_seen.add_(1)
         return loss
 
