@@ -206,6 +206,22 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     assert len(torch.cat([b[1] for b in batches]).unique(dim=0)) == 768  # distinct rows (hashed ids), none twice
 
 
+def test_criteo_streamed_rows_are_sharded_across_ranks(tmp_path):
+    from types import SimpleNamespace
+    path = tmp_path / "train.txt"
+    criteo_rows(1000, np.random.default_rng(4)).to_csv(path, sep="\t", header=False, index=False)
+    served = []
+    for rank in (0, 1):  # what each of 2 DDP ranks streams in one epoch
+        dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=0.0, batch_size=64, block_rows=16,
+                              on_device=False)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
+        dm.setup("fit")
+        served.append(torch.cat([ids for _, ids, _ in dm.train_dataloader()]))
+    assert len(served[0]) == len(served[1]) == 384  # 50 blocks of 16 rows: 24 each, 4 a batch, 6 batches a rank
+    rows = torch.cat(served)
+    assert len(rows.unique(dim=0)) == len(rows)  # disjoint shards: no row on both ranks
+
+
 # -- bad input: one line naming the file, the column and the row --------------------------------------
 GOOD = pd.DataFrame({"age": [30, 40, 50], "city": ["a", "b", "c"], "y": [0, 1, 0]})
 CSV_CASES = {
