@@ -75,14 +75,14 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str) -> float
 
 
 def lightning_run(cfg, datamodule, steps: int, warmup: int):
-    """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer, recipe)."""
+    """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer)."""
     L.seed_everything(cfg.seed)
     recipe, clock = project.build_recipe(cfg, datamodule), Clock(warmup)
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock], plugins=None)
     trainer.fit(recipe, datamodule=datamodule)
-    return clock.seconds, trainer, recipe
+    return clock.seconds, trainer
 
 
 def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> dict:
     datamodule, _ = project.build(cfg)  # the data once; every run below gets a fresh network
     lightning_seconds, plain_seconds = [], []
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
-        seconds, trainer, recipe = lightning_run(cfg, datamodule, steps, warmup)
+        seconds, trainer = lightning_run(cfg, datamodule, steps, warmup)
         lightning_seconds.append(seconds)
         plain_seconds.append(plain_run(cfg, datamodule, trainer, steps, warmup))
 
