@@ -93,7 +93,9 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     plain.to(trainer.strategy.root_device)
     if cfg.model.get("channels_last"):
         plain.net.to(memory_format=torch.channels_last)
-    return plain_loop(plain, datamodule.train_dataloader(), steps, warmup, str(cfg.trainer.precision))
+    loader = datamodule.train_dataloader()
+    loader.load_state_dict({"epoch": 0, "batches": 0})  # the Lightning run's first batches, not its next epoch's
+    return plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision))
 
 
 def main(argv: list[str]) -> dict:

@@ -1,0 +1,60 @@
+"""The benchmark commands run and report what the README's tables are read from; their speed is never asserted."""
+import copy
+import json
+
+import pytest
+import torch
+
+import train as project
+from benchmarks import throughput, time_to_accuracy
+from conftest import make_config
+
+SMALL_DNN = ["model=dnn", "data.rows=4000", "data.batch_size=256", "data.eval_batch_size=1000"]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16: the autocast branch of both paths
+def test_throughput_times_both_paths_and_reports_their_ratio(tmp_path, precision):
+    out = tmp_path / "throughput.json"
+    result, path = throughput.main([*SMALL_DNN, f"trainer.precision={precision}", "steps=4", "warmup=1",
+                                    "repeats=2", f"out={out}"])
+    assert path == str(out)
+    assert result["batch_size"] == 256 and result["steps"] == 4 and result["device"].startswith("cpu")
+    assert len(result["lightning_runs"]) == len(result["plain_runs"]) == 2
+    assert result["lightning_samples_per_s"] == max(result["lightning_runs"]) > 0  # the best of the repeats
+    assert result["plain_samples_per_s"] == max(result["plain_runs"]) > 0
+    assert result["ratio"] == round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
+    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None
+
+
+def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(monkeypatch):
+    # What makes the ratio fair: the same network, batches, loss, optimizer and schedule. Without dropout (whose
+    # masks each path would draw at its own point of the RNG stream) both paths end on the same weights.
+    cfg = make_config(*SMALL_DNN, "model.net.dropout=0", "paths.output_dir=/tmp/redes-benchmark")
+    datamodule, _ = project.build(cfg)
+    built, build_recipe = [], project.build_recipe  # each path's recipe, and its weights before training
+
+    def recording(*args):
+        recipe = build_recipe(*args)
+        built.append((recipe, copy.deepcopy(recipe.net.state_dict())))
+        return recipe
+
+    monkeypatch.setattr(project, "build_recipe", recording)
+    _, trainer = throughput.lightning_run(cfg, datamodule, steps=5, warmup=2)
+    throughput.plain_run(cfg, datamodule, trainer, steps=5, warmup=2)
+    (lightning, start), (plain, plain_start) = built
+    assert trainer.global_step == 7
+    for name, value in lightning.net.state_dict().items():
+        assert torch.equal(start[name], plain_start[name]), name  # one seed, one initialization
+        assert torch.allclose(value, plain.net.state_dict()[name], atol=1e-5), name
+    assert not torch.equal(lightning.net.mlp[0].weight, start["mlp.0.weight"])  # and they did train
+
+
+def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
+    out = tmp_path / "tta.json"
+    result, path = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0,1.01]", f"out={out}"])
+    assert path == str(out) and result["metric"] == "test/auroc"
+    seconds = [s for s, _ in result["curve"]]
+    assert len(seconds) == 3 and seconds == sorted(seconds) and seconds[0] > 0  # training time, accumulated
+    assert result["seconds_to_target"] == {"0.0": seconds[0], "1.01": None}  # reached at once; never
+    assert 0.5 < result["curve"][-1][1] <= 1  # learned something from 2,880 rows
+    json.dumps(result)  # what the command prints
