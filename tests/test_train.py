@@ -121,3 +121,22 @@ def test_freed_memory_is_kept_for_reuse_on_linux():
     applied = keep_freed_memory()
     assert applied == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
     assert make_config("model=cnn").keep_freed_memory is True  # on by default, `keep_freed_memory=false` turns it off
+
+
+@pytest.mark.parametrize("experiment, precision", [("cnn_gpu", "bf16-mixed"), ("lstm_gpu", "32-true")])
+def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnist_dir, tmp_path):
+    # Everything but the device: the preset's network, data and schedule, in bf16 autocast where the CPU has it
+    # (oneDNN has no bf16 LSTM on an AVX2 CPU). torch.compile is left out only for time: minutes on this CPU.
+    text = tmp_path / "corpus.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 1500)
+    data = [f"data.path={text}"] if experiment == "lstm_gpu" else ["data=mnist", f"paths.data_dir={mnist_dir}",
+                                                                   "data.val_size=200"]
+    cfg = make_config(f"experiment={experiment}", *data, "trainer.accelerator=cpu", f"trainer.precision={precision}",
+                      "model.compile=false", "data.batch_size=32", "data.eval_batch_size=32",  # small batches: time
+                      "trainer.max_steps=2", "trainer.limit_val_batches=2",
+                      "trainer.limit_test_batches=2", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+                      "callbacks.result_figures=null", output_dir=tmp_path / "run")
+    assert make_config(f"experiment={experiment}").trainer.precision == "bf16-mixed"  # on the GPU
+    metrics = train_module.train(cfg)
+    assert metrics["steps"] == 2 and metrics["device"].startswith("cpu")
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("test/"))
