@@ -8,6 +8,9 @@
 It never runs the network itself: a forward hook on `pl_module.net` catches the logits the recipe's own
 validation/test step computes, and everything accumulates on the device (no host sync per step); the host reads
 the accumulators once, at the epoch's end. Nothing happens during training steps, nor without a TensorBoard logger.
+Under DDP each rank accumulates its own shard and the epoch's end gathers them (`gather_rows`, a summed confusion
+matrix), so the figures cover the whole split, as the scalar metrics do; the example grids come from the gathered
+most confident mistakes and from rank 0's first examples.
 
 The `*_figure` functions return plain matplotlib Figures (no pyplot state), so notebooks/ draw the same pictures.
 """
@@ -149,6 +152,18 @@ def first_conv(net: nn.Module) -> nn.Conv2d | None:
     return next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
 
 
+def gather_rows(trainer: Trainer, rows: Tensor) -> Tensor:
+    """Every DDP rank's `rows` (N_r, ...), of any lengths N_r, concatenated in rank order; with one process, `rows`.
+    Every rank must call it (a collective); all_gather wants equal shapes, so each rank pads to the longest."""
+    if trainer.world_size == 1:
+        return rows
+    sizes = trainer.strategy.all_gather(torch.tensor([len(rows)], device=rows.device)).reshape(-1).tolist()
+    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+    padded[: len(rows)] = rows
+    gathered = trainer.strategy.all_gather(padded)  # (ranks, max(sizes), ...)
+    return torch.cat([gathered[rank, :n] for rank, n in enumerate(sizes)])
+
+
 # -- the callback ---------------------------------------------------------------------------------------
 class ResultFigures(Callback):
     def __init__(self, max_images: int = 32, val_every_n_epochs: int = 1) -> None:
@@ -246,20 +261,26 @@ class ResultFigures(Callback):
             return
         dm = trainer.datamodule
         if dm.task == "binary":
-            probs, targets = torch.cat(acc["probs"]).cpu().numpy(), torch.cat(acc["targets"]).cpu().numpy()
+            probs, targets = (gather_rows(trainer, torch.cat(acc[key])).cpu().numpy() for key in ("probs", "targets"))
             self.results = {"probs": probs, "targets": targets}
             writer.add_figure(f"{stage}/roc", roc_figure(probs, targets, f"ROC, {stage} split"), step)
             writer.add_figure(f"{stage}/calibration",
                               calibration_figure(probs, targets, title=f"calibration, {stage} split"), step)
             return
         c = math.isqrt(len(acc["confusion"]))
-        confusion = acc["confusion"].view(c, c).cpu().numpy()
+        confusion = acc["confusion"]
+        if trainer.world_size > 1:  # every rank's counts
+            confusion = trainer.strategy.reduce(confusion, reduce_op="sum")
+        confusion = confusion.view(c, c).cpu().numpy()
         classes = [str(name) for name in getattr(dm, "classes", range(c))]
         self.results = {"confusion": confusion}
         figure = confusion_matrix_figure(confusion, classes, f"{stage} split")
         writer.add_figure(f"{stage}/confusion_matrix", figure, step)
         if stage != "test":
             return
+        if "mistakes" in acc and trainer.world_size > 1:  # every rank's top k, then the top k of those
+            pool = tuple(gather_rows(trainer, t) for t in acc["mistakes"])
+            acc["mistakes"] = tuple(t[pool[0].topk(min(self.max_images, len(pool[0]))).indices] for t in pool)
         mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
         for key, title in (("samples", "first test examples"), ("mistakes", "most confident mistakes")):
             if key not in acc:

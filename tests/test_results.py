@@ -4,6 +4,7 @@ import importlib
 import io
 import json
 import re
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -19,7 +20,7 @@ import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
 from models import runs
-from models.figures import ResultFigures
+from models.figures import ResultFigures, gather_rows
 from models.recipe import Recipe, load_recipe
 from tests.conftest import make_config, pattern_images, write_idx
 
@@ -105,6 +106,24 @@ def test_figures_count_every_test_example_and_the_worst_mistakes(sweep, tmp_path
     L.Trainer(logger=False, callbacks=[quiet], enable_progress_bar=False, enable_model_summary=False).test(
         recipe, datamodule=datamodule, verbose=False)
     assert quiet.results == {} and quiet._hook is None
+
+
+def test_figures_gather_every_ddp_ranks_rows():
+    # Rank 0's view of two ranks with shards of 5 and 4 rows: all_gather wants equal shapes, so each pads to the
+    # longest, and the padding is dropped again. (tests/test_scale.py runs the real thing over gloo.)
+    mine, theirs = torch.arange(10.0).view(5, 2), torch.arange(100.0, 108.0).view(4, 2)
+
+    class TwoRanks:  # DDPStrategy.all_gather: every rank's tensor, stacked in rank order
+        calls = 0
+
+        def all_gather(self, tensor):
+            self.calls += 1
+            other = torch.tensor([len(theirs)]) if self.calls == 1 else torch.cat([theirs, torch.zeros(1, 2)])
+            return torch.stack([tensor, other])
+
+    gathered = gather_rows(SimpleNamespace(world_size=2, strategy=TwoRanks()), mine)
+    assert torch.equal(gathered, torch.cat([mine, theirs]))
+    assert gather_rows(SimpleNamespace(world_size=1), mine) is mine
 
 
 def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):

@@ -7,6 +7,7 @@ import optuna
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train as train_module
 from data import UserInputError
@@ -51,7 +52,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     # 20007 rows and eval batches of 400 give the ranks unequal evaluation shards: val 801/800 rows, 3/2 batches.
     common = ["model=dnn", "data.rows=20007", "data.eval_batch_size=400", "trainer.max_epochs=2",
               "model.net.dropout=0", "model.net.batch_norm=false", *QUIET]
-    ddp = run_cli(*common, "trainer=ddp_cpu", "data.batch_size=128", f"paths.log_dir={tmp_path}")
+    figures_on = [a for a in common if a != "callbacks.result_figures=null"]  # ROC and calibration: gathered shards
+    ddp = run_cli(*figures_on, "trainer=ddp_cpu", "data.batch_size=128", f"paths.log_dir={tmp_path}")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     runs = list((tmp_path / "dnn").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a timestamped one of its own
@@ -59,6 +61,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert (run / "train_ddp_process_1.log").is_file() and list(run.rglob("metrics.json")) == [run / "metrics.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert ddp.stdout.count('"test/auroc"') == 1  # only rank 0 prints the result
+    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.*")).parent)).Reload()
+    assert {"test/roc", "test/calibration"} <= set(events.Tags()["images"])
     parallel = json.loads((run / "metrics.json").read_text())
     assert parallel["device"].endswith("x 2 processes (DDP)")
 
