@@ -10,6 +10,7 @@ import torch
 
 import train as train_module
 from data.images import ImageDataModule
+from models import runs
 from models.recipe import load_recipe
 from tests.conftest import ROOT, make_config
 
@@ -140,3 +141,20 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
     metrics = train_module.train(cfg)
     assert metrics["steps"] == 2 and metrics["device"].startswith("cpu")
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("test/"))
+
+
+def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without_compiling(tmp_path):
+    # model.compile=true compiles the network's forward in place (nn.Module.compile): the parameters and their
+    # state_dict keys stay as they are, so best.ckpt loads into a plain network and predicts what it predicted.
+    torch._dynamo.reset()
+    cfg = make_config("model=dnn", "data.rows=4000", "data.batch_size=256", "model.compile=true", "debug=fast",
+                      "callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null",
+                      output_dir=tmp_path)
+    metrics = train_module.train(cfg)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo did capture the network
+    recipe = load_recipe(str(tmp_path / metrics["best_checkpoint"]))  # an eager network
+    assert not hasattr(recipe.net, "_compiled_call_impl") or recipe.net._compiled_call_impl is None
+    datamodule = runs.build_datamodule(recipe.hparams.config["data"])
+    again = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        recipe, datamodule=datamodule, verbose=False)[0]
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
