@@ -98,7 +98,7 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     return plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision))
 
 
-def main(argv: list[str]) -> dict:
+def main(argv: list[str]) -> tuple[dict, str | None]:
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "repeats", "out"))
     steps, warmup, repeats = int(options.get("steps", 200)), int(options.get("warmup", 20)), int(options.get("repeats", 3))
     overrides = [a for a in argv if a.split("=", 1)[0] not in options]
