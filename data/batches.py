@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from data import UserInputError
+
 
 class TensorBatches:
     """Iterable of batches `transform(*[t[idx] for t in tensors], generator=g)`, reshuffled every epoch when
@@ -30,6 +32,9 @@ class TensorBatches:
                  num_replicas: int = 1, rank: int = 0) -> None:
         assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors must share dim 0"
         assert 0 <= rank < num_replicas, f"rank {rank} of {num_replicas} replicas"
+        if not drop_last and len(tensors[0]) < num_replicas:  # a rank with nothing would sit out the collectives
+            raise UserInputError(f"an evaluation split of {len(tensors[0])} items cannot give each of the "
+                                 f"{num_replicas} processes one: use fewer processes or a larger split")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tensors, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.transform = seed, epoch, transform
         self.num_replicas, self.rank = num_replicas, rank

@@ -46,6 +46,13 @@ def test_evaluation_shards_serve_every_row_exactly_once():
     assert torch.equal(served.sort().values, rows)
 
 
+def test_an_evaluation_split_smaller_than_the_ranks_is_refused_not_left_to_hang():
+    # A rank with no rows would skip the epoch-end gathers the others wait in.
+    with pytest.raises(UserInputError, match="3 processes"):
+        TensorBatches(torch.arange(2), batch_size=100, num_replicas=3, rank=2)
+    assert len(TensorBatches(torch.arange(2), batch_size=100, drop_last=True, num_replicas=3, rank=2)) == 0
+
+
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     # Without dropout and batch norm (each DDP rank would draw its own masks and normalize over its own 128 rows),
     # 2 x 128 rows with averaged gradients is the same step as 256 rows on one process, up to float rounding.
