@@ -20,26 +20,36 @@ class TensorBatches:
     `shuffle`. `g` is a generator on the data's device seeded by (seed, epoch, batch): random augmentation
     drawn from it is the same in a resumed run as in an uninterrupted one, whatever else used the RNG.
 
+    `epoch` is the first epoch's number, counted on by each pass, or a function returning the number of the epoch
+    in progress, read as each pass starts: a DataModule passes Lightning's own count (`loader_args`), which is
+    right after a resume from any checkpoint, where Lightning may or may not call `load_state_dict`.
+
     With `num_replicas` > 1 (DDP) this rank serves rows rank, rank + num_replicas, ... of the epoch's order,
     which every rank draws alike from the same seed: the shards are disjoint, and rank r's batch b holds every
     num_replicas-th row of the single-process batch b of num_replicas * batch_size rows. With `drop_last` (training)
     the shards are equal, the order's last n % num_replicas rows sitting the epoch out, so every rank takes the
-    same number of steps (DistributedSampler(drop_last=True) does the same); without it (evaluation) every row is
+    same number of steps (DistributedSampler(drop_last=True) does the same), and a short last batch is dropped
+    unless it is the only one (a split smaller than one batch still trains); without it (evaluation) every row is
     served exactly once, and the shards differ by at most one row."""
 
     def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, epoch: int = 0, transform: Callable[..., tuple[Tensor, ...]] | None = None,
+                 seed: int = 0, epoch: int | Callable[[], int] = 0,
+                 transform: Callable[..., tuple[Tensor, ...]] | None = None,
                  num_replicas: int = 1, rank: int = 0) -> None:
         assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors must share dim 0"
         assert 0 <= rank < num_replicas, f"rank {rank} of {num_replicas} replicas"
         if not drop_last and len(tensors[0]) < num_replicas:  # a rank with nothing would sit out the collectives
             raise UserInputError(f"an evaluation split of {len(tensors[0])} items cannot give each of the "
                                  f"{num_replicas} processes one: use fewer processes or a larger split")
+        if drop_last and len(tensors[0]) < num_replicas:
+            raise UserInputError(f"a training split of {len(tensors[0])} items cannot give each of the "
+                                 f"{num_replicas} processes one: use fewer processes or a larger split")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tensors, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.transform = seed, epoch, transform
         self.num_replicas, self.rank = num_replicas, rank
-        self.yielded = 0      # batches handed out so far in the epoch in progress
-        self._skip = 0        # batches to skip at the next __iter__ (a resumed run)
+        self.in_progress: int | None = None  # the number of the epoch served last (or now)
+        self.yielded = 0                     # batches handed out so far in that epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, batches it had served): from load_state_dict
 
     def _shard(self) -> slice:
         """This rank's positions in the epoch's order of all n rows."""
@@ -48,19 +58,29 @@ class TensorBatches:
 
     def __len__(self) -> int:
         rows = len(range(len(self.tensors[0]))[self._shard()])
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        full, short = divmod(rows, self.batch_size)
+        return full + (short > 0 and not (self.drop_last and full))
+
+    def _next_epoch(self) -> int:
+        if callable(self.epoch):
+            return self.epoch()
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return epoch
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         n, device = len(self.tensors[0]), self.tensors[0].device
+        epoch = self.in_progress = self._next_epoch()
         # Each epoch's order depends on (seed, epoch) alone, on any device, so a resumed run sees the same batches.
-        epoch_seed = (self.seed + 1_000_003 * self.epoch) % 2**63
+        epoch_seed = (self.seed + 1_000_003 * epoch) % 2**63
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).to(device) if self.shuffle else None
         # This rank's rows, a strided view of the order (unshuffled: of the tensors); with one process, all rows.
         shard = self._shard()
         tensors = self.tensors if order is not None else tuple(t[shard] for t in self.tensors)
         order = order[shard] if order is not None else None
-        self.epoch += 1
-        start, self._skip = self._skip, 0
+        # A resumed run goes on after the batches its checkpoint had served, if it resumes that very epoch.
+        start = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        self._resume = None
+        self.yielded = start
         for b in range(start, len(self)):
             self.yielded = b + 1
             rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
@@ -71,22 +91,32 @@ class TensorBatches:
             else:
                 generator = torch.Generator(device).manual_seed((epoch_seed + 7_919 * (b + 1)) % 2**63)
                 yield self.transform(*batch, generator=generator)
-        self.yielded = 0
 
-    # Lightning saves this in every checkpoint and restores it on resume: a run killed mid-epoch goes on
-    # with the batch after the last one it trained on.
+    # Lightning saves this in every checkpoint and restores it when it resumes mid-epoch: the run goes on with
+    # the batch after the last one it trained on. (An epoch that `limit_train_batches` ended early looks
+    # unfinished here; Lightning then resumes the next epoch, and the saved position is ignored.)
     def state_dict(self) -> dict:
-        if 0 < self.yielded < len(self):  # mid-epoch (self.epoch already counts the epoch in progress)
-            return {"epoch": self.epoch - 1, "batches": self.yielded}
-        return {"epoch": self.epoch, "batches": 0}  # between epochs, or at an epoch's last batch
+        if self.in_progress is None:  # nothing served yet
+            return {"epoch": 0 if callable(self.epoch) else self.epoch, "batches": 0}
+        if self.yielded < len(self):  # mid-epoch
+            return {"epoch": self.in_progress, "batches": self.yielded}
+        return {"epoch": self.in_progress + 1, "batches": 0}  # after an epoch
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._skip = state["epoch"], state["batches"]
+        self._resume = state["epoch"], state["batches"]
+        if not callable(self.epoch):
+            self.epoch = state["epoch"]
 
 
-def replica_of(trainer) -> dict:
-    """This process's place among the DDP ranks, as TensorBatches arguments; one process without a trainer."""
-    return {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer is not None else {}
+def loader_args(trainer) -> dict:
+    """The TensorBatches arguments every DataModule passes: the run's seed, the epoch in progress as Lightning
+    counts it when a pass starts, and this process's place among the DDP ranks. Without a trainer: one process
+    from epoch 0. (Read when the pass starts, not when the loader is built: a loader is built before Lightning
+    has finished restoring a checkpoint's epoch count, and `current_epoch` is still the last finished epoch then.)"""
+    if trainer is None:
+        return {"seed": torch.initial_seed()}
+    return {"seed": torch.initial_seed(), "epoch": lambda: trainer.current_epoch,
+            "num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:

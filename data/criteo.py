@@ -36,7 +36,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, replica_of
+from data.batches import SplitLoaders, TensorBatches, loader_args
 from data.tabular import NumericScaler, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -300,11 +300,10 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     def _batches(self, split, batch_size: int, train: bool) -> TensorBatches:
         device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
         self.scaler.to(device)
-        common = dict(shuffle=train, seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
-                      **replica_of(self.trainer))
+        common = dict(shuffle=train, **loader_args(self.trainer))
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
             return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,
-                                 drop_last=train and len(split[0]) >= batch_size, **common)
+                                 drop_last=train, **common)
         # Streamed: batches of `block_rows`-row blocks read from the files (sequential reads, bounded memory).
         start, stop = split
         block = self.block_rows if train else batch_size
@@ -314,5 +313,4 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             return self.features(*(a.to(device, non_blocking=True) for a in arrays))
 
         starts, blocks = torch.arange(start, stop, block), max(1, batch_size // block) if train else 1
-        return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train and len(starts) >= blocks,
-                             **common)
+        return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train, **common)

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, replica_of, split_indices
+from data.batches import SplitLoaders, TensorBatches, loader_args, split_indices
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -135,6 +135,5 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         device = self._device()
         augment = train and self.augment["enabled"]
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train, drop_last=train,
-                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
                              transform=lambda x, y, generator: (self._to_float(x, augment, generator), y),
-                             **replica_of(self.trainer))
+                             **loader_args(self.trainer))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, replica_of, split_indices
+from data.batches import SplitLoaders, TensorBatches, loader_args, split_indices
 
 
 def stable_hash(values: np.ndarray) -> np.ndarray:
@@ -185,9 +185,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def _batches(self, split: tuple[Tensor, ...], batch_size: int, train: bool) -> TensorBatches:
         device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train,
-                             drop_last=train and len(split[0]) >= batch_size,  # no batch of 1 for batch norm
-                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
-                             **replica_of(self.trainer))
+                             drop_last=train, **loader_args(self.trainer))
 
 
 class CSVDataModule(TabularDataModule):

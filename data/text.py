@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, replica_of
+from data.batches import TensorBatches, loader_args
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -111,9 +111,8 @@ class CharDataModule(L.LightningDataModule):
             chunk = ids[first[:, None] + steps]  # (B, T + 1)
             return chunk[:, :-1], chunk[:, 1:]  # inputs (B, T), targets (B, T): the next character
 
-        return TensorBatches(starts, batch_size=batch_size, shuffle=train, drop_last=train and len(starts) >= batch_size,
-                             seed=torch.initial_seed(), epoch=self.trainer.current_epoch if self.trainer else 0,
-                             transform=windows, **replica_of(self.trainer))
+        return TensorBatches(starts, batch_size=batch_size, shuffle=train, drop_last=train,
+                             transform=windows, **loader_args(self.trainer))
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches(self.train, self.seq_len, self.batch_size, train=True)

@@ -26,6 +26,14 @@ def cli_args(mnist_dir, out):
             "callbacks.early_stopping=null", "callbacks.step_checkpoint.every_n_train_steps=4", f"hydra.run.dir={out}"]
 
 
+def assert_same_final_weights(run, other):
+    """The last.ckpt weights of two runs agree: the runs trained on the same batches in the same order."""
+    ours, theirs = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (run, other))
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        assert torch.allclose(value.float(), theirs[name].float(), atol=1e-6), name
+
+
 def saved_step(path) -> int:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
@@ -55,6 +63,28 @@ def test_resume_after_three_kill_9_matches_an_uninterrupted_run(mnist_dir, tmp_p
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = json.loads((broken / "metrics.json").read_text())
     assert {k: resumed[k] for k in COMPARED} == pytest.approx({k: expected[k] for k in COMPARED}, abs=1e-6)
+    assert_same_final_weights(broken, whole)
+
+
+@pytest.mark.parametrize("budget", [
+    ["trainer.max_epochs={}"],  # an epoch budget: Lightning restores no loader state from an epoch-end checkpoint
+    ["trainer.max_epochs=-1", "trainer.max_steps={}", "trainer.limit_train_batches=5"],  # a step budget that
+])                                                    # stops each epoch early: the loader's state says mid-epoch
+def test_resume_from_an_epoch_end_checkpoint_matches_an_uninterrupted_run(budget, mnist_dir, tmp_path):
+    steps = len(budget) > 1
+    whole, short = (3, 2) if not steps else (15, 10)   # 3 epochs, and the first 2 of them
+    # last.ckpt at epoch ends only; no schedule (a schedule's length is the run's, which this resume extends)
+    fixed = ["callbacks.early_stopping=null", "callbacks.step_checkpoint=null", "scheduler=none"]
+
+    def run(out, length, *more):
+        args = [a.format(length) for a in budget]
+        return train_module.train(mnist_config(mnist_dir, out, *fixed, *args, *more))
+
+    expected = run(tmp_path / "whole", whole)
+    run(tmp_path / "broken", short)
+    resumed = run(tmp_path / "broken", whole, "ckpt_path=last")
+    assert {k: resumed[k] for k in COMPARED} == pytest.approx({k: expected[k] for k in COMPARED}, abs=1e-6)
+    assert_same_final_weights(tmp_path / "broken", tmp_path / "whole")
 
 
 def test_same_seed_same_metrics(mnist_dir, tmp_path):

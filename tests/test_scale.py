@@ -46,11 +46,18 @@ def test_evaluation_shards_serve_every_row_exactly_once():
     assert torch.equal(served.sort().values, rows)
 
 
-def test_an_evaluation_split_smaller_than_the_ranks_is_refused_not_left_to_hang():
-    # A rank with no rows would skip the epoch-end gathers the others wait in.
+@pytest.mark.parametrize("train", [False, True])
+def test_a_split_smaller_than_the_ranks_is_refused_not_left_to_hang(train):
+    # A rank with no rows would skip the epoch-end gathers the others wait in (training: no rank would train).
     with pytest.raises(UserInputError, match="3 processes"):
-        TensorBatches(torch.arange(2), batch_size=100, num_replicas=3, rank=2)
-    assert len(TensorBatches(torch.arange(2), batch_size=100, drop_last=True, num_replicas=3, rank=2)) == 0
+        TensorBatches(torch.arange(2), batch_size=100, drop_last=train, num_replicas=3, rank=2)
+
+
+def test_a_training_split_smaller_than_a_batch_still_gives_one_batch_per_rank():
+    # drop_last drops a short last batch, never the only one: data.train_size < data.batch_size still trains.
+    assert [len(TensorBatches(torch.arange(7), batch_size=100, drop_last=True, num_replicas=2, rank=r)) for r in (0, 1)] == [1, 1]
+    assert [len(b[0]) for b in TensorBatches(torch.arange(7), batch_size=100, drop_last=True, num_replicas=2, rank=1)] == [3]
+    assert len(TensorBatches(torch.arange(250), batch_size=100, drop_last=True)) == 2
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
