@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
 
+from data import UserInputError
+
+SCHEDULE_LENGTH = {"step": "step_size", "cosine": "T_max", "onecycle": "total_steps"}  # the attribute, in steps
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "rmsprop": torch.optim.RMSprop}
 TASKS = ("binary", "multiclass", "lm")
@@ -72,6 +75,7 @@ class Recipe(L.LightningModule):
         # device; the host looks every log interval and before any checkpoint is written.
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("first_bad_step", torch.full((), -1, dtype=torch.long), persistent=False)
+        self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -130,8 +134,8 @@ class Recipe(L.LightningModule):
                 self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if batch_idx % self.trainer.log_every_n_steps == 0:
-            self.check_finite()
+        if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
+            self.check_finite()  # (with log_every_n_steps=0: at epoch ends and checkpoints only)
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             # The step budget ends mid-epoch: asking to stop makes Lightning validate this batch first (it does so
             # for max_time and early stopping, not for max_steps), so a best checkpoint and val metrics exist.
@@ -145,6 +149,8 @@ class Recipe(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before configure_optimizers: _scheduler checks the new run against the saved one.
+        self._resumed_schedule = (checkpoint.get("lr_schedulers") or [None])[0]
         if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
             torch.set_rng_state(checkpoint["rng"]["cpu"])
             if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
@@ -199,33 +205,52 @@ class Recipe(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _total_steps(self) -> int:
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: the loader's batches (capped by limit_train_batches), one step per
+        accumulate_grad_batches of them, and one more for a remainder (Lightning steps at an epoch's last batch)."""
         # Not trainer.estimated_stepping_batches: it builds the train loader before a resumed run's checkpoint
         # is restored, and Lightning then never gives that loader its saved position (mid-epoch resume breaks).
         t = self.trainer
-        if t.max_steps and t.max_steps > 0:
-            return t.max_steps
         batches = len(t.datamodule.train_dataloader())
         limit = t.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-        return max(1, batches // t.accumulate_grad_batches) * t.max_epochs
+        return max(1, math.ceil(batches / t.accumulate_grad_batches))
+
+    def _total_steps(self) -> int:
+        """The run's optimizer steps: max_steps, or max_epochs epochs, whichever ends it first."""
+        t = self.trainer
+        by_epochs = self._steps_per_epoch() * t.max_epochs if t.max_epochs and t.max_epochs > 0 else None
+        if t.max_steps and t.max_steps > 0:
+            return min(t.max_steps, by_epochs) if by_epochs else t.max_steps
+        if by_epochs is None:
+            raise UserInputError(f"scheduler={self.hparams.scheduler['name']} needs the run's length: "
+                                 "set trainer.max_epochs or trainer.max_steps, or use scheduler=none")
+        return by_epochs
 
     def _scheduler(self, optimizer: torch.optim.Optimizer):
         s = self.hparams.scheduler
         if s["name"] == "none":
             return None
-        total_steps = self._total_steps()
-        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         if s["name"] == "step":  # multiply the LR by gamma every `every_epochs` epochs
-            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["every_epochs"] * steps_per_epoch,
-                                                   gamma=s["gamma"])
-        if s["name"] == "cosine":  # from lr down to lr * final_ratio over the whole run
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps,
-                                                              eta_min=self.hparams.lr * s["final_ratio"])
-        if s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
-            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps,
-                                                       pct_start=s["pct_start"])
-        raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")
+            scheduler = torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=s["every_epochs"] * self._steps_per_epoch(), gamma=s["gamma"])
+        elif s["name"] == "cosine":  # from lr down to lr * final_ratio over the whole run
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps(),
+                                                                   eta_min=self.hparams.lr * s["final_ratio"])
+        elif s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr,
+                                                            total_steps=self._total_steps(), pct_start=s["pct_start"])
+        else:
+            raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")
+        # A resumed run continues the checkpoint's schedule, whose length was the first run's: a run of another
+        # length would leave it (OneCycleLR raises past its end) or stretch nothing.
+        saved, key = self._resumed_schedule, SCHEDULE_LENGTH[s["name"]]
+        if saved is not None and saved.get(key) != getattr(scheduler, key):
+            raise UserInputError(
+                f"ckpt_path: the checkpoint's {s['name']} schedule is {saved.get(key)} steps long, this run's "
+                f"{getattr(scheduler, key)}: resume with the trainer.max_epochs, trainer.max_steps and data.batch_size "
+                "the run started with (or scheduler=none)")
+        return scheduler
 
 
 def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:

@@ -87,6 +87,13 @@ def test_resume_from_an_epoch_end_checkpoint_matches_an_uninterrupted_run(budget
     assert_same_final_weights(tmp_path / "broken", tmp_path / "whole")
 
 
+def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(mnist_dir, tmp_path):
+    fixed = ["callbacks.early_stopping=null", "callbacks.step_checkpoint=null", "scheduler=onecycle"]
+    train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=2"))
+    with pytest.raises(UserInputError, match="the checkpoint's onecycle schedule is 30 steps long, this run's 45"):
+        train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=3", "ckpt_path=last"))
+
+
 def test_same_seed_same_metrics(mnist_dir, tmp_path):
     first = train_module.train(mnist_config(mnist_dir, tmp_path / "a", "trainer.max_epochs=2"))
     second = train_module.train(mnist_config(mnist_dir, tmp_path / "b", "trainer.max_epochs=2"))

@@ -73,6 +73,34 @@ def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp
     assert (tmp_path / metrics["best_checkpoint"]).is_file() and not metrics["stopped_early"]
 
 
+def schedule(run) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+
+
+@pytest.mark.parametrize("budget, steps", [
+    (["trainer.max_epochs=2", "+trainer.accumulate_grad_batches=4"], 8),  # 15 batches: 4 steps an epoch (3 + 1)
+    (["trainer.max_epochs=2", "trainer.max_steps=20"], 20),               # the step budget ends the run first
+    (["trainer.max_epochs=-1", "trainer.max_steps=12", "trainer.limit_train_batches=5"], 12),
+])
+def test_the_one_cycle_schedule_spans_exactly_the_steps_the_run_takes(budget, steps, mnist_dir, tmp_path):
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=onecycle", "model.lr=0.01",
+                                              "callbacks.early_stopping=null", *budget))
+    assert metrics["steps"] == steps == schedule(tmp_path)["total_steps"]  # the last step runs at the final LR
+
+
+def test_the_step_schedule_decays_every_epoch_of_a_step_budget(mnist_dir, tmp_path):
+    # max_epochs=-1 (the LSTM's way): epochs of limit_train_batches=5 steps; 15 steps = 3 decays of x0.5.
+    train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=step", "scheduler.every_epochs=1",
+                                    "scheduler.gamma=0.5", "model.lr=0.01", "trainer.max_epochs=-1",
+                                    "trainer.max_steps=15", "trainer.limit_train_batches=5"))
+    assert schedule(tmp_path)["_last_lr"][0] == pytest.approx(0.01 * 0.5 ** 3)
+
+
+def test_log_every_n_steps_zero_trains(mnist_dir, tmp_path):
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.log_every_n_steps=0"))
+    assert metrics["steps"] == 15
+
+
 def test_test_split_is_read_only_by_trainer_test(mnist_dir, tmp_path, monkeypatch):
     events = []
     load, test = ImageDataModule._load, L.Trainer.test
