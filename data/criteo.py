@@ -99,10 +99,12 @@ class NpyRows:
         out = np.empty((int((ends - starts).sum()), self.shape[1]), self.dtype)
         view, row = memoryview(out.reshape(-1).view(np.uint8)), 0
         for start, end in zip(starts.tolist(), ends.tolist()):
-            want = (end - start) * self.row_bytes
-            got = os.preadv(self.fd, [view[row * self.row_bytes:][:want]], self.data_start + start * self.row_bytes)
-            if got != want:
-                raise UserInputError(f"{self.path} is shorter than its header says; delete its folder to rebuild it")
+            done, want, offset = 0, (end - start) * self.row_bytes, self.data_start + start * self.row_bytes
+            while done < want:  # a read may return less than asked (Linux: at most ~2 GiB per call)
+                got = os.preadv(self.fd, [view[row * self.row_bytes + done:][:want - done]], offset + done)
+                if got == 0:
+                    raise UserInputError(f"{self.path} is shorter than its header says; delete its folder to rebuild it")
+                done += got
             row += end - start
         return out
 

@@ -1,6 +1,7 @@
 """The ad-click DNN: the network, the synthetic generator and its Bayes optimum, the CSV and Criteo readers (cache,
 streaming, bad input), and train(cfg) end to end."""
 import json
+import os
 import pickle
 
 import numpy as np
@@ -189,6 +190,16 @@ def test_npy_rows_reads_what_numpy_saved(tmp_path):
         f.truncate(rows.data_start + 50 * rows.row_bytes)
     with pytest.raises(UserInputError, match="shorter than its header"):
         rows.read(40, 60)
+
+
+def test_npy_rows_reads_on_after_a_short_read(tmp_path, monkeypatch):
+    # Linux returns at most 0x7ffff000 bytes per read: a block over 2 GiB comes in several. Here: 7 bytes a call.
+    array = np.arange(300, dtype=np.float32).reshape(100, 3)
+    np.save(tmp_path / "a.npy", array)
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: preadv(fd, [buffers[0][:7]], offset))
+    assert np.array_equal(criteo.NpyRows(tmp_path / "a.npy").read_blocks(np.array([50, 3]), 20, stop=100),
+                          array[[*range(50, 70), *range(3, 23)]])
 
 
 def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
