@@ -20,6 +20,9 @@ The rows are read with positioned reads (`NpyRows`), not through memmaps: the fi
 page cache, which the kernel reclaims as it likes, instead of piling up in this process's resident memory (every
 memmapped page ever touched counts in RSS, so a streamed epoch over a 100 GB file would show 100 GB of RSS).
 """
+import csv
+import io
+import itertools
 import json
 import os
 import shutil
@@ -184,13 +187,13 @@ def convert(path: Path, sep: str, header: list[str] | None, out: Path, chunk_row
         writers = {name: files.enter_context(NpyWriter(out / f"{name}.npy", dtype, len(cols)))
                    for name, (dtype, cols) in ARRAYS.items()}
         task = progress.add_task(path.name, total=path.stat().st_size, rows=0)
-        text = files.enter_context(progress.open(path, "rb", task_id=task))
+        text = files.enter_context(open(path, "rb"))  # read by lines: the bar follows text.tell() once per chunk
         for chunk in read_chunks(text, path, sep, header, chunk_rows):
             writers["labels"].append(chunk[LABEL].to_numpy()[:, None])
             writers["integers"].append(chunk[INTEGERS].to_numpy(np.float32))
             writers["categories"].append(np.stack([hash_column(chunk[c]) for c in CATEGORIES], axis=1))
             rows += len(chunk)
-            progress.update(task, rows=rows)
+            progress.update(task, completed=text.tell(), rows=rows)
         for writer in writers.values():
             writer.finish()
     if rows == 0:
@@ -199,44 +202,58 @@ def convert(path: Path, sep: str, header: list[str] | None, out: Path, chunk_row
 
 
 def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows: int):
-    """pandas' chunks, labels checked; a value the fast float parser refuses is named by row and column."""
+    """pandas' frames of `chunk_rows` lines each. Every line is first checked for the file's number of fields
+    (pandas would pad a short row with missing values and hide the damage), labels are checked, and a value that
+    is not a number is named by row and column. Quotes are plain characters: Criteo quotes nothing."""
+    names = header or COLUMNS
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
-    chunks = pd.read_csv(text, sep=sep, header=0 if header else None, names=None if header else COLUMNS,
-                         usecols=COLUMNS, dtype=dtypes, chunksize=chunk_rows)
-    rows = 0
-    while True:
+    options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, quoting=csv.QUOTE_NONE)
+    lines_read, rows, separator = 0, 0, sep.encode()
+    if header:
+        lines_read += len(text.readline()) > 0
+    while lines := list(itertools.islice(text, chunk_rows)):
+        fields = np.array([line.count(separator) + 1 if line.rstrip(b"\r\n") else 0 for line in lines])  # 0: blank, skipped
+        line_of_row = lines_read + 1 + np.flatnonzero(fields)  # 1-based line number of each row in the chunk
+        where = Rows(path, rows, line_of_row)
+        if bad := np.flatnonzero(fields[fields > 0] != len(names)).tolist():
+            raise UserInputError(f"data.path={path}, {where.name(bad[0])} has {fields[fields > 0][bad[0]]} "
+                                 f"{sep!r}-separated fields, not {len(names)} like row 1; fix or delete that row")
+        block = io.BytesIO(b"".join(lines))
         try:
-            chunk = next(chunks)
-        except StopIteration:
-            return
-        except ValueError:
-            locate_bad_value(path, sep, header, rows, chunk_rows)
-            raise
-        check_labels(chunk[LABEL].to_numpy(), path, rows, header)
+            chunk = pd.read_csv(block, dtype=dtypes, **options)
+        except ValueError as err:  # a value the fast float parser refuses: find and name it
+            block.seek(0)
+            locate_bad_value(pd.read_csv(block, dtype=str, **options), where)
+            raise UserInputError(f"data.path={path}, lines {line_of_row[0]}..{line_of_row[-1]}: {err}") from err
+        check_labels(chunk[LABEL].to_numpy(), where)
         yield chunk
-        rows += len(chunk)
+        lines_read, rows = lines_read + len(lines), rows + len(chunk)
 
 
 def hash_column(values: pd.Series) -> np.ndarray:
     return np.where(values.isna().to_numpy(), 0, stable_hash(values.to_numpy())).astype(np.int32)
 
 
-def row_name(row: int, header: list[str] | None) -> str:  # row: 0-based among the examples
-    return f"row {row + 1} (line {row + 2 if header else row + 1})"
+class Rows:
+    """Names the rows of one chunk in errors: `row 7 (line 8)`, counting examples from 1 and lines of the file."""
+
+    def __init__(self, path: Path, first_row: int, line_of_row: np.ndarray) -> None:
+        self.path, self.first_row, self.line_of_row = path, first_row, line_of_row
+
+    def name(self, i: int) -> str:
+        return f"row {self.first_row + i + 1} (line {self.line_of_row[i]})"
 
 
-def check_labels(labels: np.ndarray, path: Path, first_row: int, header: list[str] | None) -> None:
+def check_labels(labels: np.ndarray, where: Rows) -> None:
     if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():  # NaN (an empty label) fails both
-        raise UserInputError(f"data.path={path}, column {LABEL!r}, {row_name(first_row + bad[0], header)}: "
+        raise UserInputError(f"data.path={where.path}, column {LABEL!r}, {where.name(bad[0])}: "
                              f"label {'(empty)' if np.isnan(labels[bad[0]]) else f'{labels[bad[0]]:g}'} is not 0 or 1")
 
 
-def locate_bad_value(path: Path, sep: str, header: list[str] | None, first_row: int, rows: int) -> None:
-    chunk = pd.read_csv(path, sep=sep, header=None, names=header or COLUMNS, dtype=str, nrows=rows,
-                        skiprows=first_row + (1 if header else 0))
+def locate_bad_value(chunk: pd.DataFrame, where: Rows) -> None:
     for column in [LABEL, *INTEGERS]:
         if bad := np.flatnonzero(chunk[column].notna() & to_finite(chunk[column]).isna()).tolist():
-            raise UserInputError(f"data.path={path}, column {column!r}, {row_name(first_row + bad[0], header)}: "
+            raise UserInputError(f"data.path={where.path}, column {column!r}, {where.name(bad[0])}: "
                                  f"{chunk[column].iloc[bad[0]]!r} is not a number; fix or delete that row")
 
 

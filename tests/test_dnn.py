@@ -285,6 +285,34 @@ def test_criteo_tsv_with_the_wrong_field_count_is_named(tmp_path):
         prepare(path, tmp_path / "cache")
 
 
+def tsv_lines(n: int = 5) -> list[str]:
+    return criteo_rows(n, np.random.default_rng(3)).to_csv(sep="\t", header=False, index=False).splitlines()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]), r"row 3 \(line 3\) has 39 '\\t'-separated fields, not 40"),
+    (lambda lines: lines.__setitem__(2, lines[2] + "\t7"), r"row 3 \(line 3\) has 41 "),
+    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]) or lines.insert(1, ""), r"row 3 \(line 4\) has 39 "),  # a blank line
+])
+def test_a_later_criteo_row_with_another_field_count_is_named_not_padded(edit, message, tmp_path):
+    lines = tsv_lines()
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\t"  # an empty last field is a missing value, not a missing field
+    edit(lines)
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserInputError, match=message):
+        prepare(path, tmp_path / "cache")
+
+
+def test_criteo_quotes_are_plain_characters(tmp_path):
+    lines = tsv_lines()
+    lines[1] = lines[1].rsplit("\t", 1)[0] + '\t"x7'  # a stray quote at a field's start would swallow lines
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n\n")      # and a blank line at the end is skipped
+    cache = prepare(path, tmp_path / "cache")
+    assert len(np.load(cache / "labels.npy")) == 5
+
+
 # -- end to end -------------------------------------------------------------------------------------
 def test_train_on_generated_clicks_writes_test_and_bayes_auroc(tmp_path):
     cfg = make_config("model=dnn", "data.rows=20000", "data.batch_size=256", "trainer.max_epochs=3", *FAST,
