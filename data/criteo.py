@@ -169,7 +169,9 @@ def prepare(path: Path, cache_dir: Path, chunk_rows: int = 100_000) -> Path:
             "seconds": round(time.perf_counter() - start, 2)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for old in cache_dir.glob(f"{path.stem}-*"):  # caches of earlier versions of this file
-        if old != tmp and (old / "meta.json").is_file() and json.loads((old / "meta.json").read_text())["source"] == str(path):
+        if old in (tmp, cache) or ".tmp" in old.name:  # ours, or one another process is making (or just made)
+            continue
+        if (old / "meta.json").is_file() and json.loads((old / "meta.json").read_text())["source"] == str(path):
             shutil.rmtree(old, ignore_errors=True)
     try:
         tmp.rename(cache)
@@ -207,7 +209,8 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     is not a number is named by row and column. Quotes are plain characters: Criteo quotes nothing."""
     names = header or COLUMNS
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
-    options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, quoting=csv.QUOTE_NONE)
+    options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, quoting=csv.QUOTE_NONE,
+                   keep_default_na=False, na_values=[""])  # only an empty cell is missing
     lines_read, rows, separator = 0, 0, sep.encode()
     if header:
         lines_read += len(text.readline()) > 0
@@ -218,16 +221,18 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
         if bad := np.flatnonzero(fields[fields > 0] != len(names)).tolist():
             raise UserInputError(f"data.path={path}, {where.name(bad[0])} has {fields[fields > 0][bad[0]]} "
                                  f"{sep!r}-separated fields, not {len(names)} like row 1; fix or delete that row")
-        block = io.BytesIO(b"".join(lines))
+        block, n_lines = io.BytesIO(b"".join(lines)), len(lines)
+        del lines  # the chunk is held once, as one bytes object, while pandas parses it
         try:
             chunk = pd.read_csv(block, dtype=dtypes, **options)
         except ValueError as err:  # a value the fast float parser refuses: find and name it
             block.seek(0)
             locate_bad_value(pd.read_csv(block, dtype=str, **options), where)
             raise UserInputError(f"data.path={path}, lines {line_of_row[0]}..{line_of_row[-1]}: {err}") from err
+        del block
         check_labels(chunk[LABEL].to_numpy(), where)
         yield chunk
-        lines_read, rows = lines_read + len(lines), rows + len(chunk)
+        lines_read, rows = lines_read + n_lines, rows + len(chunk)
 
 
 def hash_column(values: pd.Series) -> np.ndarray:
