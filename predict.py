@@ -23,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError
+from data.tabular import READ_CSV
 from models.recipe import load_recipe
 from models.runs import build_datamodule, load_checkpoint, parse_arguments
 
@@ -83,7 +84,7 @@ def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
         raise UserInputError(f"input={csv}: this run's data ({type(datamodule).__name__}) cannot encode table rows "
                              "(it has no encode_frame); CSV input is for models trained on tables")
     try:
-        frame = pd.read_csv(csv)
+        frame = pd.read_csv(csv, **READ_CSV)  # read as training read its file
     except (OSError, ValueError) as err:
         raise UserInputError(f"input={csv}: not a readable CSV file ({err})") from err
     inputs = encode(frame, where=f"input={csv}")  # raises UserInputError naming a bad column or row

@@ -27,6 +27,11 @@ from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, loader_args, split_indices
 
 
+# Every cell as the text it is (a category "01" stays "01"); only an empty cell is missing: "NA", "None" or "null"
+# can be real values (a country code, a name), which pandas' default would silently turn into missing ones.
+READ_CSV = dict(dtype=str, skipinitialspace=True, keep_default_na=False, na_values=[""])
+
+
 def stable_hash(values: np.ndarray) -> np.ndarray:
     """Values -> int64 in [1, 2**31 - 1), the same in every process (unlike Python's salted `hash`)."""
     return (pd.util.hash_array(np.asarray(values, dtype=object)) % np.uint64(2**31 - 2)).astype(np.int64) + 1
@@ -212,7 +217,7 @@ class CSVDataModule(TabularDataModule):
         if not self.path.is_file():
             raise UserInputError(f"{where}: no such file; give a CSV file with a header row")
         try:
-            frame = pd.read_csv(self.path, dtype=str, skipinitialspace=True)
+            frame = pd.read_csv(self.path, **READ_CSV)
         except pd.errors.EmptyDataError:
             raise UserInputError(f"{where} is empty: row 1 should be the header naming the columns "
                                  f"(label column {self.label!r}), then one row per example") from None

@@ -18,7 +18,7 @@ from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
 from data.criteo import COLUMNS, CriteoDataModule, prepare
-from data.tabular import CSVDataModule
+from data.tabular import READ_CSV, CSVDataModule
 from models.dnn import ClickMLP
 from models.recipe import Recipe
 from tests.conftest import SHARED, make_config
@@ -285,6 +285,13 @@ def test_criteo_tsv_with_the_wrong_field_count_is_named(tmp_path):
         prepare(path, tmp_path / "cache")
 
 
+def test_csv_text_like_na_is_a_value_and_only_an_empty_cell_is_missing(tmp_path):
+    path = tmp_path / "customers.csv"
+    path.write_text("age,country,y\n30,NA,0\n40,None,1\n50,,0\n")  # NA: Namibia
+    frame = CSVDataModule(str(path), "y", ["age"], ["country"]).read()
+    assert frame["country"].tolist()[:2] == ["NA", "None"] and frame["country"].isna().tolist() == [False, False, True]
+
+
 def tsv_lines(n: int = 5) -> list[str]:
     return criteo_rows(n, np.random.default_rng(3)).to_csv(sep="\t", header=False, index=False).splitlines()
 
@@ -338,7 +345,7 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     write_csv(tmp_path / "new.csv", new)
     scored = predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.csv")
     assert len(scored) == 50 and scored["click_probability"].between(0, 1).all()
-    pd.testing.assert_frame_equal(scored.drop(columns="click_probability"), pd.read_csv(tmp_path / "new.csv"))
+    pd.testing.assert_frame_equal(scored.drop(columns="click_probability"), pd.read_csv(tmp_path / "new.csv", **READ_CSV))
     truth = make_clicks(50, seed=7, split="test")["p_click"]
     assert np.corrcoef(scored["click_probability"], truth)[0, 1] > 0.5  # it scores customers like the truth does
 

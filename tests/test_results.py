@@ -135,6 +135,9 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-3) and printed[key] == evaluated[key]
     assert eval_script.main([f"ckpt_path={run}/nothing.ckpt"]) == 2
     assert capsys.readouterr().err.startswith("error: no checkpoint at")
+    if not torch.cuda.is_available():
+        assert eval_script.main([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=gpu"]) == 2
+        assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'gpu'}: No supported gpu")
 
 
 def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
@@ -196,7 +199,8 @@ class TinyClicks(L.LightningDataModule):
     def encode_frame(self, frame: pd.DataFrame, where: str) -> tuple[torch.Tensor, ...]:
         if missing := [c for c in self.columns if c not in frame]:
             raise UserInputError(f"{where}: missing columns {missing}")
-        return (torch.tensor(frame[self.columns].to_numpy(), dtype=torch.float32),)
+        numbers = frame[self.columns].apply(pd.to_numeric)  # predict.py reads every cell as text, as training does
+        return (torch.tensor(numbers.to_numpy(), dtype=torch.float32),)
 
     def train_dataloader(self):
         return TensorBatches(*self.splits["train"], batch_size=50, shuffle=True)
