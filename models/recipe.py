@@ -184,6 +184,10 @@ class Recipe(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def on_train_start(self) -> None:
+        # The training batches run so far: 0, or a resumed checkpoint's count (the buffer is not in checkpoints).
+        self.steps_seen.fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
             self.net.to(memory_format=torch.channels_last)

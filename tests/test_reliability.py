@@ -117,6 +117,20 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_
     assert good["global_step"] == 5 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
 
 
+def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp_path, monkeypatch):
+    fixed = ["callbacks.step_checkpoint=null", "callbacks.early_stopping=null", "scheduler=none"]
+    train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=1"))  # 15 steps
+    loss = Recipe._loss
+
+    def poisoned(self, logits, targets):
+        value, preds, flat = loss(self, logits, targets)
+        return (value * float("nan") if self.trainer.global_step >= 20 else value), preds, flat
+
+    monkeypatch.setattr(Recipe, "_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 20 \(epoch 1, batch 5\)"):
+        train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=2", "ckpt_path=last"))
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
@@ -156,6 +170,7 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"], "error: mnist not found in /no/such/dir/MNIST/raw/"),
+    (["model=dnn", "data.rows=3000", "model.net.activation=gelu"], "error: model.net: activation='gelu'; choose one of"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     result = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
