@@ -31,7 +31,8 @@ def sync(device: torch.device) -> None:
 
 
 class Clock(L.Callback):
-    """Wall time from the start of step `warmup` to the end of training."""
+    """Wall time from the start of step `warmup` to the end of the last step (not the run's end: the epoch-end
+    metrics of the epoch the step budget cuts short are not a training step, and the plain loop has none)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.seconds = warmup, None, None
@@ -41,14 +42,17 @@ class Clock(L.Callback):
             sync(pl_module.device)
             self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == trainer.max_steps:
+            sync(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
 
 
-def plain_loop(recipe, loader, steps: int, warmup: int, precision: str) -> float:
-    """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones."""
-    net, device = recipe.net, recipe.device
+def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None) -> float:
+    """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
+    the recipe's step does (loss, L1 penalty, gradient-norm clipping, optimizer, schedule) and nothing else."""
+    net, device, l1 = recipe.net, recipe.device, recipe.hparams.l1
+    decayed = recipe._decayed_parameters()
     config = recipe.configure_optimizers()
     optimizer = config["optimizer"] if isinstance(config, dict) else config
     scheduler = config["lr_scheduler"]["scheduler"] if isinstance(config, dict) else None
@@ -64,8 +68,12 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str) -> float
                 break
             with autocast:
                 loss = recipe._loss(net(*inputs), targets)[0]
+            if l1:
+                loss = loss + l1 * sum(p.abs().sum() for p in decayed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -94,8 +102,8 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     if cfg.model.get("channels_last"):
         plain.net.to(memory_format=torch.channels_last)
     loader = datamodule.train_dataloader()
-    loader.load_state_dict({"epoch": 0, "batches": 0})  # the Lightning run's first batches, not its next epoch's
-    return plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision))
+    loader.epoch = 0  # the Lightning run's epochs from the first, counted by the loader (not the finished trainer)
+    return plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision), cfg.trainer.get("gradient_clip_val"))
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:
