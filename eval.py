@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from data import UserInputError
 from models.recipe import load_recipe
@@ -34,7 +35,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
                "enable_progress_bar": False, **(trainer_options or {})}
     try:
         trainer = L.Trainer(**options)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu on a machine without
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
     metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
     return {**metrics, **getattr(datamodule, "reference_metrics", dict)()}

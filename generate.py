@@ -6,13 +6,13 @@ Prints the prompt followed by `length` sampled characters. The same seed (defaul
 temperature=0 always takes the most likely character; top_k=0 (default) samples from the whole vocabulary.
 """
 import sys
-from pathlib import Path
 
 import torch
 
 from data import UserInputError
 from models.lstm import CharLM
 from models.recipe import load_recipe
+from models.runs import load_checkpoint
 from models.samples import sample
 
 # option -> (type, default); given on the command line as key=value
@@ -41,8 +41,13 @@ def parse(argv: list[str]) -> dict:
 
 def generate(ckpt_path: str, prompt: str = "\n", length: int = 500, temperature: float = 0.8, top_k: int = 0,
              seed: int = 0, device: str = "cpu") -> str:
-    if not Path(ckpt_path).is_file():
-        raise UserInputError(f"ckpt_path={ckpt_path}: no such file")
+    load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise UserInputError(f"device={device!r} is not a device: give cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device={device} but this machine has no CUDA GPU: use device=cpu")
     recipe = load_recipe(ckpt_path, map_location=device)
     if not isinstance(recipe.net, CharLM):
         raise UserInputError(f"ckpt_path={ckpt_path} holds a {type(recipe.net).__name__}, not a character language "

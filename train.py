@@ -2,9 +2,11 @@
 
 `train(cfg)` is plain Python (the tests call it); `main` adds Hydra's CLI and one-line errors on top.
 """
+import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,14 +15,17 @@ os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))  # con
 import hydra
 import lightning as L
 import torch
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
-from models.cli import (check_monitor, check_overrides, check_single_process_sweep, check_trainer_args,
-                        distributed_arguments, resume_arguments)
+from models.cli import (WholeSweepError, check_monitor, check_overrides, check_single_process_sweep,
+                        check_trainer_args, distributed_arguments, resume_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 
@@ -34,19 +39,32 @@ def device_name(trainer: L.Trainer) -> str:
     return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes (DDP)"
 
 
+def prepare_data_once(datamodule: L.LightningDataModule, data_dir: Path) -> None:
+    """Download or convert the data in one process of this machine at a time: every DDP rank (and every job of a
+    parallel sweep) builds the data, and two processes writing one download would corrupt it. The first does the
+    work under the lock; the others then find it done (prepare_data is a no-op on prepared data). The lock file
+    sits in the temporary folder, named after the data folder, which may not exist yet or be read-only."""
+    key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"redes-prepare-data-{key}.lock")):
+        datamodule.prepare_data()
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()  # before the first step's buffers: see models/host.py
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    prepare_data_once(datamodule, Path(cfg.paths.data_dir).expanduser())
     datamodule.setup("fit")
     return datamodule, build_recipe(cfg, datamodule)
 
 
 def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
     """A fresh network (from the current RNG state) for data that is set up, inside the shared recipe."""
-    net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
+    try:
+        net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
+    except ValueError as err:  # the network refuses its settings (activation=gelu, tie_weights with other sizes)
+        raise UserInputError(f"model.net: {err}") from err
     if cfg.model.compile:
         net.compile()
     return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
@@ -105,6 +123,13 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def is_grid_sweep_job() -> bool:
+    """A job of a `-m` sweep by Hydra's basic sweeper, which runs every job whatever the others returned.
+    (The Optuna sweeper, 1.2, cannot record a failed trial and go on: its study stops at the error.)"""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" in hydra_cfg.sweeper.get("_target_", "")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric's best value: what a sweeper (hparams_search=...) optimizes."""
@@ -112,6 +137,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
+        if is_grid_sweep_job() and not isinstance(err, WholeSweepError):
+            return float("nan")  # one job of a grid sweep: the sweep goes on with the next job
         sys.exit(2)
     if rank_zero_only.rank == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))

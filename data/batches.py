@@ -123,7 +123,8 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Ten
     """A fixed random (train, val) split of range(n); `val_size` is a count or a fraction of n."""
     n_val = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
     if not 0 < n_val < n:
-        raise ValueError(f"val_size={val_size} leaves no training or no validation rows out of {n}")
+        raise UserInputError(f"data.val_size={val_size} leaves no training or no validation rows out of {n}: "
+                             "give a count between 1 and the rows, or a fraction between 0 and 1")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
 

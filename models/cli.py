@@ -63,21 +63,25 @@ def distributed_arguments(argv: list[str]) -> list[str]:
     return argv
 
 
+class WholeSweepError(UserInputError):
+    """An error every job of a sweep would meet: the sweep stops at the first (other job errors skip that job)."""
+
+
 def check_monitor(monitor: DictConfig, task: str) -> None:
     """`monitor.metric` picks the best checkpoint, stops early and is what a sweep optimizes: it must be logged."""
     names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
     if monitor.metric not in names:
-        raise UserInputError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
+        raise WholeSweepError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
                              f"choose one of {', '.join(names)}")
     if monitor.mode not in ("min", "max"):
-        raise UserInputError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
+        raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
 
 
 def check_single_process_sweep(trainer: L.Trainer) -> None:
     """Lightning starts each extra DDP rank by re-running the command line, which under `-m` is the whole sweep
     again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
     if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise UserInputError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
+        raise WholeSweepError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
                              "process per run (drop trainer=ddp...), or start each DDP run on its own")
 
 
@@ -122,7 +126,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        rows = []
+        rows, jobs = [], sorted(p.parent.name for p in sweep.glob("*/.hydra"))
         for metrics in sorted(sweep.glob("*/metrics.json")):
             job = metrics.parent
             overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml") if (job / ".hydra" / "overrides.yaml").exists() else []
@@ -136,4 +140,6 @@ class SweepSummary(Callback):
         with open(sweep / "summary.csv", "w", newline="") as f:
             csv.DictWriter(f, columns).writeheader()
             csv.DictWriter(f, columns).writerows(rows)
-        print(f"{len(rows)} runs; summary: {sweep / 'summary.csv'}; best by {key}: job {rows[0]['job']}")
+        failed = sorted(set(jobs) - {r["job"] for r in rows}, key=lambda job: (len(job), job))
+        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(failed)})" if failed else ""
+        print(f"{len(rows)} runs{failures}; summary: {sweep / 'summary.csv'}; best by {key}: job {rows[0]['job']}")

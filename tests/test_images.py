@@ -77,6 +77,8 @@ def test_validation_split_is_fixed_and_disjoint():
     assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
     assert torch.equal(val, split_indices(100, 20, seed=0)[1])
     assert len(split_indices(100, 0.1, seed=0)[1]) == 10
+    with pytest.raises(UserInputError, match="data.val_size=0 leaves no training or no validation rows out of 100"):
+        split_indices(100, 0, seed=0)
 
 
 def test_augmentation_translates_whole_pixels_and_mirrors():
@@ -87,5 +89,11 @@ def test_augmentation_translates_whole_pixels_and_mirrors():
     is_same = torch.isclose(mirrored, images, atol=1e-6).flatten(1).all(1)
     assert (is_flip | is_same).all() and 10 < is_flip.sum() < 54
     shifted = random_affine(torch.ones(64, 1, 8, 8), 0, 2, hflip=False)
+    assert ((shifted - shifted.round()).abs() < 1e-5).all()  # whole pixels: no pixel is blended with its neighbour
     blank_columns = (shifted.sum(2) == 0).sum(-1)  # a shift of k pixels leaves k black columns
-    assert set(blank_columns.flatten().tolist()) <= {0, 1, 2} and blank_columns.max() == 2
+    blank_rows = (shifted.sum(3) == 0).sum(-1)      # and k black rows, vertically
+    for blank in (blank_columns, blank_rows):
+        assert set(blank.flatten().tolist()) <= {0, 1, 2} and blank.max() == 2
+    moved = random_affine(torch.arange(64.0).reshape(1, 1, 8, 8).expand(64, 1, 8, 8), 0, 2, hflip=False)
+    inside = moved[..., 2:6, 2:6]  # away from the borders every pixel is some pixel of the original, exactly
+    assert ((inside - inside.round()).abs() < 1e-4).all() and (inside.round() != moved[:1, ..., 2:6, 2:6]).any()

@@ -186,6 +186,18 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse([])
 
 
+def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(UserInputError, match="notes.ckpt is not a readable checkpoint"):
+        generate(str(tmp_path / "notes.ckpt"))
+    ckpt = str(pattern_run[0] / "checkpoints" / "best.ckpt")
+    with pytest.raises(UserInputError, match="device='tpu' is not a device"):
+        generate(ckpt, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserInputError, match="device=cuda but this machine has no CUDA GPU"):
+            generate(ckpt, device="cuda")
+
+
 # -- the row classifier end to end ------------------------------------------------------------------
 
 def test_row_classifier_end_to_end(mnist_dir, tmp_path):

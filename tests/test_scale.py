@@ -1,6 +1,8 @@
 """Scaling out and searching: DDP shards, two CPU processes against one, sweeps (a grid and an Optuna study)."""
 import json
 import os
+import threading
+import time
 from unittest import mock
 
 import optuna
@@ -142,3 +144,24 @@ def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: monitor.metric=val/aucroc is not a metric this binary run logs; "
         "choose one of val/loss, val/acc, val/auroc, train/loss, train/acc, train/auroc")
+
+
+def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
+    # Every DDP rank builds the data: two downloads into one file would corrupt it.
+    spans = []
+
+    class SlowData:
+        def prepare_data(self):
+            start = time.monotonic()
+            time.sleep(0.3)
+            spans.append((start, time.monotonic()))
+
+    ranks = [threading.Thread(target=train_module.prepare_data_once, args=(SlowData(), tmp_path / "datasets"))
+             for _ in range(3)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join()
+    spans.sort()
+    assert len(spans) == 3 and all(one[1] <= next_[0] for one, next_ in zip(spans, spans[1:]))
+    assert not (tmp_path / "datasets").exists()  # the lock lives in the temporary folder, not in the data's

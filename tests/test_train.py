@@ -145,6 +145,16 @@ def test_multirun_writes_one_directory_per_job_and_a_summary(mnist_dir, tmp_path
     assert summary[0]["val/acc_best"] >= summary[1]["val/acc_best"]  # best first
 
 
+def test_a_failing_job_of_a_sweep_is_one_error_line_and_the_sweep_goes_on(mnist_dir, tmp_path):
+    fast = [a for a in FAST if not a.startswith("data.val_size=")]
+    result = run_cli("-m", "model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", *fast, "trainer.max_epochs=1",
+                     "data.val_size=0,200", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error: data.val_size=0 leaves no training or no validation rows" in result.stderr
+    assert "Traceback" not in result.stderr and "1 runs (1 failed, no metrics.json: jobs 0)" in result.stdout
+    assert [r["job"] for r in json.loads((tmp_path / "summary.json").read_text())] == ["1"]
+
+
 def test_freed_memory_is_kept_for_reuse_on_linux():
     from models.host import keep_freed_memory
     applied = keep_freed_memory()
@@ -171,6 +181,23 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("test/"))
 
 
+def test_the_lstm_gpu_preset_validates_every_n_steps_across_short_epochs(tmp_path):
+    # tinyshakespeare's epoch is ~30 of the preset's steps: validation (checkpoints, early stopping, samples)
+    # counts steps across epochs instead. Here an epoch is 1 step; validation every 3, and at the budget's end.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    text = tmp_path / "corpus.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 1000)
+    cfg = make_config("experiment=lstm_gpu", f"data.path={text}", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                      "model.compile=false", "model.net.hidden_size=32", "model.net.embedding_dim=16",
+                      "trainer.val_check_interval=3", "trainer.max_steps=7", "trainer.limit_val_batches=1",
+                      "trainer.limit_test_batches=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+                      output_dir=tmp_path / "run")
+    metrics = train_module.train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert metrics["epochs"] >= 6 and [e.step for e in events.Scalars("val/loss")] == [2, 5, 6]  # after steps 3, 6, 7
+
+
 def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without_compiling(tmp_path):
     # model.compile=true compiles the network's forward in place (nn.Module.compile): the parameters and their
     # state_dict keys stay as they are, so best.ckpt loads into a plain network and predicts what it predicted.
@@ -178,6 +205,7 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
     cfg = make_config("model=dnn", "data.rows=4000", "data.batch_size=256", "model.compile=true", "debug=fast",
                       "callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null",
                       output_dir=tmp_path)
+    torch._dynamo.utils.counters.clear()  # an earlier test's compiles must not count
     metrics = train_module.train(cfg)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo did capture the network
     recipe = load_recipe(str(tmp_path / metrics["best_checkpoint"]))  # an eager network
