@@ -6,7 +6,8 @@
 
 The metric is test/acc for images, test/loss (nats/char, lower is better) for text, test/auroc for clicks.
 This benchmark alone scores the test split after every epoch, with the clock stopped: it measures speed and
-chooses nothing (training still early-stops and checkpoints on validation only).
+chooses nothing (training still early-stops on validation only; no checkpoints are written, so the clock
+counts training alone).
 """
 import json
 import sys

@@ -235,7 +235,9 @@ BOWL_START = (-4.0, 1.0)
 OPTIMIZERS = {  # name -> (class, settings) for optimizer_path; lr picked per method, not tuned hard
     "SGD": (torch.optim.SGD, {"lr": 0.018}),  # just under the 2/100 stability limit
     "SGD+momentum": (torch.optim.SGD, {"lr": 0.018, "momentum": 0.8}),
-    "RMSprop": (torch.optim.RMSprop, {"lr": 0.05}),  # steps ~lr in each coordinate whatever the curvature
+    # RMSprop steps ~lr in each coordinate whatever the curvature, once its mean square has warmed up (the first
+    # step, from a mean square of 0, is lr / sqrt(1 - alpha) = 10 lr with the default alpha 0.99).
+    "RMSprop": (torch.optim.RMSprop, {"lr": 0.05}),
     "Adam": (torch.optim.Adam, {"lr": 0.3}),
 }
 
@@ -311,7 +313,9 @@ def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Seque
 
 
 def mlp_parameter_count(in_features: int, width: int, depth: int, out_features: int) -> int:
-    # (inputs + 1 bias) weights into every unit, layer by layer.
+    # (inputs + 1 bias) weights into every unit, layer by layer; depth 0 is one linear layer (no hidden units).
+    if depth == 0:
+        return (in_features + 1) * out_features
     return (in_features + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * out_features
 
 

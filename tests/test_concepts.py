@@ -218,7 +218,7 @@ def test_alexnet_and_vgg16_parameter_counts():
 
 # ---- 8. Width, depth and the LSTM ----
 
-@pytest.mark.parametrize("width, depth", [(2, 1), (16, 1), (16, 3), (64, 2)])
+@pytest.mark.parametrize("width, depth", [(2, 1), (16, 1), (16, 3), (64, 2), (16, 0)])
 def test_mlp_parameter_count_formula(width, depth):
     model = course.mlp(784, width, depth, 10)
     assert course.count_parameters(model) == course.mlp_parameter_count(784, width, depth, 10)
