@@ -72,7 +72,7 @@ def check_monitor(monitor: DictConfig, task: str) -> None:
     names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
     if monitor.metric not in names:
         raise WholeSweepError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
-                             f"choose one of {', '.join(names)}")
+                              f"choose one of {', '.join(names)}")
     if monitor.mode not in ("min", "max"):
         raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
 
@@ -82,7 +82,7 @@ def check_single_process_sweep(trainer: L.Trainer) -> None:
     again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
     if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise WholeSweepError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
-                             "process per run (drop trainer=ddp...), or start each DDP run on its own")
+                              "process per run (drop trainer=ddp...), or start each DDP run on its own")
 
 
 def _admits(value, hint) -> bool:
