@@ -35,7 +35,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
                "enable_progress_bar": False, **(trainer_options or {})}
     try:
         trainer = L.Trainer(**options)
-    except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu on a machine without
+    except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu without a GPU
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
     metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
     return {**metrics, **getattr(datamodule, "reference_metrics", dict)()}
