@@ -8,8 +8,10 @@
                                or `class` and `probability` (multi-class). The run's DataModule turns rows into
                                network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
 Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
-The DataModule is rebuilt from the config stored in the checkpoint and set up on its training split (for the
-statistics and encoders), so the run's dataset must be readable: `paths.data_dir=DIR` if it moved.
+The DataModule is rebuilt from the config stored in the checkpoint, with the normalization statistics, class names
+and encoders it fitted on the training split, which the checkpoint holds too: the training data is not read. (A
+DataModule that saves no state is set up on its training split instead, so that data must be readable then:
+`paths.data_dir=DIR` if it moved.)
 """
 import os
 import sys
@@ -25,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from data import UserInputError
 from data.tabular import READ_CSV
 from models.recipe import load_recipe
-from models.runs import build_datamodule, load_checkpoint, parse_arguments
+from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv [out=FILE.csv] "
          "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
@@ -98,7 +100,7 @@ def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
 
 
 def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()) -> pd.DataFrame:
-    load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
+    checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     path = Path(input_path)
     if not path.exists():
         raise UserInputError(f"input={path}: no such file or folder")
@@ -107,7 +109,7 @@ def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[
     recipe = load_recipe(str(ckpt_path)).eval()
     if recipe.hparams.task == "lm":
         raise UserInputError("this checkpoint is a language model: sample text with generate.py")
-    datamodule = build_datamodule(recipe.hparams.config["data"], data_overrides)
+    datamodule = fitted_datamodule(checkpoint, data_overrides)
     if path.suffix.lower() == ".csv":
         return predict_rows(recipe, datamodule, path)
     return predict_images(recipe, datamodule, image_files(path))

@@ -120,6 +120,15 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         c, h, w = self.train[0].shape[1:]
         return {"in_channels": c, "num_classes": len(self.classes), "image_size": (h, w)}
 
+    # The normalization statistics and class names travel in every checkpoint (Lightning saves a DataModule's
+    # state_dict beside the weights): predict.py prepares new images as in training without the dataset.
+    def state_dict(self) -> dict:
+        return {} if self.train is None else {"mean": self.mean, "std": self.std, "classes": self.classes}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.train is None and state:  # set up on its data, it keeps the statistics it computed: the same ones
+            self.mean, self.std, self.classes = state["mean"], state["std"], list(state["classes"])
+
     # -- batches ----------------------------------------------------------------------------------
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")

@@ -69,6 +69,15 @@ class NumericScaler:
         self.indicated = self.count < self.rows        # (n,) columns with missing training values get an indicator
         return self
 
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in ("log", "mean", "std", "indicated")}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "NumericScaler":
+        scaler = cls(state["log"])
+        scaler.mean, scaler.std, scaler.indicated = state["mean"], state["std"], state["indicated"]
+        return scaler
+
     def to(self, device: torch.device) -> "NumericScaler":
         for name in ("log", "mean", "std", "indicated"):
             setattr(self, name, getattr(self, name).to(device))
@@ -87,13 +96,22 @@ class NumericScaler:
 class CategoryIds:
     """Per categorical field, values -> ids: 0 missing, 1..V frequent training values, V+1.. hashed buckets."""
 
-    def __init__(self, train: pd.DataFrame, min_count: int, hash_buckets: int) -> None:
-        self.vocab, self.buckets = {}, {}
+    def __init__(self, vocab: dict[str, list[str]], buckets: dict[str, int]) -> None:
+        self.vocab = {name: pd.Index(values, dtype=object) for name, values in vocab.items()}  # field -> sorted levels
+        self.buckets = dict(buckets)  # field -> number of hashed buckets
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, min_count: int, hash_buckets: int) -> "CategoryIds":
+        vocab, buckets = {}, {}
         for name, column in train.items():
             counts = as_strings(column).value_counts()
-            self.vocab[name] = pd.Index(sorted(counts.index[counts >= min_count]))
+            vocab[name] = sorted(counts.index[counts >= min_count])
             rare = int((counts < min_count).sum())  # no more buckets than there are rare values to fill them
-            self.buckets[name] = max(1, min(hash_buckets, rare))
+            buckets[name] = max(1, min(hash_buckets, rare))
+        return cls(vocab, buckets)
+
+    def state_dict(self) -> dict:
+        return {"vocab": {name: list(values) for name, values in self.vocab.items()}, "buckets": self.buckets}
 
     @property
     def cardinalities(self) -> list[int]:
@@ -138,7 +156,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             train, val = self.frames(("train", "val"))
             numbers = torch.tensor(train[self.numeric].to_numpy(np.float32)).reshape(len(train), -1)
             self.scaler = NumericScaler(self.heavy_tailed(train)).update(numbers).finish()
-            self.ids = CategoryIds(train[self.categorical], self.min_count, self.hash_buckets)
+            self.ids = CategoryIds.fit(train[self.categorical], self.min_count, self.hash_buckets)
             self.train, self.val = self.encode(train), self.encode(val)
         if stage == "test" and self.test is None:  # the test rows are read only here
             self.test = self.encode(*self.frames(("test",)))
@@ -177,7 +195,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
 
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
-        the training split; predict.py's CSV path. Call setup("fit") first."""
+        the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
         frame = self.parse_features(frame.reset_index(drop=True), where)
         numbers = torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), -1)
         return self.scaler(numbers), self.ids(frame[self.categorical])
@@ -185,6 +203,17 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     @property
     def net_kwargs(self) -> dict:
         return {"num_numeric": self.scaler.width, "cardinalities": self.ids.cardinalities}
+
+    # What was fitted on the training split travels in every checkpoint (Lightning saves a DataModule's state_dict
+    # beside the weights), so predict.py encodes new rows exactly as in training without the training file.
+    def state_dict(self) -> dict:
+        if self.train is None:
+            return {}
+        return {"scaler": self.scaler.state_dict(), "ids": self.ids.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.train is None and state:  # set up on its data, it keeps the encoders it fitted: the same ones
+            self.scaler, self.ids = NumericScaler.from_state(state["scaler"]), CategoryIds(**state["ids"])
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, split: tuple[Tensor, ...], batch_size: int, train: bool) -> TensorBatches:

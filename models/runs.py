@@ -110,9 +110,9 @@ def checkpoint_epoch(path: str | Path) -> int:
 
 
 # -- data and predictions -----------------------------------------------------------------------------------
-def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
-    """The run's DataModule from its stored `data` config, set up for fit (normalization statistics, vocabulary,
-    encoders all come from the training split). `overrides`: `data.KEY=VALUE` or `paths.data_dir=DIR`."""
+def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
+    """The run's DataModule from its stored `data` config, not yet set up. `overrides`: `data.KEY=VALUE` or
+    `paths.data_dir=DIR`."""
     config = OmegaConf.create(data_config)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -123,7 +123,26 @@ def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] =
             raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}); "
                                  f"its settings: {', '.join(sorted(flatten(data_config)))}")
         OmegaConf.update(config, path, yaml.safe_load(value))
-    datamodule = instantiate(config)
+    return instantiate(config)
+
+
+def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
+    """The run's DataModule set up for fit (normalization statistics, vocabulary, encoders all come from the
+    training split)."""
+    datamodule = instantiate_datamodule(data_config, overrides)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] = ()):
+    """The run's DataModule holding what it fitted on the training split, read from the checkpoint (Lightning
+    saves a DataModule's state_dict there) without touching the data; a DataModule that saved nothing is set up
+    on its training split instead."""
+    datamodule = instantiate_datamodule(checkpoint["hyper_parameters"]["config"]["data"], overrides)
+    if state := checkpoint.get(type(datamodule).__qualname__):
+        datamodule.load_state_dict(state)
+        return datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule

@@ -349,6 +349,13 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     truth = make_clicks(50, seed=7, split="test")["p_click"]
     assert np.corrcoef(scored["click_probability"], truth)[0, 1] > 0.5  # it scores customers like the truth does
 
+    # The checkpoint holds the encoders fitted on the training rows: the training file is not needed any more.
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert list(checkpoint["CSVDataModule"]["ids"]["vocab"]) == ["device", "hour"]
+    path.unlink()
+    again = predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.csv")
+    pd.testing.assert_frame_equal(again, scored)
+
     write_csv(tmp_path / "bad.csv", new.assign(age=["old"] * 50))
     with pytest.raises(UserInputError, match=r"bad.csv, column 'age', row 1 \(line 2\): 'old' is not a finite"):
         predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "bad.csv")

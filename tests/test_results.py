@@ -154,6 +154,11 @@ def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
     assert list(table.columns) == ["file", "class", "probability", *classes] and len(table) == 20
     np.testing.assert_allclose(table[classes].sum(1), 1.0, atol=1e-4)
     assert (table["class"] == [classes[k] for k in labels]).mean() >= 0.9  # it learned the patterns
+    # The checkpoint holds the training split's normalization and class names: no dataset is read.
+    elsewhere = tmp_path / "predictions_without_data.csv"
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={folder}", f"out={elsewhere}",
+                                f"paths.data_dir={tmp_path / 'nowhere'}"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(elsewhere), table)
     assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'rows.csv'}"]) == 2  # no such file
 
 
