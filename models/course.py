@@ -79,7 +79,7 @@ def xor_by_hand(x: Tensor) -> Tensor:
 
 
 def train_xor_mlp(steps: int = 1000, lr: float = 0.1, seed: int = 1) -> tuple[nn.Module, list[float]]:
-    # Two sigmoid units are the minimum and some seeds stall in a local minimum (3/4 right); seed 1 does not.
+    # Two sigmoid units are the minimum and some seeds stall in a local minimum (3/4 or 2/4 right); seed 1 does not.
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1))  # 2 -> 2 hidden -> 1 logit
     optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
@@ -322,7 +322,7 @@ def mlp_parameter_count(in_features: int, width: int, depth: int, out_features: 
 def fit_wiggly_curve(width: int, depth: int, steps: int = 500, seed: int = 0) -> tuple[float, nn.Module]:
     torch.manual_seed(seed)
     x = torch.linspace(-1, 1, 128)[:, None]  # (128, 1)
-    y = torch.sin(3 * torch.pi * x)  # three half-waves: a few units cannot bend that often
+    y = torch.sin(3 * torch.pi * x)  # three full waves (six turns) on [-1, 1]: a few units cannot bend that often
     model = mlp(1, width, depth, 1)
     return fit(model, x, y, F.mse_loss, torch.optim.Adam(model.parameters(), lr=0.01), steps)[-1], model
 

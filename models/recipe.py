@@ -106,7 +106,7 @@ class Recipe(L.LightningModule):
         loss = self._step(batch, "train")
         if self._logging_step():
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        if self.hparams.l1:  # L1 pulls weights to exactly zero (sparsity); L2 is weight_decay in the optimizer
+        if self.hparams.l1:  # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it)
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step.copy_(torch.where(bad, self.steps_seen, self.first_bad_step))  # in place: no Module.__setattr__

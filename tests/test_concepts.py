@@ -41,8 +41,7 @@ def test_no_single_neuron_solves_xor():
     assert course.best_linear_accuracy(x, course.AND_TARGETS, grid) == 1.0
     assert course.best_linear_accuracy(x, course.OR_TARGETS, grid) == 1.0
     assert course.best_linear_accuracy(x, course.XOR_TARGETS, grid) == 0.75
-    predicted, unit = course.train_single_neuron(x, course.XOR_TARGETS)
-    assert course.accuracy(predicted, course.XOR_TARGETS) <= 0.75
+    _, unit = course.train_single_neuron(x, course.XOR_TARGETS)
     # Under cross-entropy the best single neuron gives up: P(y = 1) = 0.5 for all four points.
     torch.testing.assert_close(torch.sigmoid(unit(x)).detach(), torch.full((4, 1), 0.5), atol=1e-3, rtol=0)
     predicted, _ = course.train_single_neuron(x, course.AND_TARGETS)  # same training does learn AND
@@ -87,7 +86,7 @@ def test_activation_values():
 def test_softmax_example():
     a = torch.tensor([-0.21, 0.47, 1.72])
     total, probabilities = course.softmax_by_hand(a)
-    assert total.item() == pytest.approx(7.99, abs=0.05)
+    assert total.item() == pytest.approx(7.995, abs=5e-4)
     assert probabilities.round(decimals=1).tolist() == pytest.approx([0.1, 0.2, 0.7])
     torch.testing.assert_close(probabilities, torch.softmax(a, dim=-1))
 

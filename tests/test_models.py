@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+from models import lstm
 from models.cnn import ConvNet
+from models.dnn import ClickMLP
 from models.recipe import Recipe
 
 
@@ -11,11 +13,27 @@ def cnn_case(**knobs):
     return net, (torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))), "multiclass", (16, 10)
 
 
+def logistic_case():
+    # A linear model cannot fit random labels: these depend linearly on the first column.
+    numeric = 3 * torch.randn(16, 5)
+    net = ClickMLP(num_numeric=5, cardinalities=[3], num_layers=0, embedding_dim=4)
+    return net, (numeric, torch.randint(0, 3, (16, 1)), (numeric[:, 0] > 0).long()), "binary", (16,)
+
+
 # name -> () -> (network, batch (*inputs, targets), task, logits shape)
 CASES = {
     "cnn": cnn_case,
     "cnn_no_bn_stride2_k5": lambda: cnn_case(batch_norm=False, stride=2, kernel_size=5, widths=(16, 32)),
     "cnn_two_convs_per_block": lambda: cnn_case(convs_per_block=2, widths=(8, 16, 32)),
+    "dnn": lambda: (ClickMLP(num_numeric=5, cardinalities=[3, 40, 7], hidden_size=32, num_layers=2, embedding_dim=4),
+                    (torch.randn(16, 5), torch.stack([torch.randint(0, n, (16,)) for n in (3, 40, 7)], 1),
+                     torch.randint(0, 2, (16,))), "binary", (16,)),
+    "dnn_logistic_regression": lambda: logistic_case(),
+    "lstm_char_lm": lambda: (lstm.build(vocab_size=12, embedding_dim=8, hidden_size=32, num_layers=2),
+                             (torch.randint(0, 12, (4, 20)), torch.randint(0, 12, (4, 20))), "lm", (4, 20, 12)),
+    "lstm_rows_of_images": lambda: (lstm.build(num_classes=10, in_channels=1, image_size=(28, 28), hidden_size=32,
+                                               num_layers=1),
+                                    (torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), "multiclass", (16, 10)),
 }
 
 
@@ -35,10 +53,10 @@ def test_overfits_one_batch(name):
     torch.manual_seed(0)
     net, batch, task, _ = CASES[name]()
     recipe = recipe_for(net, task)
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     *inputs, targets = batch
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         loss = recipe._loss(net(*inputs), targets)[0]
         optimizer.zero_grad()
         loss.backward()
