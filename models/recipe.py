@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
 
 from data import UserInputError
@@ -38,13 +38,25 @@ def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
     return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)})
 
 
-def mean_metric() -> MeanMetric:
-    """A running mean with no NaN check: torchmetrics' check is a host sync per update, and a non-finite training
-    loss is caught by the recipe's own guard (check_finite) without one."""
-    try:
-        return MeanMetric(nan_strategy="disable")
-    except ValueError:  # torchmetrics before "disable" existed
-        return MeanMetric()
+class WeightedMean(Metric):
+    """The mean of per-batch means, each weighted by its batch's number of items: the mean over every item of the
+    epoch, whatever the batch sizes (a split's last batch is usually short). torchmetrics' MeanMetric is no use
+    here: its NaN check is a host sync per update, and with the check disabled it drops the weights (torchmetrics
+    issue #3434). A non-finite training loss is caught by the recipe's own guard (check_finite)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")  # sum of item losses
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")  # items
+
+    def update(self, mean: Tensor, items: int) -> None:  # `items` a Python int: no host-to-device copy per step
+        self.total += mean.double() * items
+        self.count += items
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
 
 
 def epoch_metric_names(task: str, stage: str) -> list[str]:
@@ -69,7 +81,7 @@ class Recipe(L.LightningModule):
         num_classes = net_kwargs.get("num_classes") or net_kwargs.get("vocab_size")
         self.net = net
         # Keyed "train_", "val_", "test_": a ModuleDict key may not shadow nn.Module.train.
-        self.losses = nn.ModuleDict({f"{s}_": mean_metric() for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_": WeightedMean() for s in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
         # Non-finite guard without a host sync per step: count steps and remember the first bad one on the
         # device; the host looks every log interval and before any checkpoint is written.
@@ -91,7 +103,7 @@ class Recipe(L.LightningModule):
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         *inputs, targets = batch
         loss, preds, flat_targets = self._loss(self.net(*inputs), targets)
-        self.losses[f"{stage}_"].update(loss.detach(), weight=flat_targets.numel())
+        self.losses[f"{stage}_"].update(loss.detach(), flat_targets.numel())
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
         return loss
 

@@ -63,3 +63,19 @@ def test_overfits_one_batch(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2, losses[::10]
+
+
+@pytest.mark.parametrize("batch_size", [7, 50])
+def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_size):
+    import lightning as L
+    import torch.nn.functional as F
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(50, 4), torch.randint(0, 3, (50,))
+    y[-1:] = 0
+    net.bias.data = torch.tensor([-5.0, 0.0, 0.0])  # the last row, alone in a batch of 7s, has a large loss
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(recipe_for(net, "multiclass"), TensorBatches(x, y, batch_size=batch_size), verbose=False)[0]
+    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
