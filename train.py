@@ -18,14 +18,16 @@ import torch
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
-from models.cli import (WholeSweepError, check_monitor, check_overrides, check_single_process_sweep,
-                        check_trainer_args, distributed_arguments, resume_arguments)
+from models.cli import (WholeSweepError, check_monitor, check_overrides, check_settings, check_single_process_sweep,
+                        distributed_arguments, resume_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 
@@ -79,24 +81,35 @@ def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
     check_monitor(cfg.monitor, get_class(cfg.data._target_).task)  # the data's task decides which metrics exist
+    check_settings(cfg)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    check_trainer_args(cfg.trainer)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
+    if not logger:  # `~logger`: nowhere to write learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
+        raise UserInputError(f"trainer: {err.__cause__ or err}; check trainer.accelerator, trainer.devices, "
+                             "trainer.precision (trainer=cpu runs anywhere)") from err
     check_single_process_sweep(trainer)
 
     start = time.perf_counter()
     trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
+    if checkpoint.best_model_score is None:
+        raise UserInputError(f"the run ended without validating (trainer.val_check_interval="
+                             f"{cfg.trainer.get('val_check_interval')}, check_val_every_n_epoch="
+                             f"{cfg.trainer.get('check_val_every_n_epoch')}): no best checkpoint to test; "
+                             "validate more often (checkpoints/last.ckpt holds the trained weights)")
     fit = {  # read before trainer.test: restoring the best checkpoint rewinds the callbacks' state
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
-        "train_seconds": round(time.perf_counter() - start, 2),
+        "train_seconds": round(recipe.seconds_before + time.perf_counter() - start, 2),  # all segments of a resumed run
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
     }

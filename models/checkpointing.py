@@ -2,6 +2,7 @@
 
 - `AtomicCheckpointIO` writes `x.ckpt.tmp` beside the target, then renames it over `x.ckpt` (`os.replace` is
   atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
+- `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume.
 - `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
   does not exist or was trained by another network.
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from data import UserInputError
@@ -22,6 +24,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(path.name + ".tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except after a resume from a run directory that was moved or copied: Lightning
+    then forgets the best score (its saved folder differs from this one), and the next epoch, however bad,
+    overwrites best.ckpt. Here the saved paths are re-rooted in this run's checkpoint folder, where the files are."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+            def here(path):
+                return str(Path(self.dirpath) / os.path.relpath(path, saved)) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{key: here(state_dict.get(key)) for key in
+                             ("best_model_path", "kth_best_model_path", "last_model_path")},
+                          "best_k_models": {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) -> str | None:

@@ -25,10 +25,11 @@ def check_overrides(argv: list[str]) -> None:
         return
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            compose("train", overrides=[a for a in argv if not a.startswith(("hydra.", "+hydra."))])
+            cfg = compose("train", overrides=[a for a in argv if not a.startswith(("hydra.", "+hydra."))])
     except Exception as err:
         message = " ".join(str(err).split("Config search path")[0].split())
         raise UserInputError(f"{message} (see `python train.py --help`)") from err
+    check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -46,6 +47,9 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
         raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "
                              "choose another directory, or add ckpt_path=last to continue it")
+    if run_dir and (Path(run_dir) / "checkpoints" / "last.ckpt").exists() and "ckpt_path" not in args:
+        raise UserInputError(f"hydra.run.dir={run_dir} holds an unfinished run (checkpoints/last.ckpt); continue it "
+                             f"with `python train.py resume={run_dir}`, or choose another directory")
     return argv
 
 
@@ -104,11 +108,38 @@ def _admits(value, hint) -> bool:
     return True  # a hint we cannot judge
 
 
+# Numbers of the recipe and the data: (whole number?, least value, may it equal the least value?)
+NUMBERS = {"model.lr": (False, 0, False), "model.weight_decay": (False, 0, True), "model.l1": (False, 0, True),
+           "data.batch_size": (True, 1, True), "data.eval_batch_size": (True, 1, True)}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
+    and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
+    check_trainer_args(cfg.trainer)
+    for key, (whole, least, inclusive) in NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
+        if not number or not (value >= least if inclusive else value > least):
+            raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
+                                 f"{'>=' if inclusive else '>'} {least}")
+    trainer = cfg.trainer
+    if trainer.get("limit_val_batches") == 0:
+        raise UserInputError("trainer.limit_val_batches=0: the best checkpoint and early stopping need validation; "
+                             "give a fraction or a number of batches > 0")
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
+        raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
+                             "validates: there would be no best checkpoint; lower it or train longer")
+
+
 def check_trainer_args(trainer_cfg: DictConfig) -> None:
     """`trainer.max_epochs=abc` -> one line naming the argument and the type it takes."""
     hints = typing.get_type_hints(L.Trainer.__init__)
-    for key, value in trainer_cfg.items():
-        if key.startswith("_"):
+    for key, value in OmegaConf.to_container(trainer_cfg, resolve=False).items():
+        if key.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: its value is Hydra's
             continue
         if key not in hints:
             raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")

@@ -10,6 +10,7 @@ each rank accumulates its own shard and `compute()` gathers all ranks' states, s
 metrics over the whole split (and early stopping and checkpointing decide alike).
 """
 import math
+import time
 
 import lightning as L
 import torch
@@ -88,6 +89,8 @@ class Recipe(L.LightningModule):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("first_bad_step", torch.full((), -1, dtype=torch.long), persistent=False)
         self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
+        self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
+        self._fit_started = time.perf_counter()
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -148,14 +151,23 @@ class Recipe(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
             self.check_finite()  # (with log_every_n_steps=0: at epoch ends and checkpoints only)
-        if 0 < self.trainer.max_steps <= self.trainer.global_step:
-            # The step budget ends mid-epoch: asking to stop makes Lightning validate this batch first (it does so
-            # for max_time and early stopping, not for max_steps), so a best checkpoint and val metrics exist.
+        if self._ends_the_run(batch_idx):
+            # Asking to stop makes Lightning validate after this batch (it does so for max_time and early stopping,
+            # not when max_steps ends a run mid-epoch, nor when the last epoch ends between two validations of a
+            # val_check_interval that spans epochs): every run ends with val metrics and a best checkpoint.
             self.trainer.should_stop = True
 
+    def _ends_the_run(self, batch_idx: int) -> bool:
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return True
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 == trainer.max_epochs
+        return last_epoch and batch_idx + 1 >= trainer.num_training_batches
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.trainer.training:
+        if self.trainer.state.fn == "fit":  # every checkpoint of a fit, also those written after a validation
             self.check_finite()
+        checkpoint["train_seconds"] = self.seconds_before + time.perf_counter() - self._fit_started
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -163,10 +175,12 @@ class Recipe(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before configure_optimizers: _scheduler checks the new run against the saved one.
         self._resumed_schedule = (checkpoint.get("lr_schedulers") or [None])[0]
-        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng" in checkpoint:
-            torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # a resume (not trainer.test's load)
+            self.seconds_before = checkpoint.get("train_seconds", 0.0)
+            if "rng" in checkpoint:
+                torch.set_rng_state(checkpoint["rng"]["cpu"])
+                if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -201,6 +215,7 @@ class Recipe(L.LightningModule):
         self.steps_seen.fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
 
     def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
         if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
             self.net.to(memory_format=torch.channels_last)
 
@@ -214,8 +229,12 @@ class Recipe(L.LightningModule):
         ids = {id(p) for p in decayed}
         groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
                   {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
-        options = {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
-        optimizer = OPTIMIZERS[self.hparams.optimizer["name"]](groups, lr=self.hparams.lr, **options)
+        name, options = self.hparams.optimizer["name"], {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+        try:
+            optimizer = OPTIMIZERS[name](groups, lr=self.hparams.lr, **options)
+        except (TypeError, ValueError) as err:  # e.g. optimizer=sgd optimizer.momentum=0 with nesterov
+            settings = ", ".join(f"optimizer.{k}={v}" for k, v in options.items())
+            raise UserInputError(f"optimizer={name} ({settings}): {err}") from err
         scheduler = self._scheduler(optimizer)
         if scheduler is None:
             return optimizer
@@ -254,8 +273,11 @@ class Recipe(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps(),
                                                                    eta_min=self.hparams.lr * s["final_ratio"])
         elif s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr,
-                                                            total_steps=self._total_steps(), pct_start=s["pct_start"])
+            has_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.hparams.lr, total_steps=self._total_steps(), pct_start=s["pct_start"],
+                cycle_momentum=s.get("cycle_momentum", True) and has_momentum,
+                base_momentum=s.get("base_momentum", 0.85), max_momentum=s.get("max_momentum", 0.95))
         else:
             raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")
         # A resumed run continues the checkpoint's schedule, whose length was the first run's: a run of another

@@ -79,3 +79,20 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     metrics = trainer.validate(recipe_for(net, "multiclass"), TensorBatches(x, y, batch_size=batch_size), verbose=False)[0]
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("optimizer, momentum", [({"name": "adamw"}, lambda g: g["betas"][0]),
+                                                 ({"name": "sgd", "momentum": 0.9}, lambda g: g["momentum"]),
+                                                 ({"name": "rmsprop", "momentum": 0.0}, lambda g: g["momentum"])])
+def test_one_cycle_cycles_momentum_only_of_an_optimizer_that_has_some(optimizer, momentum, monkeypatch):
+    schedule = {"name": "onecycle", "pct_start": 0.25, "cycle_momentum": True, "base_momentum": 0.85,
+                "max_momentum": 0.95}
+    recipe = Recipe(torch.nn.Linear(3, 2), task="multiclass", lr=0.1, optimizer=optimizer, scheduler=schedule,
+                    net_kwargs={"num_classes": 2})
+    monkeypatch.setattr(Recipe, "_total_steps", lambda self: 8)
+    out = recipe.configure_optimizers()
+    group = out["optimizer"].param_groups[0]
+    at_start = momentum(group)
+    out["lr_scheduler"]["scheduler"].step()  # the LR's peak: step pct_start * total_steps - 1 = 1
+    cycled = optimizer.get("momentum", 0.9) > 0
+    assert (at_start, momentum(group)) == ((0.95, pytest.approx(0.85)) if cycled else (0.0, 0.0))

@@ -2,6 +2,7 @@
 and one-line errors for bad input that damage nothing written before."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import torch
 
 import train as train_module
 from data import UserInputError
-from models.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from tests.conftest import ROOT
+from models.cli import check_settings
+from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best", "epochs", "steps")
@@ -81,9 +83,10 @@ def test_resume_from_an_epoch_end_checkpoint_matches_an_uninterrupted_run(budget
         return train_module.train(mnist_config(mnist_dir, out, *fixed, *args, *more))
 
     expected = run(tmp_path / "whole", whole)
-    run(tmp_path / "broken", short)
+    first = run(tmp_path / "broken", short)
     resumed = run(tmp_path / "broken", whole, "ckpt_path=last")
     assert {k: resumed[k] for k in COMPARED} == pytest.approx({k: expected[k] for k in COMPARED}, abs=1e-6)
+    assert resumed["train_seconds"] > first["train_seconds"]  # both segments' training time
     assert_same_final_weights(tmp_path / "broken", tmp_path / "whole")
 
 
@@ -102,7 +105,11 @@ def test_same_seed_same_metrics(mnist_dir, tmp_path):
     assert first["test/loss"] != other["test/loss"]
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("saving", [
+    ["callbacks.step_checkpoint.every_n_train_steps=5"],                       # last.ckpt every 5 training steps
+    ["callbacks.step_checkpoint=null", "+trainer.val_check_interval=5"],       # checkpoints after each validation
+])
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(saving, mnist_dir, tmp_path, monkeypatch):
     loss = Recipe._loss
 
     def poisoned(self, logits, targets):
@@ -110,11 +117,24 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_
         return (value * float("nan") if self.trainer.global_step >= 7 else value), preds, flat
 
     monkeypatch.setattr(Recipe, "_loss", poisoned)
-    cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3", "callbacks.step_checkpoint.every_n_train_steps=5")
+    cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3", *saving)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 7 \(epoch 0, batch 7\)"):
         train_module.train(cfg)
-    good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert good["global_step"] == 5 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
+    for name in ("last.ckpt", "best.ckpt") if "+trainer.val_check_interval=5" in saving else ("last.ckpt",):
+        good = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert good["global_step"] == 5 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
+
+
+def test_a_moved_run_directory_keeps_its_best_checkpoint_record_on_resume(tmp_path):
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    saved = RunCheckpoint(dirpath=old, filename="best", monitor="val/acc", mode="max")
+    saved.best_model_score, saved.best_model_path = torch.tensor(0.9), str(old / "best.ckpt")
+    saved.best_k_models = {str(old / "best.ckpt"): torch.tensor(0.9)}
+    saved.last_model_path = ""
+    moved = RunCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max")
+    moved.load_state_dict(saved.state_dict())
+    assert moved.best_model_score == 0.9 and moved.best_model_path == str(new / "best.ckpt")  # a worse epoch can't win
+    assert list(moved.best_k_models) == [str(new / "best.ckpt")] and moved.last_model_path == ""
 
 
 def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp_path, monkeypatch):
@@ -206,4 +226,23 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     result = run_cli("model=cnn", f"hydra.run.dir={out}")
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    result = run_cli(f"resume={out}", "model.lr=abc")  # a bad value is refused before Hydra saves the config
+    assert result.returncode == 2 and "model.lr='abc': give a number > 0" in result.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (out / "metrics.json").unlink()  # as if killed: only checkpoints, and a fresh run would overwrite them
+    result = run_cli("model=cnn", f"hydra.run.dir={out}")
+    assert result.returncode == 2 and "holds an unfinished run (checkpoints/last.ckpt)" in result.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == {p: b for p, b in before.items()
+                                                                          if p.name != "metrics.json"}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("model.lr=abc", "model.lr='abc': give a number > 0"),
+    ("model.weight_decay=-1", "model.weight_decay=-1: give a number >= 0"),
+    ("data.batch_size=0.5", "data.batch_size=0.5: give a whole number >= 1"),
+    ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: the best checkpoint and early stopping need"),
+    ("+trainer.check_val_every_n_epoch=5", "trainer.check_val_every_n_epoch=5 with trainer.max_epochs=2 never"),
+])
+def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        check_settings(make_config("model=cnn", "trainer.max_epochs=2", setting))

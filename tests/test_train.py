@@ -181,15 +181,17 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("test/"))
 
 
-def test_the_lstm_gpu_preset_validates_every_n_steps_across_short_epochs(tmp_path):
+@pytest.mark.parametrize("budget", [["trainer.max_steps=7"], ["trainer.max_steps=-1", "trainer.max_epochs=7"]])
+def test_the_lstm_gpu_preset_validates_every_n_steps_across_short_epochs(budget, tmp_path):
     # tinyshakespeare's epoch is ~30 of the preset's steps: validation (checkpoints, early stopping, samples)
-    # counts steps across epochs instead. Here an epoch is 1 step; validation every 3, and at the budget's end.
+    # counts steps across epochs instead. Here an epoch is 1 step; validation every 3, and when the run ends,
+    # whether its step or its epoch budget ends it.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     text = tmp_path / "corpus.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 1000)
     cfg = make_config("experiment=lstm_gpu", f"data.path={text}", "trainer.accelerator=cpu", "trainer.precision=32-true",
                       "model.compile=false", "model.net.hidden_size=32", "model.net.embedding_dim=16",
-                      "trainer.val_check_interval=3", "trainer.max_steps=7", "trainer.limit_val_batches=1",
+                      "trainer.val_check_interval=3", *budget, "trainer.limit_val_batches=1",
                       "trainer.limit_test_batches=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                       output_dir=tmp_path / "run")
     metrics = train_module.train(cfg)
