@@ -32,8 +32,8 @@ def parse(argv: list[str]) -> dict:
             raise UserInputError(f"{key}={value!r} is not a {OPTIONS[key][0].__name__}") from None
     if options["ckpt_path"] is None:
         raise UserInputError("ckpt_path is required: ckpt_path=RUN_DIR/checkpoints/best.ckpt from a model=lstm run")
-    if options["length"] < 0 or options["top_k"] < 0 or options["temperature"] < 0:
-        raise UserInputError("length, top_k and temperature must be >= 0")
+    if options["length"] < 0 or options["top_k"] < 0 or not 0 <= options["temperature"] < float("inf"):
+        raise UserInputError("length, top_k and temperature must be >= 0 (and temperature finite)")
     if not options["prompt"]:
         raise UserInputError("prompt is empty: give at least one character (the default is a newline)")
     return options
@@ -46,6 +46,8 @@ def generate(ckpt_path: str, prompt: str = "\n", length: int = 500, temperature:
         device = torch.device(device)
     except RuntimeError as err:
         raise UserInputError(f"device={device!r} is not a device: give cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"device={device}: generate.py runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device={device} but this machine has no CUDA GPU: use device=cpu")
     recipe = load_recipe(ckpt_path, map_location=device)

@@ -4,7 +4,8 @@
                                file, class, probability, then the probability of every class. Each image is
                                greyscaled or made RGB and resized to the network's input, and normalized with the
                                training split's statistics, as in training.
-  input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models),
+  input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models;
+                               data=csv, advertising or clicks: a Criteo model reads Criteo files, not rows),
                                or `class` and `probability` (multi-class). The run's DataModule turns rows into
                                network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
 Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
@@ -44,6 +45,14 @@ def image_files(path: Path) -> list[Path]:
     return [path]
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG, TIFF: PIL modes "I;16", "I") scaled to 0..255, as 8-bit images are; PIL's own
+    convert("L") clips every value above 255 to white."""
+    if image.mode.startswith("I"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    return image
+
+
 def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and resized to `size`."""
     if channels not in (1, 3):
@@ -52,7 +61,7 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torc
     for file in files:
         try:
             with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)  # PIL: (W, H)
+                image = eight_bit(image).convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)
         except (OSError, UnidentifiedImageError) as err:
             raise UserInputError(f"input {file}: not a readable image ({err})") from err
         array = np.asarray(image, dtype=np.uint8).reshape(size[0], size[1], channels)

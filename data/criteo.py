@@ -142,6 +142,9 @@ def sniff(path: Path) -> tuple[str, list[str] | None]:
     if missing := [c for c in COLUMNS if c not in fields]:
         raise UserInputError(f"data.path={path}: no column {missing[0]!r} in the header (row 1), which has "
                              f"{fields[:5]}...; a Criteo file has {LABEL}, I1..I13, C1..C26")
+    if twice := sorted({f for f in fields if fields.count(f) > 1}):
+        raise UserInputError(f"data.path={path}: the header (row 1) names column(s) {twice} twice; "
+                             "give every column its own name")
     return sep, fields
 
 
@@ -231,6 +234,7 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
             raise UserInputError(f"data.path={path}, lines {line_of_row[0]}..{line_of_row[-1]}: {err}") from err
         del block
         check_labels(chunk[LABEL].to_numpy(), where)
+        check_finite(chunk[INTEGERS].to_numpy(np.float32), where)
         yield chunk
         lines_read, rows = lines_read + n_lines, rows + len(chunk)
 
@@ -253,6 +257,14 @@ def check_labels(labels: np.ndarray, where: Rows) -> None:
     if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():  # NaN (an empty label) fails both
         raise UserInputError(f"data.path={where.path}, column {LABEL!r}, {where.name(bad[0])}: "
                              f"label {'(empty)' if np.isnan(labels[bad[0]]) else f'{labels[bad[0]]:g}'} is not 0 or 1")
+
+
+def check_finite(integers: np.ndarray, where: Rows) -> None:
+    """`inf`, or a number beyond float32's ±3.4e38 (which becomes inf when stored), in the integer columns."""
+    if (bad := np.argwhere(np.isinf(integers))).size:
+        row, column = bad[0]
+        raise UserInputError(f"data.path={where.path}, column {INTEGERS[column]!r}, {where.name(row)}: the value is "
+                             "infinite, or beyond float32's range (±3.4e38); fix or delete that row")
 
 
 def locate_bad_value(chunk: pd.DataFrame, where: Rows) -> None:

@@ -30,13 +30,14 @@ class _CIFAR10(datasets.CIFAR10):
     meta = {**datasets.CIFAR10.meta, "md5": None}
 
 
-# name -> (torchvision class, where its files live under data_dir, what to put there when offline)
+CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+# name -> (torchvision class, where its files live under data_dir, what to put there when offline, its files)
 DATASETS = {
-    "mnist": (datasets.MNIST, "MNIST/raw", "the four uncompressed IDX files " + ", ".join(IDX_FILES)),
+    "mnist": (datasets.MNIST, "MNIST/raw", "the four uncompressed IDX files " + ", ".join(IDX_FILES), IDX_FILES),
     "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw",
-                      "the four uncompressed IDX files (or run `apt-get install -y dataset-fashion-mnist`)"),
+                      "the four uncompressed IDX files (or run `apt-get install -y dataset-fashion-mnist`)", IDX_FILES),
     "cifar10": (_CIFAR10, "cifar-10-batches-py",
-                "data_batch_1..5, test_batch and batches.meta from cifar-10-python.tar.gz"),
+                "data_batch_1..5, test_batch and batches.meta from cifar-10-python.tar.gz", CIFAR_FILES),
 }
 
 
@@ -68,28 +69,36 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.val_size, self.split_seed = batch_size, eval_batch_size, val_size, split_seed
         self.augment = {"degrees": 0.0, "translate": 0, "hflip": False, "enabled": False, **(augment or {})}
         self.on_device, self.train_size = on_device, train_size
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
+            raise UserInputError(f"data.train_size={train_size!r}: give a number of training images >= 1, or null for all")
         self.train = self.val = self.test = None  # (uint8 images (N, C, H, W), int64 labels (N,))
 
     # -- files ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        cls, subdir, what = DATASETS[self.name]
-        folder = self.root / subdir
-        if self.name == "fashion_mnist" and not (folder / IDX_FILES[0]).exists() and DEBIAN_FASHION_MNIST.is_dir():
+        folder = self.root / DATASETS[self.name][1]
+        if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-            for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):  # Debian recompressed them: the IDX inside is standard
-                with gzip.open(gz) as src, open(folder / gz.stem, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+            for name in IDX_FILES:  # Debian recompressed them: the IDX inside is standard
+                gz, target = DEBIAN_FASHION_MNIST / f"{name}.gz", folder / name
+                if gz.is_file() and not target.exists():
+                    part = target.with_name(f"{name}.part")  # renamed when whole: an interrupted copy is redone
+                    with gzip.open(gz) as src, open(part, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    part.rename(target)
         self._open(train=True, download=self.download)
 
     def _open(self, train: bool, download: bool) -> datasets.VisionDataset:
-        cls, subdir, what = DATASETS[self.name]
+        cls, subdir, what, files = DATASETS[self.name]
         folder = self.root / subdir
         try:
             return cls(self.root, train=train, download=download)  # torchvision decodes the files here
         except Exception as err:
-            problem = (f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})"
-                       if folder.is_dir() and any(folder.iterdir()) else
-                       f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})")
+            missing = [name for name in files if not (folder / name).is_file()]
+            if folder.is_dir() and len(missing) < len(files):  # some files there: name the others
+                problem = (f"{self.name} in {folder}/ lacks {', '.join(missing)}" if missing else
+                           f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})")
+            else:
+                problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
             raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:

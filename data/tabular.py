@@ -15,6 +15,7 @@ DataModules (the `data=` choices):
                     data.timestamp_columns (each expanded to hour and weekday fields); data=advertising presets it
   CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
+import csv
 from pathlib import Path
 
 import lightning as L
@@ -140,10 +141,14 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     timestamps: list[str] = []  # raw date-time columns, each expanded into the fields "<name> hour", "<name> weekday"
 
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,
-                 log_columns: list[str] | str = "auto", min_count: int = 5, hash_buckets: int = 1000,
+                 log_columns: list[str] | str | None = "auto", min_count: int = 5, hash_buckets: int = 1000,
                  batch_size: int = 1024, eval_batch_size: int = 8192, on_device: bool = True) -> None:
         super().__init__()
         self.numeric, self.categorical, self.label = list(numeric_columns), list(categorical_columns), label_column
+        log_columns = [] if log_columns is None else log_columns  # null: no column is logged
+        if log_columns != "auto" and (isinstance(log_columns, str) or any(c not in self.numeric for c in log_columns)):
+            raise UserInputError(f"data.log_columns={log_columns!r}: give auto, [] (none) or a list of numeric "
+                                 f"columns: {self.numeric}")
         self.log_columns, self.min_count, self.hash_buckets = log_columns, min_count, hash_buckets
         self.batch_size, self.eval_batch_size, self.on_device = batch_size, eval_batch_size, on_device
         self.train = self.val = self.test = None  # (numeric (N, n), categorical (N, F), labels (N,))
@@ -154,8 +159,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train is None:
             train, val = self.frames(("train", "val"))
-            numbers = torch.tensor(train[self.numeric].to_numpy(np.float32)).reshape(len(train), -1)
-            self.scaler = NumericScaler(self.heavy_tailed(train)).update(numbers).finish()
+            self.scaler = NumericScaler(self.heavy_tailed(train)).update(self.numbers(train)).finish()
             self.ids = CategoryIds.fit(train[self.categorical], self.min_count, self.hash_buckets)
             self.train, self.val = self.encode(train), self.encode(val)
         if stage == "test" and self.test is None:  # the test rows are read only here
@@ -167,10 +171,12 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         # auto: non-negative with a long right tail (skewness > 2), like counts, prices and incomes
         return torch.tensor([bool(train[c].min() >= 0 and train[c].skew() > 2) for c in self.numeric], dtype=torch.bool)
 
+    def numbers(self, frame: pd.DataFrame) -> Tensor:
+        return torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), len(self.numeric))  # (N, n)
+
     def encode(self, frame: pd.DataFrame) -> tuple[Tensor, Tensor, Tensor]:
-        numbers = torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), -1)
         labels = torch.tensor(frame[self.label].to_numpy(np.int64))
-        return self.scaler(numbers), self.ids(frame[self.categorical]), labels
+        return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical]), labels
 
     @property
     def derived(self) -> list[str]:
@@ -197,8 +203,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
         frame = self.parse_features(frame.reset_index(drop=True), where)
-        numbers = torch.tensor(frame[self.numeric].to_numpy(np.float32)).reshape(len(frame), -1)
-        return self.scaler(numbers), self.ids(frame[self.categorical])
+        return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical])
 
     @property
     def net_kwargs(self) -> dict:
@@ -252,6 +257,11 @@ class CSVDataModule(TabularDataModule):
                                  f"(label column {self.label!r}), then one row per example") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
             raise UserInputError(f"{where} is not a readable CSV ({err})") from None
+        with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            header = [name.strip() for name in next(csv.reader(f), [])]  # pandas renames a repeated "a" to "a.1"
+        if twice := sorted({name for name in header if header.count(name) > 1}):
+            raise UserInputError(f"{where}: the header (row 1) names column(s) {twice} twice; give every column its "
+                                 "own name")
         if self.label not in frame.columns:
             raise UserInputError(f"{where}: no label column {self.label!r} in the header (row 1), which has "
                                  f"{list(frame.columns)}; fix data.label_column or the file")
@@ -290,8 +300,22 @@ def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: s
 
 def to_finite(column: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(column, errors="coerce")
-    return numbers.where(np.isfinite(numbers))  # "inf" is no more usable than "abc"
+    with np.errstate(over="ignore"):  # the network reads float32: 1e39 would become inf there
+        finite = np.isfinite(numbers.to_numpy(np.float64).astype(np.float32))
+    return numbers.where(finite)  # "inf" or "1e39" is no more usable than "abc"
 
 
 def to_datetime(column: pd.Series) -> pd.Series:
-    return pd.to_datetime(column, errors="coerce")
+    """Date-times as naive local times: each value's hour and weekday are those written, whatever its UTC offset."""
+    try:
+        return pd.to_datetime(column, errors="coerce")
+    except ValueError:  # offsets that differ between rows (a daylight-saving change): pandas refuses to mix them
+        return pd.to_datetime(column.map(local_time))
+
+
+def local_time(value) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return pd.NaT
+    return stamp.tz_localize(None) if stamp is not pd.NaT and stamp.tzinfo else stamp

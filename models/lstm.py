@@ -16,6 +16,16 @@ from torch import Tensor, nn
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
 
+def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State | None = None):
+    """`lstm(x, state)`; in float32 on a CPU under bf16 autocast (`trainer.precision=bf16-mixed`), where oneDNN
+    has a bf16 LSTM only on CPUs with AVX512-BF16 and fails on the others. On a GPU, cuDNN's bf16 kernel runs."""
+    on_cpu = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type == "cpu"
+    if on_cpu and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return lstm(x.float(), state and tuple(s.float() for s in state))
+    return lstm(x, state)
+
+
 class CharLM(nn.Module):
     """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
 
@@ -38,7 +48,7 @@ class CharLM(nn.Module):
 
     def step(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         x = self.dropout(self.embedding(tokens))  # (B, T, embedding_dim)
-        x, state = self.lstm(x, state)  # (B, T, hidden_size); state after the last step
+        x, state = recur(self.lstm, x, state)  # (B, T, hidden_size); state after the last step
         return self.head(self.dropout(x)), state  # (B, T, vocab_size)
 
     @torch.no_grad()
@@ -53,7 +63,7 @@ class CharLM(nn.Module):
             if temperature == 0:
                 token = logits.argmax(-1, keepdim=True)  # (1, 1)
             else:
-                logits = logits / temperature  # < 1 sharpens the distribution, > 1 flattens it
+                logits = logits.double() / temperature  # < 1 sharpens, > 1 flattens; float64: tiny ones don't overflow
                 if top_k:
                     kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]  # (1, 1)
                     logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -80,7 +90,7 @@ class SequenceClassifier(nn.Module):
             x = x.permute(0, 2, 1, 3).flatten(2)  # (B, H, C*W): step t reads row t of every channel
         if lengths is not None:  # padded batch: each sequence stops at its own length, padding never enters
             x = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.lstm(x)  # h: (num_layers, B, hidden_size), in the batch's own order even when packed
+        _, (h, _) = recur(self.lstm, x)  # h: (num_layers, B, hidden_size), in the batch's own order even when packed
         return self.head(self.dropout(h[-1]))  # (B, num_classes)
 
 

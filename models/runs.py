@@ -120,7 +120,10 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
             raise UserInputError(f"{item!r}: only data.KEY=VALUE and paths.data_dir=DIR change the data")
         path = "data_dir" if key == "paths.data_dir" else key[len("data."):]
         if OmegaConf.select(config, path, default=KeyError) is KeyError:
-            raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}); "
+            files = [k for k in sorted(flatten(data_config)) if k in ("path", "cache_dir")]
+            hint = (f" (paths.data_dir moves image datasets; this data's files are data.{', data.'.join(files)})"
+                    if key == "paths.data_dir" and files else "")
+            raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}){hint}; "
                                  f"its settings: {', '.join(sorted(flatten(data_config)))}")
         OmegaConf.update(config, path, yaml.safe_load(value))
     return instantiate(config)
@@ -214,4 +217,6 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
             raise UserInputError(f"unknown argument {key!r}; usage: {usage}")
     if missing := [k for k in required if k not in options]:
         raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
+    if options.get("out") and not Path(options["out"]).expanduser().parent.is_dir():  # found out before the work
+        raise UserInputError(f"out={options['out']}: no folder {Path(options['out']).expanduser().parent}; create it first")
     return options, data, trainer

@@ -238,8 +238,11 @@ GOOD = pd.DataFrame({"age": [30, 40, 50], "city": ["a", "b", "c"], "y": [0, 1, 0
 CSV_CASES = {
     "missing column": (GOOD.drop(columns="age"), "'age'.*row 1"),
     "non-numeric": (GOOD.assign(age=["30", "forty", "50"]), r"'age', row 2 \(line 3\): 'forty' is not a"),
+    "beyond float32": (GOOD.assign(age=["30", "40", "1e39"]), r"'age', row 3 \(line 4\): '1e39' is not a finite"),
     "label not 0/1": (GOOD.assign(y=[0, 1, 2]), r"'y', row 3 \(line 4\): label '2' is not 0 or 1"),
     "empty file": (None, "is empty: row 1 .*label column 'y'"),
+    "a column named twice": (GOOD.assign(extra=GOOD["age"]).rename(columns={"extra": "age"}),
+                             r"the header \(row 1\) names column\(s\) \['age'\] twice"),
 }
 
 
@@ -264,6 +267,11 @@ CRITEO_CASES = {
     "non-numeric": (lambda r: r.astype({"I3": object}).assign(I3=[1, 2, "x7", 4, 5]),
                     r"column 'I3', row 3 \(line 4\): 'x7' is not a number"),
     "label not 0/1": (lambda r: r.assign(label=[0, 1, 0, 0, 3]), r"column 'label', row 5 \(line 6\): label 3 is not"),
+    "infinite": (lambda r: r.astype({"I2": object}).assign(I2=[1, "inf", 3, 4, 5]),
+                 r"column 'I2', row 2 \(line 3\): the value is infinite, or beyond float32"),
+    "beyond float32": (lambda r: r.astype({"I2": object}).assign(I2=[1, 2, 3, "1e40", 5]), r"column 'I2', row 4 \(line 5\)"),
+    "a column named twice": (lambda r: r.assign(extra=r["C1"]).rename(columns={"extra": "C1"}),
+                             r"the header \(row 1\) names column\(s\) \['C1'\] twice"),
     "empty file": (None, "is empty: row 1 should be a header .*label"),
 }
 
@@ -283,6 +291,27 @@ def test_criteo_tsv_with_the_wrong_field_count_is_named(tmp_path):
     path.write_text("\t".join(["1"] * 39) + "\n")
     with pytest.raises(UserInputError, match=r"row 1 \(line 1\) has 39 .* a Criteo row has 40"):
         prepare(path, tmp_path / "cache")
+
+
+def test_timestamps_across_a_daylight_saving_change_keep_their_local_hour(tmp_path):
+    path = tmp_path / "visits.csv"
+    path.write_text("t,y\n2016-03-26T23:00:00+01:00,0\n2016-03-27T09:00:00+02:00,1\n,0\n")  # CET, then CEST
+    frame = CSVDataModule(str(path), "y", timestamp_columns=["t"]).read()
+    assert frame["t hour"].tolist()[:2] == [23, 9] and frame["t weekday"].tolist()[:2] == [5, 6]  # Sat 23:00, Sun 9:00
+    assert frame["t hour"].isna().tolist() == [False, False, True]  # an empty cell is missing
+
+
+@pytest.mark.parametrize("log_columns, message", [(None, None), ([], None), (["age"], None),
+                                                  (["agee"], r"data.log_columns=\['agee'\]: give auto, \[\] \(none\)"),
+                                                  ("none", "data.log_columns='none'")])
+def test_log_columns_are_auto_none_or_numeric_columns(log_columns, message, tmp_path):
+    path = tmp_path / "customers.csv"
+    GOOD.to_csv(path, index=False)
+    if message:
+        with pytest.raises(UserInputError, match=message):
+            CSVDataModule(str(path), "y", ["age"], ["city"], log_columns=log_columns)
+    else:
+        CSVDataModule(str(path), "y", ["age"], ["city"], log_columns=log_columns)
 
 
 def test_csv_text_like_na_is_a_value_and_only_an_empty_cell_is_missing(tmp_path):
@@ -355,6 +384,9 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     path.unlink()
     again = predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.csv")
     pd.testing.assert_frame_equal(again, scored)
+
+    write_csv(tmp_path / "header_only.csv", new.iloc[:0])
+    assert predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "header_only.csv").empty
 
     write_csv(tmp_path / "bad.csv", new.assign(age=["old"] * 50))
     with pytest.raises(UserInputError, match=r"bad.csv, column 'age', row 1 \(line 2\): 'old' is not a finite"):

@@ -42,6 +42,18 @@ def test_missing_files_give_one_clear_error(tmp_path):
         dm.prepare_data()
 
 
+def test_a_partly_copied_dataset_names_the_missing_files(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        if f.name != "t10k-labels-idx1-ubyte":
+            raw.joinpath(f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserInputError, match=r"mnist in .*MNIST/raw/ lacks t10k-labels-idx1-ubyte: put"):
+        ImageDataModule("mnist", str(tmp_path), download=False).prepare_data()
+    with pytest.raises(UserInputError, match="data.train_size=-100: give a number of training images >= 1"):
+        ImageDataModule("mnist", str(tmp_path), train_size=-100)
+
+
 def test_corrupt_idx_file_is_named(mnist_dir, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -54,7 +66,16 @@ def test_corrupt_idx_file_is_named(mnist_dir, tmp_path):
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs `apt-get install -y dataset-fashion-mnist`")
 def test_fashion_mnist_from_the_debian_package(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"left by an interrupted copy")  # only the missing ones are copied
+    (raw / "train-labels-idx1-ubyte.part").write_bytes(b"half")
     dm = ImageDataModule("fashion_mnist", str(tmp_path), download=False)
+    with pytest.raises(UserInputError, match="could not read fashion_mnist"):
+        dm.prepare_data()
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+                                                     "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    (raw / "train-images-idx3-ubyte").unlink()
     dm.prepare_data()  # decompresses into tmp_path/FashionMNIST/raw/
     dm.setup("fit")
     dm.setup("test")

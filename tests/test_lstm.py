@@ -184,6 +184,8 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse(["ckpt_path=x.ckpt", "lenght=20"])
     with pytest.raises(UserInputError, match="ckpt_path is required"):
         parse([])
+    with pytest.raises(UserInputError, match="temperature must be >= 0 .*finite"):
+        parse(["ckpt_path=x.ckpt", "temperature=nan"])
 
 
 def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
@@ -193,6 +195,10 @@ def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_n
     ckpt = str(pattern_run[0] / "checkpoints" / "best.ckpt")
     with pytest.raises(UserInputError, match="device='tpu' is not a device"):
         generate(ckpt, device="tpu")
+    with pytest.raises(UserInputError, match="device=mps: generate.py runs on cpu or cuda"):
+        generate(ckpt, device="mps")
+    assert generate(ckpt, prompt="hello", length=24, temperature=1e-45) == generate(ckpt, prompt="hello", length=24,
+                                                                                     temperature=0)  # ~greedy
     if not torch.cuda.is_available():
         with pytest.raises(UserInputError, match="device=cuda but this machine has no CUDA GPU"):
             generate(ckpt, device="cuda")

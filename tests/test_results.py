@@ -245,3 +245,9 @@ def test_predict_appends_a_click_probability_to_csv_rows(tmp_path):
     expected = recipe.net(torch.tensor(rows[["a", "b", "c"]].to_numpy(), dtype=torch.float32)).sigmoid().view(-1)
     np.testing.assert_allclose(scored["click_probability"], expected.detach().numpy(), rtol=1e-5)
     assert scored["click_probability"][0] > 0.9 > 0.1 > scored["click_probability"][1]  # it learned the sign
+
+
+def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserInputError, match=r"out=.*m.json: no folder .*/no/dir; create it first"):
+        runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}/no/dir/m.json"], "usage", required=("ckpt_path",),
+                             optional=("out",))
