@@ -16,6 +16,7 @@ DataModules (the `data=` choices):
   CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
 import csv
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -259,7 +260,7 @@ class CSVDataModule(TabularDataModule):
             raise UserInputError(f"{where} is not a readable CSV ({err})") from None
         with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
             header = [name.strip() for name in next(csv.reader(f), [])]  # pandas renames a repeated "a" to "a.1"
-        if twice := sorted({name for name in header if header.count(name) > 1}):
+        if twice := sorted({name for name in header if name and header.count(name) > 1}):  # "": pandas' "Unnamed: 3"
             raise UserInputError(f"{where}: the header (row 1) names column(s) {twice} twice; give every column its "
                                  "own name")
         if self.label not in frame.columns:
@@ -308,9 +309,16 @@ def to_finite(column: pd.Series) -> pd.Series:
 def to_datetime(column: pd.Series) -> pd.Series:
     """Date-times as naive local times: each value's hour and weekday are those written, whatever its UTC offset."""
     try:
-        return pd.to_datetime(column, errors="coerce")
-    except ValueError:  # offsets that differ between rows (a daylight-saving change): pandas refuses to mix them
-        return pd.to_datetime(column.map(local_time))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            stamps = pd.to_datetime(column, errors="coerce")
+        if pd.api.types.is_datetime64_any_dtype(stamps):
+            return stamps
+    except ValueError:
+        pass
+    # Offsets that differ between rows (a daylight-saving change): pandas 3 refuses to mix them, pandas 2 gives
+    # plain objects. Each value is read on its own.
+    return pd.to_datetime(column.map(local_time))
 
 
 def local_time(value) -> pd.Timestamp:

@@ -29,7 +29,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, except after a resume from a run directory that was moved or copied: Lightning
     then forgets the best score (its saved folder differs from this one), and the next epoch, however bad,
-    overwrites best.ckpt. Here the saved paths are re-rooted in this run's checkpoint folder, where the files are."""
+    overwrites best.ckpt. Here the saved paths are re-rooted in this run's checkpoint folder when the best
+    checkpoint is there (a resume from another run's checkpoint starts its own record, as Lightning's does)."""
+
+    def _generate_state_key(self, **kwargs) -> str:
+        # Saved under ModelCheckpoint's own key: checkpoints written by either class resume with either.
+        return f"ModelCheckpoint{kwargs!r}"
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict.get("dirpath")
@@ -37,10 +42,11 @@ class RunCheckpoint(ModelCheckpoint):
             def here(path):
                 return str(Path(self.dirpath) / os.path.relpath(path, saved)) if path else path
 
-            state_dict = {**state_dict, "dirpath": self.dirpath,
-                          **{key: here(state_dict.get(key)) for key in
-                             ("best_model_path", "kth_best_model_path", "last_model_path")},
-                          "best_k_models": {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}}
+            if Path(here(state_dict.get("best_model_path")) or "").is_file():
+                state_dict = {**state_dict, "dirpath": self.dirpath,
+                              **{key: here(state_dict.get(key)) for key in
+                                 ("best_model_path", "kth_best_model_path", "last_model_path")},
+                              "best_k_models": {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
 
 

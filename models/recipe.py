@@ -49,15 +49,16 @@ class WeightedMean(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")  # sum of item losses
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")  # items
+        # float32 and int64, as every device has them (MPS has no float64)
+        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")                     # sum of item losses
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")  # items
 
     def update(self, mean: Tensor, items: int) -> None:  # `items` a Python int: no host-to-device copy per step
-        self.total += mean.double() * items
+        self.total += mean.float() * items
         self.count += items
 
     def compute(self) -> Tensor:
-        return (self.total / self.count).float()
+        return self.total / self.count
 
 
 def epoch_metric_names(task: str, stage: str) -> list[str]:
@@ -154,7 +155,7 @@ class Recipe(L.LightningModule):
         if self._ends_the_run(batch_idx):
             # Asking to stop makes Lightning validate after this batch (it does so for max_time and early stopping,
             # not when max_steps ends a run mid-epoch, nor when the last epoch ends between two validations of a
-            # val_check_interval that spans epochs): every run ends with val metrics and a best checkpoint.
+            # val_check_interval that spans epochs), in an epoch that check_val_every_n_epoch lets validate.
             self.trainer.should_stop = True
 
     def _ends_the_run(self, batch_idx: int) -> bool:

@@ -315,6 +315,9 @@ def test_log_columns_are_auto_none_or_numeric_columns(log_columns, message, tmp_
 
 
 def test_csv_text_like_na_is_a_value_and_only_an_empty_cell_is_missing(tmp_path):
+    path = tmp_path / "exported.csv"
+    path.write_text("age,country,y,,\n30,a,0,,\n40,b,1,,\n")  # unnamed empty columns, as spreadsheets export them
+    assert len(CSVDataModule(str(path), "y", ["age"], ["country"]).read()) == 2
     path = tmp_path / "customers.csv"
     path.write_text("age,country,y\n30,NA,0\n40,None,1\n50,,0\n")  # NA: Namibia
     frame = CSVDataModule(str(path), "y", ["age"], ["country"]).read()

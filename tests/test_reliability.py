@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import train as train_module
 from data import UserInputError
@@ -126,15 +127,23 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(saving
 
 
 def test_a_moved_run_directory_keeps_its_best_checkpoint_record_on_resume(tmp_path):
-    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    old, new, other = (tmp_path / name / "checkpoints" for name in ("old", "new", "other"))
     saved = RunCheckpoint(dirpath=old, filename="best", monitor="val/acc", mode="max")
     saved.best_model_score, saved.best_model_path = torch.tensor(0.9), str(old / "best.ckpt")
     saved.best_k_models = {str(old / "best.ckpt"): torch.tensor(0.9)}
     saved.last_model_path = ""
+    new.mkdir(parents=True)
+    (new / "best.ckpt").write_bytes(b"the moved best checkpoint")
     moved = RunCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max")
     moved.load_state_dict(saved.state_dict())
     assert moved.best_model_score == 0.9 and moved.best_model_path == str(new / "best.ckpt")  # a worse epoch can't win
     assert list(moved.best_k_models) == [str(new / "best.ckpt")] and moved.last_model_path == ""
+    # Another run's checkpoint resumed in a new directory: no best.ckpt here, so this run keeps its own record.
+    elsewhere = RunCheckpoint(dirpath=other, filename="best", monitor="val/acc", mode="max")
+    elsewhere.load_state_dict(saved.state_dict())
+    assert elsewhere.best_model_score is None
+    # Saved under Lightning's own key: runs checkpointed by plain ModelCheckpoint resume with it, and back.
+    assert moved.state_key == ModelCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max").state_key
 
 
 def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp_path, monkeypatch):
