@@ -65,6 +65,11 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
                        "callbacks.early_stopping.patience=2")
     metrics = train_module.train(cfg)
     assert metrics["stopped_early"] and metrics["epochs"] == 3
+    # Resumed, a run that stopped early trains nothing more (it trained one more epoch before).
+    (tmp_path / "metrics.json").unlink()
+    again = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=20", "ckpt_path=last",
+                                            "callbacks.early_stopping.min_delta=1.0", "callbacks.early_stopping.patience=2"))
+    assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], metrics["steps"])
 
 
 def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp_path):
