@@ -215,7 +215,7 @@ class Recipe(L.LightningModule):
         # The training batches run so far: 0, or a resumed checkpoint's count (the buffer is not in checkpoints).
         self.steps_seen.fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
         stopper = self.trainer.early_stopping_callback
-        if stopper is not None and stopper.wait_count >= stopper.patience:
+        if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
             self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
 
     def on_fit_start(self) -> None:
