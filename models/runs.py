@@ -142,13 +142,12 @@ def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] =
     """The run's DataModule holding what it fitted on the training split, read from the checkpoint (Lightning
     saves a DataModule's state_dict there) without touching the data; a DataModule that saved nothing is set up
     on its training split instead."""
-    datamodule = instantiate_datamodule(checkpoint["hyper_parameters"]["config"]["data"], overrides)
+    config = checkpoint["hyper_parameters"]["config"]["data"]
+    datamodule = instantiate_datamodule(config, overrides)
     if state := checkpoint.get(type(datamodule).__qualname__):
         datamodule.load_state_dict(state)
         return datamodule
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    return build_datamodule(config, overrides)
 
 
 @torch.no_grad()
