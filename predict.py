@@ -2,8 +2,8 @@
 
   input=IMAGE or input=FOLDER  PNG/JPG/... images (a folder: every image directly in it) -> one row per image:
                                file, class, probability, then the probability of every class. Each image is
-                               greyscaled or made RGB and resized to the network's input, and normalized with the
-                               training split's statistics, as in training.
+                               greyscaled or made RGB (transparent pixels over black), resized to the network's
+                               input, and normalized with the training split's statistics, as in training.
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models;
                                data=csv, advertising or clicks: a Criteo model reads Criteo files, not rows),
                                or `class` and `probability` (multi-class). The run's DataModule turns rows into
@@ -53,6 +53,15 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def opaque(image: Image.Image) -> Image.Image:
+    """Transparent pixels (RGBA, LA, a palette or grey with a transparent colour) laid over black, the background of
+    MNIST and Fashion-MNIST: PIL's convert() would drop the alpha and keep whatever colour hides under it."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image)
+    return image
+
+
 def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and resized to `size`."""
     if channels not in (1, 3):
@@ -61,7 +70,8 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torc
     for file in files:
         try:
             with Image.open(file) as image:
-                image = eight_bit(image).convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)
+                image = opaque(eight_bit(image)).convert("L" if channels == 1 else "RGB")
+                image = image.resize(size[::-1], Image.BILINEAR)
         except (OSError, UnidentifiedImageError) as err:
             raise UserInputError(f"input {file}: not a readable image ({err})") from err
         array = np.asarray(image, dtype=np.uint8).reshape(size[0], size[1], channels)

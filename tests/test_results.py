@@ -162,6 +162,27 @@ def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
     assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'rows.csv'}"]) == 2  # no such file
 
 
+def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
+    shape = np.zeros((8, 8), dtype=np.uint8)
+    shape[2:6, 2:6] = 200  # a light square on black, as Fashion-MNIST draws its items
+    Image.fromarray(shape).save(tmp_path / "grey.png")
+    Image.fromarray(shape.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit: 200 * 257
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgba = np.full((8, 8, 4), 255, dtype=np.uint8)  # white where transparent: convert() alone would show it
+    rgba[..., 3] = (shape > 0) * 255
+    rgba[..., :3] = np.where(shape[..., None] > 0, 200, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    grey_with_key = Image.fromarray(np.where(shape > 0, 200, 255).astype(np.uint8))
+    grey_with_key.save(tmp_path / "keyed.png", transparency=255)  # grey, one colour marked transparent
+    files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed")]
+    images = predict_script.read_images(files, channels=1, size=(8, 8))
+    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.uint8
+    for image in images[1:]:
+        assert torch.equal(image, images[0])
+    rgb = predict_script.read_images(files, channels=3, size=(8, 8))
+    assert rgb.shape == (4, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
+
+
 def test_notebooks_execute_and_draw(sweep):
     nbformat = pytest.importorskip("nbformat")  # the dev extras: nbformat, nbclient, ipykernel
     pytest.importorskip("nbclient")
