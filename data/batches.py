@@ -17,7 +17,7 @@ from data import UserInputError
 
 class TensorBatches:
     """Iterable of batches `transform(*[t[idx] for t in tensors], generator=g)`, reshuffled every epoch when
-    `shuffle`. `g` is a generator on the data's device seeded by (seed, epoch, batch): random augmentation
+    `shuffle`. `g` is a generator on the data's device seeded by (seed, epoch, batch, rank): random augmentation
     drawn from it is the same in a resumed run as in an uninterrupted one, whatever else used the RNG.
 
     `epoch` is the first epoch's number, counted on by each pass, or a function returning the number of the epoch
@@ -89,7 +89,9 @@ class TensorBatches:
             if self.transform is None:
                 yield batch
             else:
-                generator = torch.Generator(device).manual_seed((epoch_seed + 7_919 * (b + 1)) % 2**63)
+                # Each rank draws its own augmentation (rank 0 draws what a single process does).
+                batch_seed = epoch_seed + 7_919 * (b + 1) + 104_729 * self.rank
+                generator = torch.Generator(device).manual_seed(batch_seed % 2**63)
                 yield self.transform(*batch, generator=generator)
 
     # Lightning saves this in every checkpoint and restores it when it resumes mid-epoch: the run goes on with

@@ -142,16 +142,18 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
 
-    def _to_float(self, images: Tensor, augment: bool, generator: torch.Generator | None = None) -> Tensor:
-        x = images.float().div_(255)  # (B, C, H, W) in [0, 1]; zero padding below is the black background
-        if augment:
-            x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"], generator)
-        mean, std = self.mean.to(x.device).view(1, -1, 1, 1), self.std.to(x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
-
     def _batches(self, split: tuple[Tensor, Tensor], batch_size: int, train: bool) -> TensorBatches:
         device = self._device()
         augment = train and self.augment["enabled"]
+        # On the data's device once: a copy from the CPU on every batch would wait for the GPU (a host sync).
+        mean, std = self.mean.to(device).view(1, -1, 1, 1), self.std.to(device).view(1, -1, 1, 1)
+
+        def to_float(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            x = images.float().div_(255)  # (B, C, H, W) in [0, 1]; zero padding below is the black background
+            if augment:
+                x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"],
+                                  generator)
+            return (x - mean) / std, labels
+
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train, drop_last=train,
-                             transform=lambda x, y, generator: (self._to_float(x, augment, generator), y),
-                             **loader_args(self.trainer))
+                             transform=to_float, **loader_args(self.trainer))

@@ -86,6 +86,16 @@ class NumericScaler:
         return self
 
     @property
+    def indicated(self) -> Tensor:
+        return self._indicated
+
+    @indicated.setter
+    def indicated(self, mask: Tensor) -> None:
+        # Also as indices, found once: indexing with a boolean mask makes a GPU count its True values, a host
+        # sync on every batch.
+        self._indicated, self.indicated_ids = mask, mask.nonzero().squeeze(1)  # (n,) bool, (m,) long
+
+    @property
     def width(self) -> int:
         return len(self.log) + int(self.indicated.sum())
 

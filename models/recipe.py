@@ -86,9 +86,9 @@ class Recipe(L.LightningModule):
         self.losses = nn.ModuleDict({f"{s}_": WeightedMean() for s in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
         # Non-finite guard without a host sync per step: count steps and remember the first bad one on the
-        # device; the host looks every log interval and before any checkpoint is written.
-        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("first_bad_step", torch.full((), -1, dtype=torch.long), persistent=False)
+        # device; the host looks every log interval and before any checkpoint is written. Device tensors made in
+        # on_fit_start, not buffers: DDP would copy rank 0's buffers over every rank's before each step.
+        self.steps_seen = self.first_bad_step = None
         self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
         self._fit_started = time.perf_counter()
@@ -180,8 +180,8 @@ class Recipe(L.LightningModule):
             self.seconds_before = checkpoint.get("train_seconds", 0.0)
             if "rng" in checkpoint:
                 torch.set_rng_state(checkpoint["rng"]["cpu"])
-                if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+                for device, state in enumerate(checkpoint["rng"]["cuda"][:torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(state, device)  # the GPUs this machine has, if it has fewer
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -220,6 +220,8 @@ class Recipe(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
+        self.steps_seen = torch.zeros((), dtype=torch.long, device=self.device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
             self.net.to(memory_format=torch.channels_last)
 

@@ -126,6 +126,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(saving
         assert good["global_step"] == 5 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
 
 
+def test_the_non_finite_guard_is_no_buffer_ddp_would_overwrite():
+    # DDP copies rank 0's buffers over every rank's before each step: a bad step seen on rank 1 would be erased.
+    recipe = Recipe(torch.nn.Linear(2, 1), task="binary", lr=0.1, optimizer={"name": "sgd"}, scheduler={"name": "none"})
+    assert dict(recipe.named_buffers()) == {}
+
+
 def test_a_moved_run_directory_keeps_its_best_checkpoint_record_on_resume(tmp_path):
     old, new, other = (tmp_path / name / "checkpoints" for name in ("old", "new", "other"))
     saved = RunCheckpoint(dirpath=old, filename="best", monitor="val/acc", mode="max")

@@ -40,6 +40,14 @@ def test_training_shards_are_disjoint_equal_and_rebuild_the_single_process_batch
         assert torch.equal(torch.stack([first, second], 1).reshape(-1), single)  # rows interleaved: the same batch
 
 
+def test_each_rank_draws_its_own_augmentation():
+    draw = lambda rows, generator: (torch.rand(len(rows), generator=generator),)  # an augmentation's random numbers
+    batches = lambda **ddp: [b for (b,) in TensorBatches(torch.arange(64), batch_size=16, seed=7, transform=draw, **ddp)]
+    single, first, second = batches(), batches(num_replicas=2, rank=0), batches(num_replicas=2, rank=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, single))  # rank 0 draws what one process draws
+    assert not any(torch.equal(a, b) for a, b in zip(first, second))
+
+
 def test_evaluation_shards_serve_every_row_exactly_once():
     rows = torch.arange(1001)
     ranks = [TensorBatches(rows, batch_size=100, num_replicas=2, rank=r) for r in (0, 1)]
