@@ -17,13 +17,16 @@ State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
 
 def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State | None = None):
-    """`lstm(x, state)`; in float32 on a CPU under bf16 autocast (`trainer.precision=bf16-mixed`), where oneDNN
-    has a bf16 LSTM only on CPUs with AVX512-BF16 and fails on the others. On a GPU, cuDNN's bf16 kernel runs."""
-    on_cpu = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type == "cpu"
-    if on_cpu and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return lstm(x.float(), state and tuple(s.float() for s in state))
-    return lstm(x, state)
+    """`lstm(x, state)`, in float32 under autocast unless that is CUDA's float16 (`trainer.precision=16-mixed`, whose
+    gradient scaler keeps small gradients representable). Under bf16 autocast (`bf16-mixed`) cuDNN's LSTM would
+    run in float16 all the same (autocast casts its inputs and weights to float16 whatever the autocast dtype),
+    with no gradient scaler: gradients below 6e-5 lose precision or vanish. On a CPU, oneDNN has a bf16 LSTM only
+    on CPUs with AVX512-BF16 and fails on the others. The matmuls around it (embedding, head) stay in bf16."""
+    device = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type
+    if not torch.is_autocast_enabled(device) or (device == "cuda" and torch.get_autocast_dtype(device) == torch.float16):
+        return lstm(x, state)
+    with torch.autocast(device, enabled=False):
+        return lstm(x.float(), state and tuple(s.float() for s in state))
 
 
 class CharLM(nn.Module):
