@@ -7,6 +7,8 @@ Both paths get `warmup` untimed steps, then `steps` timed ones (the GPU is synch
 network each time; the two paths take turns `repeats` times and each reports its best run (a shared machine's slow
 spells only ever slow a run down) next to all of them.
 Validation, checkpoints, logging and the progress bar are off in both: this measures the training step.
+Samples are images, table rows or windows of text (and, for a language model, characters are counted too); peak
+GPU memory is each path's own (the dataset on the GPU included), peak RSS the process's.
 """
 import json
 import resource
@@ -48,15 +50,23 @@ class Clock(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """What Lightning's `trainer.precision` does to the forward pass: bf16-mixed and 16-mixed autocast."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None) -> float:
     """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
-    the recipe's step does (loss, L1 penalty, gradient-norm clipping, optimizer, schedule) and nothing else."""
+    the recipe's step does (loss, L1 penalty, gradient-norm clipping, optimizer, schedule; with 16-mixed, the
+    gradient scaler Lightning adds) and nothing else."""
     net, device, l1 = recipe.net, recipe.device, recipe.hparams.l1
     decayed = recipe._decayed_parameters()
     config = recipe.configure_optimizers()
     optimizer = config["optimizer"] if isinstance(config, dict) else config
     scheduler = config["lr_scheduler"]["scheduler"] if isinstance(config, dict) else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    forward = autocast(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=str(precision) == "16-mixed")
     net.train()
     done, start = 0, None
     while done < warmup + steps:
@@ -66,15 +76,17 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
                 start = time.perf_counter()
             if done == warmup + steps:
                 break
-            with autocast:
+            with forward:
                 loss = recipe._loss(net(*inputs), targets)[0]
             if l1:
                 loss = loss + l1 * sum(p.abs().sum() for p in decayed)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if clip:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
             done += 1
@@ -114,25 +126,40 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
         cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
     L.seed_everything(cfg.seed)
     datamodule, _ = project.build(cfg)  # the data once; every run below gets a fresh network
-    lightning_seconds, plain_seconds = [], []
+    seconds = {"lightning": [], "plain": []}
+    peak_gpu_mb = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
-        seconds, trainer = lightning_run(cfg, datamodule, steps, warmup)
-        lightning_seconds.append(seconds)
-        plain_seconds.append(plain_run(cfg, datamodule, trainer, steps, warmup))
+        for path in ("lightning", "plain"):
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            if path == "lightning":
+                timed, trainer = lightning_run(cfg, datamodule, steps, warmup)
+            else:
+                timed = plain_run(cfg, datamodule, trainer, steps, warmup)
+            seconds[path].append(timed)
+            if torch.cuda.is_available():
+                peak_gpu_mb[path] = max(peak_gpu_mb[path], round(torch.cuda.max_memory_allocated() / 2**20, 1))
 
-    batch = datamodule.train_dataloader().batch_size
-    rate = lambda seconds: round(steps * batch / seconds, 1)
+    # What one training batch holds, counted on a batch (a streamed loader's batch_size counts blocks of rows):
+    # samples (images, rows, windows of text) and targets (characters, for a language model).
+    *_, targets = next(iter(datamodule.train_dataloader()))
+    batch = len(targets)
+    rate = lambda per_step, s: round(steps * per_step / s, 1)
     result = {
         "model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
-        "torch": torch.__version__, "lightning": L.__version__, "batch_size": batch, "steps": steps,
-        "repeats": repeats,
+        "torch": torch.__version__, "lightning": L.__version__, "precision": str(cfg.trainer.precision),
+        "batch_size": batch, "steps": steps, "repeats": repeats,
         # The best of the repeats (the least disturbed run, as timeit reports), and every run's figure.
-        "lightning_samples_per_s": rate(min(lightning_seconds)),
-        "plain_samples_per_s": rate(min(plain_seconds)),
-        "lightning_runs": [rate(s) for s in lightning_seconds], "plain_runs": [rate(s) for s in plain_seconds],
+        "lightning_samples_per_s": rate(batch, min(seconds["lightning"])),
+        "plain_samples_per_s": rate(batch, min(seconds["plain"])),
+        "lightning_runs": [rate(batch, s) for s in seconds["lightning"]],
+        "plain_runs": [rate(batch, s) for s in seconds["plain"]],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "peak_gpu_mb": peak_gpu_mb if torch.cuda.is_available() else None,
     }
+    if datamodule.task == "lm":
+        result["lightning_chars_per_s"] = rate(targets.numel(), min(seconds["lightning"]))
+        result["plain_chars_per_s"] = rate(targets.numel(), min(seconds["plain"]))
     result["ratio"] = round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
     return result, options.get("out")
 

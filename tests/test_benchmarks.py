@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import train as project
+from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
 from conftest import make_config
 
@@ -23,7 +24,31 @@ def test_throughput_times_both_paths_and_reports_their_ratio(tmp_path, precision
     assert result["lightning_samples_per_s"] == max(result["lightning_runs"]) > 0  # the best of the repeats
     assert result["plain_samples_per_s"] == max(result["plain_runs"]) > 0
     assert result["ratio"] == round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
-    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None
+    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None and result["precision"] == precision
+    assert "lightning_chars_per_s" not in result  # only for a language model
+
+
+def test_throughput_counts_a_language_models_characters(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 40)
+    result, _ = throughput.main(["model=lstm", "data=text", f"data.path={text}", "model.net.hidden_size=16",
+                                 "model.net.embedding_dim=8", "data.seq_len=16", "data.batch_size=8", "steps=2",
+                                 "warmup=1", "repeats=1"])
+    assert result["batch_size"] == 8  # windows of 16 characters
+    assert result["lightning_chars_per_s"] == pytest.approx(16 * result["lightning_samples_per_s"], rel=1e-3)
+    assert result["plain_chars_per_s"] == pytest.approx(16 * result["plain_samples_per_s"], rel=1e-3)
+
+
+def test_the_plain_loop_scales_float16_gradients_as_lightning_does():
+    # 16-mixed is Lightning's float16 autocast with a gradient scaler (CUDA only in Lightning; the loop runs on a CPU).
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g).float()
+    recipe = Recipe(torch.nn.Linear(4, 1), task="binary", lr=0.1, optimizer={"name": "sgd"},
+                    scheduler={"name": "none"})
+    before = recipe.net.weight.detach().clone()
+    throughput.plain_loop(recipe, [(x, y)] * 3, steps=2, warmup=1, precision="16-mixed", clip=1.0)
+    assert torch.isfinite(recipe.net.weight).all() and not torch.equal(recipe.net.weight, before)
+    assert recipe.net.weight.dtype == torch.float32  # float32 master weights
 
 
 @pytest.mark.parametrize("overrides", [
@@ -65,4 +90,9 @@ def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     assert len(seconds) == 3 and seconds == sorted(seconds) and seconds[0] > 0  # training time, accumulated
     assert result["seconds_to_target"] == {"0.0": seconds[0], "1.01": None}  # reached at once; never
     assert 0.5 < result["curve"][-1][1] <= 1  # learned something from 2,880 rows
+    assert result["warmup_steps"] == 0 and result["warmup_seconds"] == 0
     json.dumps(result)  # what the command prints
+    # A warm-up (where torch.compile would compile) trains a throwaway network: the timed one learns the same.
+    warmed, _ = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0]", "warmup=3"])
+    assert warmed["warmup_steps"] == 3 and warmed["warmup_seconds"] > 0
+    assert [value for _, value in warmed["curve"]] == [value for _, value in result["curve"]]
