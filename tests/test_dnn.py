@@ -314,6 +314,22 @@ def test_log_columns_are_auto_none_or_numeric_columns(log_columns, message, tmp_
         CSVDataModule(str(path), "y", ["age"], ["city"], log_columns=log_columns)
 
 
+@pytest.mark.parametrize("log_columns, logged", [("auto", [True, False]), (None, [False, False]),
+                                                 (["height"], [False, True])])
+def test_log_columns_choose_which_numbers_are_log_scaled(log_columns, logged, tmp_path):
+    g = np.random.default_rng(0)
+    income = g.lognormal(10, 1.5, 400).round()  # non-negative, a long right tail: auto logs it
+    frame = pd.DataFrame({"income": income, "height": g.normal(170, 10, 400).round(1), "city": "a",
+                          "y": g.integers(0, 2, 400)})
+    frame.to_csv(tmp_path / "customers.csv", index=False)
+    data = CSVDataModule(str(tmp_path / "customers.csv"), "y", ["income", "height"], ["city"], log_columns=log_columns)
+    data.setup("fit")
+    assert data.scaler.log.tolist() == logged
+    x = torch.tensor([[income[0], 170.0]], dtype=torch.float32)
+    expected = torch.where(data.scaler.log, torch.log1p(x), x)
+    assert torch.allclose(data.scaler(x), (expected - data.scaler.mean) / data.scaler.std, atol=1e-5)
+
+
 def test_csv_text_like_na_is_a_value_and_only_an_empty_cell_is_missing(tmp_path):
     path = tmp_path / "exported.csv"
     path.write_text("age,country,y,,\n30,a,0,,\n40,b,1,,\n")  # unnamed empty columns, as spreadsheets export them

@@ -36,6 +36,17 @@ def test_cifar_loader_reads_pickled_batches(cifar_dir):
     assert dm.net_kwargs["in_channels"] == 3 and dm.classes[1] == "automobile"
 
 
+def test_a_corrupt_cifar_batch_is_named(cifar_dir, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in (cifar_dir / "cifar-10-batches-py").iterdir():
+        folder.joinpath(f.name).write_bytes(f.read_bytes()[: 1000] if f.name == "data_batch_3" else f.read_bytes())
+    with pytest.raises(UserInputError, match=r"could not read cifar10 from .*: put .* there, or set paths.data_dir"):
+        dm = ImageDataModule("cifar10", str(tmp_path), val_size=100, download=False)
+        dm.prepare_data()
+        dm.setup("fit")
+
+
 def test_missing_files_give_one_clear_error(tmp_path):
     dm = ImageDataModule("mnist", str(tmp_path), download=False)
     with pytest.raises(UserInputError, match=r"MNIST/raw/ .*train-images-idx3-ubyte"):

@@ -215,3 +215,14 @@ def test_row_classifier_end_to_end(mnist_dir, tmp_path):
         metrics = train_module.train(cfg)
     assert metrics["test/acc"] > 0.9, metrics  # each class is a bright square at its own rows: learnable
     assert "test/bpc" not in metrics
+
+
+def test_top_k_samples_among_the_k_most_likely_characters_only():
+    torch.manual_seed(0)
+    net = CharLM(12, embedding_dim=8, hidden_size=16, num_layers=1).eval()
+    prompt = torch.tensor([1, 2, 3])
+    greedy = net.generate(prompt, 40, temperature=0)
+    for seed in range(3):  # top_k=1 leaves one candidate: even a flat distribution (temperature 5) picks the best
+        generator = torch.Generator().manual_seed(seed)
+        assert torch.equal(net.generate(prompt, 40, temperature=5.0, top_k=1, generator=generator), greedy)
+    assert not torch.equal(net.generate(prompt, 40, temperature=5.0, generator=torch.Generator().manual_seed(0)), greedy)

@@ -96,3 +96,14 @@ def test_one_cycle_cycles_momentum_only_of_an_optimizer_that_has_some(optimizer,
     out["lr_scheduler"]["scheduler"].step()  # the LR's peak: step pct_start * total_steps - 1 = 1
     cycled = optimizer.get("momentum", 0.9) > 0
     assert (at_start, momentum(group)) == ((0.95, pytest.approx(0.85)) if cycled else (0.0, 0.0))
+
+
+def test_l2_weight_decay_applies_to_weights_and_kernels_only():
+    net = ConvNet(in_channels=1, num_classes=10, image_size=(8, 8), widths=(4,), batch_norm=True)
+    recipe = Recipe(net, task="multiclass", lr=1e-3, weight_decay=0.05, optimizer={"name": "adamw"},
+                    scheduler={"name": "none"}, net_kwargs={"num_classes": 10})
+    decayed, free = recipe.configure_optimizers().param_groups
+    assert decayed["weight_decay"] == 0.05 and free["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in net.parameters() if p.ndim >= 2}  # kernels, matrices
+    assert {id(p) for p in free["params"]} == {id(p) for p in net.parameters() if p.ndim < 2}  # biases, norm scales
+    assert free["params"] and len(decayed["params"]) + len(free["params"]) == len(list(net.parameters()))

@@ -206,6 +206,10 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"], "error: mnist not found in /no/such/dir/MNIST/raw/"),
     (["model=dnn", "data.rows=3000", "model.net.activation=gelu"], "error: model.net: activation='gelu'; choose one of"),
+    (["model=dnn", "data.rows=3000", "optimizer=sgd", "optimizer.momentum=0"],
+     "error: optimizer=sgd (optimizer.momentum=0, optimizer.nesterov=True): Nesterov momentum requires a momentum"),
+    pytest.param(["model=dnn", "data.rows=3000", "trainer=gpu"], "error: trainer: No supported gpu backend found!",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     result = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
