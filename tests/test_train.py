@@ -192,8 +192,9 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
     # in float32: oneDNN has no bf16 LSTM on an AVX2 CPU). torch.compile is left out only for time: minutes here.
     text = tmp_path / "corpus.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 1500)
-    data = [f"data.path={text}"] if experiment == "lstm_gpu" else ["data=mnist", f"paths.data_dir={mnist_dir}",
-                                                                   "data.val_size=200"]
+    # Shorter windows and text samples than the preset's (the same network, precision and schedule): time.
+    data = ([f"data.path={text}", "data.seq_len=32", "data.eval_seq_len=64", "callbacks.text_samples.length=20"]
+            if experiment == "lstm_gpu" else ["data=mnist", f"paths.data_dir={mnist_dir}", "data.val_size=200"])
     cfg = make_config(f"experiment={experiment}", *data, "trainer.accelerator=cpu", f"trainer.precision={precision}",
                       "model.compile=false", "data.batch_size=32", "data.eval_batch_size=32",  # small batches: time
                       "trainer.max_steps=2", "trainer.limit_val_batches=2",
@@ -208,13 +209,14 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
 @pytest.mark.parametrize("budget", [["trainer.max_steps=7"], ["trainer.max_steps=-1", "trainer.max_epochs=7"]])
 def test_the_lstm_gpu_preset_validates_every_n_steps_across_short_epochs(budget, tmp_path):
     # tinyshakespeare's epoch is ~30 of the preset's steps: validation (checkpoints, early stopping, samples)
-    # counts steps across epochs instead. Here an epoch is 1 step; validation every 3, and when the run ends,
-    # whether its step or its epoch budget ends it.
+    # counts steps across epochs instead. Here an epoch is 1 step (limit_train_batches=1); validation every 3,
+    # and when the run ends, whether its step or its epoch budget ends it.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     text = tmp_path / "corpus.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 1000)
     cfg = make_config("experiment=lstm_gpu", f"data.path={text}", "trainer.accelerator=cpu", "trainer.precision=32-true",
                       "model.compile=false", "model.net.hidden_size=32", "model.net.embedding_dim=16",
+                      "data.batch_size=16", "data.seq_len=32", "data.eval_seq_len=64", "trainer.limit_train_batches=1",
                       "trainer.val_check_interval=3", *budget, "trainer.limit_val_batches=1",
                       "trainer.limit_test_batches=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                       output_dir=tmp_path / "run")
