@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train as train_module
 from data import UserInputError
 from data.text import ShakespeareDataModule, TextFileDataModule, decode, encode, play_text
+import generate as generate_script
 from generate import generate, parse
 from models.lstm import CharLM, SequenceClassifier, build
 from models.recipe import Recipe
@@ -202,6 +203,15 @@ def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_n
     if not torch.cuda.is_available():
         with pytest.raises(UserInputError, match="device=cuda but this machine has no CUDA GPU"):
             generate(ckpt, device="cuda")
+
+
+def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_path, capsys):
+    ckpt = pattern_run[0] / "checkpoints" / "best.ckpt"
+    generate_script.main([f"ckpt_path={ckpt}", "prompt=hello", "length=60", "temperature=0"])
+    assert capsys.readouterr().out == ("hello" + (PATTERN * 4)[5:])[:65] + "\n"
+    with pytest.raises(SystemExit) as stopped:
+        generate_script.main([f"ckpt_path={tmp_path / 'none.ckpt'}"])
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith("error: ")
 
 
 # -- the row classifier end to end ------------------------------------------------------------------
