@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
 from models.cli import (WholeSweepError, check_monitor, check_overrides, check_settings, check_single_process_sweep,
-                        distributed_arguments, resume_arguments)
+                        config_kept_on_failure, distributed_arguments, resume_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 
@@ -165,4 +165,5 @@ if __name__ == "__main__":
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    main()
+    with config_kept_on_failure(sys.argv[1:]):
+        main()

@@ -3,6 +3,7 @@ of a DDP run sharing one run directory, and sweep summaries."""
 import csv
 import json
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -51,6 +52,32 @@ def resume_arguments(argv: list[str]) -> list[str]:
         raise UserInputError(f"hydra.run.dir={run_dir} holds an unfinished run (checkpoints/last.ckpt); continue it "
                              f"with `python train.py resume={run_dir}`, or choose another directory")
     return argv
+
+
+@contextmanager
+def config_kept_on_failure(argv: list[str]):
+    """Hydra writes a command's config into RUN/.hydra/ before the run starts. If the command then fails before it
+    writes a checkpoint (a resume refused because its schedule differs, a bad path), the run directory's earlier
+    .hydra/ files are put back: its saved config stays the one its checkpoints were trained with, and
+    `resume=RUN` keeps working."""
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    folder = Path(run_dir) / ".hydra" if run_dir else None
+    if folder is None or not folder.is_dir():
+        yield
+        return
+    saved = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    checkpoints = lambda: {p: p.stat().st_mtime_ns for p in (Path(run_dir) / "checkpoints").glob("*.ckpt")}
+    before = checkpoints()
+    try:
+        yield
+    except BaseException as err:
+        if not (isinstance(err, SystemExit) and err.code in (0, None)) and checkpoints() == before:
+            for path in folder.iterdir():
+                if path.is_file() and path not in saved:
+                    path.unlink()
+            for path, content in saved.items():
+                path.write_bytes(content)
+        raise
 
 
 def distributed_arguments(argv: list[str]) -> list[str]:

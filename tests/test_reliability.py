@@ -256,6 +256,11 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     assert result.returncode == 2 and "holds an unfinished run (checkpoints/last.ckpt)" in result.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == {p: b for p, b in before.items()
                                                                           if p.name != "metrics.json"}
+    # A resume refused when it starts (another schedule length) leaves the run's saved config as it was.
+    result = run_cli(*cli_args(mnist_dir, out)[:-1], "trainer.max_epochs=2", f"hydra.run.dir={out}", "ckpt_path=last")
+    assert result.returncode == 2 and "schedule is" in result.stderr, result.stderr[-1500:]
+    assert {p: p.read_bytes() for p in (out / ".hydra").iterdir()} == {p: b for p, b in before.items()
+                                                                       if p.parent.name == ".hydra"}
 
 
 @pytest.mark.parametrize("setting, message", [
