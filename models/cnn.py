@@ -17,15 +17,20 @@ class ConvNet(nn.Module):
                  hidden_size: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
         padding = kernel_size // 2 if padding is None else padding  # "same" padding for odd kernels
-        layers, c = [], in_channels
-        for width in widths:
+        layers, c, size = [], in_channels, tuple(image_size)
+        for block, width in enumerate(widths, 1):
             for i in range(convs_per_block):
                 # Only the first conv of a block strides; bias is redundant right before batch norm.
-                layers.append(nn.Conv2d(c, width, kernel_size, stride=stride if i == 0 else 1,
-                                        padding=padding, bias=not batch_norm))
+                step = stride if i == 0 else 1
+                layers.append(nn.Conv2d(c, width, kernel_size, stride=step, padding=padding, bias=not batch_norm))
                 layers += [nn.BatchNorm2d(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
-                c = width
+                c, size = width, tuple((n + 2 * padding - kernel_size) // step + 1 for n in size)  # the conv's output
             layers.append(nn.MaxPool2d(2))  # halves H and W
+            size = tuple(n // 2 for n in size)
+            if min(size) < 1:
+                raise ValueError(f"widths={list(widths)}, stride={stride}, kernel_size={kernel_size}: block {block} "
+                                 f"leaves no pixels of the {image_size[0]}x{image_size[1]} images; use fewer widths, "
+                                 "stride=1 or a smaller kernel")
         self.features = nn.Sequential(*layers)
         with torch.no_grad():  # flattened size after the conv stack, from one dummy image
             n_features = self.features(torch.zeros(1, in_channels, *image_size)).numel()

@@ -107,3 +107,8 @@ def test_l2_weight_decay_applies_to_weights_and_kernels_only():
     assert {id(p) for p in decayed["params"]} == {id(p) for p in net.parameters() if p.ndim >= 2}  # kernels, matrices
     assert {id(p) for p in free["params"]} == {id(p) for p in net.parameters() if p.ndim < 2}  # biases, norm scales
     assert free["params"] and len(decayed["params"]) + len(free["params"]) == len(list(net.parameters()))
+
+
+def test_a_cnn_that_would_shrink_images_to_nothing_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"widths=\[32, 64, 128\], stride=2, kernel_size=3: block 3 leaves no pixels"):
+        ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(32, 64, 128), stride=2)
