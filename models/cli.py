@@ -140,9 +140,22 @@ NUMBERS = {"model.lr": (False, 0, False), "model.weight_decay": (False, 0, True)
            "data.batch_size": (True, 1, True), "data.eval_batch_size": (True, 1, True)}
 
 
+def missing_keys(tree: dict, prefix: str = "") -> list[str]:
+    """The keys set to `???` in a config: values only the user can give (a data file's path)."""
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found += missing_keys(value, f"{prefix}{key}.")
+        elif value == "???":
+            found.append(f"{prefix}{key}")
+    return found
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
     and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
+    if missing := missing_keys(OmegaConf.to_container(cfg, resolve=False)):
+        raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
     check_trainer_args(cfg.trainer)
     for key, (whole, least, inclusive) in NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)

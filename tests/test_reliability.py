@@ -205,6 +205,7 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
     (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
     (["model.lrr=0.1"], "error: Could not override 'model.lrr'."),
+    (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"], "error: mnist not found in /no/such/dir/MNIST/raw/"),
