@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from data import UserInputError
+from models.runs import load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -59,10 +60,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) 
         raise UserInputError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; "
                              "give an existing .ckpt, or `last` together with the run's hydra.run.dir")
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-        trained = hparams["config"]["model"]["net"]["_target_"]
-    except Exception as err:
-        raise UserInputError(f"ckpt_path={ckpt_path}: {path} is not a redes checkpoint ({type(err).__name__})") from err
+        trained = load_checkpoint(path)["hyper_parameters"]["config"]["model"]["net"]["_target_"]
+    except UserInputError as err:
+        raise UserInputError(f"ckpt_path={ckpt_path}: {err}") from err
     if trained != net_target:
         raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds a {trained}, not the {net_target} this run builds; "
                              "pick the model=... it was trained with")

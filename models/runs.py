@@ -5,6 +5,7 @@ data's net_kwargs), tensorboard/events.* and, when it came from the command line
 .hydra/overrides.yaml. A sweep (`python train.py --multirun ...`) is a folder of run directories.
 """
 import json
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -53,8 +54,12 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
     except Exception as err:
-        raise UserInputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if "config" not in checkpoint.get("hyper_parameters", {}):
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            why = "it holds objects other than tensors and plain containers, and loading those could run code"
+        else:
+            why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'}"
+        raise UserInputError(f"{path} is not a readable checkpoint ({why})") from err
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint.get("hyper_parameters", {}):
         raise UserInputError(f"{path} is not a checkpoint written by train.py (no config in its hyperparameters)")
     return checkpoint
 
