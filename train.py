@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
 from models.cli import (WholeSweepError, check_monitor, check_overrides, check_settings, check_single_process_sweep,
-                        config_kept_on_failure, distributed_arguments, resume_arguments)
+                        config_kept_on_failure, distributed_arguments, resume_arguments,
+                        trainer_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 
@@ -160,7 +161,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     try:
-        sys.argv[1:] = distributed_arguments(resume_arguments(sys.argv[1:]))
+        sys.argv[1:] = distributed_arguments(resume_arguments(trainer_arguments(sys.argv[1:])))
         check_overrides(sys.argv[1:])
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """What the command line needs besides the recipe: one-line errors for bad input, `resume=RUN_DIR`, the ranks
 of a DDP run sharing one run directory, and sweep summaries."""
 import csv
+import difflib
+import inspect
 import json
 import typing
 from contextlib import contextmanager
@@ -31,6 +33,24 @@ def check_overrides(argv: list[str]) -> None:
         message = " ".join(str(err).split("Config search path")[0].split())
         raise UserInputError(f"{message} (see `python train.py --help`)") from err
     check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
+
+
+def trainer_arguments(argv: list[str]) -> list[str]:
+    """`trainer.NAME=VALUE` sets any Lightning Trainer argument, also one configs/trainer/ does not list (Hydra alone
+    would want `+trainer.NAME=`): passed on as `++trainer.NAME=VALUE`, set or add. A NAME the Trainer does not
+    take is refused, with the nearest names."""
+    names = list(inspect.signature(L.Trainer.__init__).parameters)
+    passed = []
+    for arg in argv:
+        name, _, inner = arg.split("=", 1)[0].removeprefix("trainer.").partition(".")  # inner: trainer.strategy.x
+        if arg.startswith("trainer.") and "=" in arg:
+            if name not in names:
+                near = difflib.get_close_matches(name, names, n=3)
+                raise UserInputError(f"trainer.{name} is not a lightning Trainer argument"
+                                     + (f"; did you mean {', '.join(near)}?" if near else ""))
+            arg = arg if inner else f"++{arg}"
+        passed.append(arg)
+    return passed
 
 
 def resume_arguments(argv: list[str]) -> list[str]:

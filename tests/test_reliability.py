@@ -16,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import check_settings
+from models.cli import check_settings, trainer_arguments
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
@@ -206,6 +206,8 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
     (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
     (["model.lrr=0.1"], "error: Could not override 'model.lrr'."),
+    (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
+    (["trainer.check_val_every_n_epoch=30"], "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
@@ -275,3 +277,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", setting))
+
+
+def test_any_trainer_argument_is_set_without_a_plus():
+    # Not in configs/trainer/: Hydra alone would want +trainer.NAME=; nested keys (a strategy's) stay Hydra's.
+    assert trainer_arguments(["trainer.check_val_every_n_epoch=3", "model=cnn", "trainer.strategy.static_graph=true",
+                              "+trainer.fast_dev_run=1"]) == ["++trainer.check_val_every_n_epoch=3", "model=cnn",
+                                                             "trainer.strategy.static_graph=true", "+trainer.fast_dev_run=1"]
