@@ -60,11 +60,16 @@ def main(argv: list[str]) -> int:
             parameters[key] = value  # a bare word or path: a string
     try:
         out = execute(name, run_dir, **parameters)
+    except ImportError as err:
+        print(f"error: {err.name} is missing: notebooks need the dev extras, pip install -e '.[dev]'", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # nbclient's CellExecutionError: the failing cell's traceback
-        print(f"error: the notebook failed; the executed copy shows where.\n{err}", file=sys.stderr)
+    except Exception as err:  # nbclient's CellExecutionError: the failing cell's exception, in one line
+        copy = parameters.get("out") or Path(run_dir) / f"{name}.ipynb"
+        reason = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+        print(f"error: notebook {name} failed: {reason} (the executed copy {copy} shows the cell)", file=sys.stderr)
         return 1
     print(f"executed {name} on {run_dir}: {out}")
     return 0

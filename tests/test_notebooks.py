@@ -52,7 +52,7 @@ def test_ad_click_notebook(tmp_path):
     assert set(ranked[:2]) == {"age", "time_on_site"}, ranked  # the XOR's two columns matter most
 
 
-def test_text_generation_notebook(tmp_path):
+def test_text_generation_notebook(tmp_path, capsys):
     (tmp_path / "pattern.txt").write_text(PATTERN * 300)
     # Windows of 50 (not a multiple of 24): each test window starts at another place in the sentence.
     metrics = train_run(tmp_path / "run", "model=lstm", "data=text", f"data.path={tmp_path / 'pattern.txt'}",
@@ -71,3 +71,8 @@ def test_text_generation_notebook(tmp_path):
     # From a zero state the first character is a guess among the sentence's letters; later ones are not
     # (measured: 0.68 nats, then 0.046 in the second half of the window).
     assert first > 5 * tail, (first, tail)
+    # The DNN's notebook on this LSTM run: one line saying why, and the executed copy to look at.
+    assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: notebook ad_click failed: ValueError:") and "model=dnn" in error
+    assert error.count("\n") == 1 and (tmp_path / "run" / "ad_click.ipynb").is_file()
