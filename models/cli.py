@@ -217,20 +217,24 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        rows, jobs = [], sorted(p.parent.name for p in sweep.glob("*/.hydra"))
-        for metrics in sorted(sweep.glob("*/metrics.json")):
-            job = metrics.parent
-            overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml") if (job / ".hydra" / "overrides.yaml").exists() else []
-            rows.append({"job": job.name, **dict(o.split("=", 1) for o in overrides), **json.loads(metrics.read_text())})
-        if not rows:
+        rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
+        for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
+            saved = job / ".hydra" / "overrides.yaml"
+            overrides = dict(o.split("=", 1) for o in (OmegaConf.load(saved) if saved.exists() else []))
+            if (job / "metrics.json").exists():
+                rows.append({"job": job.name, "failed": False, **overrides, **json.loads((job / "metrics.json").read_text())})
+            else:
+                failed.append({"job": job.name, "failed": True, **overrides})
+        if not rows and not failed:
             return
         key, mode = f"{config.monitor.metric}_best", config.monitor.mode
         rows.sort(key=lambda r: r.get(key, float("nan")), reverse=mode == "max")
+        rows += failed  # listed last, with their overrides: what to fix or rerun
         (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
         columns = list(dict.fromkeys(k for r in rows for k in r))
         with open(sweep / "summary.csv", "w", newline="") as f:
             csv.DictWriter(f, columns).writeheader()
             csv.DictWriter(f, columns).writerows(rows)
-        failed = sorted(set(jobs) - {r["job"] for r in rows}, key=lambda job: (len(job), job))
-        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(failed)})" if failed else ""
-        print(f"{len(rows)} runs{failures}; summary: {sweep / 'summary.csv'}; best by {key}: job {rows[0]['job']}")
+        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(r['job'] for r in failed)})" if failed else ""
+        best = f"; best by {key}: job {rows[0]['job']}" if not rows[0]["failed"] else ""
+        print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")

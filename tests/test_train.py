@@ -166,7 +166,9 @@ def test_a_failing_job_of_a_sweep_is_one_error_line_and_the_sweep_goes_on(mnist_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "error: data.val_size=0 leaves no training or no validation rows" in result.stderr
     assert "Traceback" not in result.stderr and "1 runs (1 failed, no metrics.json: jobs 0)" in result.stdout
-    assert [r["job"] for r in json.loads((tmp_path / "summary.json").read_text())] == ["1"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["job"], r["failed"], r["data.val_size"]) for r in summary] == [("1", False, "200"), ("0", True, "0")]
+    assert "test/acc" in summary[0] and "test/acc" not in summary[1]  # the failed job: its overrides, no metrics
 
 
 def test_freed_memory_is_kept_for_reuse_on_linux():
