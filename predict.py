@@ -102,8 +102,9 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
 def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
     encode = getattr(datamodule, "encode_frame", None)
     if encode is None:
-        raise UserInputError(f"input={csv}: this run's data ({type(datamodule).__name__}) cannot encode table rows "
-                             "(it has no encode_frame); CSV input is for models trained on tables")
+        raise UserInputError(f"input={csv}: this run was trained on {type(datamodule).__name__} data, whose rows "
+                             "predict.py cannot read from a CSV: CSV input is for models trained with data=csv, "
+                             "advertising or clicks (a data=criteo model: eval.py data.path=FILE scores a file's test split)")
     try:
         frame = pd.read_csv(csv, **READ_CSV)  # read as training read its file
     except (OSError, ValueError) as err:

@@ -108,7 +108,8 @@ def distributed_arguments(argv: list[str]) -> list[str]:
         if environment.detect() and (env := environment()).world_size() > 1:
             if not any(a.startswith("hydra.run.dir=") for a in argv):
                 raise UserInputError(f"the {env.world_size()} processes that {launcher} started need one run "
-                                     "directory: add hydra.run.dir=DIR (e.g. outputs/dnn/$SLURM_JOB_ID)")
+                                     "directory: add hydra.run.dir=DIR (e.g. "
+                                     f"{'outputs/run1' if launcher == 'torchrun' else 'outputs/$SLURM_JOB_ID'})")
             if (rank := env.global_rank()) > 0:
                 return argv + ["hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{rank}"]
     return argv
