@@ -49,7 +49,10 @@ def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit greyscale (PNG, TIFF: PIL modes "I;16", "I") scaled to 0..255, as 8-bit images are; PIL's own
     convert("L") clips every value above 255 to white."""
     if image.mode.startswith("I"):
-        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+        scaled = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+        if isinstance(image.info.get("transparency"), int):  # a 16-bit transparent grey level: its 8-bit one
+            scaled.info["transparency"] = round(image.info["transparency"] / 257)
+        return scaled
     return image
 
 

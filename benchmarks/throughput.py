@@ -115,7 +115,8 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
         plain.net.to(memory_format=torch.channels_last)
     loader = datamodule.train_dataloader()
     loader.epoch = 0  # the Lightning run's epochs from the first, counted by the loader (not the finished trainer)
-    return plain_loop(plain, loader, steps, warmup, str(cfg.trainer.precision), cfg.trainer.get("gradient_clip_val"))
+    # trainer.precision as Lightning normalized it ("bf16" -> "bf16-mixed"): what the Lightning path ran
+    return plain_loop(plain, loader, steps, warmup, str(trainer.precision), cfg.trainer.get("gradient_clip_val"))
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:

@@ -102,7 +102,8 @@ class NumericScaler:
     def __call__(self, x: Tensor) -> Tensor:
         z = (self._logged(x.float()) - self.mean) / self.std  # (B, n)
         missing = z.isnan()
-        return torch.cat([torch.where(missing, 0.0, z), missing[:, self.indicated].float()], dim=1)  # (B, n + m)
+        indicators = missing.index_select(1, self.indicated_ids)  # (B, m)
+        return torch.cat([torch.where(missing, 0.0, z), indicators.float()], dim=1)  # (B, n + m)
 
 
 class CategoryIds:

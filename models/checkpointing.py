@@ -63,6 +63,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) 
         trained = load_checkpoint(path)["hyper_parameters"]["config"]["model"]["net"]["_target_"]
     except UserInputError as err:
         raise UserInputError(f"ckpt_path={ckpt_path}: {err}") from err
+    except (KeyError, TypeError) as err:  # another project's Lightning checkpoint, with a `config` of its own
+        raise UserInputError(f"ckpt_path={ckpt_path}: {path} is not a checkpoint written by train.py (its config "
+                             f"names no model.net)") from err
     if trained != net_target:
         raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds a {trained}, not the {net_target} this run builds; "
                              "pick the model=... it was trained with")

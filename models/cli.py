@@ -4,6 +4,7 @@ import csv
 import difflib
 import inspect
 import json
+import os
 import typing
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,7 @@ def trainer_arguments(argv: list[str]) -> list[str]:
     passed = []
     for arg in argv:
         name, _, inner = arg.split("=", 1)[0].removeprefix("trainer.").partition(".")  # inner: trainer.strategy.x
-        if arg.startswith("trainer.") and "=" in arg:
+        if arg.startswith("trainer.") and "=" in arg and not name.startswith("_"):  # _target_: Hydra's
             if name not in names:
                 near = difflib.get_close_matches(name, names, n=3)
                 raise UserInputError(f"trainer.{name} is not a lightning Trainer argument"
@@ -82,7 +83,10 @@ def config_kept_on_failure(argv: list[str]):
     `resume=RUN` keeps working."""
     run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
     folder = Path(run_dir) / ".hydra" if run_dir else None
-    if folder is None or not folder.is_dir():
+    # Only the process that writes .hydra/ puts it back: DDP's other ranks (started after rank 0 wrote the new
+    # config, or told hydra.output_subdir=null) would put back rank 0's new files.
+    other_rank = any(int(os.environ.get(name, 0) or 0) > 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+    if folder is None or not folder.is_dir() or other_rank or "hydra.output_subdir=null" in argv:
         yield
         return
     saved = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -221,9 +225,13 @@ class SweepSummary(Callback):
         rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
         for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
             saved = job / ".hydra" / "overrides.yaml"
-            overrides = dict(o.split("=", 1) for o in (OmegaConf.load(saved) if saved.exists() else []))
+            overrides = {}  # key -> value; "++trainer.x=1" as trainer.x, "~logger" with no value
+            for override in OmegaConf.load(saved) if saved.exists() else []:
+                key, _, value = override.partition("=")
+                overrides[key.lstrip("+")] = value
             if (job / "metrics.json").exists():
-                rows.append({"job": job.name, "failed": False, **overrides, **json.loads((job / "metrics.json").read_text())})
+                metrics = json.loads((job / "metrics.json").read_text())
+                rows.append({"job": job.name, "failed": False, **overrides, **metrics})
             else:
                 failed.append({"job": job.name, "failed": True, **overrides})
         if not rows and not failed:
@@ -236,6 +244,7 @@ class SweepSummary(Callback):
         with open(sweep / "summary.csv", "w", newline="") as f:
             csv.DictWriter(f, columns).writeheader()
             csv.DictWriter(f, columns).writerows(rows)
-        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(r['job'] for r in failed)})" if failed else ""
+        names = ", ".join(r["job"] for r in failed)
+        failures = f" ({len(failed)} failed, no metrics.json: jobs {names})" if failed else ""
         best = f"; best by {key}: job {rows[0]['job']}" if not rows[0]["failed"] else ""
         print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")

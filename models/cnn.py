@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 
+def conv_output(size: tuple[int, ...], kernel_size: int, stride: int, padding: int | str) -> tuple[int, ...]:
+    """(H, W) after a convolution: (n + 2 * padding - kernel_size) // stride + 1; "same" keeps n, "valid" is 0."""
+    if padding == "same":
+        return size
+    padding = 0 if padding == "valid" else padding
+    return tuple((n + 2 * padding - kernel_size) // stride + 1 for n in size)
+
+
 class ConvNet(nn.Module):
     """Images (B, C, H, W) -> class logits (B, num_classes)."""
 
@@ -24,13 +32,13 @@ class ConvNet(nn.Module):
                 step = stride if i == 0 else 1
                 layers.append(nn.Conv2d(c, width, kernel_size, stride=step, padding=padding, bias=not batch_norm))
                 layers += [nn.BatchNorm2d(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
-                c, size = width, tuple((n + 2 * padding - kernel_size) // step + 1 for n in size)  # the conv's output
+                c, size = width, conv_output(size, kernel_size, step, padding)
             layers.append(nn.MaxPool2d(2))  # halves H and W
             size = tuple(n // 2 for n in size)
             if min(size) < 1:
-                raise ValueError(f"widths={list(widths)}, stride={stride}, kernel_size={kernel_size}: block {block} "
-                                 f"leaves no pixels of the {image_size[0]}x{image_size[1]} images; use fewer widths, "
-                                 "stride=1 or a smaller kernel")
+                raise ValueError(f"widths={list(widths)}, kernel_size={kernel_size}, padding={padding}, "
+                                 f"stride={stride}: block {block} leaves no pixels of the {image_size[0]}x{image_size[1]} images; use "
+                                 "fewer widths, a smaller stride or kernel, or more padding")
         self.features = nn.Sequential(*layers)
         with torch.no_grad():  # flattened size after the conv stack, from one dummy image
             n_features = self.features(torch.zeros(1, in_channels, *image_size)).numel()

@@ -23,7 +23,8 @@ def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State |
     with no gradient scaler: gradients below 6e-5 lose precision or vanish. On a CPU, oneDNN has a bf16 LSTM only
     on CPUs with AVX512-BF16 and fails on the others. The matmuls around it (embedding, head) stay in bf16."""
     device = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type
-    if not torch.is_autocast_enabled(device) or (device == "cuda" and torch.get_autocast_dtype(device) == torch.float16):
+    cuda_float16 = device == "cuda" and torch.get_autocast_dtype(device) == torch.float16
+    if not torch.is_autocast_enabled(device) or cuda_float16:
         return lstm(x, state)
     with torch.autocast(device, enabled=False):
         return lstm(x.float(), state and tuple(s.float() for s in state))

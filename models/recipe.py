@@ -86,8 +86,8 @@ class Recipe(L.LightningModule):
         self.losses = nn.ModuleDict({f"{s}_": WeightedMean() for s in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_": task_metrics(task, num_classes) for s in ("train", "val", "test")})
         # Non-finite guard without a host sync per step: count steps and remember the first bad one on the
-        # device; the host looks every log interval and before any checkpoint is written. Device tensors made in
-        # on_fit_start, not buffers: DDP would copy rank 0's buffers over every rank's before each step.
+        # device; the host looks every log interval and before any checkpoint is written. Plain device tensors
+        # (see _guard), not buffers: DDP would copy rank 0's buffers over every rank's before each step.
         self.steps_seen = self.first_bad_step = None
         self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
@@ -124,13 +124,22 @@ class Recipe(L.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         if self.hparams.l1:  # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it)
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
-        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step.copy_(torch.where(bad, self.steps_seen, self.first_bad_step))  # in place: no Module.__setattr__
-        self.steps_seen.add_(1)
+        steps_seen, first_bad_step = self._guard()
+        bad = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
+        first_bad_step.copy_(torch.where(bad, steps_seen, first_bad_step))  # in place: no Module.__setattr__
+        steps_seen.add_(1)
         return loss
 
+    def _guard(self, fresh: bool = False) -> tuple[Tensor, Tensor]:
+        """(steps seen, first bad step) on the module's device, made when first needed: callbacks such as
+        Lightning's learning-rate finder train inside their own on_fit_start, before this module's."""
+        if fresh or self.first_bad_step is None or self.first_bad_step.device != self.device:
+            self.steps_seen = torch.zeros((), dtype=torch.long, device=self.device)
+            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        return self.steps_seen, self.first_bad_step
+
     def check_finite(self) -> None:
-        first_bad = self.first_bad_step
+        first_bad = self._guard()[1]
         if self.trainer.world_size > 1:  # all ranks stop at the same check, on the earliest bad step of any rank
             never = torch.iinfo(torch.long).max
             earliest = self.trainer.strategy.reduce(first_bad.where(first_bad >= 0, never), reduce_op="min")
@@ -213,15 +222,14 @@ class Recipe(L.LightningModule):
 
     def on_train_start(self) -> None:
         # The training batches run so far: 0, or a resumed checkpoint's count (the buffer is not in checkpoints).
-        self.steps_seen.fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+        self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
             self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
-        self.steps_seen = torch.zeros((), dtype=torch.long, device=self.device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
         if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
             self.net.to(memory_format=torch.channels_last)
 

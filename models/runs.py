@@ -54,8 +54,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             why = "it holds objects other than tensors and plain containers, and loading those could run code"
+        elif isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in str(err):
+            cause = str(err).split("WeightsUnpickler error:")[1].strip().split("\n\n")[0]  # after torch's advice
+            why = f"UnpicklingError: {cause}"
         else:
             why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'}"
         raise UserInputError(f"{path} is not a readable checkpoint ({why})") from err

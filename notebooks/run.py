@@ -67,8 +67,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # nbclient's CellExecutionError: the failing cell's exception, in one line
+        if type(err).__name__ == "NoSuchKernel":  # jupyter_client's: no ipykernel
+            print("error: no python3 Jupyter kernel (ipykernel): notebooks need the dev extras, "
+                  "pip install -e '.[dev]'", file=sys.stderr)
+            return 2
         copy = parameters.get("out") or Path(run_dir) / f"{name}.ipynb"
         reason = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+        reason = reason.strip().splitlines()[0] if reason.strip() else reason
         print(f"error: notebook {name} failed: {reason} (the executed copy {copy} shows the cell)", file=sys.stderr)
         return 1
     print(f"executed {name} on {run_dir}: {out}")

@@ -39,8 +39,11 @@ def test_throughput_counts_a_language_models_characters(tmp_path):
     assert result["plain_chars_per_s"] == pytest.approx(16 * result["plain_samples_per_s"], rel=1e-3)
 
 
-def test_the_plain_loop_scales_float16_gradients_as_lightning_does():
+def test_the_plain_loop_scales_float16_gradients_as_lightning_does(monkeypatch):
     # 16-mixed is Lightning's float16 autocast with a gradient scaler (CUDA only in Lightning; the loop runs on a CPU).
+    scaled, scale = [], torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale",
+                        lambda self, loss: scaled.append(self.is_enabled()) or scale(self, loss))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g).float()
     recipe = Recipe(torch.nn.Linear(4, 1), task="binary", lr=0.1, optimizer={"name": "sgd"},
@@ -49,6 +52,7 @@ def test_the_plain_loop_scales_float16_gradients_as_lightning_does():
     throughput.plain_loop(recipe, [(x, y)] * 3, steps=2, warmup=1, precision="16-mixed", clip=1.0)
     assert torch.isfinite(recipe.net.weight).all() and not torch.equal(recipe.net.weight, before)
     assert recipe.net.weight.dtype == torch.float32  # float32 master weights
+    assert scaled == [True] * 3  # every step's loss went through an enabled scaler
 
 
 @pytest.mark.parametrize("overrides", [

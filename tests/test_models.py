@@ -110,5 +110,27 @@ def test_l2_weight_decay_applies_to_weights_and_kernels_only():
 
 
 def test_a_cnn_that_would_shrink_images_to_nothing_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"widths=\[32, 64, 128\], stride=2, kernel_size=3: block 3 leaves no pixels"):
+    with pytest.raises(ValueError, match=r"widths=\[32, 64, 128\], kernel_size=3, padding=1, stride=2: block 3 leaves"):
         ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(32, 64, 128), stride=2)
+    with pytest.raises(ValueError, match=r"kernel_size=5, padding=0, stride=1: block 2 leaves no pixels of the 8x8"):
+        ConvNet(in_channels=1, num_classes=10, image_size=(8, 8), widths=(4, 8), kernel_size=5, padding=0)
+    for padding in ("same", "valid", 0, 2):  # what nn.Conv2d takes; the sizes agree with its own arithmetic
+        ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(4, 8), padding=padding)
+
+
+def test_a_learning_rate_finder_trains_before_the_recipe_starts_its_fit(tmp_path):
+    # Lightning's finder trains (and checkpoints) inside its own on_fit_start, before the recipe's: the non-finite
+    # guard exists by then, and the fit itself starts with a clean one.
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    recipe = recipe_for(torch.nn.Linear(4, 3), "multiclass")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[LearningRateFinder(num_training_steps=5)])
+    trainer.fit(recipe, TensorBatches(x, y, batch_size=8), TensorBatches(x, y, batch_size=32))
+    assert trainer.global_step == 8 and int(recipe.first_bad_step) == -1

@@ -16,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import check_settings, trainer_arguments
+from models.cli import check_settings, config_kept_on_failure, trainer_arguments
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
@@ -198,6 +198,13 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     with pytest.raises(UserInputError, match="not a readable checkpoint .it holds objects other than tensors") as refused:
         resolve_ckpt_path(str(evil), tmp_path, "models.cnn.ConvNet")
     assert "\n" not in str(refused.value)  # one line, without torch's advice to load it unsafely
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserInputError, match="noise.ckpt is not a readable checkpoint") as refused:
+        resolve_ckpt_path(str(tmp_path / "noise.ckpt"), tmp_path, "models.cnn.ConvNet")
+    assert "could run code" not in str(refused.value) and "weights_only" not in str(refused.value)  # corrupt
+    torch.save({"hyper_parameters": {"config": {"lr": 0.1}}}, tmp_path / "other.ckpt")  # another project's
+    with pytest.raises(UserInputError, match="other.ckpt is not a checkpoint written by train.py"):
+        resolve_ckpt_path(str(tmp_path / "other.ckpt"), tmp_path, "models.cnn.ConvNet")
     with pytest.raises(UserInputError, match="holds a models.cnn.ConvNet, not the models.dnn"):
         resolve_ckpt_path(str(tmp_path / "checkpoints" / "best.ckpt"), tmp_path, "models.dnn.ClickMLP")
 
@@ -281,6 +288,24 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
 
 def test_any_trainer_argument_is_set_without_a_plus():
     # Not in configs/trainer/: Hydra alone would want +trainer.NAME=; nested keys (a strategy's) stay Hydra's.
-    assert trainer_arguments(["trainer.check_val_every_n_epoch=3", "model=cnn", "trainer.strategy.static_graph=true",
-                              "+trainer.fast_dev_run=1"]) == ["++trainer.check_val_every_n_epoch=3", "model=cnn",
-                                                             "trainer.strategy.static_graph=true", "+trainer.fast_dev_run=1"]
+    passed = ["model=cnn", "trainer.strategy.static_graph=true", "+trainer.fast_dev_run=1", "trainer._target_=my.Trainer"]
+    assert trainer_arguments(["trainer.check_val_every_n_epoch=3", *passed]) == ["++trainer.check_val_every_n_epoch=3",
+                                                                                 *passed]
+
+
+@pytest.mark.parametrize("rank", [None, "1"])
+def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, monkeypatch):
+    # DDP's other ranks start after rank 0 wrote the new config: putting back what they found would undo rank 0's.
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    if rank:
+        monkeypatch.setenv("LOCAL_RANK", rank)
+    (tmp_path / ".hydra").mkdir()
+    config = tmp_path / ".hydra" / "config.yaml"
+    config.write_text("before")
+    with pytest.raises(SystemExit), config_kept_on_failure([f"hydra.run.dir={tmp_path}"]):
+        config.write_text("the refused command's")  # as Hydra writes it, then the command fails
+        (tmp_path / ".hydra" / "new.yaml").write_text("written by the refused command")
+        raise SystemExit(2)
+    assert config.read_text() == ("before" if rank is None else "the refused command's")
+    assert (tmp_path / ".hydra" / "new.yaml").exists() == (rank is not None)

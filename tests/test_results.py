@@ -174,13 +174,15 @@ def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
     grey_with_key = Image.fromarray(np.where(shape > 0, 200, 255).astype(np.uint8))
     grey_with_key.save(tmp_path / "keyed.png", transparency=255)  # grey, one colour marked transparent
-    files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed")]
+    Image.fromarray(np.where(shape > 0, 200 * 257, 65535).astype(np.uint16)).save(tmp_path / "deep_keyed.png",
+                                                                                    transparency=65535)  # 16-bit too
+    files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed", "deep_keyed")]
     images = predict_script.read_images(files, channels=1, size=(8, 8))
-    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.uint8
+    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
     for image in images[1:]:
         assert torch.equal(image, images[0])
     rgb = predict_script.read_images(files, channels=3, size=(8, 8))
-    assert rgb.shape == (4, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
+    assert rgb.shape == (5, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
 
 
 def test_notebooks_execute_and_draw(sweep):

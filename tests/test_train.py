@@ -168,6 +168,7 @@ def test_a_failing_job_of_a_sweep_is_one_error_line_and_the_sweep_goes_on(mnist_
     assert "Traceback" not in result.stderr and "1 runs (1 failed, no metrics.json: jobs 0)" in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["job"], r["failed"], r["data.val_size"]) for r in summary] == [("1", False, "200"), ("0", True, "0")]
+    assert summary[0]["trainer.max_epochs"] == "1"  # the column of `trainer.max_epochs=1` (passed on as ++trainer...)
     assert "test/acc" in summary[0] and "test/acc" not in summary[1]  # the failed job: its overrides, no metrics
 
 
