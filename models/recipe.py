@@ -221,7 +221,7 @@ class Recipe(L.LightningModule):
         self._log_epoch("test")
 
     def on_train_start(self) -> None:
-        # The training batches run so far: 0, or a resumed checkpoint's count (the buffer is not in checkpoints).
+        # The training batches run so far: 0, or a resumed checkpoint's count (the counter is not in checkpoints).
         self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
