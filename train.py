@@ -4,6 +4,7 @@
 """
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -137,6 +138,27 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+log = logging.getLogger("redes")
+
+
+def log_to_run_file() -> None:
+    """Hydra points the root logger at RUN/train.log, but Lightning's logger was given its own console handler and
+    stopped propagating when it was imported (before Hydra set logging up), so the file stayed empty. Lightning's
+    messages and ours (the command, the error line, the test metrics) go to this job's file too, the console
+    unchanged. A sweep's next job gets a new file: the previous job's handler is taken off first."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for logger in (logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric"), log):
+        for handler in [h for h in logger.handlers if getattr(h, "_redes_run_file", False)]:
+            logger.removeHandler(handler)
+        if logger.propagate and logger is not log:
+            continue  # its records reach the root's file already
+        for handler in files:
+            handler._redes_run_file = True
+            logger.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the console has its own lines (print): only the file gets these
+
+
 def is_grid_sweep_job() -> bool:
     """A job of a `-m` sweep by Hydra's basic sweeper, which runs every job whatever the others returned.
     (The Optuna sweeper, 1.2, cannot record a failed trial and go on: its study stops at the error.)"""
@@ -147,13 +169,17 @@ def is_grid_sweep_job() -> bool:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric's best value: what a sweeper (hparams_search=...) optimizes."""
+    log_to_run_file()
+    log.info("python train.py %s", " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:
+        log.error("error: %s", err)
         print(f"error: {err}", file=sys.stderr)
         if is_grid_sweep_job() and not isinstance(err, WholeSweepError):
             return float("nan")  # one job of a grid sweep: the sweep goes on with the next job
         sys.exit(2)
+    log.info("metrics: %s", json.dumps(metrics))
     if rank_zero_only.rank == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
     return metrics.get(f"{cfg.monitor.metric}_best")

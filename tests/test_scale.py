@@ -125,6 +125,8 @@ def test_grid_multirun_writes_a_run_directory_per_job_and_one_summary(tmp_path):
         ("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")]
     assert [r["val/auroc_best"] for r in summary] == sorted((r["val/auroc_best"] for r in summary), reverse=True)
     assert sorted(p.name for p in tmp_path.glob("summary.*")) == ["summary.csv", "summary.json"]
+    logs = [(tmp_path / str(job) / "train.log").read_text() for job in range(4)]  # each job's messages in its own
+    assert [log.count("Trainer.fit` stopped") for log in logs] == [1] * 4 and "seed=1" in logs[3]
 
 
 def test_optuna_search_reports_the_best_trial_and_resumes_its_study(tmp_path):

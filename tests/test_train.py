@@ -136,6 +136,8 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / ".hydra" / "config.yaml").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
     assert "test/acc" in json.loads((out / "metrics.json").read_text())
+    log = (out / "train.log").read_text()  # Lightning's messages, the command and the metrics, not an empty file
+    assert "python train.py model=cnn" in log and "Trainer.fit` stopped" in log and '"test/acc"' in log
 
 
 def test_cli_unknown_choice_lists_the_options(tmp_path):
@@ -148,6 +150,7 @@ def test_cli_missing_data_is_one_clear_line(tmp_path):
                      f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: mnist not found in")
+    assert "[ERROR] - error: mnist not found in" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_multirun_writes_one_directory_per_job_and_a_summary(mnist_dir, tmp_path):
