@@ -248,3 +248,23 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
     again = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
         recipe, datamodule=datamodule, verbose=False)[0]
     assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("budget, last_epoch", [({"max_epochs": -1, "max_steps": 10}, "/2"),  # 4 steps an epoch
+                                                ({"max_epochs": 3}, "/2"), ({"max_epochs": -1, "max_steps": -1,
+                                                                            "max_time": "00:00:00:02"}, "")])
+def test_the_progress_bar_numbers_the_epochs_of_a_step_budget(budget, last_epoch, tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from models.progress import ProgressBar
+
+    class Recorded(ProgressBar):
+        descriptions = []
+
+        def _get_train_description(self, current_epoch):
+            self.descriptions.append(super()._get_train_description(current_epoch).strip())
+            return self.descriptions[-1]
+
+    trainer = L.Trainer(callbacks=[Recorded()], limit_train_batches=4, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path, **budget)
+    trainer.fit(BoringModel())
+    assert Recorded.descriptions[0] == f"Epoch 0{last_epoch}" and "-" not in "".join(Recorded.descriptions)
