@@ -235,7 +235,8 @@ class Recipe(L.LightningModule):
 
     # -- optimization ---------------------------------------------------------------------------
     def _decayed_parameters(self) -> list[nn.Parameter]:
-        # Weight matrices and conv kernels are regularized; biases and norm scales/shifts are not.
+        # Weight matrices, conv kernels and embedding tables are regularized (decay and L1); biases and norm
+        # scales/shifts are not.
         return [p for p in self.net.parameters() if p.ndim >= 2]
 
     def configure_optimizers(self):
