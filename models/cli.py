@@ -64,6 +64,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
         if not overrides.is_file():
             raise UserInputError(f"resume={run}: no {overrides}; resume takes a run directory made by train.py")
         kept = [a for a in OmegaConf.load(overrides) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
+        extra = [a for a in argv if not a.startswith("resume=")]
+        if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
+            raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
+                                 "to train it longer add a larger trainer.max_epochs=N (or trainer.max_steps=N)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
     run_dir = args.get("hydra.run.dir")
     if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:

@@ -16,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import check_settings, config_kept_on_failure, trainer_arguments
+from models.cli import check_settings, config_kept_on_failure, resume_arguments, trainer_arguments
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
@@ -259,6 +259,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     result = run_cli("model=cnn", f"hydra.run.dir={out}")
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    with pytest.raises(UserInputError, match="that run finished .* nothing to continue"):  # it would only re-test
+        resume_arguments([f"resume={out}"])
     result = run_cli(f"resume={out}", "model.lr=abc")  # a bad value is refused before Hydra saves the config
     assert result.returncode == 2 and "model.lr='abc': give a number > 0" in result.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
