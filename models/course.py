@@ -1,10 +1,13 @@
 """The worked examples of the course notes ("apuntes"), as code.
 
 notebooks/concepts.ipynb shows them and tests/test_concepts.py asserts their numbers; both import
-from here so each example is written once. Item 6 (regularization) lives with the training recipe.
+from here so each example is written once. Item 6 (regularization) is shown with the real training recipe in
+notebooks/regularization.ipynb; only its toy demonstrations (dropout, Adam's L2 against AdamW's decay) are here.
 """
 
+import copy
 import gzip
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ from torch import Tensor, nn
 def fit(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, optimizer: torch.optim.Optimizer,
         steps: int) -> list[float]:
     # Full batch: every step sees all the data, so the loss curve shows the optimizer, not the sampling.
+    # torch.optim.SGD only does w <- w - lr * grad: fed the whole data set it is plain (deterministic) gradient
+    # descent; it is "stochastic" only when each step's gradient comes from a random mini-batch.
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
@@ -79,7 +84,8 @@ def xor_by_hand(x: Tensor) -> Tensor:
 
 
 def train_xor_mlp(steps: int = 1000, lr: float = 0.1, seed: int = 1) -> tuple[nn.Module, list[float]]:
-    # Two sigmoid units are the minimum and some seeds stall in a local minimum (3/4 or 2/4 right); seed 1 does not.
+    # Two sigmoid units are the minimum, and with so few most seeds stall in a local minimum: 7 of seeds 0-11
+    # end 3/4 or 2/4 right. Seed 1 is one of the five that solve it.
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1))  # 2 -> 2 hidden -> 1 logit
     optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
@@ -116,9 +122,22 @@ def autograd_derivative(function, x: Tensor) -> Tensor:
 
 
 def softmax_by_hand(a: Tensor) -> tuple[Tensor, Tensor]:
+    # The notes' formula, literally. exp overflows float32 above a score of ~88: exp(1000) = inf, inf / inf = NaN.
     exponentials = torch.exp(a)  # (..., K) scores
     total = exponentials.sum(-1, keepdim=True)  # (..., 1): the normaliser
     return total, exponentials / total
+
+
+def log_softmax_by_hand(a: Tensor) -> Tensor:
+    # Softmax does not change when every score moves by the same constant (it cancels in the ratio). Subtracting
+    # the largest score m makes every exponent <= 0, so nothing overflows and the largest term is exp(0) = 1:
+    # log softmax(a) = a - log sum exp(a) = (a - m) - log sum exp(a - m), the "log-sum-exp trick".
+    shifted = a - a.max(-1, keepdim=True).values  # (..., K), all <= 0
+    return shifted - torch.log(torch.exp(shifted).sum(-1, keepdim=True))
+
+
+def stable_softmax(a: Tensor) -> Tensor:
+    return torch.exp(log_softmax_by_hand(a))  # what torch.softmax computes
 
 
 # ---- 3. Losses, from the formula -----------------------------------------------------------------
@@ -127,14 +146,38 @@ def mse(predicted: Tensor, targets: Tensor) -> Tensor:
     return ((targets - predicted) ** 2).mean()
 
 
+# The notes' formulas take probabilities; computed literally they break on confident outputs. A sigmoid of 20
+# is 1.0 in float32, so with y = 0 the term ln(1 - p) is ln 0 = -inf (F.binary_cross_entropy clamps each log at
+# -100 and says 100; the true loss is 20); a softmax of logits [1000, 0, 0] is NaN. The cure is to take logits
+# and never form the probability: F.cross_entropy is log_softmax followed by nll_loss (the mean of minus the true
+# class's log-probability), and F.binary_cross_entropy_with_logits is the sigmoid and the BCE in one stable
+# formula. That is why networks here return logits, never end in a Softmax or Sigmoid layer, and why
+# models/recipe.py uses those two losses. (A Softmax layer before F.cross_entropy would apply softmax twice.)
+
 def binary_cross_entropy(probabilities: Tensor, targets: Tensor) -> Tensor:
-    p, y = probabilities, targets
+    p, y = probabilities, targets  # inf where p is exactly 0 or 1 and y disagrees
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
 
 
+def binary_cross_entropy_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    # With p = sigmoid(z): ln p = -softplus(-z) and ln(1 - p) = -softplus(z), so the loss is softplus(z) - y z.
+    # softplus(z) = ln(1 + e^z) = max(z, 0) + ln(1 + e^-|z|) never exponentiates a positive number.
+    z, y = logits, targets
+    return (z.clamp(min=0) + torch.log1p(torch.exp(-z.abs())) - y * z).mean()
+
+
+def negative_log_likelihood(log_probabilities: Tensor, classes: Tensor) -> Tensor:
+    # F.nll_loss: minus the mean log-probability given to the true class; (N, K) and (N,) class indices.
+    # Negated before the mean, so that a sure right answer scores 0, not -0.
+    return (-log_probabilities[torch.arange(len(classes)), classes]).mean()
+
+
 def categorical_cross_entropy(logits: Tensor, classes: Tensor) -> Tensor:
-    log_probabilities = torch.log(softmax_by_hand(logits)[1])  # (N, K)
-    return -log_probabilities[torch.arange(len(classes)), classes].mean()
+    return negative_log_likelihood(torch.log(softmax_by_hand(logits)[1]), classes)  # the notes' -ln softmax_y
+
+
+def cross_entropy_from_logits(logits: Tensor, classes: Tensor) -> Tensor:
+    return negative_log_likelihood(log_softmax_by_hand(logits), classes)  # what F.cross_entropy computes
 
 
 # ---- 4. Backpropagation by hand, and gradient descent on a line ----------------------------------
@@ -183,13 +226,19 @@ def least_squares_line(x: Tensor, y: Tensor) -> tuple[float, float]:
     return slope.item(), (y.mean() - slope * x.mean()).item()
 
 
-def gradient_descent_line(x: Tensor, y: Tensor, lr: float = 0.1, steps: int = 2000):
+def gradient_descent_line(x: Tensor, y: Tensor, lr: float = 0.1, steps: int = 2000, batch_size: int | None = None,
+                          seed: int = 0) -> tuple[float, float, list[float]]:
+    # batch_size None: every step sees all the data (gradient descent, deterministic). A number: each step sees
+    # that many random points (mini-batch stochastic gradient descent), whose gradient is a noisy estimate of
+    # the full one: cheaper steps, a jagged loss, and it keeps hopping around the minimum at a fixed lr.
+    generator = torch.Generator().manual_seed(seed)
     m, b, losses = 0.0, 0.0, []
     for _ in range(steps):
-        residual = y - (m * x + b)
-        losses.append((residual ** 2).mean().item())
+        losses.append(((y - (m * x + b)) ** 2).mean().item())  # on all the data, whatever the step sees
+        batch = torch.randperm(len(x), generator=generator)[:batch_size] if batch_size else slice(None)
+        x_batch, residual = x[batch], y[batch] - (m * x[batch] + b)
         # L = mean (y - (m x + b))^2, so dL/dm = -2 mean(x r) and dL/db = -2 mean(r).
-        m, b = m + lr * 2 * (x * residual).mean().item(), b + lr * 2 * residual.mean().item()
+        m, b = m + lr * 2 * (x_batch * residual).mean().item(), b + lr * 2 * residual.mean().item()
     return m, b, losses
 
 
@@ -233,6 +282,7 @@ def elongated_bowl(p: Tensor) -> Tensor:
 
 BOWL_START = (-4.0, 1.0)
 OPTIMIZERS = {  # name -> (class, settings) for optimizer_path; lr picked per method, not tuned hard
+    # The bowl is an exact loss, no data to sample, so "SGD" here is plain, deterministic gradient descent.
     "SGD": (torch.optim.SGD, {"lr": 0.018}),  # just under the 2/100 stability limit
     "SGD+momentum": (torch.optim.SGD, {"lr": 0.018, "momentum": 0.8}),
     # RMSprop steps ~lr in each coordinate whatever the curvature, once its mean square has warmed up (the first
@@ -253,6 +303,37 @@ def optimizer_path(loss_fn, start: tuple[float, float], optimizer_class, setting
         optimizer.step()
         path.append(point.detach().clone())
     return torch.stack(path)  # (steps + 1, 2)
+
+
+# Weight decay under Adam. Two weights start at 1; the data's gradient on them flips sign every step (what
+# mini-batch noise does near a minimum) and is 10,000 times larger on the first. On average only the decay moves
+# them. Adam(weight_decay=...) adds the L2 gradient wd * w to the data's before Adam divides by the gradients'
+# running RMS, so the weight with large gradients is barely decayed; AdamW multiplies each weight by
+# (1 - lr * wd) every step, outside Adam's scaling. With plain SGD the two are the same update.
+NOISE_GRADIENT_SCALES = torch.tensor([10.0, 0.001])
+DECAY_SETTINGS = {"lr": 0.01, "weight_decay": 1.0}  # AdamW: x 0.99 per step, 0.99^100 = 0.366 after 100 steps
+DECAY_OPTIMIZERS = {"Adam + L2": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD + L2": torch.optim.SGD}
+
+
+def weights_under_decay(optimizer_class, steps: int = 100) -> Tensor:
+    signs = itertools.cycle([1.0, -1.0])
+
+    def noise_loss(w: Tensor) -> Tensor:  # gradient +scales, -scales, +scales, ...
+        return next(signs) * (NOISE_GRADIENT_SCALES * w).sum()
+
+    return optimizer_path(noise_loss, (1.0, 1.0), optimizer_class, DECAY_SETTINGS, steps)  # (steps + 1, 2)
+
+
+# ---- 6. Regularization: dropout on a toy tensor (the rest: notebooks/regularization.ipynb) -------
+
+def dropout_train_and_eval(x: Tensor, p: float = 0.5, draws: int = 10_000,
+                           seed: int = 0) -> tuple[Tensor, Tensor]:
+    # In training mode each element is zeroed with probability p and the survivors are scaled by 1 / (1 - p),
+    # so the expected output is x; in evaluation mode nn.Dropout is the identity, with no correction needed.
+    torch.manual_seed(seed)
+    dropout = nn.Dropout(p)
+    many = dropout(x.expand(draws, *x.shape))  # (draws, *x.shape): independent masks
+    return many, dropout.eval()(x)
 
 
 # ---- 7. Convolution ------------------------------------------------------------------------------
@@ -302,7 +383,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ---- 8. Width and depth; the LSTM's gates --------------------------------------------------------
+# ---- 8. Width and depth; the plain RNN and the LSTM's gates --------------------------------------
 
 def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
     layers, size = [], in_features
@@ -327,15 +408,31 @@ def fit_wiggly_curve(width: int, depth: int, steps: int = 500, seed: int = 0) ->
     return fit(model, x, y, F.mse_loss, torch.optim.Adam(model.parameters(), lr=0.01), steps)[-1], model
 
 
-def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
-    hidden = lstm.hidden_size
+def recurrent_block(cell: nn.RNNBase, k: int, x: Tensor, h: Tensor) -> Tensor:
+    # W x + U h + b for block k of the stacked rows (PyTorch keeps two biases; b_ih + b_hh is the notes' b).
+    rows = slice(k * cell.hidden_size, (k + 1) * cell.hidden_size)
+    return (x @ cell.weight_ih_l0[rows].T + cell.bias_ih_l0[rows]
+            + h @ cell.weight_hh_l0[rows].T + cell.bias_hh_l0[rows])
 
+
+def rnn_step_by_hand(rnn: nn.RNN, x: Tensor, h: Tensor) -> Tensor:
+    return torch.tanh(recurrent_block(rnn, 0, x, h))  # h_t = tanh(W x_t + U h_{t-1} + b): one block of rows
+
+
+def rnn_by_hand(rnn: nn.RNN, inputs: Tensor) -> Tensor:
+    h, outputs = torch.zeros(rnn.hidden_size), []  # nn.RNN also starts from h_0 = 0
+    for x in inputs:  # (T, input)
+        h = rnn_step_by_hand(rnn, x, h)
+        outputs.append(h)
+    return torch.stack(outputs)  # (T, hidden)
+
+
+def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
     def gate(k: int, activation) -> Tensor:
         # PyTorch stacks the four gates' rows as i, f, g, o: weight_ih_l0 is (4 * hidden, input).
-        rows = slice(k * hidden, (k + 1) * hidden)
-        return activation(x @ lstm.weight_ih_l0[rows].T + lstm.bias_ih_l0[rows]
-                          + h @ lstm.weight_hh_l0[rows].T + lstm.bias_hh_l0[rows])
+        return activation(recurrent_block(lstm, k, x, h))
 
+    # The candidate is a plain RNN step; the gates decide how much of it enters the cell state.
     gates = {"update (input) gate": gate(0, torch.sigmoid), "forget gate": gate(1, torch.sigmoid),
              "candidate": gate(2, torch.tanh), "output gate": gate(3, torch.sigmoid)}
     # Cell state: keep what the forget gate lets through, add what the update gate lets in.
@@ -343,3 +440,35 @@ def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
     h = gates["output gate"] * torch.tanh(c)
     return h, c, gates
 
+
+# Why the LSTM. Backpropagating from step T to step t multiplies T - t Jacobians. In a plain RNN each is
+# diag(tanh') U, and with the usual initialisation its norm is below 1, so the gradient reaching earlier inputs
+# shrinks geometrically (vanishes); with a larger U it can instead grow geometrically (explodes), which is why
+# configs/model/lstm.yaml clips the gradient norm (trainer.gradient_clip_val). The LSTM's cell state is updated
+# additively, c_t = f * c_{t-1} + i * g, so along it each step back multiplies the gradient by the forget gate
+# alone: near 1, it carries the gradient a long way. PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, no
+# better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at the start) is the usual remedy.
+
+def open_forget_gate(lstm: nn.LSTM, bias: float = 1.0) -> nn.LSTM:
+    rows = slice(lstm.hidden_size, 2 * lstm.hidden_size)  # the f block of i, f, g, o
+    with torch.no_grad():
+        lstm.bias_ih_l0[rows] = bias
+        lstm.bias_hh_l0[rows] = 0.0
+    return lstm
+
+
+def gradient_by_steps_back(network: nn.RNNBase, steps: int = 50, seed: int = 0) -> Tensor:
+    # |d loss / d x_t| for a loss on the last output only (the sum of its units); index k is k steps back.
+    torch.manual_seed(seed)
+    inputs = torch.randn(steps, 1, network.input_size, requires_grad=True)  # (T, batch 1, input)
+    outputs, _ = network(inputs)  # (T, 1, hidden)
+    (gradient,) = torch.autograd.grad(outputs[-1].sum(), inputs)
+    return gradient.norm(dim=(1, 2)).flip(0)  # (T,)
+
+
+def rnn_and_lstm(input_size: int = 4, hidden_size: int = 32, seed: int = 0) -> dict[str, nn.RNNBase]:
+    torch.manual_seed(seed)
+    rnn, lstm = nn.RNN(input_size, hidden_size), nn.LSTM(input_size, hidden_size)
+    # The two LSTMs differ only in the forget gate's bias.
+    return {"plain RNN": rnn, "LSTM, PyTorch's init": lstm,
+            "LSTM, forget-gate bias 1": open_forget_gate(copy.deepcopy(lstm))}
