@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.lstm import open_forget_gates
+
 
 def fit(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, optimizer: torch.optim.Optimizer,
         steps: int) -> list[float]:
@@ -447,15 +449,8 @@ def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
 # configs/model/lstm.yaml clips the gradient norm (trainer.gradient_clip_val). The LSTM's cell state is updated
 # additively, c_t = f * c_{t-1} + i * g, so along it each step back multiplies the gradient by the forget gate
 # alone: near 1, it carries the gradient a long way. PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, no
-# better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at the start) is the usual remedy.
-
-def open_forget_gate(lstm: nn.LSTM, bias: float = 1.0) -> nn.LSTM:
-    rows = slice(lstm.hidden_size, 2 * lstm.hidden_size)  # the f block of i, f, g, o
-    with torch.no_grad():
-        lstm.bias_ih_l0[rows] = bias
-        lstm.bias_hh_l0[rows] = 0.0
-    return lstm
-
+# better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at the start) is the usual remedy (models/lstm.py
+# open_forget_gates, `model.net.forget_bias=1.0`; this repo's Shakespeare model learned slower with it: see there).
 
 def gradient_by_steps_back(network: nn.RNNBase, steps: int = 50, seed: int = 0) -> Tensor:
     # |d loss / d x_t| for a loss on the last output only (the sum of its units); index k is k steps back.
@@ -471,4 +466,4 @@ def rnn_and_lstm(input_size: int = 4, hidden_size: int = 32, seed: int = 0) -> d
     rnn, lstm = nn.RNN(input_size, hidden_size), nn.LSTM(input_size, hidden_size)
     # The two LSTMs differ only in the forget gate's bias.
     return {"plain RNN": rnn, "LSTM, PyTorch's init": lstm,
-            "LSTM, forget-gate bias 1": open_forget_gate(copy.deepcopy(lstm))}
+            "LSTM, forget-gate bias 1": open_forget_gates(copy.deepcopy(lstm))}

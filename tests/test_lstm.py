@@ -236,3 +236,13 @@ def test_top_k_samples_among_the_k_most_likely_characters_only():
         generator = torch.Generator().manual_seed(seed)
         assert torch.equal(net.generate(prompt, 40, temperature=5.0, top_k=1, generator=generator), greedy)
     assert not torch.equal(net.generate(prompt, 40, temperature=5.0, generator=torch.Generator().manual_seed(0)), greedy)
+
+
+@pytest.mark.parametrize("data", [{"vocab_size": 10}, {"num_classes": 3, "image_size": (4, 4)}])
+def test_forget_bias_opens_every_layers_forget_gate(data):
+    lstm = build(**data, hidden_size=8, num_layers=2, forget_bias=1.0).lstm
+    for layer in range(2):  # PyTorch's rows: i, f, g, o; the gate's bias is b_ih + b_hh
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        assert torch.equal(bias[8:16], torch.ones(8)) and not torch.equal(bias[:8], torch.ones(8))
+    default = build(**data, hidden_size=8, num_layers=2).lstm  # PyTorch's init: uniform around 0
+    assert (default.bias_ih_l0[8:16] + default.bias_hh_l0[8:16]).abs().max() < 0.71
