@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import resolve_ckpt_path
-from models.cli import (WholeSweepError, check_monitor, check_overrides, check_settings, check_single_process_sweep,
-                        config_kept_on_failure, distributed_arguments, resume_arguments,
+from models.cli import (WholeSweepError, check_model_reads_data, check_monitor, check_overrides, check_settings,
+                        check_single_process_sweep, config_kept_on_failure, distributed_arguments, resume_arguments,
                         trainer_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
@@ -69,6 +69,9 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
         net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
     except ValueError as err:  # the network refuses its settings (activation=gelu, tie_weights with other sizes)
         raise UserInputError(f"model.net: {err}") from err
+    except TypeError as err:  # a setting for another network, e.g. data=fashion_mnist_rows sizes the LSTM
+        raise UserInputError(f"model.net: {err} (set by the data's config or the command line "
+                             "for another model: pick the model it was meant for, or drop the setting)") from err
     if cfg.model.compile:
         net.compile()
     return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
@@ -84,6 +87,7 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     check_monitor(cfg.monitor, get_class(cfg.data._target_).task)  # the data's task decides which metrics exist
     check_settings(cfg)
+    check_model_reads_data(cfg)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)

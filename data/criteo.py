@@ -276,6 +276,7 @@ def locate_bad_value(chunk: pd.DataFrame, where: Rows) -> None:
 
 class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     task = "binary"
+    kind = "table"  # what the network must read (its `reads`)
 
     def __init__(self, path: str, cache_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  hash_buckets: int = 100_000, batch_size: int = 4096, eval_batch_size: int = 16384,

@@ -58,6 +58,7 @@ def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
 
 class ImageDataModule(SplitLoaders, L.LightningDataModule):
     task = "multiclass"
+    kind = "images"  # what the network must read (its `reads`)
 
     def __init__(self, name: str, data_dir: str, batch_size: int = 256, eval_batch_size: int = 1000,
                  val_size: int = 5000, split_seed: int = 0, download: bool = True,

@@ -150,6 +150,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     """Encodes and serves the splits that a subclass's `frames(splits)` returns as pandas DataFrames."""
 
     task = "binary"
+    kind = "table"  # what the network must read (its `reads`)
     timestamps: list[str] = []  # raw date-time columns, each expanded into the fields "<name> hour", "<name> weekday"
 
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,

@@ -48,6 +48,7 @@ class CharDataModule(L.LightningDataModule):
     """Serves (inputs (B, T), targets (B, T)) batches of one corpus; subclasses say how to read each split."""
 
     task = "lm"
+    kind = "text"  # what the network must read (its `reads`)
 
     def __init__(self, seq_len: int = 128, batch_size: int = 64, eval_seq_len: int = 512, eval_batch_size: int = 64,
                  on_device: bool = True) -> None:

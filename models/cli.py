@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.utils import get_object
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -135,6 +136,26 @@ def check_monitor(monitor: DictConfig, task: str) -> None:
                               f"choose one of {', '.join(names)}")
     if monitor.mode not in ("min", "max"):
         raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
+
+
+def check_model_reads_data(cfg: DictConfig) -> None:
+    """`model=cnn data=text`: refused before the data is read, naming the models that do read it. A network says
+    which kinds of data it reads (`reads`), a data module which kind it gives (`kind`)."""
+    try:
+        network, data = get_object(cfg.model.net._target_), get_object(cfg.data._target_)
+    except (ImportError, AttributeError, ValueError):  # a misspelt _target_: instantiating it says so
+        return
+    reads, kind = getattr(network, "reads", None), getattr(data, "kind", None)
+    if reads is None or kind is None or kind in reads:
+        return
+    readers = sorted(path.stem for path in (CONFIGS / "model").glob("*.yaml")
+                     if kind in getattr(get_object(OmegaConf.load(path).model.net._target_), "reads", ()))
+    model, data_choice = cfg.model.net._target_, cfg.data._target_
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        model, data_choice = f"model={choices.get('model')}", f"data={choices.get('data')}"
+    raise UserInputError(f"{model} reads {' or '.join(reads)}, and {data_choice} is {kind}: "
+                         f"for {kind} choose {' or '.join(f'model={m}' for m in readers) or 'another model'}")
 
 
 def check_single_process_sweep(trainer: L.Trainer) -> None:

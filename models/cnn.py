@@ -19,6 +19,8 @@ def conv_output(size: tuple[int, ...], kernel_size: int, stride: int, padding: i
 class ConvNet(nn.Module):
     """Images (B, C, H, W) -> class logits (B, num_classes)."""
 
+    reads = ("images",)  # the data kinds it is built for (train.py refuses others in one line)
+
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
                  widths: tuple[int, ...] = (32, 64), convs_per_block: int = 1, kernel_size: int = 3,
                  padding: int | None = None, stride: int = 1, batch_norm: bool = True,

@@ -16,6 +16,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 class ClickMLP(nn.Module):
     """numeric (B, N) float, categorical (B, F) integer ids -> click logits (B,)."""
 
+    reads = ("table",)  # the data kinds it is built for (train.py refuses others in one line)
+
     def __init__(self, num_numeric: int, cardinalities: list[int], hidden_size: int = 256, num_layers: int = 3,
                  embedding_dim: int = 16, dropout: float = 0.1, activation: str = "relu",
                  batch_norm: bool = True) -> None:

@@ -132,3 +132,6 @@ def build(*, vocab_size: int | None = None, vocab: list[str] | None = None, num_
                                   forget_bias)
     raise ValueError("the LSTM needs data that gives vocab_size (a text corpus: data=shakespeare|tinyshakespeare|text) "
                      "or num_classes and image_size (images read row by row: data=fashion_mnist_rows)")
+
+
+build.reads = ("text", "images")  # the data kinds it is built for (train.py refuses others in one line)

@@ -16,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import check_settings, config_kept_on_failure, resume_arguments, trainer_arguments
+from models.cli import check_model_reads_data, check_settings, config_kept_on_failure, resume_arguments, trainer_arguments
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
@@ -311,3 +311,21 @@ def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, mon
         raise SystemExit(2)
     assert config.read_text() == ("before" if rank is None else "the refused command's")
     assert (tmp_path / ".hydra" / "new.yaml").exists() == (rank is not None)
+
+
+@pytest.mark.parametrize("model, data, message", [
+    ("cnn", "text", "models.cnn.ConvNet reads images, and data.text.TextFileDataModule is text: for text choose model=lstm"),
+    ("dnn", "fashion_mnist", "reads table, and data.images.ImageDataModule is images: for images choose model=cnn or "
+                             "model=lstm"),
+    ("lstm", "advertising", "reads text or images, and data.tabular.CSVDataModule is table: for table choose model=dnn"),
+])
+def test_a_model_and_data_that_do_not_fit_are_refused_before_the_data_is_read(model, data, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        check_model_reads_data(make_config(f"model={model}", f"data={data}"))
+    check_model_reads_data(make_config(f"model={model}"))  # each model's own data fits
+
+
+def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_path):
+    # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
+    with pytest.raises(UserInputError, match=r"ConvNet.__init__\(\) got an unexpected keyword argument 'num_layers'"):
+        train_module.train(mnist_config(mnist_dir, tmp_path, "+model.net.num_layers=1"))
