@@ -223,9 +223,20 @@ class Recipe(L.LightningModule):
     def on_train_start(self) -> None:
         # The training batches run so far: 0, or a resumed checkpoint's count (the counter is not in checkpoints).
         self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+        if self.trainer.ckpt_path and self.hparams.scheduler["name"] == "none":
+            self._configured_step_sizes()
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
             self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
+
+    def _configured_step_sizes(self) -> None:
+        """A run resumed without a schedule trains at `model.lr` and the optimizer's configured momentum: the restored
+        optimizer state holds where the checkpoint's schedule left them (one-cycle ends near lr 0 and cycles Adam's
+        beta1), and no scheduler is left to change them."""
+        name, options = self._optimizer_settings()
+        fresh = OPTIMIZERS[name]([torch.zeros(1)], lr=self.hparams.lr, **options)  # the settings, resolved
+        for group in self.optimizers().optimizer.param_groups:
+            group.update({k: fresh.defaults[k] for k in ("lr", "betas", "momentum") if k in group})
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
@@ -239,12 +250,15 @@ class Recipe(L.LightningModule):
         # scales/shifts are not.
         return [p for p in self.net.parameters() if p.ndim >= 2]
 
+    def _optimizer_settings(self) -> tuple[str, dict]:
+        return self.hparams.optimizer["name"], {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+
     def configure_optimizers(self):
         decayed = self._decayed_parameters()
         ids = {id(p) for p in decayed}
         groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
                   {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
-        name, options = self.hparams.optimizer["name"], {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+        name, options = self._optimizer_settings()
         try:
             optimizer = OPTIMIZERS[name](groups, lr=self.hparams.lr, **options)
         except (TypeError, ValueError) as err:  # e.g. optimizer=sgd optimizer.momentum=0 with nesterov
@@ -302,7 +316,7 @@ class Recipe(L.LightningModule):
             raise UserInputError(
                 f"ckpt_path: the checkpoint's {s['name']} schedule is {saved.get(key)} steps long, this run's "
                 f"{getattr(scheduler, key)}: resume with the trainer.max_epochs, trainer.max_steps and data.batch_size "
-                "the run started with (or scheduler=none)")
+                "the run started with (or scheduler=none to go on at a constant model.lr)")
         return scheduler
 
 

@@ -99,6 +99,13 @@ def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(m
     train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=2"))
     with pytest.raises(UserInputError, match="the checkpoint's onecycle schedule is 30 steps long, this run's 45"):
         train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=3", "ckpt_path=last"))
+    # The way the message offers: no schedule, at model.lr and the optimizer's betas (one-cycle left ~0 and 0.95).
+    ended = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert ended[0]["lr"] < 1e-4 and ended[0]["betas"][0] > 0.94
+    train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=3", "ckpt_path=last",
+                                    "scheduler=none", "model.lr=0.002"))
+    groups = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert [(g["lr"], g["betas"]) for g in groups] == [(0.002, (0.9, 0.999))] * 2
 
 
 def test_same_seed_same_metrics(mnist_dir, tmp_path):
