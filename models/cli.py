@@ -67,6 +67,9 @@ def resume_arguments(argv: list[str]) -> list[str]:
         kept = [a for a in OmegaConf.load(overrides) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
         extra = [a for a in argv if not a.startswith("resume=")]
         if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
+            if json.loads((run / "metrics.json").read_text()).get("stopped_early"):  # its patience is restored too
+                raise UserInputError(f"resume={run}: that run stopped early (metrics.json): there is nothing to "
+                                     "continue; its best weights are in checkpoints/best.ckpt")
             raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
                                  "to train it longer add a larger trainer.max_epochs=N (or trainer.max_steps=N)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]

@@ -336,3 +336,12 @@ def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_pa
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
     with pytest.raises(UserInputError, match=r"ConvNet.__init__\(\) got an unexpected keyword argument 'num_layers'"):
         train_module.train(mnist_config(mnist_dir, tmp_path, "+model.net.num_layers=1"))
+
+
+def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=cnn\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"stopped_early": True}))
+    with pytest.raises(UserInputError, match="stopped early .* nothing to continue; its best weights are in"):
+        resume_arguments([f"resume={tmp_path}"])  # its restored patience would stop it again at once
+    assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-1] == "ckpt_path=last"
