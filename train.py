@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.checkpointing import resolve_ckpt_path
+from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.cli import (WholeSweepError, check_model_reads_data, check_monitor, check_overrides, check_settings,
                         check_single_process_sweep, config_kept_on_failure, distributed_arguments, resume_arguments,
                         trainer_arguments)
@@ -91,6 +91,8 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
+    if resume_from:
+        check_checkpoint_fits(resume_from, cfg.ckpt_path, datamodule.net_kwargs)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
     if not logger:  # `~logger`: nowhere to write learning rates to

@@ -4,9 +4,11 @@
   atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
 - `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume.
 - `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
-  does not exist or was trained by another network.
+  does not exist or was trained by another network; `check_checkpoint_fits`, once the data is read, one trained
+  on other data.
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
 """
+import json
 import os
 from pathlib import Path
 
@@ -70,3 +72,21 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) 
         raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds a {trained}, not the {net_target} this run builds; "
                              "pick the model=... it was trained with")
     return str(path)
+
+
+def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict) -> None:
+    """The network a checkpoint holds was sized by its data (`net_kwargs`): resuming it on other data (3 colour
+    channels for 1, another vocabulary) would fail on mismatched weights, or, for an alphabet of the same size,
+    silently read every character as another."""
+    saved = json.loads(json.dumps(load_checkpoint(Path(path))["hyper_parameters"].get("net_kwargs", {}), default=list))
+    given = json.loads(json.dumps(net_kwargs, default=list))  # tuples as lists, as the checkpoint holds them
+    differ = [key for key in sorted(set(saved) | set(given)) if saved.get(key) != given.get(key)]
+    if differ:
+        def shown(value) -> str:
+            return f"{len(value)} entries" if isinstance(value, list) and len(value) > 4 else repr(value)
+
+        details = ", ".join(f"{key} {shown(saved.get(key))} there, {shown(given.get(key))} here"
+                            if shown(saved.get(key)) != shown(given.get(key)) else f"{key} with other entries"
+                            for key in differ)
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained on other data ({details}); "
+                             "resume it with the data it was trained on")

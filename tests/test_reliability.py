@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import train as train_module
 from data import UserInputError
-from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, resolve_ckpt_path
+from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
 from models.cli import check_model_reads_data, check_settings, config_kept_on_failure, resume_arguments, trainer_arguments
 from tests.conftest import ROOT, make_config
@@ -214,6 +214,15 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
         resolve_ckpt_path(str(tmp_path / "other.ckpt"), tmp_path, "models.cnn.ConvNet")
     with pytest.raises(UserInputError, match="holds a models.cnn.ConvNet, not the models.dnn"):
         resolve_ckpt_path(str(tmp_path / "checkpoints" / "best.ckpt"), tmp_path, "models.dnn.ClickMLP")
+    # The same network sized by other data: one line once the data is read (not a size-mismatch traceback).
+    best = str(tmp_path / "checkpoints" / "best.ckpt")
+    sized = torch.load(best, weights_only=True)["hyper_parameters"]["net_kwargs"]  # in_channels, image_size, ...
+    check_checkpoint_fits(best, "best.ckpt", {**sized, "image_size": tuple(sized["image_size"])})  # it fits
+    with pytest.raises(UserInputError, match=r"trained on other data \(in_channels 1 there, 3 here\)"):
+        check_checkpoint_fits(best, "best.ckpt", {**sized, "in_channels": 3})
+    torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}}, tmp_path / "lm.ckpt")
+    with pytest.raises(UserInputError, match=r"other data \(vocab with other entries\)"):  # same size: silent otherwise
+        check_checkpoint_fits(str(tmp_path / "lm.ckpt"), "lm.ckpt", {"vocab": list("abcdeg")})
 
 
 @pytest.mark.parametrize("args, message", [
