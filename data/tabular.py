@@ -254,6 +254,9 @@ class CSVDataModule(TabularDataModule):
         if twice := sorted({c for c in named if named.count(c) > 1}):
             raise UserInputError(f"column(s) {twice} are named twice among data.label_column, data.numeric_columns, "
                                  "data.categorical_columns, data.timestamp_columns: give each column one role")
+        if len(named) == 1:
+            raise UserInputError("data.numeric_columns, data.categorical_columns and data.timestamp_columns are all "
+                                 "empty: name the columns the model reads, e.g. 'data.numeric_columns=[age,income]'")
         if not 0 < val_fraction + test_fraction < 1 or min(val_fraction, test_fraction) <= 0:
             raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
                                  "each must be > 0 and together < 1")
@@ -268,7 +271,10 @@ class CSVDataModule(TabularDataModule):
         except pd.errors.EmptyDataError:
             raise UserInputError(f"{where} is empty: row 1 should be the header naming the columns "
                                  f"(label column {self.label!r}), then one row per example") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        except UnicodeDecodeError as err:
+            raise UserInputError(f"{where} is not UTF-8 text ({err}); convert it, e.g. "
+                                 "iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8.csv") from None
+        except pd.errors.ParserError as err:
             raise UserInputError(f"{where} is not a readable CSV ({err})") from None
         with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
             header = [name.strip() for name in next(csv.reader(f), [])]  # pandas renames a repeated "a" to "a.1"
@@ -286,6 +292,9 @@ class CSVDataModule(TabularDataModule):
         if bad := np.flatnonzero(~labels.isin([0, 1])).tolist():
             raise UserInputError(f"{where}, column {self.label!r}, row {bad[0] + 1} (line {bad[0] + 2}): label "
                                  f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such rows)")
+        if labels.nunique() < 2:
+            raise UserInputError(f"{where}, column {self.label!r}: every label is {int(labels.iloc[0])}; a click "
+                                 "model learns from both 0 and 1 rows")
         frame[self.label] = labels.astype(np.int64)
         return frame
 
@@ -299,6 +308,10 @@ class CSVDataModule(TabularDataModule):
         rest, test = split_indices(len(frame), n_test, self.split_seed)
         train, val = split_indices(len(rest), n_val, self.split_seed + 1)
         rows = {"train": rest[train], "val": rest[val], "test": test}
+        for split in ("train", "val", "test"):  # the AUROC of one class is undefined: 0.0 and a warning, not an error
+            if frame[self.label].iloc[rows[split].numpy()].nunique() < 2:
+                raise UserInputError(f"data.path={self.path}: the {split} split's {len(rows[split])} rows all have "
+                                     f"one label: give more rows, or a larger data.val_fraction/test_fraction")
         return [frame.iloc[rows[s].numpy()] for s in splits]
 
 

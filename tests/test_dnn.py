@@ -241,6 +241,9 @@ CSV_CASES = {
     "beyond float32": (GOOD.assign(age=["30", "40", "1e39"]), r"'age', row 3 \(line 4\): '1e39' is not a finite"),
     "label not 0/1": (GOOD.assign(y=[0, 1, 2]), r"'y', row 3 \(line 4\): label '2' is not 0 or 1"),
     "empty file": (None, "is empty: row 1 .*label column 'y'"),
+    "one class": (GOOD.assign(y=[0, 0, 0]), "column 'y': every label is 0; a click model learns from both"),
+    "a split of one class": (pd.concat([GOOD] * 7).assign(y=[1] + [0] * 20), "split's 3 rows all have one label"),
+    "not UTF-8": ("age,city,y\n30,caf\xe9,0\n", "is not UTF-8 text .*iconv -f LATIN1 -t UTF-8"),
     "a column named twice": (GOOD.assign(extra=GOOD["age"]).rename(columns={"extra": "age"}),
                              r"the header \(row 1\) names column\(s\) \['age'\] twice"),
 }
@@ -250,11 +253,19 @@ CSV_CASES = {
 def test_bad_csv_is_one_clear_error(case, tmp_path):
     frame, message = CSV_CASES[case]
     path = tmp_path / "bad.csv"
-    path.write_text("") if frame is None else frame.to_csv(path, index=False)
+    if isinstance(frame, pd.DataFrame):
+        frame.to_csv(path, index=False)
+    else:
+        path.write_bytes((frame or "").encode("latin-1"))
     dm = CSVDataModule(str(path), "y", ["age"], ["city"])
     with pytest.raises(UserInputError, match=message) as err:
         dm.setup("fit")
     assert str(path) in str(err.value)
+
+
+def test_a_csv_model_without_feature_columns_is_refused():
+    with pytest.raises(UserInputError, match="are all empty: name the columns the model reads"):
+        CSVDataModule("any.csv", "y")
 
 
 def criteo_text(change) -> str:
