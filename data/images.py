@@ -87,12 +87,13 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                         shutil.copyfileobj(src, dst)
                     part.rename(target)
         self._open(train=True, download=self.download)
+        self._open(train=False, download=False)  # checked now, not after training (read into the run only by test)
 
     def _open(self, train: bool, download: bool) -> datasets.VisionDataset:
         cls, subdir, what, files = DATASETS[self.name]
         folder = self.root / subdir
         try:
-            return cls(self.root, train=train, download=download)  # torchvision decodes the files here
+            ds = cls(self.root, train=train, download=download)  # torchvision decodes the files here
         except Exception as err:
             missing = [name for name in files if not (folder / name).is_file()]
             if folder.is_dir() and len(missing) < len(files):  # some files there: name the others
@@ -101,6 +102,13 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             else:
                 problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
             raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
+        labels = torch.as_tensor(ds.targets)
+        if len(labels) and not 0 <= labels.min() <= labels.max() < len(ds.classes):  # corrupt: a crash mid-training
+            bad = labels[(labels < 0) | (labels >= len(ds.classes))]
+            raise UserInputError(f"{self.name} in {folder}/: the {'training' if train else 'test'} labels hold "
+                                 f"{bad[0].item()}, not a class 0-{len(ds.classes) - 1} ({len(bad)} such); the "
+                                 f"labels file is corrupt: put {what} there")
+        return ds
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
         ds = self._open(train, download=False)

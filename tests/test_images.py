@@ -65,13 +65,22 @@ def test_a_partly_copied_dataset_names_the_missing_files(mnist_dir, tmp_path):
         ImageDataModule("mnist", str(tmp_path), train_size=-100)
 
 
-def test_corrupt_idx_file_is_named(mnist_dir, tmp_path):
+def label_200(data: bytes) -> bytes:
+    return data[:8] + bytes([200]) + data[9:]  # the first label, after the IDX header's 8 bytes
+
+
+@pytest.mark.parametrize("name, corrupt, message", [
+    ("train-images-idx3-ubyte", lambda data: data[:100], "could not read mnist from .*MNIST/raw/"),
+    ("t10k-images-idx3-ubyte", lambda data: data[:100], "could not read mnist"),  # before training, not after it
+    ("t10k-labels-idx1-ubyte", label_200, r"the test labels hold 200, not a class 0-9 \(1 such\); the labels file"),
+])
+def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for f in (mnist_dir / "MNIST" / "raw").iterdir():
-        raw.joinpath(f.name).write_bytes(f.read_bytes()[: 100 if "train-images" in f.name else None])
+        raw.joinpath(f.name).write_bytes(corrupt(f.read_bytes()) if f.name == name else f.read_bytes())
     dm = ImageDataModule("mnist", str(tmp_path), download=False)
-    with pytest.raises(UserInputError, match="could not read mnist from .*MNIST/raw/"):
+    with pytest.raises(UserInputError, match=message):
         dm.prepare_data()
 
 
