@@ -156,6 +156,9 @@ class TextFileDataModule(CharDataModule):
         except UnicodeDecodeError as err:
             raise UserInputError(f"data.path={self.path} is not UTF-8 (byte {err.start}); convert it, "
                                  "e.g. iconv -t UTF-8") from None
+        except OSError as err:  # a folder, no permission
+            raise UserInputError(f"data.path={self.path}: cannot read it ({err.strerror}); give a UTF-8 text "
+                                 "file") from None
         if len(text) < 2:
             raise UserInputError(f"data.path={self.path} holds {len(text)} characters: a language model needs a text "
                                  "to predict; give a longer file")

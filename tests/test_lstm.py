@@ -123,6 +123,8 @@ def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
         TextFileDataModule(str(tmp_path / "short.txt"), seq_len=32).setup("fit")
     with pytest.raises(UserInputError, match="no such file"):
         TextFileDataModule(str(tmp_path / "missing.txt")).setup("fit")
+    with pytest.raises(UserInputError, match=r"cannot read it \(Is a directory\); give a UTF-8 text file"):
+        TextFileDataModule(str(tmp_path)).setup("fit")
 
 
 def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
