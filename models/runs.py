@@ -226,4 +226,6 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
         raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
     if options.get("out") and not Path(options["out"]).expanduser().parent.is_dir():  # found out before the work
         raise UserInputError(f"out={options['out']}: no folder {Path(options['out']).expanduser().parent}; create it first")
+    if options.get("out") and Path(options["out"]).expanduser().is_dir():
+        raise UserInputError(f"out={options['out']} is a folder; give a file name in it, e.g. out={options['out']}/out.csv")
     return options, data, trainer
