@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_object
@@ -25,16 +26,41 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def check_overrides(argv: list[str]) -> None:
-    """Compose the config once up front, so a misspelled key or an unknown choice is one line, not a page."""
-    if any(a.startswith("-") for a in argv):  # --multirun, --cfg, ...: Hydra's own business
+    """Compose the config up front, so a misspelled key or an unknown choice is one line, not a page; under
+    `-m`, once for each value of each swept setting (the others at their first value), up to MAX_CHECKED."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(flag not in ("-m", "--multirun") for flag in flags):  # --cfg, --help, ...: Hydra's own business
         return
+    overrides = [a for a in argv if not a.startswith(("-", "hydra.", "+hydra."))]
+    for variant in sweep_variants(overrides) if flags else [overrides]:
+        try:
+            with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+                cfg = compose("train", overrides=variant)
+        except Exception as err:
+            message = " ".join(str(err).split("Config search path")[0].split())
+            raise UserInputError(f"{message} (see `python train.py --help`)") from err
+        check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
+
+
+MAX_CHECKED = 20  # command lines composed for a sweep: ~0.2 s each
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """`a=1,2 b=x,y` -> [a=1 b=x], [a=2 b=x], [a=1 b=y]: every value once. A range sweep (`interval(...)`, which
+    Optuna samples) keeps the config's value; an override Hydra cannot parse is left for Hydra to report."""
     try:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose("train", overrides=[a for a in argv if not a.startswith(("hydra.", "+hydra."))])
-    except Exception as err:
-        message = " ".join(str(err).split("Config search path")[0].split())
-        raise UserInputError(f"{message} (see `python train.py --help`)") from err
-    check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return []
+    discrete = [o.is_sweep_override() and o.is_discrete_sweep() for o in parsed]
+    values = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if sweep else
+              [] if o.is_sweep_override() else [o.input_line] for o, sweep in zip(parsed, discrete)]
+    first = [line for choices in values for line in choices[:1]]
+    variants = [first]
+    for i, choices in enumerate(values):
+        at = sum(len(c[:1]) for c in values[:i])  # this override's place in `first`
+        variants += [first[:at] + [line] + first[at + 1:] for line in choices[1:]]
+    return variants[:MAX_CHECKED]
 
 
 def trainer_arguments(argv: list[str]) -> list[str]:

@@ -16,7 +16,8 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import check_model_reads_data, check_settings, config_kept_on_failure, resume_arguments, trainer_arguments
+from models.cli import (check_model_reads_data, check_settings, config_kept_on_failure, resume_arguments,
+                        sweep_variants, trainer_arguments)
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
 
@@ -229,6 +230,9 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
     (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
     (["model.lrr=0.1"], "error: Could not override 'model.lrr'."),
+    (["-m", "model=dnn,cnnn"], "error: In 'train': Could not find 'model/cnnn'"),  # any swept value, before job 0
+    (["-m", "model=dnn", "model.lrr=0.1,0.2"], "error: Could not override 'model.lrr'."),
+    (["-m", "model=dnn", "model.lr=0.1,abc"], "error: model.lr='abc': give a number > 0"),
     (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
     (["trainer.check_val_every_n_epoch=30"], "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
@@ -354,3 +358,10 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
     with pytest.raises(UserInputError, match="stopped early .* nothing to continue; its best weights are in"):
         resume_arguments([f"resume={tmp_path}"])  # its restored patience would stop it again at once
     assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-1] == "ckpt_path=last"
+
+
+def test_a_sweep_is_checked_once_per_value():
+    # Each swept value once, the other settings at their first; Optuna's ranges keep the config's value.
+    assert sweep_variants(["model=cnn,dnn", "seed=1", "model.lr=0.1,0.2,0.3", "model.l1=interval(0,1)"]) == [
+        ["model=cnn", "seed=1", "model.lr=0.1"], ["model=dnn", "seed=1", "model.lr=0.1"],
+        ["model=cnn", "seed=1", "model.lr=0.2"], ["model=cnn", "seed=1", "model.lr=0.3"]]
