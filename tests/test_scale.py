@@ -175,3 +175,9 @@ def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
     spans.sort()
     assert len(spans) == 3 and all(one[1] <= next_[0] for one, next_ in zip(spans, spans[1:]))
     assert not (tmp_path / "datasets").exists()  # the lock lives in the temporary folder, not in the data's
+
+
+@pytest.mark.parametrize("preset", ["hparams_search=dnn_optuna", "experiment=cnn_gpu", "experiment=lstm_gpu"])
+def test_debug_fast_wins_over_a_search_or_an_experiment(preset):
+    trainer = make_config(preset, "debug=fast").trainer
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches) == (1, 2, 2)
