@@ -69,7 +69,10 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
         net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
     except ValueError as err:  # the network refuses its settings (activation=gelu, tie_weights with other sizes)
         raise UserInputError(f"model.net: {err}") from err
-    except TypeError as err:  # a setting for another network, e.g. data=fashion_mnist_rows sizes the LSTM
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):  # model.net.widths=5: a value of the wrong kind
+            raise UserInputError(f"model.net: a setting of the wrong kind ({err}); see configs/model/") from err
+        # A setting for another network, e.g. data=fashion_mnist_rows sizes the LSTM.
         raise UserInputError(f"model.net: {err} (set by the data's config or the command line "
                              "for another model: pick the model it was meant for, or drop the setting)") from err
     if cfg.model.compile:
@@ -145,6 +148,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 log = logging.getLogger("redes")
+log.addHandler(logging.NullHandler())  # with Hydra's job logging off: nothing, not Python's stderr fallback
 
 
 def log_to_run_file() -> None:

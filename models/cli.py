@@ -45,21 +45,31 @@ def check_overrides(argv: list[str]) -> None:
 MAX_CHECKED = 20  # command lines composed for a sweep: ~0.2 s each
 
 
-def sweep_variants(overrides: list[str]) -> list[list[str]]:
-    """`a=1,2 b=x,y` -> [a=1 b=x], [a=2 b=x], [a=1 b=y]: every value once. A range sweep (`interval(...)`, which
-    Optuna samples) keeps the config's value; an override Hydra cannot parse is left for Hydra to report."""
+def override_values(override) -> list[str]:
+    """`a=1,2` -> [a=1, a=2]; `a=1` -> [a=1]; a range or glob -> [] (the config's value)."""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        if override.is_choice_sweep() or override.is_range_sweep():
+            return [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+        return [] if override.is_sweep_override() else [override.input_line]
+    except Exception:  # a glob needs Hydra's config loader to list the options it matches
+        return []
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """`a=1,2 b=x,y` -> [a=1 b=x], [a=2 b=x], [a=1 b=y]: every value once, taking the swept settings' second
+    values first, then their third, ... (a long `seed=range(30)` does not crowd out `lr=0.1,abc`). A range
+    (`interval(...)`, which Optuna samples) or a `glob(...)` of config options keeps the config's value; an override
+    Hydra cannot parse is left for Hydra to report."""
+    try:
+        values = [override_values(o) for o in OverridesParser.create().parse_overrides(overrides)]
     except Exception:
         return []
-    discrete = [o.is_sweep_override() and o.is_discrete_sweep() for o in parsed]
-    values = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if sweep else
-              [] if o.is_sweep_override() else [o.input_line] for o, sweep in zip(parsed, discrete)]
-    first = [line for choices in values for line in choices[:1]]
+    swept = [i for i, choices in enumerate(values) if choices]
+    first = [values[i][0] for i in swept]
     variants = [first]
-    for i, choices in enumerate(values):
-        at = sum(len(c[:1]) for c in values[:i])  # this override's place in `first`
-        variants += [first[:at] + [line] + first[at + 1:] for line in choices[1:]]
+    for rank in range(1, max(map(len, values), default=1)):
+        variants += [first[:at] + [values[i][rank]] + first[at + 1:]
+                     for at, i in enumerate(swept) if rank < len(values[i])]
     return variants[:MAX_CHECKED]
 
 
@@ -97,7 +107,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
                 raise UserInputError(f"resume={run}: that run stopped early (metrics.json): there is nothing to "
                                      "continue; its best weights are in checkpoints/best.ckpt")
             raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
-                                 "to train it longer add a larger trainer.max_epochs=N (or trainer.max_steps=N)")
+                                 "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
+                                 "schedule's length was fixed when it started)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
     run_dir = args.get("hydra.run.dir")
     if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
@@ -177,12 +188,16 @@ def check_model_reads_data(cfg: DictConfig) -> None:
     reads, kind = getattr(network, "reads", None), getattr(data, "kind", None)
     if reads is None or kind is None or kind in reads:
         return
-    readers = sorted(path.stem for path in (CONFIGS / "model").glob("*.yaml")
-                     if kind in getattr(get_object(OmegaConf.load(path).model.net._target_), "reads", ()))
+    targets = {path.stem: OmegaConf.load(path).model.net._target_ for path in (CONFIGS / "model").glob("*.yaml")}
+    readers = sorted(name for name, target in targets.items() if kind in getattr(get_object(target), "reads", ()))
     model, data_choice = cfg.model.net._target_, cfg.data._target_
-    if HydraConfig.initialized():
+    if HydraConfig.initialized():  # the command's words, unless model.net._target_ or data._target_ was changed
         choices = HydraConfig.get().runtime.choices
-        model, data_choice = f"model={choices.get('model')}", f"data={choices.get('data')}"
+        if targets.get(choices.get("model")) == model:
+            model = f"model={choices.get('model')}"
+        data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"
+        if data_file.is_file() and OmegaConf.load(data_file).get("data", {}).get("_target_") == data_choice:
+            data_choice = f"data={choices.get('data')}"
     raise UserInputError(f"{model} reads {' or '.join(reads)}, and {data_choice} is {kind}: "
                          f"for {kind} choose {' or '.join(f'model={m}' for m in readers) or 'another model'}")
 

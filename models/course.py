@@ -443,14 +443,15 @@ def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
     return h, c, gates
 
 
-# Why the LSTM. Backpropagating from step T to step t multiplies T - t Jacobians. In a plain RNN each is
-# diag(tanh') U, and with the usual initialisation its norm is below 1, so the gradient reaching earlier inputs
-# shrinks geometrically (vanishes); with a larger U it can instead grow geometrically (explodes), which is why
-# configs/model/lstm.yaml clips the gradient norm (trainer.gradient_clip_val). The LSTM's cell state is updated
-# additively, c_t = f * c_{t-1} + i * g, so along it each step back multiplies the gradient by the forget gate
-# alone: near 1, it carries the gradient a long way. PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, no
-# better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at the start) is the usual remedy (models/lstm.py
-# open_forget_gates, `model.net.forget_bias=1.0`; this repo's Shakespeare model learned slower with it: see there).
+# Why the LSTM. Backpropagating from step T to step t multiplies T - t Jacobians. In a plain RNN each is diag(tanh')
+# U, and with the usual initialisation U's eigenvalues lie well inside the unit circle (spectral radius 0.59 for
+# rnn_and_lstm's) and tanh' <= 1, so the gradient reaching earlier inputs shrinks geometrically (vanishes); with a
+# larger U it can instead grow geometrically (explodes), which is why configs/model/lstm.yaml clips the gradient
+# norm (trainer.gradient_clip_val). The LSTM's cell state is updated additively, c_t = f * c_{t-1} + i * g, so along
+# it each step back multiplies the gradient by the forget gate alone: near 1, it carries the gradient a long way.
+# PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, no better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at
+# the start) is the usual remedy (models/lstm.py open_forget_gates, `model.net.forget_bias=1.0`; this repo's
+# Shakespeare model learned slower with it: see there).
 
 def gradient_by_steps_back(network: nn.RNNBase, steps: int = 50, seed: int = 0) -> Tensor:
     # |d loss / d x_t| for a loss on the last output only (the sum of its units); index k is k steps back.

@@ -36,9 +36,9 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
     notebook.cells.insert(tagged[0] + 1 if tagged else 0,
                           nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
     out = Path(out) if out else Path(run_dir) / f"{name}.ipynb"
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # found out before minutes of executing
-        raise ValueError(f"cannot write the executed notebook to {out}: its folder is missing or read-only; "
-                         "give out=FILE.ipynb")
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before minutes of executing
+        raise ValueError(f"cannot write the executed notebook to {out} (a folder, or in a missing or read-only "
+                         "one): give out=FILE.ipynb")
     client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})  # cwd: notebooks/, as in Jupyter
     try:

@@ -16,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import (check_model_reads_data, check_settings, config_kept_on_failure, resume_arguments,
+from models.cli import (check_model_reads_data, check_overrides, check_settings, config_kept_on_failure, resume_arguments,
                         sweep_variants, trainer_arguments)
 from tests.conftest import ROOT, make_config
 from tests.test_train import FAST, mnist_config, run_cli
@@ -349,6 +349,8 @@ def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_pa
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
     with pytest.raises(UserInputError, match=r"ConvNet.__init__\(\) got an unexpected keyword argument 'num_layers'"):
         train_module.train(mnist_config(mnist_dir, tmp_path, "+model.net.num_layers=1"))
+    with pytest.raises(UserInputError, match=r"model.net: a setting of the wrong kind \('int' object is not iterable"):
+        train_module.train(mnist_config(mnist_dir, tmp_path, "model.net.widths=5"))  # not "for another model"
 
 
 def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_path):
@@ -361,7 +363,13 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
 
 
 def test_a_sweep_is_checked_once_per_value():
-    # Each swept value once, the other settings at their first; Optuna's ranges keep the config's value.
-    assert sweep_variants(["model=cnn,dnn", "seed=1", "model.lr=0.1,0.2,0.3", "model.l1=interval(0,1)"]) == [
-        ["model=cnn", "seed=1", "model.lr=0.1"], ["model=dnn", "seed=1", "model.lr=0.1"],
-        ["model=cnn", "seed=1", "model.lr=0.2"], ["model=cnn", "seed=1", "model.lr=0.3"]]
+    # Each swept value once, the other settings at their first, second values before third ones; Optuna's ranges
+    # and globs of config options keep the config's value.
+    assert sweep_variants(["model=cnn,dnn", "seed=1", "model.lr=0.1,0.2,0.3", "model.l1=interval(0,1)",
+                           "data=glob(mnist,fashion*)", "~callbacks.progress_bar"]) == [
+        ["model=cnn", "seed=1", "model.lr=0.1", "~callbacks.progress_bar"],
+        ["model=dnn", "seed=1", "model.lr=0.1", "~callbacks.progress_bar"],
+        ["model=cnn", "seed=1", "model.lr=0.2", "~callbacks.progress_bar"],
+        ["model=cnn", "seed=1", "model.lr=0.3", "~callbacks.progress_bar"]]
+    with pytest.raises(UserInputError, match="model.lr='abc'"):  # not crowded out by 30 seeds
+        check_overrides(["-m", "model=dnn", "seed=range(0,30)", "model.lr=0.1,abc"])
