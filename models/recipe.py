@@ -303,8 +303,11 @@ class Recipe(L.LightningModule):
                                                                    eta_min=self.hparams.lr * s["final_ratio"])
         elif s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
             has_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+            total, pct_start = self._total_steps(), s["pct_start"]
+            if pct_start * total == 1:  # a one-step warm-up ends at step 0, and OneCycleLR divides by its length, 0
+                pct_start = 2 / total if total > 2 else 0.5 / total  # (debug=fast trainer.max_epochs=2: 4 steps)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self.hparams.lr, total_steps=self._total_steps(), pct_start=s["pct_start"],
+                optimizer, max_lr=self.hparams.lr, total_steps=total, pct_start=pct_start,
                 cycle_momentum=s.get("cycle_momentum", True) and has_momentum,
                 base_momentum=s.get("base_momentum", 0.85), max_momentum=s.get("max_momentum", 0.95))
         else:

@@ -96,6 +96,7 @@ def schedule(run) -> dict:
     (["trainer.max_epochs=2", "+trainer.accumulate_grad_batches=4"], 8),  # 15 batches: 4 steps an epoch (3 + 1)
     (["trainer.max_epochs=2", "trainer.max_steps=20"], 20),               # the step budget ends the run first
     (["trainer.max_epochs=-1", "trainer.max_steps=12", "trainer.limit_train_batches=5"], 12),
+    (["trainer.max_epochs=2", "trainer.limit_train_batches=2"], 4),  # a 1-step warm-up (0.25 x 4): OneCycleLR / 0
 ])
 def test_the_one_cycle_schedule_spans_exactly_the_steps_the_run_takes(budget, steps, mnist_dir, tmp_path):
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=onecycle", "model.lr=0.01",
