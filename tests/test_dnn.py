@@ -17,7 +17,7 @@ import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
-from data.criteo import COLUMNS, CriteoDataModule, prepare
+from data.criteo import CriteoDataModule, prepare
 from data.tabular import READ_CSV, CSVDataModule
 from models.dnn import ClickMLP
 from models.recipe import Recipe

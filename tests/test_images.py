@@ -1,7 +1,6 @@
 """Image datasets: the real torchvision loaders on files in the exact on-disk formats, batching, augmentation."""
 import pickle
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,9 +3,6 @@ and one-line errors for bad input that damage nothing written before."""
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,8 +15,9 @@ from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkp
 from models.recipe import NonFiniteLossError, Recipe
 from models.cli import (check_model_reads_data, check_overrides, check_settings, config_kept_on_failure, resume_arguments,
                         sweep_variants, trainer_arguments)
-from tests.conftest import ROOT, make_config
-from tests.test_train import FAST, mnist_config, run_cli
+from tests.conftest import make_config
+from tests.cli_process import TrainPy, run_cli
+from tests.test_train import FAST, mnist_config
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best", "epochs", "steps")
 
@@ -53,16 +51,14 @@ def test_resume_after_three_kill_9_matches_an_uninterrupted_run(mnist_dir, tmp_p
     last, args, kills = broken / "checkpoints" / "last.ckpt", cli_args(mnist_dir, broken), []
     for cycle in range(3):
         before = saved_step(last)
-        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300  # a slow, shared machine: a restart is ~10 s here, unloaded
+        proc = TrainPy(*args)
+        deadline = time.time() + 300  # a slow, shared machine
         while saved_step(last) <= before and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         if saved_step(last) <= before:
             proc.kill()
             pytest.fail(f"cycle {cycle}: no new last.ckpt within 300 s (exit code {proc.poll()})")
-        proc.send_signal(signal.SIGKILL)  # mid-epoch, right after a fresh last.ckpt
-        proc.wait()
+        proc.kill()  # SIGKILL, mid-epoch, right after a fresh last.ckpt
         kills.append(saved_step(last))
         args = [f"resume={broken}"]  # the run's own overrides, its directory, ckpt_path=last
     assert kills == sorted(set(kills)) and kills[-1] < expected["steps"], kills  # each cycle got further

@@ -16,7 +16,7 @@ from data import UserInputError
 from data.batches import TensorBatches
 from models.cli import check_trainer_args, distributed_arguments
 from tests.conftest import make_config
-from tests.test_train import run_cli
+from tests.cli_process import run_cli
 
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null"]
 COMPARED = ("test/auroc", "test/acc", "test/loss", "val/auroc_best")

@@ -3,7 +3,6 @@ import ctypes
 import importlib
 import json
 import platform
-import subprocess
 import sys
 
 import lightning as L
@@ -14,7 +13,8 @@ import train as train_module
 from data.images import ImageDataModule
 from models import runs
 from models.recipe import load_recipe
-from tests.conftest import ROOT, make_config
+from tests.cli_process import run_cli
+from tests.conftest import make_config
 
 eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
@@ -124,10 +124,6 @@ def test_test_split_is_read_only_by_trainer_test(mnist_dir, tmp_path, monkeypatc
     monkeypatch.setattr(L.Trainer, "test", lambda self, *a, **k: events.append("trainer.test") or test(self, *a, **k))
     train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1"))
     assert events == ["load train=True", "trainer.test", "load train=False"]
-
-
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir, tmp_path):
