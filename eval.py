@@ -28,7 +28,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     recipe = load_recipe(str(ckpt_path))
     config = recipe.hparams.config
-    datamodule = build_datamodule(config["data"], data_overrides)
+    datamodule = build_datamodule(config["data"], data_overrides, trained_on=recipe.hparams.net_kwargs)
     # The precision it was trained and tested with; the device wherever this runs.
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
@@ -38,7 +38,8 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu without a GPU
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
     metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
-    return {**metrics, **getattr(datamodule, "reference_metrics", dict)()}
+    reference = datamodule.reference_metrics() if hasattr(datamodule, "reference_metrics") else {}
+    return {**metrics, **reference}
 
 
 def output_path(ckpt_path: Path) -> Path:

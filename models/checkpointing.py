@@ -8,7 +8,6 @@
   on other data.
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
 """
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from data import UserInputError
-from models.runs import load_checkpoint
+from models.runs import data_differences, load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -78,15 +77,7 @@ def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict) -> None:
     """The network a checkpoint holds was sized by its data (`net_kwargs`): resuming it on other data (3 colour
     channels for 1, another vocabulary) would fail on mismatched weights, or, for an alphabet of the same size,
     silently read every character as another."""
-    saved = json.loads(json.dumps(load_checkpoint(Path(path))["hyper_parameters"].get("net_kwargs", {}), default=list))
-    given = json.loads(json.dumps(net_kwargs, default=list))  # tuples as lists, as the checkpoint holds them
-    differ = [key for key in sorted(set(saved) | set(given)) if saved.get(key) != given.get(key)]
-    if differ:
-        def shown(value) -> str:
-            return f"{len(value)} entries" if isinstance(value, list) and len(value) > 4 else repr(value)
-
-        details = ", ".join(f"{key} {shown(saved.get(key))} there, {shown(given.get(key))} here"
-                            if shown(saved.get(key)) != shown(given.get(key)) else f"{key} with other entries"
-                            for key in differ)
-        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained on other data ({details}); "
+    saved = load_checkpoint(Path(path))["hyper_parameters"].get("net_kwargs", {})
+    if differences := data_differences(saved, net_kwargs):
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained on other data ({differences}); "
                              "resume it with the data it was trained on")

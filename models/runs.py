@@ -137,13 +137,31 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
     return instantiate(config)
 
 
-def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
+def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):
     """The run's DataModule set up for fit (normalization statistics, vocabulary, encoders all come from the
-    training split)."""
+    training split). `trained_on`, a checkpoint's net_kwargs: data that would not fit its network (other overrides
+    point at another file with another alphabet, other categories, other image sizes) is refused."""
     datamodule = instantiate_datamodule(data_config, overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if trained_on is not None and (differences := data_differences(trained_on, datamodule.net_kwargs)):
+        changed = f" ({', '.join(overrides)})" if overrides else ""
+        raise UserInputError(f"the checkpoint was trained on other data than this{changed}: {differences}; "
+                             "give the data it was trained on")
     return datamodule
+
+
+def data_differences(saved: dict, given: dict) -> str:
+    """What differs between the net_kwargs a network was sized by (a checkpoint's) and another data's, e.g.
+    "in_channels 1 there, 3 here", "vocab with other entries"; "" when they agree."""
+    saved, given = (json.loads(json.dumps(kwargs, default=list)) for kwargs in (saved, given))  # tuples as lists
+
+    def shown(value) -> str:
+        return f"{len(value)} entries" if isinstance(value, list) and len(value) > 4 else repr(value)
+
+    return ", ".join(f"{key} {shown(saved.get(key))} there, {shown(given.get(key))} here"
+                     if shown(saved.get(key)) != shown(given.get(key)) else f"{key} with other entries"
+                     for key in sorted(set(saved) | set(given)) if saved.get(key) != given.get(key))
 
 
 def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] = ()):
@@ -169,7 +187,7 @@ def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[st
     task = recipe.hparams.task
     if task == "lm":
         raise ValueError("predict_split is for classifiers; a language model's outputs are text (generate.py)")
-    datamodule = build_datamodule(recipe.hparams.config["data"], overrides)
+    datamodule = build_datamodule(recipe.hparams.config["data"], overrides, trained_on=recipe.hparams.net_kwargs)
     datamodule.setup(split)
     batches = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     inputs, targets, probs = [], [], []

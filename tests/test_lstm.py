@@ -1,7 +1,10 @@
 """The LSTM: shapes, learning, the text pipeline (corpora, vocabulary, windows), generation from a checkpoint,
 packed sequences, and the row-by-row image classifier end to end."""
+import importlib
 import json
+import math
 import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from generate import generate, parse
 from models.lstm import CharLM, SequenceClassifier, build
 from models.recipe import Recipe
 from tests.conftest import make_config
+
+eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
 PATTERN = "hello world, hello LSTM\n"  # after a few characters of context every next character is certain
@@ -107,10 +112,22 @@ def test_training_windows_predict_the_next_character_and_evaluation_covers_the_s
     inputs, targets = next(iter(dm.train_dataloader()))
     assert inputs.shape == targets.shape == (8, 16)
     assert torch.equal(targets, inputs % 26 + 1)  # ids 1..26 are a..z: each target is the next letter
-    assert inputs[:, 0].unique().numel() > 1  # random offsets, not one fixed phase
+    # Random offsets, not the grid of starts: a start on the grid (a multiple of 16) is a letter of even rank.
+    firsts = torch.cat([x[:, 0] for x, _ in dm.train_dataloader()]) - 1  # ~100 windows: all even has p = 2^-100
+    assert (firsts % 2 == 1).any() and (firsts % 2 == 0).any()
     val = list(dm.val_dataloader())  # 100 characters: windows of 30 (+1 target) cover the first 91 in order
-    inputs = torch.cat([x for x, _ in val]).flatten()
-    assert len(inputs) == 90 and torch.equal(inputs, dm.val[:90])
+    inputs, targets = (torch.cat(part).flatten() for part in zip(*val))
+    assert torch.equal(inputs, dm.val[:90]) and torch.equal(targets, dm.val[1:91])
+
+
+def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
+    path = tmp_path / "late_z.txt"
+    path.write_text("ab" * 500 + "z")  # 1001 characters: the last 50 test, z among them
+    dm = TextFileDataModule(str(path), seq_len=16)
+    dm.setup("fit")
+    with pytest.warns(UserWarning, match="1 characters never seen in training are <unk>: 'z'"):
+        dm.setup("test")
+    assert dm.vocab == ["<unk>", "a", "b"] and dm.test[-1] == 0
 
 
 def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
@@ -146,6 +163,25 @@ def test_learns_a_repeating_sentence_to_near_zero_loss(pattern_run):
     assert metrics["test/loss"] < 0.1 and metrics["test/acc"] > 0.97, metrics
     assert metrics["test/bpc"] == pytest.approx(metrics["test/loss"] / 0.6931, rel=1e-3)
     assert json.loads((run / "metrics.json").read_text())["test/loss"] == metrics["test/loss"]
+
+
+def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_run, tmp_path):
+    run, metrics = pattern_run
+    ckpt = run / "checkpoints" / "best.ckpt"
+    scored = eval_script.evaluate(ckpt)
+    assert scored["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
+    # The unigram baseline: test characters under the training split's add-one smoothed frequencies.
+    text = PATTERN * 500
+    n_held = round(len(text) * 0.05)
+    train, test = text[:len(text) - 2 * n_held], text[len(text) - n_held:]
+    counts, total = Counter(train), len(train) + len(set(train)) + 1  # + 1 each, <unk> included
+    unigram = -sum(math.log((counts[c] + 1) / total) for c in test) / len(test)
+    assert scored["test/unigram_loss"] == pytest.approx(unigram, abs=1e-4)
+    # Each letter shifted by one: an alphabet of the same size, which the network would read as its own letters.
+    other = tmp_path / "shifted.txt"
+    other.write_text("".join(chr(ord(c) + 1) if c.isalpha() else c for c in text))
+    with pytest.raises(UserInputError, match=r"trained on other data than this \(data.path=.*\): vocab with other"):
+        eval_script.evaluate(ckpt, [f"data.path={other}"])
 
 
 def test_vocabulary_round_trips_through_the_checkpoint_and_generation_continues_the_pattern(pattern_run):
