@@ -4,7 +4,6 @@
 """
 import hashlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -18,7 +17,6 @@ import lightning as L
 import torch
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -27,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
-from models.cli import (WholeSweepError, check_model_reads_data, check_monitor, check_overrides, check_settings,
-                        check_single_process_sweep, config_kept_on_failure, distributed_arguments, resume_arguments,
-                        trainer_arguments)
+from models.checks import (WholeSweepError, check_model_reads_data, check_monitor, check_settings,
+                           check_single_process_sweep)
+from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
+                        log_to_run_file, resume_arguments, trainer_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
+from models.runs import NOT_CHOICES, flatten
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -85,6 +85,21 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
                   config=OmegaConf.to_container(cfg, resolve=True))
 
 
+def make_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger."""
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
+    if not logger:  # `~logger`: nowhere to write learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
+        raise UserInputError(f"trainer: {err.__cause__ or err}; check trainer.accelerator, trainer.devices, "
+                             "trainer.precision (trainer=cpu runs anywhere)") from err
+    check_single_process_sweep(trainer)
+    return trainer
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
@@ -96,19 +111,12 @@ def train(cfg: DictConfig) -> dict:
     datamodule, recipe = build(cfg)
     if resume_from:
         check_checkpoint_fits(resume_from, cfg.ckpt_path, datamodule.net_kwargs)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
-    if not logger:  # `~logger`: nowhere to write learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    try:
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
-        raise UserInputError(f"trainer: {err.__cause__ or err}; check trainer.accelerator, trainer.devices, "
-                             "trainer.precision (trainer=cpu runs anywhere)") from err
-    check_single_process_sweep(trainer)
+    trainer = make_trainer(cfg)
 
     start = time.perf_counter()
     trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    # Lightning's checkpoint_callback is the first ModelCheckpoint: configs/callbacks/default.yaml lists the best
+    # checkpoint's first.
     checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
     if checkpoint.best_model_score is None:
         raise UserInputError(f"the run ended without validating (trainer.val_check_interval="
@@ -126,54 +134,17 @@ def train(cfg: DictConfig) -> dict:
     }
     # The official test split, once, on the best checkpoint.
     test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
-    reference = getattr(datamodule, "reference_metrics", dict)()  # e.g. the Bayes-optimal AUC of synthetic data
+    # Figures to read the test metrics against, where the data knows them (the Bayes-optimal AUC of generated clicks)
+    reference = datamodule.reference_metrics() if hasattr(datamodule, "reference_metrics") else {}
     metrics = {**test, **reference, **fit}
-    if logger:  # fills TensorBoard's hparams tab, so runs can be compared there
-        hparams = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()
-                   if not k.startswith(("paths.", "callbacks.", "logger."))}
+    if logger := trainer.logger:  # fills TensorBoard's hparams tab, so runs can be compared there
+        settings = flatten(OmegaConf.to_container(cfg, resolve=True))
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in settings.items() if not k.startswith(NOT_CHOICES)}
         logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))})
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
-log = logging.getLogger("redes")
-log.addHandler(logging.NullHandler())  # with Hydra's job logging off: nothing, not Python's stderr fallback
-
-
-def log_to_run_file() -> None:
-    """Hydra points the root logger at RUN/train.log, but Lightning's logger was given its own console handler and
-    stopped propagating when it was imported (before Hydra set logging up), so the file stayed empty. Lightning's
-    messages and ours (the command, the error line, the test metrics) go to this job's file too, the console
-    unchanged. A sweep's next job gets a new file: the previous job's handler is taken off first."""
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    for logger in (logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric"), log):
-        for handler in [h for h in logger.handlers if getattr(h, "_redes_run_file", False)]:
-            logger.removeHandler(handler)
-        if logger.propagate and logger is not log:
-            continue  # its records reach the root's file already
-        for handler in files:
-            handler._redes_run_file = True
-            logger.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the console has its own lines (print): only the file gets these
-
-
-def is_grid_sweep_job() -> bool:
-    """A job of a `-m` sweep by Hydra's basic sweeper, which runs every job whatever the others returned.
-    (The Optuna sweeper, 1.2, cannot record a failed trial and go on: its study stops at the error.)"""
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" in hydra_cfg.sweeper.get("_target_", "")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -38,12 +38,10 @@ class TensorBatches:
                  num_replicas: int = 1, rank: int = 0) -> None:
         assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors must share dim 0"
         assert 0 <= rank < num_replicas, f"rank {rank} of {num_replicas} replicas"
-        if not drop_last and len(tensors[0]) < num_replicas:  # a rank with nothing would sit out the collectives
-            raise UserInputError(f"an evaluation split of {len(tensors[0])} items cannot give each of the "
-                                 f"{num_replicas} processes one: use fewer processes or a larger split")
-        if drop_last and len(tensors[0]) < num_replicas:
-            raise UserInputError(f"a training split of {len(tensors[0])} items cannot give each of the "
-                                 f"{num_replicas} processes one: use fewer processes or a larger split")
+        if len(tensors[0]) < num_replicas:  # a rank with nothing would sit out the collectives
+            split = "a training" if drop_last else "an evaluation"
+            raise UserInputError(f"{split} split of {len(tensors[0])} items cannot give each of the {num_replicas} "
+                                 "processes one: use fewer processes or a larger split")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tensors, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.transform = seed, epoch, transform
         self.num_replicas, self.rank = num_replicas, rank
@@ -119,6 +117,12 @@ def loader_args(trainer) -> dict:
         return {"seed": torch.initial_seed()}
     return {"seed": torch.initial_seed(), "epoch": lambda: trainer.current_epoch,
             "num_replicas": trainer.world_size, "rank": trainer.global_rank}
+
+
+def data_device(trainer, on_device: bool) -> torch.device:
+    """Where a DataModule holds its splits: the training device (`data.on_device=true`, no copy per batch), or the
+    CPU (no trainer yet, or `data.on_device=false`)."""
+    return trainer.strategy.root_device if on_device and trainer else torch.device("cpu")
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:

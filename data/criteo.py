@@ -39,7 +39,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, loader_args
+from data.batches import SplitLoaders, TensorBatches, data_device, loader_args
 from data.tabular import NumericScaler, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -335,7 +335,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, split, batch_size: int, train: bool) -> TensorBatches:
-        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        device = data_device(self.trainer, self.on_device)
         self.scaler.to(device)
         common = dict(shuffle=train, **loader_args(self.trainer))
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device

@@ -8,6 +8,7 @@ import gzip
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, loader_args, split_indices
+from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -31,13 +32,20 @@ class _CIFAR10(datasets.CIFAR10):
 
 
 CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-# name -> (torchvision class, where its files live under data_dir, what to put there when offline, its files)
+class Source(NamedTuple):
+    dataset: type[datasets.VisionDataset]  # the torchvision class that reads (or downloads) the files
+    subdir: str                            # where its files live under data_dir
+    offline_hint: str                      # what to put there when offline
+    files: list[str]
+
+
 DATASETS = {
-    "mnist": (datasets.MNIST, "MNIST/raw", "the four uncompressed IDX files " + ", ".join(IDX_FILES), IDX_FILES),
-    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw",
-                      "the four uncompressed IDX files (or run `apt-get install -y dataset-fashion-mnist`)", IDX_FILES),
-    "cifar10": (_CIFAR10, "cifar-10-batches-py",
-                "data_batch_1..5, test_batch and batches.meta from cifar-10-python.tar.gz", CIFAR_FILES),
+    "mnist": Source(datasets.MNIST, "MNIST/raw", "the four uncompressed IDX files " + ", ".join(IDX_FILES), IDX_FILES),
+    "fashion_mnist": Source(datasets.FashionMNIST, "FashionMNIST/raw",
+                            "the four uncompressed IDX files (or run `apt-get install -y dataset-fashion-mnist`)",
+                            IDX_FILES),
+    "cifar10": Source(_CIFAR10, "cifar-10-batches-py",
+                      "data_batch_1..5, test_batch and batches.meta from cifar-10-python.tar.gz", CIFAR_FILES),
 }
 
 
@@ -67,16 +75,21 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         if name not in DATASETS:
             raise UserInputError(f"unknown image dataset {name!r}; choose one of {sorted(DATASETS)}")
         self.name, self.root, self.download = name, Path(data_dir).expanduser(), download
-        self.batch_size, self.eval_batch_size, self.val_size, self.split_seed = batch_size, eval_batch_size, val_size, split_seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed = val_size, split_seed
         self.augment = {"degrees": 0.0, "translate": 0, "hflip": False, "enabled": False, **(augment or {})}
         self.on_device, self.train_size = on_device, train_size
-        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
-            raise UserInputError(f"data.train_size={train_size!r}: give a number of training images >= 1, or null for all")
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
+                                       or train_size < 1):
+            raise UserInputError(f"data.train_size={train_size!r}: give a number of training images >= 1, "
+                                 "or null for all")
         self.train = self.val = self.test = None  # (uint8 images (N, C, H, W), int64 labels (N,))
+        self.classes: list[str] = []  # the class names, read with the files
+        self.mean = self.std = None   # per channel, of the training split (setup), or from a checkpoint
 
     # -- files ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        folder = self.root / DATASETS[self.name][1]
+        folder = self.root / DATASETS[self.name].subdir
         if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             for name in IDX_FILES:  # Debian recompressed them: the IDX inside is standard
@@ -148,16 +161,13 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             self.mean, self.std, self.classes = state["mean"], state["std"], list(state["classes"])
 
     # -- batches ----------------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
-
     def _batches(self, split: tuple[Tensor, Tensor], batch_size: int, train: bool) -> TensorBatches:
-        device = self._device()
+        device = data_device(self.trainer, self.on_device)
         augment = train and self.augment["enabled"]
         # On the data's device once: a copy from the CPU on every batch would wait for the GPU (a host sync).
         mean, std = self.mean.to(device).view(1, -1, 1, 1), self.std.to(device).view(1, -1, 1, 1)
 
-        def to_float(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        def to_inputs(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
             x = images.float().div_(255)  # (B, C, H, W) in [0, 1]; zero padding below is the black background
             if augment:
                 x = random_affine(x, self.augment["degrees"], self.augment["translate"], self.augment["hflip"],
@@ -165,4 +175,4 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             return (x - mean) / std, labels
 
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train, drop_last=train,
-                             transform=to_float, **loader_args(self.trainer))
+                             transform=to_inputs, **loader_args(self.trainer))

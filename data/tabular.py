@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, loader_args, split_indices
+from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
 
 # Every cell as the text it is (a category "01" stays "01"); only an empty cell is missing: "NA", "None" or "null"
@@ -235,7 +235,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, split: tuple[Tensor, ...], batch_size: int, train: bool) -> TensorBatches:
-        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        device = data_device(self.trainer, self.on_device)
         return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, shuffle=train,
                              drop_last=train, **loader_args(self.trainer))
 

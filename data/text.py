@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, loader_args
+from data.batches import TensorBatches, data_device, loader_args
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -98,7 +98,7 @@ class CharDataModule(L.LightningDataModule):
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, ids: Tensor, window: int, batch_size: int, train: bool) -> TensorBatches:
-        device = self.trainer.strategy.root_device if self.on_device and self.trainer else torch.device("cpu")
+        device = data_device(self.trainer, self.on_device)
         ids, steps = ids.to(device), torch.arange(window + 1, device=device)
         if train:  # one start per `window` characters, moved by a random 0..window-1 for every batch
             starts, jitter = torch.arange(0, len(ids) - 2 * window, window, device=device), window

@@ -1,28 +1,27 @@
-"""What the command line needs besides the recipe: one-line errors for bad input, `resume=RUN_DIR`, the ranks
-of a DDP run sharing one run directory, and sweep summaries."""
+"""What the command line needs besides the recipe: the arguments checked and rewritten before Hydra sees them
+(`trainer.NAME=` for any Trainer argument, `resume=RUN_DIR`, the ranks of a DDP run sharing one run directory),
+a run's saved config kept when it fails, the run's train.log, and sweep summaries. Checks of the composed config
+are in models/checks.py."""
 import csv
 import difflib
 import inspect
 import json
+import logging
 import os
-import typing
 from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.utils import get_object
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.recipe import epoch_metric_names
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from models.checks import CONFIGS, check_settings
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -135,7 +134,10 @@ def config_kept_on_failure(argv: list[str]):
         yield
         return
     saved = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    checkpoints = lambda: {p: p.stat().st_mtime_ns for p in (Path(run_dir) / "checkpoints").glob("*.ckpt")}
+
+    def checkpoints() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (Path(run_dir) / "checkpoints").glob("*.ckpt")}
+
     before = checkpoints()
     try:
         yield
@@ -162,123 +164,6 @@ def distributed_arguments(argv: list[str]) -> list[str]:
             if (rank := env.global_rank()) > 0:
                 return argv + ["hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{rank}"]
     return argv
-
-
-class WholeSweepError(UserInputError):
-    """An error every job of a sweep would meet: the sweep stops at the first (other job errors skip that job)."""
-
-
-def check_monitor(monitor: DictConfig, task: str) -> None:
-    """`monitor.metric` picks the best checkpoint, stops early and is what a sweep optimizes: it must be logged."""
-    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
-    if monitor.metric not in names:
-        raise WholeSweepError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
-                              f"choose one of {', '.join(names)}")
-    if monitor.mode not in ("min", "max"):
-        raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
-
-
-def check_model_reads_data(cfg: DictConfig) -> None:
-    """`model=cnn data=text`: refused before the data is read, naming the models that do read it. A network says
-    which kinds of data it reads (`reads`), a data module which kind it gives (`kind`)."""
-    try:
-        network, data = get_object(cfg.model.net._target_), get_object(cfg.data._target_)
-    except (ImportError, AttributeError, ValueError):  # a misspelt _target_: instantiating it says so
-        return
-    reads, kind = getattr(network, "reads", None), getattr(data, "kind", None)
-    if reads is None or kind is None or kind in reads:
-        return
-    targets = {path.stem: OmegaConf.load(path).model.net._target_ for path in (CONFIGS / "model").glob("*.yaml")}
-    readers = sorted(name for name, target in targets.items() if kind in getattr(get_object(target), "reads", ()))
-    model, data_choice = cfg.model.net._target_, cfg.data._target_
-    if HydraConfig.initialized():  # the command's words, unless model.net._target_ or data._target_ was changed
-        choices = HydraConfig.get().runtime.choices
-        if targets.get(choices.get("model")) == model:
-            model = f"model={choices.get('model')}"
-        data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"
-        if data_file.is_file() and OmegaConf.load(data_file).get("data", {}).get("_target_") == data_choice:
-            data_choice = f"data={choices.get('data')}"
-    raise UserInputError(f"{model} reads {' or '.join(reads)}, and {data_choice} is {kind}: "
-                         f"for {kind} choose {' or '.join(f'model={m}' for m in readers) or 'another model'}")
-
-
-def check_single_process_sweep(trainer: L.Trainer) -> None:
-    """Lightning starts each extra DDP rank by re-running the command line, which under `-m` is the whole sweep
-    again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
-    if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise WholeSweepError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
-                              "process per run (drop trainer=ddp...), or start each DDP run on its own")
-
-
-def _admits(value, hint) -> bool:
-    if hint is typing.Any or value is None and type(None) in typing.get_args(hint):
-        return True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:
-        return any(_admits(value, h) for h in args)
-    if origin is typing.Literal:
-        return value in args
-    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        return isinstance(value, (list, tuple, ListConfig))
-    if origin is dict or hint is dict:
-        return isinstance(value, (dict, DictConfig))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint) or isinstance(value, (dict, DictConfig))  # a dict: Hydra builds the object
-    return True  # a hint we cannot judge
-
-
-# Numbers of the recipe and the data: (whole number?, least value, may it equal the least value?)
-NUMBERS = {"model.lr": (False, 0, False), "model.weight_decay": (False, 0, True), "model.l1": (False, 0, True),
-           "data.batch_size": (True, 1, True), "data.eval_batch_size": (True, 1, True)}
-
-
-def missing_keys(tree: dict, prefix: str = "") -> list[str]:
-    """The keys set to `???` in a config: values only the user can give (a data file's path)."""
-    found = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            found += missing_keys(value, f"{prefix}{key}.")
-        elif value == "???":
-            found.append(f"{prefix}{key}")
-    return found
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
-    and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
-    if missing := missing_keys(OmegaConf.to_container(cfg, resolve=False)):
-        raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
-    check_trainer_args(cfg.trainer)
-    for key, (whole, least, inclusive) in NUMBERS.items():
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if value is None:
-            continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
-        if not number or not (value >= least if inclusive else value > least):
-            raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
-                                 f"{'>=' if inclusive else '>'} {least}")
-    trainer = cfg.trainer
-    if trainer.get("limit_val_batches") == 0:
-        raise UserInputError("trainer.limit_val_batches=0: the best checkpoint and early stopping need validation; "
-                             "give a fraction or a number of batches > 0")
-    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
-    if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
-        raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
-                             "validates: there would be no best checkpoint; lower it or train longer")
-
-
-def check_trainer_args(trainer_cfg: DictConfig) -> None:
-    """`trainer.max_epochs=abc` -> one line naming the argument and the type it takes."""
-    hints = typing.get_type_hints(L.Trainer.__init__)
-    for key, value in OmegaConf.to_container(trainer_cfg, resolve=False).items():
-        if key.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: its value is Hydra's
-            continue
-        if key not in hints:
-            raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")
-        if not _admits(value, hints[key]):
-            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hints[key]}".replace("typing.", ""))
 
 
 class SweepSummary(Callback):
@@ -311,9 +196,39 @@ class SweepSummary(Callback):
         (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
         columns = list(dict.fromkeys(k for r in rows for k in r))
         with open(sweep / "summary.csv", "w", newline="") as f:
-            csv.DictWriter(f, columns).writeheader()
-            csv.DictWriter(f, columns).writerows(rows)
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
         names = ", ".join(r["job"] for r in failed)
         failures = f" ({len(failed)} failed, no metrics.json: jobs {names})" if failed else ""
         best = f"; best by {key}: job {rows[0]['job']}" if not rows[0]["failed"] else ""
         print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")
+
+
+log = logging.getLogger("redes")
+log.addHandler(logging.NullHandler())  # with Hydra's job logging off: nothing, not Python's stderr fallback
+
+
+def log_to_run_file() -> None:
+    """Hydra points the root logger at RUN/train.log, but Lightning's logger was given its own console handler and
+    stopped propagating when it was imported (before Hydra set logging up), so the file stayed empty. Lightning's
+    messages and ours (the command, the error line, the test metrics) go to this job's file too, the console
+    unchanged. A sweep's next job gets a new file: the previous job's handler is taken off first."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for logger in (logging.getLogger("lightning.pytorch"), logging.getLogger("lightning.fabric"), log):
+        for handler in [h for h in logger.handlers if getattr(h, "_redes_run_file", False)]:
+            logger.removeHandler(handler)
+        if logger.propagate and logger is not log:
+            continue  # its records reach the root's file already
+        for handler in files:
+            handler._redes_run_file = True
+            logger.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the console has its own lines (print): only the file gets these
+
+
+def is_grid_sweep_job() -> bool:
+    """A job of a `-m` sweep by Hydra's basic sweeper, which runs every job whatever the others returned.
+    (The Optuna sweeper, 1.2, cannot record a failed trial and go on: its study stops at the error.)"""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" in hydra_cfg.sweeper.get("_target_", "")

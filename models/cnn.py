@@ -23,7 +23,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
                  widths: tuple[int, ...] = (32, 64), convs_per_block: int = 1, kernel_size: int = 3,
-                 padding: int | None = None, stride: int = 1, batch_norm: bool = True,
+                 padding: int | str | None = None, stride: int = 1, batch_norm: bool = True,
                  hidden_size: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
         padding = kernel_size // 2 if padding is None else padding  # "same" padding for odd kernels
@@ -39,11 +39,11 @@ class ConvNet(nn.Module):
             size = tuple(n // 2 for n in size)
             if min(size) < 1:
                 raise ValueError(f"widths={list(widths)}, kernel_size={kernel_size}, padding={padding}, "
-                                 f"stride={stride}: block {block} leaves no pixels of the {image_size[0]}x{image_size[1]} images; use "
-                                 "fewer widths, a smaller stride or kernel, or more padding")
+                                 f"stride={stride}: block {block} leaves no pixels of the "
+                                 f"{image_size[0]}x{image_size[1]} images; "
+                                 "use fewer widths, a smaller stride or kernel, or more padding")
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():  # flattened size after the conv stack, from one dummy image
-            n_features = self.features(torch.zeros(1, in_channels, *image_size)).numel()
+        n_features = c * size[0] * size[1]  # (C, H, W) after the last block, flattened
         self.head = nn.Sequential(
             nn.Flatten(), nn.Dropout(dropout),
             nn.Linear(n_features, hidden_size), nn.ReLU(), nn.Dropout(dropout),

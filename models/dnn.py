@@ -18,8 +18,8 @@ class ClickMLP(nn.Module):
 
     reads = ("table",)  # the data kinds it is built for (train.py refuses others in one line)
 
-    def __init__(self, num_numeric: int, cardinalities: list[int], hidden_size: int = 256, num_layers: int = 3,
-                 embedding_dim: int = 16, dropout: float = 0.1, activation: str = "relu",
+    def __init__(self, num_numeric: int, cardinalities: list[int], hidden_size: int = 128, num_layers: int = 2,
+                 embedding_dim: int = 4, dropout: float = 0.2, activation: str = "relu",
                  batch_norm: bool = True) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:

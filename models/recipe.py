@@ -15,6 +15,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
@@ -124,11 +125,22 @@ class Recipe(L.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         if self.hparams.l1:  # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it)
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
+        self._record_non_finite(loss)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # -- the non-finite loss guard --------------------------------------------------------------
+    def _record_non_finite(self, loss: Tensor) -> None:
+        """Remember the first step whose loss is not finite, on the device: no host sync."""
         steps_seen, first_bad_step = self._guard()
         bad = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
         first_bad_step.copy_(torch.where(bad, steps_seen, first_bad_step))  # in place: no Module.__setattr__
         steps_seen.add_(1)
-        return loss
 
     def _guard(self, fresh: bool = False) -> tuple[Tensor, Tensor]:
         """(steps seen, first bad step) on the module's device, made when first needed: callbacks such as
@@ -150,6 +162,31 @@ class Recipe(L.LightningModule):
             raise NonFiniteLossError(
                 f"training loss became non-finite at step {step} (epoch {step // per_epoch}, batch {step % per_epoch}); "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
+
+    # -- lifecycle hooks ------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+        self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
+        if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_train_start(self) -> None:
+        # The training batches run so far: 0, or a resumed checkpoint's count (the counter is not in checkpoints).
+        self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+        if self.trainer.ckpt_path and self.hparams.scheduler["name"] == "none":
+            self._reset_lr_and_momentum_to_config()
+        stopper = self.trainer.early_stopping_callback
+        if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
+            self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
+
+    def _reset_lr_and_momentum_to_config(self) -> None:
+        """A run resumed without a schedule trains at `model.lr` and the optimizer's configured momentum: the restored
+        optimizer state holds where the checkpoint's schedule left them (one-cycle ends near lr 0 and cycles Adam's
+        beta1), and no scheduler is left to change them."""
+        name, options = self._optimizer_settings()
+        fresh = OPTIMIZERS[name]([torch.zeros(1)], lr=self.hparams.lr, **options)  # the settings, resolved
+        for group in self.optimizers().optimizer.param_groups:
+            group.update({k: fresh.defaults[k] for k in ("lr", "betas", "momentum") if k in group})
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The global gradient norm before clipping, every log interval only: the norm costs a pass over the grads.
@@ -174,30 +211,7 @@ class Recipe(L.LightningModule):
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 == trainer.max_epochs
         return last_epoch and batch_idx + 1 >= trainer.num_training_batches
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.trainer.state.fn == "fit":  # every checkpoint of a fit, also those written after a validation
-            self.check_finite()
-        checkpoint["train_seconds"] = self.seconds_before + time.perf_counter() - self._fit_started
-        # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
-        checkpoint["rng"] = {"cpu": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning calls this before configure_optimizers: _scheduler checks the new run against the saved one.
-        self._resumed_schedule = (checkpoint.get("lr_schedulers") or [None])[0]
-        if self._trainer is not None and self.trainer.state.fn == "fit":  # a resume (not trainer.test's load)
-            self.seconds_before = checkpoint.get("train_seconds", 0.0)
-            if "rng" in checkpoint:
-                torch.set_rng_state(checkpoint["rng"]["cpu"])
-                for device, state in enumerate(checkpoint["rng"]["cuda"][:torch.cuda.device_count()]):
-                    torch.cuda.set_rng_state(state, device)  # the GPUs this machine has, if it has fewer
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "test")
-
+    # -- epoch metrics --------------------------------------------------------------------------
     def _log_epoch(self, stage: str) -> None:
         loss = self.losses[f"{stage}_"].compute()
         values = {f"{stage}/loss": loss, **{f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_"].compute().items()}}
@@ -220,29 +234,24 @@ class Recipe(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def on_train_start(self) -> None:
-        # The training batches run so far: 0, or a resumed checkpoint's count (the counter is not in checkpoints).
-        self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
-        if self.trainer.ckpt_path and self.hparams.scheduler["name"] == "none":
-            self._configured_step_sizes()
-        stopper = self.trainer.early_stopping_callback
-        if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
-            self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
+    # -- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.state.fn == "fit":  # every checkpoint of a fit, also those written after a validation
+            self.check_finite()
+        checkpoint["train_seconds"] = self.seconds_before + time.perf_counter() - self._fit_started
+        # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
+        checkpoint["rng"] = {"cpu": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
-    def _configured_step_sizes(self) -> None:
-        """A run resumed without a schedule trains at `model.lr` and the optimizer's configured momentum: the restored
-        optimizer state holds where the checkpoint's schedule left them (one-cycle ends near lr 0 and cycles Adam's
-        beta1), and no scheduler is left to change them."""
-        name, options = self._optimizer_settings()
-        fresh = OPTIMIZERS[name]([torch.zeros(1)], lr=self.hparams.lr, **options)  # the settings, resolved
-        for group in self.optimizers().optimizer.param_groups:
-            group.update({k: fresh.defaults[k] for k in ("lr", "betas", "momentum") if k in group})
-
-    def on_fit_start(self) -> None:
-        self._fit_started = time.perf_counter()
-        self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
-        if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
-            self.net.to(memory_format=torch.channels_last)
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before configure_optimizers: _scheduler checks the new run against the saved one.
+        self._resumed_schedule = (checkpoint.get("lr_schedulers") or [None])[0]
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # a resume (not trainer.test's load)
+            self.seconds_before = checkpoint.get("train_seconds", 0.0)
+            if "rng" in checkpoint:
+                torch.set_rng_state(checkpoint["rng"]["cpu"])
+                for device, state in enumerate(checkpoint["rng"]["cuda"][:torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(state, device)  # the GPUs this machine has, if it has fewer
 
     # -- optimization ---------------------------------------------------------------------------
     def _decayed_parameters(self) -> list[nn.Parameter]:
@@ -325,8 +334,6 @@ class Recipe(L.LightningModule):
 
 def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:
     """A trained Recipe from its checkpoint alone; `weights_only=True`: loading never runs code from the file."""
-    from hydra.utils import instantiate
-
     hparams = torch.load(ckpt_path, map_location=map_location, weights_only=True)["hyper_parameters"]
     net = instantiate(hparams["config"]["model"]["net"])(**hparams["net_kwargs"])
     return Recipe.load_from_checkpoint(ckpt_path, map_location=map_location, net=net, weights_only=True)

@@ -41,7 +41,8 @@ def test_network_shape_and_one_fused_lookup(knobs):
 
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    net = ClickMLP(num_numeric=4, cardinalities=[10, 10], hidden_size=32, num_layers=2)
+    net = ClickMLP(num_numeric=4, cardinalities=[10, 10], hidden_size=32, num_layers=2, embedding_dim=16,
+                   dropout=0.1)
     recipe = Recipe(net, task="binary", lr=1e-3, optimizer={"name": "adam"}, scheduler={"name": "none"})
     numeric, categorical, targets = torch.randn(32, 4), torch.randint(0, 10, (32, 2)), torch.randint(0, 2, (32,))
     optimizer, losses = torch.optim.Adam(net.parameters(), lr=1e-2), []

@@ -13,8 +13,8 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
-from models.cli import (check_model_reads_data, check_overrides, check_settings, config_kept_on_failure, resume_arguments,
-                        sweep_variants, trainer_arguments)
+from models.checks import check_model_reads_data, check_settings
+from models.cli import check_overrides, config_kept_on_failure, resume_arguments, sweep_variants, trainer_arguments
 from tests.conftest import make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
-from models.cli import check_trainer_args, distributed_arguments
+from models.checks import check_trainer_args
+from models.cli import distributed_arguments
 from tests.conftest import make_config
 from tests.cli_process import run_cli
 

@@ -1,0 +1,123 @@
+"""Checks of the composed config, before anything is built: each bad setting ends the command with one line naming
+it and the fix (train.py prints `error: ...`)."""
+import typing
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from data import UserInputError
+from models.recipe import epoch_metric_names
+from models.runs import flatten
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class WholeSweepError(UserInputError):
+    """An error every job of a sweep would meet: the sweep stops at the first (other job errors skip that job)."""
+
+
+def check_monitor(monitor: DictConfig, task: str) -> None:
+    """`monitor.metric` picks the best checkpoint, stops early and is what a sweep optimizes: it must be logged."""
+    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+    if monitor.metric not in names:
+        raise WholeSweepError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
+                              f"choose one of {', '.join(names)}")
+    if monitor.mode not in ("min", "max"):
+        raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
+
+
+def check_model_reads_data(cfg: DictConfig) -> None:
+    """`model=cnn data=text`: refused before the data is read, naming the models that do read it. A network says
+    which kinds of data it reads (`reads`), a data module which kind it gives (`kind`)."""
+    try:
+        network, data = get_object(cfg.model.net._target_), get_object(cfg.data._target_)
+    except (ImportError, AttributeError, ValueError):  # a misspelt _target_: instantiating it says so
+        return
+    reads, kind = getattr(network, "reads", None), getattr(data, "kind", None)
+    if reads is None or kind is None or kind in reads:
+        return
+    targets = {path.stem: OmegaConf.load(path).model.net._target_ for path in (CONFIGS / "model").glob("*.yaml")}
+    readers = sorted(name for name, target in targets.items() if kind in getattr(get_object(target), "reads", ()))
+    model, data_choice = cfg.model.net._target_, cfg.data._target_
+    if HydraConfig.initialized():  # the command's words, unless model.net._target_ or data._target_ was changed
+        choices = HydraConfig.get().runtime.choices
+        if targets.get(choices.get("model")) == model:
+            model = f"model={choices.get('model')}"
+        data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"
+        if data_file.is_file() and OmegaConf.load(data_file).get("data", {}).get("_target_") == data_choice:
+            data_choice = f"data={choices.get('data')}"
+    raise UserInputError(f"{model} reads {' or '.join(reads)}, and {data_choice} is {kind}: "
+                         f"for {kind} choose {' or '.join(f'model={m}' for m in readers) or 'another model'}")
+
+
+def check_single_process_sweep(trainer: L.Trainer) -> None:
+    """Lightning starts each extra DDP rank by re-running the command line, which under `-m` is the whole sweep
+    again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
+    if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise WholeSweepError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
+                              "process per run (drop trainer=ddp...), or start each DDP run on its own")
+
+
+def _admits(value, hint) -> bool:
+    if hint is typing.Any or value is None and type(None) in typing.get_args(hint):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_admits(value, h) for h in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or hint is dict:
+        return isinstance(value, (dict, DictConfig))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint) or isinstance(value, (dict, DictConfig))  # a dict: Hydra builds the object
+    return True  # a hint we cannot judge
+
+
+# Numbers of the recipe and the data: (whole number?, least value, may it equal the least value?)
+NUMBERS = {"model.lr": (False, 0, False), "model.weight_decay": (False, 0, True), "model.l1": (False, 0, True),
+           "data.batch_size": (True, 1, True), "data.eval_batch_size": (True, 1, True)}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
+    and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
+    # `???` marks a value only the user can give (a data file's path)
+    if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
+        raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
+    check_trainer_args(cfg.trainer)
+    for key, (whole, least, inclusive) in NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
+        if not number or not (value >= least if inclusive else value > least):
+            raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
+                                 f"{'>=' if inclusive else '>'} {least}")
+    trainer = cfg.trainer
+    if trainer.get("limit_val_batches") == 0:
+        raise UserInputError("trainer.limit_val_batches=0: the best checkpoint and early stopping need validation; "
+                             "give a fraction or a number of batches > 0")
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
+        raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
+                             "validates: there would be no best checkpoint; lower it or train longer")
+
+
+def check_trainer_args(trainer_cfg: DictConfig) -> None:
+    """`trainer.max_epochs=abc` -> one line naming the argument and the type it takes."""
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    for key, value in OmegaConf.to_container(trainer_cfg, resolve=False).items():
+        if key.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: its value is Hydra's
+            continue
+        if key not in hints:
+            raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")
+        if not _admits(value, hints[key]):
+            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hints[key]}".replace("typing.", ""))
