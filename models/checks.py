@@ -1,5 +1,7 @@
 """Checks of the composed config, before anything is built: each bad setting ends the command with one line naming
 it and the fix (train.py prints `error: ...`)."""
+import difflib
+import inspect
 import typing
 from pathlib import Path
 
@@ -117,7 +119,15 @@ def check_trainer_args(trainer_cfg: DictConfig) -> None:
     for key, value in OmegaConf.to_container(trainer_cfg, resolve=False).items():
         if key.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: its value is Hydra's
             continue
-        if key not in hints:
-            raise UserInputError(f"trainer.{key} is not a lightning Trainer argument")
+        if key not in hints:  # e.g. +trainer.max_epoch=3 (without the +, models/cli.py's trainer_arguments says it)
+            raise not_a_trainer_argument(key)
         if not _admits(value, hints[key]):
-            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hints[key]}".replace("typing.", ""))
+            hint = str(hints[key]).replace("typing.", "")
+            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hint}")
+
+
+def not_a_trainer_argument(name: str) -> UserInputError:
+    """The error for a misspelt Trainer argument, with the nearest names."""
+    near = difflib.get_close_matches(name, list(inspect.signature(L.Trainer.__init__).parameters), n=3)
+    return UserInputError(f"trainer.{name} is not a lightning Trainer argument"
+                          + (f"; did you mean {', '.join(near)}?" if near else ""))

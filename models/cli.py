@@ -3,7 +3,6 @@
 a run's saved config kept when it fails, the run's train.log, and sweep summaries. Checks of the composed config
 are in models/checks.py."""
 import csv
-import difflib
 import inspect
 import json
 import logging
@@ -21,7 +20,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.checks import CONFIGS, check_settings
+from models.checks import CONFIGS, check_settings, not_a_trainer_argument
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -82,9 +81,7 @@ def trainer_arguments(argv: list[str]) -> list[str]:
         name, _, inner = arg.split("=", 1)[0].removeprefix("trainer.").partition(".")  # inner: trainer.strategy.x
         if arg.startswith("trainer.") and "=" in arg and not name.startswith("_"):  # _target_: Hydra's
             if name not in names:
-                near = difflib.get_close_matches(name, names, n=3)
-                raise UserInputError(f"trainer.{name} is not a lightning Trainer argument"
-                                     + (f"; did you mean {', '.join(near)}?" if near else ""))
+                raise not_a_trainer_argument(name)
             arg = arg if inner else f"++{arg}"
         passed.append(arg)
     return passed

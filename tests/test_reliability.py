@@ -230,6 +230,7 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["-m", "model=dnn", "model.lrr=0.1,0.2"], "error: Could not override 'model.lrr'."),
     (["-m", "model=dnn", "model.lr=0.1,abc"], "error: model.lr='abc': give a number > 0"),
     (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
+    (["+trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
     (["trainer.check_val_every_n_epoch=30"], "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
