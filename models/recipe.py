@@ -23,6 +23,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassA
 from data import UserInputError
 
 SCHEDULE_LENGTH = {"step": "step_size", "cosine": "T_max", "onecycle": "total_steps"}  # the attribute, in steps
+SCHEDULERS = ("none", *SCHEDULE_LENGTH)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "rmsprop": torch.optim.RMSprop}
 TASKS = ("binary", "multiclass", "lm")
@@ -77,6 +78,8 @@ class Recipe(L.LightningModule):
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
         if optimizer["name"] not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer['name']!r}; choose one of {sorted(OPTIMIZERS)}")
+        if scheduler["name"] not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler['name']!r}; choose one of {', '.join(SCHEDULERS)}")
         # `config` (the run's resolved config) and `net_kwargs` (what the data told the network) let
         # `load_recipe` rebuild the network from a checkpoint alone.
         self.save_hyperparameters(ignore=["net"])
@@ -310,7 +313,7 @@ class Recipe(L.LightningModule):
         elif s["name"] == "cosine":  # from lr down to lr * final_ratio over the whole run
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps(),
                                                                    eta_min=self.hparams.lr * s["final_ratio"])
-        elif s["name"] == "onecycle":  # warm up to lr for pct_start of the run, then anneal to ~0
+        else:  # onecycle: warm up to lr for pct_start of the run, then anneal to ~0
             has_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
             total, pct_start = self._total_steps(), s["pct_start"]
             if pct_start * total == 1:  # a one-step warm-up ends at step 0, and OneCycleLR divides by its length, 0
@@ -319,8 +322,6 @@ class Recipe(L.LightningModule):
                 optimizer, max_lr=self.hparams.lr, total_steps=total, pct_start=pct_start,
                 cycle_momentum=s.get("cycle_momentum", True) and has_momentum,
                 base_momentum=s.get("base_momentum", 0.85), max_momentum=s.get("max_momentum", 0.95))
-        else:
-            raise ValueError(f"unknown scheduler {s['name']!r}; choose one of none, step, cosine, onecycle")
         # A resumed run continues the checkpoint's schedule, whose length was the first run's: a run of another
         # length would leave it (OneCycleLR raises past its end) or stretch nothing.
         saved, key = self._resumed_schedule, SCHEDULE_LENGTH[s["name"]]

@@ -110,6 +110,15 @@ def test_l2_weight_decay_applies_to_weights_and_kernels_only():
     assert free["params"] and len(decayed["params"]) + len(free["params"]) == len(list(net.parameters()))
 
 
+@pytest.mark.parametrize("optimizer, scheduler, message", [
+    ("lion", "none", "unknown optimizer 'lion'; choose one of"),
+    ("adamw", "linear", "unknown scheduler 'linear'; choose one of none, step, cosine, onecycle"),
+])
+def test_an_unknown_optimizer_or_schedule_is_refused_when_the_recipe_is_made(optimizer, scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe(logistic_case()[0], task="binary", lr=1e-3, optimizer={"name": optimizer}, scheduler={"name": scheduler})
+
+
 def test_a_cnn_that_would_shrink_images_to_nothing_is_refused_by_name():
     with pytest.raises(ValueError, match=r"widths=\[32, 64, 128\], kernel_size=3, padding=1, stride=2: block 3 leaves"):
         ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(32, 64, 128), stride=2)
