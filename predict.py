@@ -4,9 +4,10 @@
                                file, class, probability, then the probability of every class. Each image is
                                greyscaled or made RGB (transparent pixels over black), resized to the network's
                                input, and normalized with the training split's statistics, as in training.
-  input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models;
-                               data=csv, advertising or clicks: a Criteo model reads Criteo files, not rows),
-                               or `class` and `probability` (multi-class). The run's DataModule turns rows into
+  input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models:
+                               data=csv, advertising, clicks or criteo), or `class` and `probability` (multi-class).
+  input=FILE.txt or FILE.tsv   Kaggle's Criteo lines (tab-separated, no header; with or without the label) -> the
+                               same, for a data=criteo model. The run's DataModule turns rows into
                                network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
 Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
 The DataModule is rebuilt from the config stored in the checkpoint, with the normalization statistics, class names
@@ -26,13 +27,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError
+from data.criteo import CriteoDataModule, read_tab_separated
 from data.tabular import READ_CSV
 from models.recipe import load_recipe
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
-USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv [out=FILE.csv] "
+USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
          "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ROW_SUFFIXES = (".csv", ".txt", ".tsv")  # .txt, .tsv: Kaggle's Criteo lines, tab-separated, no header
 CHUNK = 65536  # rows per forward pass: bounds memory on large tables
 
 
@@ -102,17 +105,22 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def predict_rows(recipe, datamodule, csv: Path) -> pd.DataFrame:
+def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
     encode = getattr(datamodule, "encode_frame", None)
     if encode is None:
-        raise UserInputError(f"input={csv}: this run was trained on {type(datamodule).__name__} data, whose rows "
-                             "predict.py cannot read from a CSV: CSV input is for models trained with data=csv, "
-                             "advertising or clicks (a data=criteo model: eval.py data.path=FILE scores a file's test split)")
-    try:
-        frame = pd.read_csv(csv, **READ_CSV)  # read as training read its file
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"input={csv}: not a readable CSV file ({err})") from err
-    inputs = encode(frame, where=f"input={csv}")  # raises UserInputError naming a bad column or row
+        raise UserInputError(f"input={path}: this run was trained on {type(datamodule).__name__} data, whose rows "
+                             "predict.py cannot read: rows are for models trained with data=csv, advertising, "
+                             "clicks or criteo")
+    if path.suffix.lower() != ".csv":  # tab-separated lines: Kaggle's Criteo files
+        if not isinstance(datamodule, CriteoDataModule):
+            raise UserInputError(f"input={path}: tab-separated lines are Criteo's; this model reads a .csv")
+        frame = read_tab_separated(path)
+    else:
+        try:
+            frame = pd.read_csv(path, **READ_CSV)  # every cell as text, as training read its file
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+    inputs = encode(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
     outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
     if recipe.hparams.task == "binary":
@@ -127,13 +135,14 @@ def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[
     path = Path(input_path)
     if not path.exists():
         raise UserInputError(f"input={path}: no such file or folder")
-    if not (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES + (".csv",)):
-        raise UserInputError(f"input={path}: give a folder of images, an image ({', '.join(IMAGE_SUFFIXES)}) or a .csv")
+    if not (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES + ROW_SUFFIXES):
+        raise UserInputError(f"input={path}: give a folder of images, an image ({', '.join(IMAGE_SUFFIXES)}), a .csv "
+                             "or Criteo's tab-separated .txt/.tsv")
     recipe = load_recipe(str(ckpt_path)).eval()
     if recipe.hparams.task == "lm":
         raise UserInputError("this checkpoint is a language model: sample text with generate.py")
     datamodule = fitted_datamodule(checkpoint, data_overrides)
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in ROW_SUFFIXES:
         return predict_rows(recipe, datamodule, path)
     return predict_images(recipe, datamodule, image_files(path))
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args
-from data.tabular import NumericScaler, stable_hash, to_finite
+from data.tabular import NumericScaler, parse, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
 COLUMNS = [LABEL, *INTEGERS, *CATEGORIES]
@@ -239,6 +239,22 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
         lines_read, rows = lines_read + n_lines, rows + len(chunk)
 
 
+def read_tab_separated(path: Path) -> pd.DataFrame:
+    """Kaggle's tab-separated lines, no header: label, I1..I13, C1..C26 (train.txt) or I1..I13, C1..C26 (test.txt,
+    no label); every cell as text, an empty one missing."""
+    with open(path, "rb") as f:
+        fields = f.readline().count(b"\t") + 1
+    names = {len(COLUMNS): COLUMNS, len(COLUMNS) - 1: COLUMNS[1:]}.get(fields)
+    if names is None:
+        raise UserInputError(f"input={path}: row 1 has {fields} tab-separated fields; Kaggle's Criteo lines have "
+                             f"{len(COLUMNS)} (label, I1..I13, C1..C26) or {len(COLUMNS) - 1} (no label)")
+    try:
+        return pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, quoting=csv.QUOTE_NONE,
+                           keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as err:  # a row with more fields than the first
+        raise UserInputError(f"input={path}: not readable as Criteo's tab-separated lines ({err})") from err
+
+
 def hash_column(values: pd.Series) -> np.ndarray:
     return np.where(values.isna().to_numpy(), 0, stable_hash(values.to_numpy())).astype(np.int32)
 
@@ -328,6 +344,30 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     @property
     def net_kwargs(self) -> dict:
         return {"num_numeric": self.scaler.width, "cardinalities": [1 + self.buckets] * len(CATEGORIES)}
+
+    # What was fitted on the training rows travels in every checkpoint (Lightning saves a DataModule's state_dict
+    # beside the weights), so predict.py encodes new rows as in training without the (large) training file.
+    def state_dict(self) -> dict:
+        return {} if self.train is None else {"scaler": self.scaler.state_dict(), "buckets": self.buckets}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.train is None and state:  # set up on its data, it keeps what it fitted: the same
+            self.scaler, self.buckets = NumericScaler.from_state(state["scaler"]), state["buckets"]
+
+    def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
+        """New rows with Criteo's columns I1..I13, C1..C26 (a label is not needed), every cell as text -> the
+        network's inputs (numeric features, categorical ids) as training made them; predict.py's path. Call
+        setup("fit") or load_state_dict(a checkpoint's state) first."""
+        if missing := [c for c in (*INTEGERS, *CATEGORIES) if c not in frame.columns]:
+            raise UserInputError(f"{where}: no column {missing[0]!r}; Criteo rows have the columns I1..I13 and "
+                                 "C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")
+        frame = frame.reset_index(drop=True)
+        integers = np.stack([parse(frame[c], to_finite, where, c, "is not a finite number", "fix or delete that row")
+                             .to_numpy(np.float32) for c in INTEGERS], axis=1)
+        categories = np.stack([hash_column(frame[c]) for c in CATEGORIES], axis=1)
+        numeric, ids, _ = self.features(torch.zeros(len(frame)), torch.from_numpy(integers).reshape(-1, len(INTEGERS)),
+                                        torch.from_numpy(categories).reshape(-1, len(CATEGORIES)))
+        return numeric, ids
 
     def features(self, labels: Tensor, integers: Tensor, categories: Tensor, generator=None) -> tuple[Tensor, ...]:
         ids = torch.where(categories == 0, 0, categories % self.buckets + 1)  # (B, 26); 0: missing

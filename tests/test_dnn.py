@@ -3,6 +3,7 @@ streaming, bad input), and train(cfg) end to end."""
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,9 @@ from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
 from data.criteo import CriteoDataModule, prepare
 from data.tabular import READ_CSV, CSVDataModule
+from models import runs
 from models.dnn import ClickMLP
-from models.recipe import Recipe
+from models.recipe import Recipe, load_recipe
 from tests.conftest import SHARED, make_config
 
 FAST = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null"]
@@ -162,6 +164,36 @@ def test_criteo_tsv_without_header_equals_csv_with_header(tmp_path):
         a, b = np.load(tsv / f"{name}.npy"), np.load(csv / f"{name}.npy")
         assert a.shape[0] == 300 and np.array_equal(a, b, equal_nan=True)
     assert np.array_equal(np.load(tsv / "labels.npy")[:, 0], rows["label"].to_numpy())
+
+
+def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_training_file(tmp_path):
+    rows = criteo_rows(800, np.random.default_rng(5))
+    path = tmp_path / "train.txt"
+    rows.to_csv(path, sep="\t", header=False, index=False)
+    train_module.train(make_config("model=dnn", "data=criteo", f"data.path={path}", f"paths.data_dir={tmp_path}",
+                                   "data.batch_size=64", "trainer.max_epochs=1", *FAST, output_dir=tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    recipe = load_recipe(str(ckpt)).eval()
+    datamodule = runs.build_datamodule(recipe.hparams.config["data"])  # the training path: the .npy cache, per batch
+    datamodule.setup("test")
+    with torch.no_grad():
+        expected = torch.cat([recipe(x, c).sigmoid() for x, c, _ in datamodule.test_dataloader()]).numpy()
+    test_rows = rows.iloc[-len(expected):]
+    shutil.rmtree(tmp_path / "criteo_cache")
+    path.unlink()  # predicting needs neither: the checkpoint holds the scaler and the number of hash buckets
+    test_rows.to_csv(tmp_path / "rows.csv", index=False)  # a header; the label column is ignored
+    test_rows.drop(columns="label").to_csv(tmp_path / "test.txt", sep="\t", header=False, index=False)  # Kaggle's
+    test_rows.to_csv(tmp_path / "labelled.tsv", sep="\t", header=False, index=False)
+    for name in ("rows.csv", "test.txt", "labelled.tsv"):
+        scored = predict_script.predict(ckpt, tmp_path / name)
+        assert len(scored) == len(expected) == 80
+        np.testing.assert_allclose(scored["click_probability"], expected, rtol=1e-5, atol=1e-6)
+    test_rows.iloc[:, :30].to_csv(tmp_path / "short.tsv", sep="\t", header=False, index=False)
+    with pytest.raises(UserInputError, match="row 1 has 30 tab-separated fields; Kaggle's Criteo lines have 40"):
+        predict_script.predict(ckpt, tmp_path / "short.tsv")
+    test_rows.assign(I3="many").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(UserInputError, match="column 'I3', row 1 .*'many' is not a finite number"):
+        predict_script.predict(ckpt, tmp_path / "bad.csv")
 
 
 def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monkeypatch):
