@@ -25,10 +25,10 @@ USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.d
 
 def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_options: dict | None = None) -> dict:
     """The checkpoint's test metrics (plus the data's reference metrics, as in metrics.json)."""
-    load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
+    checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     recipe = load_recipe(str(ckpt_path))
     config = recipe.hparams.config
-    datamodule = build_datamodule(config["data"], data_overrides, trained_on=recipe.hparams.net_kwargs)
+    datamodule = build_datamodule(config["data"], data_overrides, trained_on=checkpoint)
     # The precision it was trained and tested with; the device wherever this runs.
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,

@@ -139,16 +139,29 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
 
 def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):
     """The run's DataModule set up for fit (normalization statistics, vocabulary, encoders all come from the
-    training split). `trained_on`, a checkpoint's net_kwargs: data that would not fit its network (other overrides
-    point at another file with another alphabet, other categories, other image sizes) is refused."""
+    training split). `trained_on`, a loaded checkpoint: data unlike what its network learned from (overrides that
+    point at another file with another alphabet or other categories, another image dataset) is refused."""
     datamodule = instantiate_datamodule(data_config, overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if trained_on is not None and (differences := data_differences(trained_on, datamodule.net_kwargs)):
-        changed = f" ({', '.join(overrides)})" if overrides else ""
-        raise UserInputError(f"the checkpoint was trained on other data than this{changed}: {differences}; "
-                             "give the data it was trained on")
+    if trained_on is not None:
+        differences = (data_differences(trained_on["hyper_parameters"].get("net_kwargs", {}), datamodule.net_kwargs)
+                       or data_differences(learned_names(trained_on.get(type(datamodule).__qualname__) or {}),
+                                           learned_names(datamodule.state_dict())))
+        if differences:
+            changed = f" ({', '.join(overrides)})" if overrides else ""
+            raise UserInputError(f"the checkpoint was trained on other data than this{changed}: {differences}; "
+                                 "give the data it was trained on")
     return datamodule
+
+
+def learned_names(state: dict) -> dict:
+    """From a DataModule's state_dict, what the network's inputs and outputs mean beyond their sizes: the class
+    names (images) and each categorical column's levels (tables)."""
+    names = {"classes": list(state["classes"])} if "classes" in state else {}
+    for column, levels in state.get("ids", {}).get("vocab", {}).items():
+        names[f"levels of {column}"] = list(levels)
+    return names
 
 
 def data_differences(saved: dict, given: dict) -> str:
@@ -187,7 +200,7 @@ def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[st
     task = recipe.hparams.task
     if task == "lm":
         raise ValueError("predict_split is for classifiers; a language model's outputs are text (generate.py)")
-    datamodule = build_datamodule(recipe.hparams.config["data"], overrides, trained_on=recipe.hparams.net_kwargs)
+    datamodule = build_datamodule(recipe.hparams.config["data"], overrides, trained_on=load_checkpoint(ckpt_path))
     datamodule.setup(split)
     batches = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     inputs, targets, probs = [], [], []

@@ -3,13 +3,14 @@ importing torch, Lightning and torchmetrics takes on a small CPU (two thirds of 
 
 A fork server (multiprocessing's "forkserver": a fresh interpreter, not a copy of pytest) imports train.py's
 dependencies once; every call forks it and runs train.py as `__main__` (runpy), with this process's environment
-and the given arguments, its stdout and stderr in files: what a shell would run, minus the imports. The server
-only imports, it runs no tensor operation, so no thread pool exists yet to be broken by the fork.
+and the given arguments, its stdout and stderr in files: what a shell would run, minus the imports.
+Differences from a real process, none of which the tests rely on: settings read at import time (OpenMP's thread
+count, which torchmetrics' import starts; Lightning's rank from RANK) come from the environment the server started
+in; a child leaves through os._exit, so atexit handlers do not run; children share the server's hash seed.
 """
 import multiprocessing
 import os
 import runpy
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,6 @@ def _train_py(args: list[str], env: dict, stdout: str, stderr: str) -> None:
         file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(file, fd)
         os.close(file)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a shell's child
     sys.argv = [str(ROOT / "train.py"), *args]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
@@ -52,13 +52,14 @@ class TrainPy:
 
     def wait(self, timeout: float | None = None) -> subprocess.CompletedProcess:
         self.process.join(timeout)
-        if self.process.exitcode is None:
+        timed_out = self.process.exitcode is None
+        if timed_out:
             self.kill()
-            raise subprocess.TimeoutExpired(self.args, timeout)
-        done = subprocess.CompletedProcess(self.args, self.process.exitcode,
-                                           self._out.read_text(errors="replace"), self._err.read_text(errors="replace"))
+        out, err = self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
         self._files.cleanup()
-        return done
+        if timed_out:
+            raise subprocess.TimeoutExpired(self.args, timeout, out, err)
+        return subprocess.CompletedProcess(self.args, self.process.exitcode, out, err)
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

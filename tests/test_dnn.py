@@ -137,6 +137,21 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     assert vocab == 2 and categorical[0, 0] == 0 and vocab < categorical[1, 0] <= vocab + 3
 
 
+def test_rescoring_refuses_a_table_whose_categories_differ_from_training(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100), "y": rng.integers(0, 2, 300)})
+    config = {"_target_": "data.tabular.CSVDataModule", "path": str(write_csv(tmp_path / "a.csv", frame)),
+              "label_column": "y", "numeric_columns": ["x"], "categorical_columns": ["city"]}
+    trained = runs.build_datamodule(config)
+    checkpoint = {"hyper_parameters": {"net_kwargs": trained.net_kwargs}, "CSVDataModule": trained.state_dict()}
+    moved = write_csv(tmp_path / "moved.csv", frame)
+    runs.build_datamodule(config, [f"data.path={moved}"], trained_on=checkpoint)  # the same data: accepted
+    other = write_csv(tmp_path / "b.csv", frame.assign(city=frame.city.map({"a": "q", "b": "r", "c": "s"})))
+    with pytest.raises(UserInputError, match=r"trained on other data than this \(data.path=.*b.csv\): levels of city "
+                                             r"\['a', 'b', 'c'\] there, \['q', 'r', 's'\] here"):
+        runs.build_datamodule(config, [f"data.path={other}"], trained_on=checkpoint)
+
+
 # -- Criteo -----------------------------------------------------------------------------------------
 @needs(CRITEO_SAMPLE)
 def test_criteo_sample_csv_with_header(tmp_path):

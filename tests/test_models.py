@@ -124,8 +124,11 @@ def test_a_cnn_that_would_shrink_images_to_nothing_is_refused_by_name():
         ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(32, 64, 128), stride=2)
     with pytest.raises(ValueError, match=r"kernel_size=5, padding=0, stride=1: block 2 leaves no pixels of the 8x8"):
         ConvNet(in_channels=1, num_classes=10, image_size=(8, 8), widths=(4, 8), kernel_size=5, padding=0)
-    for padding in ("same", "valid", 0, 2):  # what nn.Conv2d takes; the sizes agree with its own arithmetic
-        ConvNet(in_channels=1, num_classes=10, image_size=(28, 28), widths=(4, 8), padding=padding)
+    for padding, stride in (("same", 1), ("valid", 1), (0, 2), (2, 1), (1, 3)):  # the head is sized by arithmetic:
+        net = ConvNet(in_channels=1, num_classes=10, image_size=(28, 23), widths=(4, 8), padding=padding, stride=stride)
+        assert net(torch.zeros(2, 1, 28, 23)).shape == (2, 10)  # it agrees with what the convolutions make
+    bn = ConvNet(in_channels=1, num_classes=10, image_size=(28, 28)).features[1]
+    assert bn.num_batches_tracked == 0 and torch.equal(bn.running_var, torch.ones(32))  # building runs no batch
 
 
 def test_a_learning_rate_finder_trains_before_the_recipe_starts_its_fit(tmp_path):
