@@ -1,6 +1,9 @@
 """The benchmark commands run and report what the README's tables are read from; their speed is never asserted."""
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 import train as project
 from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
-from conftest import make_config
+from conftest import ROOT, make_config
 
 SMALL_DNN = ["model=dnn", "data.rows=4000", "data.batch_size=256", "data.eval_batch_size=1000"]
 
@@ -100,3 +103,22 @@ def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     warmed, _ = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0]", "warmup=3"])
     assert warmed["warmup_steps"] == 3 and warmed["warmup_seconds"] > 0
     assert [value for _, value in warmed["curve"]] == [value for _, value in result["curve"]]
+
+
+def test_the_gpu_script_runs_its_steps_and_gathers_their_results(tmp_path):
+    # benchmarks/gpu.sh's plumbing, in SMOKE mode (the same commands, tiny and on the CPU): each step's exit code,
+    # seconds and JSON (a benchmark's, or a run's metrics.json) in results.json, and a summary line each.
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 400)
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work"), "TEXT": str(tmp_path / "corpus.txt")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "lstm_run", "dnn_tta"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results) == ["lstm_run", "dnn_tta"] and all(step["rc"] == 0 for step in results.values())
+    assert results["lstm_run"]["metrics"]["steps"] == 3 and results["lstm_run"]["metrics"]["test/loss"] > 0
+    assert results["dnn_tta"]["dnn_tta"]["metric"] == "test/auroc"
+    summary = done.stdout.splitlines()[-2:]
+    assert summary[0].startswith("lstm_run: exit 0") and "test/loss" in summary[0]
+    assert summary[1].startswith("dnn_tta: exit 0") and "test/auroc reached" in summary[1]
+    assert "=== lstm_run" in (tmp_path / "out" / "log.txt").read_text()
