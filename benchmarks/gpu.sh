@@ -73,8 +73,18 @@ dnn_throughput_step() {  # samples/s at the default batch of 8192, and at 65,536
     "out=$work/dnn_throughput_65536.json" $(smoke steps=2 warmup=1 repeats=1 data.rows=20000 data.batch_size=4096)
 }
 lstm_run_step() {  # the preset's two-minute run: test and best validation nats/char
+  # Its one-cycle schedule must end before max_time stops the run (cut short, it stops at a high learning rate): the
+  # preset's max_steps assumes ~1.2M characters/s; with lstm_throughput's measured rate, 100 s of steps instead.
+  local steps
+  steps=$("$py" - "$work/lstm_throughput.json" 2>/dev/null <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"trainer.max_steps={int(100 * r['lightning_samples_per_s'] / r['batch_size'])}")
+PY
+)
+  echo "lstm_run: ${steps:-max_steps of the preset} (from lstm_throughput.json, if measured)"
   "$py" train.py experiment=lstm_gpu "data.path=$text" "hydra.run.dir=$work/lstm_run" callbacks.progress_bar=null \
-    $preset_device $(smoke trainer.max_steps=3 model.net.hidden_size=32 data.seq_len=32 data.eval_seq_len=64)
+    $steps $preset_device $(smoke trainer.max_steps=3 model.net.hidden_size=32 data.seq_len=32 data.eval_seq_len=64)
 }
 cnn_throughput_step() {
   "$py" benchmarks/throughput.py experiment=cnn_gpu "paths.data_dir=$data" steps=100 "out=$work/cnn_throughput.json" \
