@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 import train as train_module
+from benchmarks import throughput
 from generate import generate
 from tests.conftest import make_config
 
@@ -86,25 +87,12 @@ def count_syncs(run) -> int:
     return sum(SYNC in str(w.message) for w in caught)
 
 
-def plain_steps(recipe, datamodule, first: int, last: int, precision: str, clip: float | None) -> None:
-    """The same steps by hand: forward under autocast, loss, backward, clipping, AdamW; the sync watch as above."""
-    net = recipe.net.cuda().train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "16-mixed")
-    batches = iter(datamodule.train_dataloader())
-    for step in range(last + 1):
-        *inputs, targets = next(batches)
-        with torch.autocast("cuda", dtype=dtype):
-            loss = recipe._loss(net(*inputs), targets)[0]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
-        torch.cuda.set_sync_debug_mode("warn" if first <= step < last else "default")
+def watched(batches, first: int, last: int):
+    """The batches, with the sync watch on from the fetch of batch first+1 to that of batch last+1 (each step ends
+    where the next batch is fetched): steps first+1 .. last, as SyncWatch watches the Lightning path."""
+    for i, batch in enumerate(batches):
+        torch.cuda.set_sync_debug_mode("warn" if first < i <= last else "default")
+        yield batch
 
 
 @pytest.mark.parametrize("preset", [["experiment=cnn_gpu", "model.compile=false", "data=mnist", "data.val_size=200",
@@ -131,7 +119,10 @@ def test_the_recipe_adds_no_host_synchronisation_to_a_training_step(preset, mnis
     assert len(datamodule.train_dataloader()) > last + 1  # no epoch boundary inside the watched steps
     lightning = count_syncs(lambda: trainer.fit(recipe, datamodule=datamodule))
     assert next(iter(datamodule.train_dataloader()))[0].device.type == "cuda"  # the data lives on the GPU
-    plain = count_syncs(lambda: plain_steps(train_module.build_recipe(cfg, datamodule), datamodule, first, last,
-                                            str(trainer.precision), cfg.trainer.get("gradient_clip_val")))
+    by_hand = train_module.build_recipe(cfg, datamodule).to("cuda")  # the benchmarks' hand-written loop
+    by_hand.trainer = trainer  # only for the schedule's length
+    batches = watched(datamodule.train_dataloader(), first, last)
+    plain = count_syncs(lambda: throughput.plain_loop(by_hand, batches, last + 1, 0, str(trainer.precision),
+                                                      cfg.trainer.get("gradient_clip_val")))
     print(f"host syncs in steps {first + 1}-{last}: Lightning path {lightning}, plain loop {plain}")
     assert lightning <= plain, f"the Lightning path synchronised {lightning} times, the plain loop {plain}"
