@@ -163,7 +163,7 @@ for step, e in r.items():
         if not isinstance(j, dict):
             continue
         if "seconds_to_target" in j:
-            line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s"
+            line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s, peak GPU MB {j.get('peak_gpu_mb')}"
         elif "ratio" in j:
             line += f" | {name} ({j['precision']}, batch {j['batch_size']}): " + rate(j, "chars_per_s" if "lightning_chars_per_s" in j else "samples_per_s")
         elif name == "metrics":

@@ -50,6 +50,13 @@ class Clock(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
+def peak_memory() -> dict:
+    """The process's peak resident memory so far, and the GPU memory PyTorch has allocated at most (since the last
+    torch.cuda.reset_peak_memory_stats), in MiB."""
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """What Lightning's `trainer.precision` does to the forward pass: bf16-mixed and 16-mixed autocast."""
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
@@ -139,7 +146,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
                 timed = plain_run(cfg, datamodule, trainer, steps, warmup)
             seconds[path].append(timed)
             if torch.cuda.is_available():
-                peak_gpu_mb[path] = max(peak_gpu_mb[path], round(torch.cuda.max_memory_allocated() / 2**20, 1))
+                peak_gpu_mb[path] = max(peak_gpu_mb[path], peak_memory()["peak_gpu_mb"])
 
     # What one training batch holds, counted on a batch (a streamed loader's batch_size counts blocks of rows):
     # samples (images, rows, windows of text) and targets (characters, for a language model).
@@ -155,7 +162,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
         "plain_samples_per_s": rate(batch, min(seconds["plain"])),
         "lightning_runs": [rate(batch, s) for s in seconds["lightning"]],
         "plain_runs": [rate(batch, s) for s in seconds["plain"]],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_memory()["peak_rss_mb"],
         "peak_gpu_mb": peak_gpu_mb if torch.cuda.is_available() else None,
     }
     if datamodule.task == "lm":

@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 import train as project  # noqa: E402
-from benchmarks.throughput import autocast  # noqa: E402
+from benchmarks.throughput import autocast, peak_memory  # noqa: E402
 
 METRIC = {"multiclass": ("test/acc", "max"), "binary": ("test/auroc", "max"), "lm": ("test/loss", "min")}
 
@@ -93,7 +93,8 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     reached = {str(t): next((s for s, v in clock.points if better(v, t)), None) for t in targets}
     result = {"model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
               "torch": torch.__version__, "metric": metric, "seconds_to_target": reached,
-              "curve": clock.points, "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "overrides": overrides}
+              "curve": clock.points, "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "overrides": overrides,
+              **peak_memory()}
     return result, options.get("out")
 
 

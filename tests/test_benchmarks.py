@@ -98,6 +98,7 @@ def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     assert result["seconds_to_target"] == {"0.0": seconds[0], "1.01": None}  # reached at once; never
     assert 0.5 < result["curve"][-1][1] <= 1  # learned something from 2,880 rows
     assert result["warmup_steps"] == 0 and result["warmup_seconds"] == 0
+    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None  # no GPU here
     json.dumps(result)  # what the command prints
     # A warm-up (where torch.compile would compile) trains a throwaway network: the timed one learns the same.
     warmed, _ = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0]", "warmup=3"])
