@@ -107,11 +107,17 @@ def collapse_linear_stack(stack: nn.Sequential) -> nn.Linear:
 
 # ---- 2. Activations and the derivatives the notes give -------------------------------------------
 
+LEAKY_SLOPE = 0.1  # leaky ReLU's slope for x < 0 (torch's default is 0.01; 0.1 shows on the plot)
+
 # name -> (function, derivative written as in the notes)
 ACTIVATIONS = {
     "sigmoid": (torch.sigmoid, lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x))),
     "tanh": (torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
     "relu": (torch.relu, lambda x: (x > 0).to(x.dtype)),
+    # ReLU's gradient is 0 for every x < 0: a unit whose input stays negative never learns again ("dies"). The leak
+    # keeps a small slope there.
+    "leaky_relu": (lambda x: F.leaky_relu(x, LEAKY_SLOPE),
+                   lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, LEAKY_SLOPE))),
     "step": (step, torch.zeros_like),
     "identity": (lambda x: x, torch.ones_like),
 }
@@ -128,6 +134,11 @@ def softmax_by_hand(a: Tensor) -> tuple[Tensor, Tensor]:
     exponentials = torch.exp(a)  # (..., K) scores
     total = exponentials.sum(-1, keepdim=True)  # (..., 1): the normaliser
     return total, exponentials / total
+
+
+def softmax_jacobian(s: Tensor) -> Tensor:
+    # d s_i / d a_j = s_i (delta_ij - s_j): raising one score raises its own probability and lowers every other.
+    return torch.diag_embed(s) - s[..., :, None] * s[..., None, :]  # (..., K, K) from the probabilities (..., K)
 
 
 def log_softmax_by_hand(a: Tensor) -> Tensor:
@@ -263,8 +274,9 @@ def load_fashion_mnist(n: int, split: str = "train") -> tuple[Tensor, Tensor]:
     return images, torch.tensor(labels, dtype=torch.long)
 
 
-# Full-batch gradient descent on 2000 images, 100 steps: 1e-4 barely moves the loss; 10 makes it
-# jump far above where it started (cross-entropy grows only linearly in the logits, so it stays finite).
+# Full-batch gradient descent on 2000 images, 100 steps: 1e-4 barely moves the loss; 10 overshoots: the loss jumps
+# from 2.3 to ~200 within 5 steps and after 100 is still several times where it started (cross-entropy grows only
+# linearly in the logits, so it stays finite and comes down again, slowly). Divergence proper: DIVERGING_LR below.
 LEARNING_RATES = {"too small": 1e-4, "good": 0.1, "too large": 10.0}
 
 
@@ -283,6 +295,9 @@ def elongated_bowl(p: Tensor) -> Tensor:
 
 
 BOWL_START = (-4.0, 1.0)
+# Along y a gradient step multiplies y by (1 - 100 lr): above lr = 2/100 that factor is below -1, so y flips sign
+# and grows every step and the loss grows without bound: divergence. 0.021 gives -1.1 a step, 1.1^100 ~ 1.4e4.
+DIVERGING_LR = 0.021
 OPTIMIZERS = {  # name -> (class, settings) for optimizer_path; lr picked per method, not tuned hard
     # The bowl is an exact loss, no data to sample, so "SGD" here is plain, deterministic gradient descent.
     "SGD": (torch.optim.SGD, {"lr": 0.018}),  # just under the 2/100 stability limit
@@ -383,6 +398,11 @@ def layer_shapes(model: nn.Sequential, x: Tensor) -> list[tuple[str, tuple[int, 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def conv_parameter_count(in_channels: int, out_channels: int, f: int) -> int:
+    # Each of the K = out_channels filters is f x f x in_channels weights plus one bias, whatever the image size.
+    return out_channels * (f * f * in_channels + 1)
 
 
 # ---- 8. Width and depth; the plain RNN and the LSTM's gates --------------------------------------

@@ -45,7 +45,7 @@ NO_EARLY_STOPPING = "callbacks.early_stopping=null"  # so the curves go on past 
 # name -> the overrides that switch one technique on. The strengths are large on purpose: 300 steps is short.
 EXPERIMENTS = {
     "baseline": [],
-    # AdamW's decoupled L2: every step multiplies each weight by 1 - lr * weight_decay (0.998 here).
+    # AdamW's decoupled weight decay: every step multiplies each weight by 1 - lr * weight_decay (0.998 here).
     "weight_decay": ["model.weight_decay=2.0"],
     # The recipe adds l1 * sum |w| to the loss: a pull of constant size towards 0, whatever the weight's size.
     "l1": ["model.l1=1e-4"],

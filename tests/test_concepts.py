@@ -95,6 +95,11 @@ def test_activation_values():
     zero = torch.zeros(1)
     assert course.ACTIVATIONS["sigmoid"][1](zero).item() == 0.25  # the sigmoid's steepest slope
     assert course.ACTIVATIONS["tanh"][1](zero).item() == 1.0
+    leaky, leaky_slope = course.ACTIVATIONS["leaky_relu"]
+    negative = torch.tensor([-3.0, -0.5])
+    assert torch.equal(torch.relu(negative), torch.zeros(2)) and course.ACTIVATIONS["relu"][1](negative).sum() == 0
+    torch.testing.assert_close(leaky(negative), course.LEAKY_SLOPE * negative)  # a slope where ReLU has none
+    torch.testing.assert_close(leaky_slope(negative), torch.full((2,), course.LEAKY_SLOPE))
     assert course.step(torch.tensor([-1.0, 0.0, 2.0])).tolist() == [0.0, 0.0, 1.0]
 
 
@@ -105,6 +110,18 @@ def test_softmax_example():
     assert probabilities.round(decimals=1).tolist() == pytest.approx([0.1, 0.2, 0.7])
     torch.testing.assert_close(probabilities, torch.softmax(a, dim=-1))
     torch.testing.assert_close(course.stable_softmax(a), probabilities)
+
+
+def test_softmax_derivative_and_the_cross_entropy_gradient():
+    a = torch.tensor([-0.21, 0.47, 1.72], dtype=torch.float64)
+    s = torch.softmax(a, -1)
+    jacobian = torch.autograd.functional.jacobian(lambda scores: torch.softmax(scores, -1), a)
+    torch.testing.assert_close(course.softmax_jacobian(s), jacobian)
+    assert (course.softmax_jacobian(s).diagonal() > 0).all() and (course.softmax_jacobian(s).sum(0).abs() < 1e-12).all()
+    # Through softmax and cross-entropy together the gradient is simply p - onehot(true class).
+    scores = a.clone().requires_grad_()
+    F.cross_entropy(scores[None], torch.tensor([0])).backward()
+    torch.testing.assert_close(scores.grad, s - torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
 
 
 # ---- 3. Losses ----
@@ -183,6 +200,8 @@ def test_mini_batches_make_gradient_descent_noisy():
     assert rises(mini) > 500  # 974 of 2000 mini-batch steps go up
     last = sum(mini[-500:]) / 500
     assert 1.005 * lowest < last < 1.1 * lowest  # it hovers ~2% above the minimum (1.02-1.03 for seeds 0-2)
+    single = course.gradient_descent_line(x, y, batch_size=1)[2]  # stochastic gradient descent proper
+    assert sum(single[-500:]) / 500 > 1.1 * last  # one point's gradient is noisier still: ~26% above the minimum
 
 
 # ---- 5. Learning rate and optimizers ----
@@ -208,6 +227,14 @@ def test_learning_rate_too_small_good_too_large_on_fashion_mnist():
 def test_load_fashion_mnist_rejects_unknown_split():
     with pytest.raises(ValueError, match="valid"):
         course.load_fashion_mnist(10, split="validation")
+
+
+def test_gradient_descent_diverges_above_two_over_the_curvature():
+    path = course.optimizer_path(course.elongated_bowl, course.BOWL_START, torch.optim.SGD,
+                                 {"lr": course.DIVERGING_LR}, 100)
+    y = path[:, 1]
+    torch.testing.assert_close(y[1:] / y[:-1], torch.full((100,), 1 - 100 * course.DIVERGING_LR))  # x (-1.1) a step
+    assert course.elongated_bowl(path[100]) > 1e8 * course.elongated_bowl(path[0])  # from 58 to ~1e10
 
 
 def test_momentum_and_adaptive_optimizers_beat_sgd_on_an_elongated_bowl():
@@ -246,9 +273,18 @@ def test_rgb_filter_spans_the_channels():
     assert torch.equal(course.cross_correlate_by_hand(rgb, filter_3x3x3), course.convolve(rgb, filter_3x3x3))
 
 
-def test_max_pooling():
+def test_max_and_average_pooling():
     pooled = F.max_pool2d(course.POOLING_EXAMPLE[None], kernel_size=2)[0]
     assert pooled.tolist() == [[9.0, 2.0], [6.0, 3.0]]
+    averaged = F.avg_pool2d(course.POOLING_EXAMPLE[None], kernel_size=2)[0]
+    assert averaged.tolist() == [[3.75, 1.25], [3.75, 2.0]]  # (1 + 3 + 2 + 9) / 4 = 3.75, ...
+
+
+def test_conv_parameter_count_formula():
+    convs = [layer for layer in course.small_cnn() if isinstance(layer, nn.Conv2d)]
+    counts = [course.conv_parameter_count(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs]
+    assert counts == [course.count_parameters(c) for c in convs] == [80, 1168, 4640]  # 8 x (3 x 3 x 1 + 1), ...
+    assert sum(counts) + (32 * 5 * 5 + 1) * 10 == course.count_parameters(course.small_cnn()) == 13_898
 
 
 def test_feature_maps_shrink_while_channels_grow():
