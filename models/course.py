@@ -322,6 +322,33 @@ def optimizer_path(loss_fn, start: tuple[float, float], optimizer_class, setting
     return torch.stack(path)  # (steps + 1, 2)
 
 
+def update_rules_path(name: str, loss_fn, start: tuple[float, float], settings: dict, steps: int) -> Tensor:
+    """optimizer_path with each optimizer's update written out (torch's defaults where `settings` names none):
+      SGD        w -= lr g
+      momentum   v = mu v + g;                         w -= lr v        (v: a running sum of past gradients)
+      RMSprop    s = alpha s + (1 - alpha) g^2;        w -= lr g / (sqrt(s) + eps)
+      Adam       m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, bias-corrected m / (1 - b1^t), v / (1 - b2^t);
+                 w -= lr m_hat / (sqrt(v_hat) + eps)"""
+    lr, mu = settings["lr"], settings.get("momentum", 0.0)
+    alpha, (b1, b2), eps = 0.99, (0.9, 0.999), 1e-8
+    w = torch.tensor(start, dtype=torch.float64)
+    m, v, path = torch.zeros_like(w), torch.zeros_like(w), [w.clone()]
+    for t in range(1, steps + 1):
+        point = w.clone().requires_grad_()
+        (g,) = torch.autograd.grad(loss_fn(point), point)
+        if name == "Adam":
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+            w = w - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        elif name == "RMSprop":
+            v = alpha * v + (1 - alpha) * g ** 2
+            w = w - lr * g / (v.sqrt() + eps)
+        else:  # SGD, with momentum mu (0: plain); torch's first step sets v = g
+            m = mu * m + g
+            w = w - lr * m
+        path.append(w.clone())
+    return torch.stack(path)  # (steps + 1, 2)
+
+
 # Weight decay under Adam. Two weights start at 1; the data's gradient on them flips sign every step (what
 # mini-batch noise does near a minimum) and is 10,000 times larger on the first. On average only the decay moves
 # them. Adam(weight_decay=...) adds the L2 gradient wd * w to the data's before Adam divides by the gradients'

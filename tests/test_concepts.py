@@ -1,5 +1,6 @@
 """The numbers of the course notes' worked examples, one test (or a few) per item of concepts.ipynb."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,15 @@ def test_gradient_descent_diverges_above_two_over_the_curvature():
     assert course.elongated_bowl(path[100]) > 1e8 * course.elongated_bowl(path[0])  # from 58 to ~1e10
 
 
+@pytest.mark.parametrize("name", list(course.OPTIMIZERS))
+def test_the_update_rules_written_out_are_what_torch_optim_does(name):
+    optimizer_class, settings = course.OPTIMIZERS[name]
+    by_torch = course.optimizer_path(course.elongated_bowl, course.BOWL_START, optimizer_class, settings, 100)
+    by_hand = course.update_rules_path(name, course.elongated_bowl, course.BOWL_START, settings, 100)
+    torch.testing.assert_close(by_hand, by_torch.double(), atol=1e-5, rtol=0)  # float32 against float64
+    assert (by_hand[1] != by_hand[0]).all()  # it moved
+
+
 def test_momentum_and_adaptive_optimizers_beat_sgd_on_an_elongated_bowl():
     final = {}
     for name, (optimizer_class, settings) in course.OPTIMIZERS.items():
@@ -333,6 +343,31 @@ def test_lstm_gates_by_hand_match_nn_lstm():
     for name in ("forget gate", "update (input) gate", "output gate"):
         assert 0 < gates[name].min() and gates[name].max() < 1
     assert gates["candidate"].abs().max() < 1
+
+
+def test_what_each_lstm_gate_does():
+    # nn.LSTM itself, with one gate forced shut (bias -100: sigmoid 0) or open (+100: sigmoid 1).
+    torch.manual_seed(0)
+    lstm = nn.LSTM(input_size=3, hidden_size=4)
+    x, h, c = torch.randn(1, 1, 3), torch.randn(1, 1, 4), torch.randn(1, 1, 4)
+    rows = {"input": 0, "forget": 1, "output": 3}  # PyTorch's order of the four blocks: i, f, g, o
+
+    def step(cell_state, **bias):
+        forced = copy.deepcopy(lstm)
+        with torch.no_grad():
+            for gate, value in bias.items():
+                forced.bias_ih_l0[4 * rows[gate]:4 * rows[gate] + 4] += value
+        _, (h_next, c_next) = forced(x, (h, cell_state))
+        return h_next, c_next
+
+    _, c_forgot = step(c, forget=-100)
+    torch.testing.assert_close(c_forgot, step(torch.zeros_like(c), forget=-100)[1])  # forget shut: old c erased
+    _, c_blocked = step(c, input=-100)
+    _, c_kept = step(c, input=-100, forget=100)
+    torch.testing.assert_close(c_kept, c)  # forget open, input shut: the cell state carried exactly
+    assert not torch.allclose(c_blocked, c)  # input shut alone: c only scaled by the forget gate, f * c
+    h_hidden, c_hidden = step(c, output=-100)
+    assert h_hidden.abs().max() < 1e-30 and c_hidden.abs().max() > 0.1  # output shut: h = 0, the cell goes on
 
 
 def test_rnn_by_hand_matches_nn_rnn():
