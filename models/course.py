@@ -8,6 +8,7 @@ notebooks/regularization.ipynb; only its toy demonstrations (dropout, Adam's L2 
 import copy
 import gzip
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,32 @@ ACTIVATIONS = {
     "step": (step, torch.zeros_like),
     "identity": (lambda x: x, torch.ones_like),
 }
+
+
+# Initial weights must keep the signal's scale through the layers: a layer's output variance is fan_in * Var(w) *
+# Var(input), times what the activation keeps. name -> (torch.nn.init function for a (fan_out, fan_in) weight,
+# activation). N(0, 1) grows the signal sqrt(fan_in) times a layer and tanh saturates at +-1 (slope ~0: nothing
+# learns); Xavier/Glorot (Var 2/(fan_in + fan_out)) suits tanh, He/Kaiming (Var 2/fan_in) ReLU, which zeroes half its
+# inputs and so halves the variance under Xavier. nn.Linear's own default (Var 1/(3 fan_in)) fades fastest.
+INITIALISATIONS = {
+    "N(0, 1), tanh": (nn.init.normal_, torch.tanh),
+    "Xavier, tanh": (nn.init.xavier_normal_, torch.tanh),
+    "Xavier, ReLU": (nn.init.xavier_normal_, torch.relu),
+    "He, ReLU": (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), torch.relu),
+    "nn.Linear default, ReLU": (lambda w: nn.init.kaiming_uniform_(w, a=math.sqrt(5)), torch.relu),
+}
+
+
+def activation_scales(init, activation, depth: int = 20, width: int = 256, samples: int = 1000,
+                      seed: int = 0) -> tuple[list[float], float]:
+    """Random inputs through `depth` square layers (no bias) initialised by `init`: the standard deviation of each
+    layer's activations, and the fraction of the last layer's outputs saturated (|a| > 0.99)."""
+    torch.manual_seed(seed)
+    x, stds = torch.randn(samples, width), []  # (samples, width), variance 1
+    for _ in range(depth):
+        x = activation(x @ init(torch.empty(width, width)).T)
+        stds.append(x.std().item())
+    return stds, (x.abs() > 0.99).float().mean().item()
 
 
 def autograd_derivative(function, x: Tensor) -> Tensor:

@@ -104,6 +104,16 @@ def test_activation_values():
     assert course.step(torch.tensor([-1.0, 0.0, 2.0])).tolist() == [0.0, 0.0, 1.0]
 
 
+def test_initialisation_keeps_or_loses_the_signal_through_20_layers():
+    scales = {name: course.activation_scales(*spec) for name, spec in course.INITIALISATIONS.items()}
+    assert scales["N(0, 1), tanh"][1] > 0.8  # 87% of the last layer's units saturated at +-1
+    he, xavier_relu = scales["He, ReLU"][0], scales["Xavier, ReLU"][0]
+    assert 0.3 < he[-1] / he[0] < 3  # He keeps ReLU's signal (0.83 -> 0.76)
+    assert xavier_relu[-1] < 0.01 and scales["nn.Linear default, ReLU"][0][-1] < 1e-6  # halved, or worse, per layer
+    xavier_tanh = scales["Xavier, tanh"]
+    assert xavier_tanh[0][-1] > 0.05 and xavier_tanh[1] == 0  # fades slowly (0.63 -> 0.15), never saturates
+
+
 def test_softmax_example():
     a = torch.tensor([-0.21, 0.47, 1.72])
     total, probabilities = course.softmax_by_hand(a)
