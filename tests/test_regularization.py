@@ -120,7 +120,7 @@ def test_early_stopping_stops_at_patience_after_the_best_epoch(runs):
 
 
 @needs_fashion_mnist
-def test_dropout_weight_decay_and_augmentation_end_with_a_lower_validation_loss(runs):
+def test_weight_decay_l1_dropout_and_augmentation_lower_the_final_validation_loss(runs):
     baseline = final_val_loss(runs, "baseline")  # 0.65-0.73
     lower = {name: baseline - final_val_loss(runs, name) for name in ("dropout", "weight_decay", "augmentation")}
     assert all(gain > 0.03 for gain in lower.values()), lower  # gains of 0.07 to 0.16
@@ -128,8 +128,11 @@ def test_dropout_weight_decay_and_augmentation_end_with_a_lower_validation_loss(
     # Measured as validation measures, dropout off and no augmentation: baseline 0.007-0.009, weight decay
     # 0.027-0.032, dropout 0.13-0.14, augmentation 0.25-0.26 (seeds 42, 0, 1).
     images, labels = training_images_as_evaluated(runs[0] / "baseline")
-    train = {name: loss_in_eval_mode(runs[0] / name, images, labels) for name in ("baseline", *lower)}
+    train = {name: loss_in_eval_mode(runs[0] / name, images, labels) for name in ("baseline", *lower, "l1")}
     assert all(train[name] > 2 * train["baseline"] for name in lower), train
+    # L1 as well, by less (seed 42: validation 0.653 -> 0.597, training 0.0087 -> 0.0187): the notebook's "every
+    # technique narrows the gap" holds for all five.
+    assert baseline - final_val_loss(runs, "l1") > 0.02 and train["l1"] > 1.5 * train["baseline"], train
 
 
 def test_unknown_experiment_lists_the_valid_ones():
