@@ -47,13 +47,14 @@ export py data text gpu work preset_device SMOKE
 # -- the steps -----------------------------------------------------------------------------------------------------
 env_step() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
-  "$py" - <<'PY'
-import json, platform, torch, lightning, torchmetrics, hydra
-print(json.dumps({"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-                  "torchmetrics": torchmetrics.__version__, "hydra": hydra.__version__,
-                  "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                  "cpus": __import__("os").cpu_count()}))
+  "$py" - "$work/env.json" <<'PY'
+import json, os, platform, sys, torch, lightning, torchmetrics, hydra
+environment = {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+               "torchmetrics": torchmetrics.__version__, "hydra": hydra.__version__, "cuda": torch.version.cuda,
+               "cudnn": torch.backends.cudnn.version(), "cpus": os.cpu_count(),
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+print(json.dumps(environment))
+open(sys.argv[1], "w").write(json.dumps(environment))  # into results.json
 PY
 }
 tests_step() {
@@ -166,6 +167,8 @@ for step, e in r.items():
             line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s, peak GPU MB {j.get('peak_gpu_mb')}"
         elif "ratio" in j:
             line += f" | {name} ({j['precision']}, batch {j['batch_size']}): " + rate(j, "chars_per_s" if "lightning_chars_per_s" in j else "samples_per_s")
+        elif name == "env":
+            line += " | " + ", ".join(f"{k} {v}" for k, v in j.items())
         elif name == "metrics":
             line += " | " + ", ".join(f"{k} {v}" for k, v in j.items() if k.startswith("test/") or k.endswith("_best")
                                      or k in ("epochs", "steps", "train_seconds", "device"))

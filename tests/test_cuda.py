@@ -1,6 +1,6 @@
 """The CUDA path: the GPU presets train on a GPU, their checkpoints score on the CPU, and the recipe adds no host
-synchronisation to a training step. Skipped without a CUDA GPU (CI has none); `bash benchmarks/gpu.sh` runs
-these first on a lent GPU, then the GPU benchmarks."""
+synchronisation to a training step. Skipped without a CUDA GPU (CI has none); on a lent GPU `bash benchmarks/gpu.sh`
+runs them beside the GPU benchmarks."""
 import importlib
 import warnings
 
