@@ -112,7 +112,8 @@ class MemoryCgroup:
         try:
             self.dir.mkdir()
         except OSError as err:
-            sys.exit(f"--memory-limit-gb: cannot create {self.dir} ({err.strerror}): run as root, or leave the option out")
+            sys.exit(f"--memory-limit-gb: cannot create {self.dir} ({err.strerror}): run as root, "
+                     "or leave the option out")
         (self.dir / self.files["limit"]).write_text(str(limit))
         self.limit = limit
 
@@ -133,7 +134,8 @@ def train_streamed(path: Path, args) -> dict:
     """train.py on the prepared file, streamed (max_in_memory_gb below its size), in a child process: its peak RSS."""
     run = args.dir / "run"
     shutil.rmtree(run, ignore_errors=True)
-    command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo", f"data.path={path}",
+    command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo",
+               f"data.path={path}",
                f"data.cache_dir={args.dir / 'cache'}", f"data.max_in_memory_gb={args.max_in_memory_gb}",
                f"data.hash_buckets={args.hash_buckets}", f"trainer.limit_train_batches={args.train_steps}",
                "trainer.max_epochs=1", "trainer.limit_val_batches=20", "trainer.limit_test_batches=20",
@@ -148,8 +150,8 @@ def train_streamed(path: Path, args) -> dict:
         if cgroup:
             cgroup.remove()
     if child.returncode:
-        sys.exit(f"training failed (exit {child.returncode}{', killed: out of memory?' if child.returncode < 0 else ''}):"
-                 f" {limits}\n{child.stderr[-3000:]}")
+        killed = ", killed: out of memory?" if child.returncode < 0 else ""
+        sys.exit(f"training failed (exit {child.returncode}{killed}): {limits}\n{child.stderr[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     peak_kib = int(child.stderr.strip().splitlines()[-1].split()[-1])
     cache_bytes = sum(f.stat().st_size for f in (args.dir / "cache").glob("*/*.npy"))

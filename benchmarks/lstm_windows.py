@@ -102,7 +102,8 @@ def main() -> None:
     train_ids, val_ids = encode(text[:n_train], vocab), encode(text[n_train:n_train + n_val], vocab)
     results = [train(mode, train_ids, val_ids, len(vocab), args) for mode in ("random", "carried")]
     print(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "batch": args.batch, "seq_len": args.seq_len, "hidden": args.hidden, "results": results}, indent=2))
+                      "batch": args.batch, "seq_len": args.seq_len, "hidden": args.hidden, "results": results},
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
 
 def main(argv: list[str]) -> tuple[dict, str | None]:
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "repeats", "out"))
-    steps, warmup, repeats = int(options.get("steps", 200)), int(options.get("warmup", 20)), int(options.get("repeats", 3))
+    steps, warmup = int(options.get("steps", 200)), int(options.get("warmup", 20))
+    repeats = int(options.get("repeats", 3))
     overrides = [a for a in argv if a.split("=", 1)[0] not in options]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])

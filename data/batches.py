@@ -70,7 +70,8 @@ class TensorBatches:
         epoch = self.in_progress = self._next_epoch()
         # Each epoch's order depends on (seed, epoch) alone, on any device, so a resumed run sees the same batches.
         epoch_seed = (self.seed + 1_000_003 * epoch) % 2**63
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).to(device) if self.shuffle else None
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).to(device) if self.shuffle
+                 else None)
         # This rank's rows, a strided view of the order (unshuffled: of the tensors); with one process, all rows.
         shard = self._shard()
         tensors = self.tensors if order is not None else tuple(t[shard] for t in self.tensors)

@@ -82,7 +82,8 @@ class NpyRows:
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
             self.shape, fortran_order, self.dtype = read_header(f)
             self.data_start = f.tell()
         assert len(self.shape) == 2 and not fortran_order, f"{path}: not a C-ordered 2-D array"
@@ -106,7 +107,8 @@ class NpyRows:
             while done < want:  # a read may return less than asked (Linux: at most ~2 GiB per call)
                 got = os.preadv(self.fd, [view[row * self.row_bytes + done:][:want - done]], offset + done)
                 if got == 0:
-                    raise UserInputError(f"{self.path} is shorter than its header says; delete its folder to rebuild it")
+                    raise UserInputError(f"{self.path} is shorter than its header says; "
+                                         "delete its folder to rebuild it")
                 done += got
             row += end - start
         return out
@@ -218,7 +220,8 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     if header:
         lines_read += len(text.readline()) > 0
     while lines := list(itertools.islice(text, chunk_rows)):
-        fields = np.array([line.count(separator) + 1 if line.rstrip(b"\r\n") else 0 for line in lines])  # 0: blank, skipped
+        # 0 fields: a blank line, skipped
+        fields = np.array([line.count(separator) + 1 if line.rstrip(b"\r\n") else 0 for line in lines])
         line_of_row = lines_read + 1 + np.flatnonzero(fields)  # 1-based line number of each row in the chunk
         where = Rows(path, rows, line_of_row)
         if bad := np.flatnonzero(fields[fields > 0] != len(names)).tolist():

@@ -246,7 +246,8 @@ class CSVDataModule(TabularDataModule):
     def __init__(self, path: str, label_column: str, numeric_columns: list[str] = (),
                  categorical_columns: list[str] = (), timestamp_columns: list[str] = (), val_fraction: float = 0.15,
                  test_fraction: float = 0.15, split_seed: int = 0, **encoding) -> None:
-        self.timestamps = list(timestamp_columns)  # each becomes two categorical fields: "<name> hour", "<name> weekday"
+        # each timestamp becomes two categorical fields: "<name> hour", "<name> weekday"
+        self.timestamps = list(timestamp_columns)
         super().__init__(numeric_columns, [*categorical_columns, *self.derived], label_column, **encoding)
         self.path, self.split_seed = Path(path).expanduser(), split_seed
         self.fractions = {"val": val_fraction, "test": test_fraction}

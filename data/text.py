@@ -54,8 +54,10 @@ class CharDataModule(L.LightningDataModule):
                  on_device: bool = True) -> None:
         super().__init__()
         if seq_len < 1 or eval_seq_len < 1:
-            raise UserInputError(f"data.seq_len={seq_len}, data.eval_seq_len={eval_seq_len}: both must be >= 1 characters")
-        self.seq_len, self.batch_size, self.eval_seq_len, self.eval_batch_size = seq_len, batch_size, eval_seq_len, eval_batch_size
+            raise UserInputError(f"data.seq_len={seq_len}, data.eval_seq_len={eval_seq_len}: "
+                                 "both must be >= 1 characters")
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.eval_seq_len, self.eval_batch_size = eval_seq_len, eval_batch_size
         self.on_device = on_device
         self.vocab = self.train = self.val = self.test = None  # vocab: list[str]; splits: int64 ids (N,)
 
@@ -66,8 +68,9 @@ class CharDataModule(L.LightningDataModule):
         if stage in ("fit", "validate") and self.train is None:
             text = self.read("train")
             if len(text) < 2 * self.seq_len + 2:  # two windows: the least a random offset can choose from
-                raise UserInputError(f"{self.describe('train')} has {len(text)} characters; data.seq_len={self.seq_len} "
-                                     f"needs at least {2 * self.seq_len + 2}: use a longer text or a smaller data.seq_len")
+                raise UserInputError(f"{self.describe('train')} has {len(text)} characters; "
+                                     f"data.seq_len={self.seq_len} needs at least {2 * self.seq_len + 2}: "
+                                     "use a longer text or a smaller data.seq_len")
             self.vocab = [UNK] + sorted(set(text))
             self.train, self.val = encode(text, self.vocab), self.encode_eval("val")
         if stage == "test" and self.test is None:  # the test split is read only here
@@ -145,8 +148,9 @@ class TextFileDataModule(CharDataModule):
             urllib.request.urlretrieve(self.url, self.path.with_name(self.path.name + ".part"))
             self.path.with_name(self.path.name + ".part").replace(self.path)
         except OSError as err:
-            raise UserInputError(f"{self.path} is missing and {self.url} could not be downloaded ({err}); offline, "
-                                 "point data.path at a copy, e.g. data.path=../shared/datasets/tinyshakespeare.txt") from err
+            problem = f"{self.path} is missing and {self.url} could not be downloaded ({err})"
+            raise UserInputError(f"{problem}; offline, point data.path at a copy, "
+                                 "e.g. data.path=../shared/datasets/tinyshakespeare.txt") from err
 
     def read(self, split: str) -> str:
         try:

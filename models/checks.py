@@ -99,7 +99,8 @@ def check_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if value is None:
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
+        number = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and (isinstance(value, int) or not whole))
         if not number or not (value >= least if inclusive else value > least):
             raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
                                  f"{'>=' if inclusive else '>'} {least}")

@@ -163,7 +163,8 @@ class Recipe(L.LightningModule):
         if step >= 0:
             per_epoch = int(self.trainer.num_training_batches)
             raise NonFiniteLossError(
-                f"training loss became non-finite at step {step} (epoch {step // per_epoch}, batch {step % per_epoch}); "
+                f"training loss became non-finite at step {step} "
+                f"(epoch {step // per_epoch}, batch {step % per_epoch}); "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
 
     # -- lifecycle hooks ------------------------------------------------------------------------
@@ -180,7 +181,8 @@ class Recipe(L.LightningModule):
             self._reset_lr_and_momentum_to_config()
         stopper = self.trainer.early_stopping_callback
         if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
-            self.trainer.should_stop = True  # resumed after early stopping (its patience is restored too): no more epochs
+            # resumed after early stopping (its patience is restored too): no more epochs
+            self.trainer.should_stop = True
 
     def _reset_lr_and_momentum_to_config(self) -> None:
         """A run resumed without a schedule trains at `model.lr` and the optimizer's configured momentum: the restored

@@ -255,8 +255,9 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
             raise UserInputError(f"unknown argument {key!r}; usage: {usage}")
     if missing := [k for k in required if k not in options]:
         raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
-    if options.get("out") and not Path(options["out"]).expanduser().parent.is_dir():  # found out before the work
-        raise UserInputError(f"out={options['out']}: no folder {Path(options['out']).expanduser().parent}; create it first")
-    if options.get("out") and Path(options["out"]).expanduser().is_dir():
-        raise UserInputError(f"out={options['out']} is a folder; give a file name in it, e.g. out={options['out']}/out.csv")
+    out = options.get("out")
+    if out and not Path(out).expanduser().parent.is_dir():  # found out before the work
+        raise UserInputError(f"out={out}: no folder {Path(out).expanduser().parent}; create it first")
+    if out and Path(out).expanduser().is_dir():
+        raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={out}/out.csv")
     return options, data, trainer

@@ -16,7 +16,8 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
     if not temperature >= 0 or temperature == float("inf"):  # also NaN
-        raise ValueError(f"temperature={temperature}; use 0 (most likely character) or more (1 = the model's own distribution)")
+        raise ValueError(f"temperature={temperature}; use 0 (most likely character) "
+                         "or more (1 = the model's own distribution)")
     if unknown := sorted(set(prompt) - set(vocab)):
         warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}")
     device = next(net.parameters()).device
