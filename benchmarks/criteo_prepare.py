@@ -121,8 +121,10 @@ class MemoryCgroup:
         (self.dir / "cgroup.procs").write_text(str(os.getpid()))
 
     def report(self) -> dict:
-        read = lambda key: int((self.dir / self.files[key]).read_text()) if self.files[key] and (
-            self.dir / self.files[key]).is_file() else None
+        def read(key):  # a counter file's value, None where this kernel has no such file
+            path = self.dir / self.files[key] if self.files[key] else None
+            return int(path.read_text()) if path and path.is_file() else None
+
         return {"memory_limit_mib": round(self.limit / 2**20), "cgroup_peak_mib": round((read("peak") or 0) / 2**20),
                 "limit_hits": read("hits")}
 

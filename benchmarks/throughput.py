@@ -153,7 +153,10 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     # samples (images, rows, windows of text) and targets (characters, for a language model).
     *_, targets = next(iter(datamodule.train_dataloader()))
     batch = len(targets)
-    rate = lambda per_step, s: round(steps * per_step / s, 1)
+
+    def rate(per_step, s):
+        return round(steps * per_step / s, 1)
+
     result = {
         "model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
         "torch": torch.__version__, "lightning": L.__version__, "precision": str(cfg.trainer.precision),

@@ -31,7 +31,10 @@ SPLITS = {"train": 1, "test": 2}  # row streams
 
 def world(seed: int) -> dict:
     rng = np.random.default_rng([seed, 0])
-    zipf = lambda n, s: (w := 1 / np.arange(1, n + 1) ** s) / w.sum()  # level frequencies, most common first
+
+    def zipf(n, s):  # level frequencies, most common first
+        return (w := 1 / np.arange(1, n + 1) ** s) / w.sum()
+
     return {
         "country_p": zipf(40, 1.0), "country_effect": rng.normal(0, 0.4, 40),
         "topic_p": zipf(1000, 0.3), "topic_effect": rng.normal(0, 0.6, 1000),

@@ -83,7 +83,7 @@ class CharDataModule(L.LightningDataModule):
                                  "use a longer text")
         if unknown := set(text) - set(self.vocab):
             warnings.warn(f"{self.describe(split)}: {len(unknown)} characters never seen in training are <unk>: "
-                          f"{''.join(sorted(unknown))[:40]!r}")
+                          f"{''.join(sorted(unknown))[:40]!r}", stacklevel=2)
         return encode(text, self.vocab)
 
     def describe(self, split: str) -> str:

@@ -19,7 +19,8 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
         raise ValueError(f"temperature={temperature}; use 0 (most likely character) "
                          "or more (1 = the model's own distribution)")
     if unknown := sorted(set(prompt) - set(vocab)):
-        warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}")
+        warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}",
+                      stacklevel=2)
     device = next(net.parameters()).device
     ids = encode(prompt, vocab).to(device)
     generator = torch.Generator(device).manual_seed(seed)

@@ -40,7 +40,8 @@ class TrainPy:
         self.args = [sys.executable, "train.py", *args]
         self._files = tempfile.TemporaryDirectory()
         self._out, self._err = Path(self._files.name, "stdout"), Path(self._files.name, "stderr")
-        self.process = SERVER.Process(target=_train_py, args=(list(args), dict(os.environ), str(self._out), str(self._err)))
+        self.process = SERVER.Process(target=_train_py,
+                                      args=(list(args), dict(os.environ), str(self._out), str(self._err)))
         self.process.start()
 
     def poll(self) -> int | None:

@@ -206,7 +206,8 @@ def test_mini_batches_make_gradient_descent_noisy():
     x, y = course.noisy_line()
     full, mini = course.gradient_descent_line(x, y)[2], course.gradient_descent_line(x, y, batch_size=10)[2]
     lowest = full[-1]  # converged to the least-squares loss
-    rises = lambda losses: sum(later > earlier + 1e-12 for earlier, later in zip(losses, losses[1:]))
+    def rises(losses):
+        return sum(later > earlier + 1e-12 for earlier, later in zip(losses, losses[1:]))
     assert rises(full) == 0  # every full-batch step goes downhill
     assert rises(mini) > 500  # 974 of 2000 mini-batch steps go up
     last = sum(mini[-500:]) / 500

@@ -27,7 +27,10 @@ from tests.conftest import SHARED, make_config
 
 FAST = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null"]
 ADVERTISING, CRITEO_SAMPLE = SHARED / "advertising.csv", SHARED / "criteo_sample.csv"
-needs = lambda path: pytest.mark.skipif(not path.is_file(), reason=f"{path} is absent (the shared datasets folder)")
+
+
+def needs(path):
+    return pytest.mark.skipif(not path.is_file(), reason=f"{path} is absent (the shared datasets folder)")
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -139,7 +142,8 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
 
 def test_rescoring_refuses_a_table_whose_categories_differ_from_training(tmp_path):
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100), "y": rng.integers(0, 2, 300)})
+    frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100),
+                          "y": rng.integers(0, 2, 300)})
     config = {"_target_": "data.tabular.CSVDataModule", "path": str(write_csv(tmp_path / "a.csv", frame)),
               "label_column": "y", "numeric_columns": ["x"], "categorical_columns": ["city"]}
     trained = runs.build_datamodule(config)
@@ -174,7 +178,8 @@ def test_criteo_tsv_without_header_equals_csv_with_header(tmp_path):
     rows = criteo_rows(300, np.random.default_rng(0))
     rows.to_csv(tmp_path / "train.txt", sep="\t", header=False, index=False)
     rows.to_csv(tmp_path / "with_header.csv", index=False)
-    tsv, csv = prepare(tmp_path / "train.txt", tmp_path / "cache"), prepare(tmp_path / "with_header.csv", tmp_path / "cache")
+    tsv = prepare(tmp_path / "train.txt", tmp_path / "cache")
+    csv = prepare(tmp_path / "with_header.csv", tmp_path / "cache")
     for name in ("labels", "integers", "categories"):
         a, b = np.load(tsv / f"{name}.npy"), np.load(csv / f"{name}.npy")
         assert a.shape[0] == 300 and np.array_equal(a, b, equal_nan=True)
@@ -328,7 +333,8 @@ CRITEO_CASES = {
     "label not 0/1": (lambda r: r.assign(label=[0, 1, 0, 0, 3]), r"column 'label', row 5 \(line 6\): label 3 is not"),
     "infinite": (lambda r: r.astype({"I2": object}).assign(I2=[1, "inf", 3, 4, 5]),
                  r"column 'I2', row 2 \(line 3\): the value is infinite, or beyond float32"),
-    "beyond float32": (lambda r: r.astype({"I2": object}).assign(I2=[1, 2, 3, "1e40", 5]), r"column 'I2', row 4 \(line 5\)"),
+    "beyond float32": (lambda r: r.astype({"I2": object}).assign(I2=[1, 2, 3, "1e40", 5]),
+                       r"column 'I2', row 4 \(line 5\)"),
     "a column named twice": (lambda r: r.assign(extra=r["C1"]).rename(columns={"extra": "C1"}),
                              r"the header \(row 1\) names column\(s\) \['C1'\] twice"),
     "empty file": (None, "is empty: row 1 should be a header .*label"),
@@ -404,9 +410,11 @@ def tsv_lines(n: int = 5) -> list[str]:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]), r"row 3 \(line 3\) has 39 '\\t'-separated fields, not 40"),
+    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]),
+     r"row 3 \(line 3\) has 39 '\\t'-separated fields, not 40"),
     (lambda lines: lines.__setitem__(2, lines[2] + "\t7"), r"row 3 \(line 3\) has 41 "),
-    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]) or lines.insert(1, ""), r"row 3 \(line 4\) has 39 "),  # a blank line
+    (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]) or lines.insert(1, ""),  # and a blank line
+     r"row 3 \(line 4\) has 39 "),
 ])
 def test_a_later_criteo_row_with_another_field_count_is_named_not_padded(edit, message, tmp_path):
     lines = tsv_lines()
@@ -452,7 +460,8 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     write_csv(tmp_path / "new.csv", new)
     scored = predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.csv")
     assert len(scored) == 50 and scored["click_probability"].between(0, 1).all()
-    pd.testing.assert_frame_equal(scored.drop(columns="click_probability"), pd.read_csv(tmp_path / "new.csv", **READ_CSV))
+    pd.testing.assert_frame_equal(scored.drop(columns="click_probability"),
+                                  pd.read_csv(tmp_path / "new.csv", **READ_CSV))
     truth = make_clicks(50, seed=7, split="test")["p_click"]
     assert np.corrcoef(scored["click_probability"], truth)[0, 1] > 0.5  # it scores customers like the truth does
 

@@ -109,7 +109,8 @@ def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
     assert sorted(first.tolist()) == list(range(103)) and not torch.equal(first, second)
     again = TensorBatches(rows, rows * 2, batch_size=10, shuffle=True, seed=7, epoch=1)
     assert torch.equal(torch.cat([b[0] for b in again]), second)  # epoch 1 of a resumed run = epoch 1
-    assert len(TensorBatches(rows, batch_size=10, drop_last=True)) == 10 == len(list(TensorBatches(rows, batch_size=10, drop_last=True)))
+    batches = TensorBatches(rows, batch_size=10, drop_last=True)
+    assert len(batches) == 10 == len(list(batches))
 
 
 def test_validation_split_is_fixed_and_disjoint():

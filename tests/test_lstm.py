@@ -67,7 +67,8 @@ def test_weight_tying_shares_one_matrix_and_needs_equal_sizes():
 def test_overfits_one_batch(task):
     torch.manual_seed(0)
     if task == "lm":
-        net, inputs, targets = CharLM(12, 16, 64, 1, dropout=0.0), torch.randint(0, 12, (8, 20)), torch.randint(0, 12, (8, 20))
+        net = CharLM(12, 16, 64, 1, dropout=0.0)
+        inputs, targets = torch.randint(0, 12, (8, 20)), torch.randint(0, 12, (8, 20))
     else:
         net, inputs, targets = SequenceClassifier(6, 10, 64), torch.randn(16, 12, 6), torch.randint(0, 10, (16,))
     recipe = Recipe(net, task=task, lr=1e-2, optimizer={"name": "adam"}, scheduler={"name": "none"},
@@ -148,7 +149,8 @@ def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
     markdown = "# Hamlet\n\n## ACT I\n\n**HAMLET**  \nTo be, or not\\--  \nto be.\n\n_Exit_\n"
     assert play_text(markdown) == "Hamlet\n\nACT I\n\nHAMLET:\nTo be, or not--\nto be.\n\nExit\n"
     dm = ShakespeareDataModule(val_plays=["macbeth"], test_plays=["the-tempest"])
-    assert "macbeth" not in dm.plays["train"] and "the-tempest" not in dm.plays["train"] and len(dm.plays["train"]) >= 30
+    assert "macbeth" not in dm.plays["train"] and "the-tempest" not in dm.plays["train"]
+    assert len(dm.plays["train"]) >= 30
     text = dm.read("val")
     assert "MACBETH:\n" in text and not set("*_#\\") & set(text)
     with pytest.raises(UserInputError, match="unknown play"):
@@ -256,7 +258,8 @@ def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_pat
 
 def test_row_classifier_end_to_end(mnist_dir, tmp_path):
     cfg = make_config("model=lstm", "data=fashion_mnist_rows", "data.name=mnist", f"paths.data_dir={mnist_dir}",
-                      "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=6", "model.lr=1e-2",
+                      "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=6",
+                      "model.lr=1e-2",
                       *QUIET, output_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -273,7 +276,8 @@ def test_top_k_samples_among_the_k_most_likely_characters_only():
     for seed in range(3):  # top_k=1 leaves one candidate: even a flat distribution (temperature 5) picks the best
         generator = torch.Generator().manual_seed(seed)
         assert torch.equal(net.generate(prompt, 40, temperature=5.0, top_k=1, generator=generator), greedy)
-    assert not torch.equal(net.generate(prompt, 40, temperature=5.0, generator=torch.Generator().manual_seed(0)), greedy)
+    sampled = net.generate(prompt, 40, temperature=5.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(sampled, greedy)
 
 
 @pytest.mark.parametrize("data", [{"vocab_size": 10}, {"num_classes": 3, "image_size": (4, 4)}])

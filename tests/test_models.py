@@ -78,7 +78,8 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     y[-1:] = 0
     net.bias.data = torch.tensor([-5.0, 0.0, 0.0])  # the last row, alone in a batch of 7s, has a large loss
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    metrics = trainer.validate(recipe_for(net, "multiclass"), TensorBatches(x, y, batch_size=batch_size), verbose=False)[0]
+    batches = TensorBatches(x, y, batch_size=batch_size)
+    metrics = trainer.validate(recipe_for(net, "multiclass"), batches, verbose=False)[0]
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
 
 

@@ -97,7 +97,8 @@ def test_weight_decay_shrinks_the_weights(runs):
 
 @needs_fashion_mnist
 def test_l1_makes_the_weights_sparse(runs):
-    near_zero = {name: regularization.near_zero_fraction(runs[1][name][2]) for name in ("baseline", "weight_decay", "l1")}
+    near_zero = {name: regularization.near_zero_fraction(runs[1][name][2])
+                 for name in ("baseline", "weight_decay", "l1")}
     assert near_zero["l1"] > 0.3  # 0.47-0.48
     assert near_zero["l1"] > 10 * near_zero["baseline"]  # baseline 0.026-0.027
     assert near_zero["l1"] > 5 * near_zero["weight_decay"]  # L2 shrinks weights but does not zero them: 0.042-0.044

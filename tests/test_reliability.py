@@ -101,7 +101,8 @@ def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(m
     assert ended[0]["lr"] < 1e-4 and ended[0]["betas"][0] > 0.94
     train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=3", "ckpt_path=last",
                                     "scheduler=none", "model.lr=0.002"))
-    groups = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert [(g["lr"], g["betas"]) for g in groups] == [(0.002, (0.9, 0.999))] * 2
 
 
@@ -199,7 +200,8 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
         torch.load(tmp_path / "checkpoints" / name, weights_only=True)  # raises if anything but tensors/containers
     evil = tmp_path / "evil.ckpt"
     torch.save({"hyper_parameters": Payload()}, evil)
-    with pytest.raises(UserInputError, match="not a readable checkpoint .it holds objects other than tensors") as refused:
+    with pytest.raises(UserInputError,
+                       match="not a readable checkpoint .it holds objects other than tensors") as refused:
         resolve_ckpt_path(str(evil), tmp_path, "models.cnn.ConvNet")
     assert "\n" not in str(refused.value)  # one line, without torch's advice to load it unsafely
     (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 4)
@@ -231,12 +233,15 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (["-m", "model=dnn", "model.lr=0.1,abc"], "error: model.lr='abc': give a number > 0"),
     (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
     (["+trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
-    (["trainer.check_val_every_n_epoch=30"], "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
+    (["trainer.check_val_every_n_epoch=30"],
+     "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
-    (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"], "error: mnist not found in /no/such/dir/MNIST/raw/"),
-    (["model=dnn", "data.rows=3000", "model.net.activation=gelu"], "error: model.net: activation='gelu'; choose one of"),
+    (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
+     "error: mnist not found in /no/such/dir/MNIST/raw/"),
+    (["model=dnn", "data.rows=3000", "model.net.activation=gelu"],
+     "error: model.net: activation='gelu'; choose one of"),
     (["model=dnn", "data.rows=3000", "optimizer=sgd", "optimizer.momentum=0"],
      "error: optimizer=sgd (optimizer.momentum=0, optimizer.nesterov=True): Nesterov momentum requires a momentum"),
     pytest.param(["model=dnn", "data.rows=3000", "trainer=gpu"], "error: trainer: No supported gpu backend found!",
@@ -307,7 +312,8 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
 
 def test_any_trainer_argument_is_set_without_a_plus():
     # Not in configs/trainer/: Hydra alone would want +trainer.NAME=; nested keys (a strategy's) stay Hydra's.
-    passed = ["model=cnn", "trainer.strategy.static_graph=true", "+trainer.fast_dev_run=1", "trainer._target_=my.Trainer"]
+    passed = ["model=cnn", "trainer.strategy.static_graph=true", "+trainer.fast_dev_run=1",
+              "trainer._target_=my.Trainer"]
     assert trainer_arguments(["trainer.check_val_every_n_epoch=3", *passed]) == ["++trainer.check_val_every_n_epoch=3",
                                                                                  *passed]
 
@@ -331,10 +337,12 @@ def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, mon
 
 
 @pytest.mark.parametrize("model, data, message", [
-    ("cnn", "text", "models.cnn.ConvNet reads images, and data.text.TextFileDataModule is text: for text choose model=lstm"),
+    ("cnn", "text", "models.cnn.ConvNet reads images, and data.text.TextFileDataModule is text: "
+                    "for text choose model=lstm"),
     ("dnn", "fashion_mnist", "reads table, and data.images.ImageDataModule is images: for images choose model=cnn or "
                              "model=lstm"),
-    ("lstm", "advertising", "reads text or images, and data.tabular.CSVDataModule is table: for table choose model=dnn"),
+    ("lstm", "advertising", "reads text or images, and data.tabular.CSVDataModule is table: "
+                            "for table choose model=dnn"),
 ])
 def test_a_model_and_data_that_do_not_fit_are_refused_before_the_data_is_read(model, data, message):
     with pytest.raises(UserInputError, match=re.escape(message)):

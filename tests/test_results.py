@@ -275,4 +275,5 @@ def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path):
         runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}/no/dir/m.json"], "usage", required=("ckpt_path",),
                              optional=("out",))
     with pytest.raises(UserInputError, match=r"out=.* is a folder; give a file name in it"):
-        runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}"], "usage", required=("ckpt_path",), optional=("out",))
+        runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}"], "usage", required=("ckpt_path",),
+                             optional=("out",))

@@ -42,8 +42,10 @@ def test_training_shards_are_disjoint_equal_and_rebuild_the_single_process_batch
 
 
 def test_each_rank_draws_its_own_augmentation():
-    draw = lambda rows, generator: (torch.rand(len(rows), generator=generator),)  # an augmentation's random numbers
-    batches = lambda **ddp: [b for (b,) in TensorBatches(torch.arange(64), batch_size=16, seed=7, transform=draw, **ddp)]
+    def draw(rows, generator):
+        return (torch.rand(len(rows), generator=generator),)  # an augmentation's random numbers
+    def batches(**ddp):
+        return [b for (b,) in TensorBatches(torch.arange(64), batch_size=16, seed=7, transform=draw, **ddp)]
     single, first, second = batches(), batches(num_replicas=2, rank=0), batches(num_replicas=2, rank=1)
     assert all(torch.equal(a, b) for a, b in zip(first, single))  # rank 0 draws what one process draws
     assert not any(torch.equal(a, b) for a, b in zip(first, second))
@@ -66,8 +68,11 @@ def test_a_split_smaller_than_the_ranks_is_refused_not_left_to_hang(train):
 
 def test_a_training_split_smaller_than_a_batch_still_gives_one_batch_per_rank():
     # drop_last drops a short last batch, never the only one: data.train_size < data.batch_size still trains.
-    assert [len(TensorBatches(torch.arange(7), batch_size=100, drop_last=True, num_replicas=2, rank=r)) for r in (0, 1)] == [1, 1]
-    assert [len(b[0]) for b in TensorBatches(torch.arange(7), batch_size=100, drop_last=True, num_replicas=2, rank=1)] == [3]
+    def shard(rank):
+        return TensorBatches(torch.arange(7), batch_size=100, drop_last=True, num_replicas=2, rank=rank)
+
+    assert [len(shard(rank)) for rank in (0, 1)] == [1, 1]
+    assert [len(b[0]) for b in shard(1)] == [3]
     assert len(TensorBatches(torch.arange(250), batch_size=100, drop_last=True)) == 2
 
 

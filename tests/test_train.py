@@ -39,7 +39,8 @@ def test_cnn_configs_compose_and_instantiate(data, tmp_path):
 @pytest.mark.parametrize("model, data, target", [
     ("dnn", "clicks", "data.clicks.ClicksDataModule"), ("dnn", "advertising", "data.tabular.CSVDataModule"),
     ("dnn", "csv", "data.tabular.CSVDataModule"), ("dnn", "criteo", "data.criteo.CriteoDataModule"),
-    ("lstm", "shakespeare", "data.text.ShakespeareDataModule"), ("lstm", "tinyshakespeare", "data.text.TextFileDataModule"),
+    ("lstm", "shakespeare", "data.text.ShakespeareDataModule"),
+    ("lstm", "tinyshakespeare", "data.text.TextFileDataModule"),
     ("lstm", "text", "data.text.TextFileDataModule"), ("lstm", "fashion_mnist_rows", "data.images.ImageDataModule"),
 ])
 def test_dnn_and_lstm_configs_compose(model, data, target, tmp_path):
@@ -60,7 +61,8 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_p
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     recipe = load_recipe(str(tmp_path / saved["best_checkpoint"]))  # the checkpoint alone rebuilds the network
-    assert recipe.hparams.net_kwargs["image_size"] == (28, 28) and recipe.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert recipe.hparams.net_kwargs["image_size"] == (28, 28)
+    assert recipe.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
@@ -78,7 +80,8 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     # Resumed, a run that stopped early trains nothing more (it trained one more epoch before).
     (tmp_path / "metrics.json").unlink()
     again = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=20", "ckpt_path=last",
-                                            "callbacks.early_stopping.min_delta=1.0", "callbacks.early_stopping.patience=2"))
+                                            "callbacks.early_stopping.min_delta=1.0",
+                                            "callbacks.early_stopping.patience=2"))
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], metrics["steps"])
 
 
@@ -113,14 +116,16 @@ def test_the_step_schedule_decays_every_epoch_of_a_step_budget(mnist_dir, tmp_pa
 
 
 def test_log_every_n_steps_zero_trains(mnist_dir, tmp_path):
-    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.log_every_n_steps=0"))
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1",
+                                              "trainer.log_every_n_steps=0"))
     assert metrics["steps"] == 15
 
 
 def test_test_split_is_read_only_by_trainer_test(mnist_dir, tmp_path, monkeypatch):
     events = []
     load, test = ImageDataModule._load, L.Trainer.test
-    monkeypatch.setattr(ImageDataModule, "_load", lambda self, train: events.append(f"load train={train}") or load(self, train))
+    monkeypatch.setattr(ImageDataModule, "_load",
+                        lambda self, train: events.append(f"load train={train}") or load(self, train))
     monkeypatch.setattr(L.Trainer, "test", lambda self, *a, **k: events.append("trainer.test") or test(self, *a, **k))
     train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1"))
     assert events == ["load train=True", "trainer.test", "load train=False"]
@@ -217,7 +222,8 @@ def test_the_lstm_gpu_preset_validates_every_n_steps_across_short_epochs(budget,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     text = tmp_path / "corpus.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 1000)
-    cfg = make_config("experiment=lstm_gpu", f"data.path={text}", "trainer.accelerator=cpu", "trainer.precision=32-true",
+    cfg = make_config("experiment=lstm_gpu", f"data.path={text}", "trainer.accelerator=cpu",
+                      "trainer.precision=32-true",
                       "model.compile=false", "model.net.hidden_size=32", "model.net.embedding_dim=16",
                       "data.batch_size=16", "data.seq_len=32", "data.eval_seq_len=64", "trainer.limit_train_batches=1",
                       "trainer.val_check_interval=3", *budget, "trainer.limit_val_batches=1",
