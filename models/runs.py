@@ -47,12 +47,24 @@ def best_checkpoint(run: str | Path) -> Path:
     return run / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
 
 
+def _load(path: Path) -> dict:
+    """Tensors and plain containers only (weights_only). Memory-mapped: a tensor's bytes are read when used, so
+    reading a checkpoint's hyperparameters (resume checks, configs) costs milliseconds even for gigabytes of
+    embeddings and optimizer state. Files in torch's pre-1.6 format cannot be mapped and are read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap can only be used" not in str(err):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"no checkpoint at {path}: give a .ckpt written by train.py (RUN/checkpoints/best.ckpt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
+        checkpoint = _load(path)
     except Exception as err:
         if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             why = "it holds objects other than tensors and plain containers, and loading those could run code"

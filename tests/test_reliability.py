@@ -3,7 +3,10 @@ and one-line errors for bad input that damage nothing written before."""
 import json
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,8 @@ from models.cli import check_overrides, config_kept_on_failure, resume_arguments
 from tests.conftest import make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best", "epochs", "steps")
 
@@ -222,6 +227,34 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}}, tmp_path / "lm.ckpt")
     with pytest.raises(UserInputError, match=r"other data \(vocab with other entries\)"):  # same size: silent otherwise
         check_checkpoint_fits(str(tmp_path / "lm.ckpt"), "lm.ckpt", {"vocab": list("abcdeg")})
+
+
+MEMORY_AFTER_LOAD = """
+import os, sys
+import torch
+from models.runs import load_checkpoint
+def rss():  # resident bytes now (Linux)
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+for path in sys.argv[1:]:
+    before = rss()
+    checkpoint = load_checkpoint(path)
+    print((rss() - before) // 2**20)  # MiB the loaded checkpoint holds in memory
+    del checkpoint
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from Linux's /proc")
+def test_reading_a_checkpoints_settings_does_not_read_its_tensors(tmp_path):
+    # A resume reads the checkpoint's config twice before Lightning loads it (which network, which data): with
+    # gigabytes of embeddings and Adam state, whole reads would cost that memory and time each.
+    state = {"hyper_parameters": {"config": {"model": {}}}, "state_dict": {"w": torch.zeros(25_000_000)}}  # 100 MB
+    torch.save(state, tmp_path / "zip.ckpt")
+    torch.save(state, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)  # torch < 1.6's format
+    names = ("zip.ckpt", "legacy.ckpt")
+    printed = subprocess.run([sys.executable, "-c", MEMORY_AFTER_LOAD, *(str(tmp_path / n) for n in names)],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    added = dict(zip(names, map(int, printed.split())))
+    assert added["zip.ckpt"] < 20 and added["legacy.ckpt"] > 75, added  # mapped, vs. read whole (still readable)
 
 
 @pytest.mark.parametrize("args, message", [
