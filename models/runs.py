@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 
@@ -130,6 +131,21 @@ def checkpoint_epoch(path: str | Path) -> int:
 
 
 # -- data and predictions -----------------------------------------------------------------------------------
+def instantiate_data(config: DictConfig):
+    """Hydra's instantiate for a `data` config. A DataModule checks its settings when built (a column named twice,
+    fractions that add up to more than 1) and raises UserInputError; Hydra wraps whatever a constructor raises in
+    a several-line InstantiationException, which is unwrapped here into the one-line error it is."""
+    try:
+        return instantiate(config)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserInputError):
+            raise err.__cause__ from None
+        if isinstance(err.__cause__, TypeError) and "unexpected keyword argument" in str(err.__cause__):
+            raise UserInputError(f"data: {err.__cause__}: drop that setting ({config.get('_target_')} takes the "
+                                 "ones in its configs/data/ file)") from None
+        raise
+
+
 def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
     """The run's DataModule from its stored `data` config, not yet set up. `overrides`: `data.KEY=VALUE` or
     `paths.data_dir=DIR`."""
@@ -146,7 +162,7 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
             raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}){hint}; "
                                  f"its settings: {', '.join(sorted(flatten(data_config)))}")
         OmegaConf.update(config, path, yaml.safe_load(value))
-    return instantiate(config)
+    return instantiate_data(config)
 
 
 def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):

@@ -16,6 +16,7 @@ import train as train_module
 from data import UserInputError
 from models.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path
 from models.recipe import NonFiniteLossError, Recipe
+from models.runs import instantiate_data
 from models.checks import check_model_reads_data, check_settings
 from models.cli import check_overrides, config_kept_on_failure, resume_arguments, sweep_variants, trainer_arguments
 from tests.conftest import make_config
@@ -257,6 +258,21 @@ def test_reading_a_checkpoints_settings_does_not_read_its_tensors(tmp_path):
     assert added["zip.ckpt"] < 20 and added["legacy.ckpt"] > 75, added  # mapped, vs. read whole (still readable)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y", "data.numeric_columns=[age,age]"],
+     r"column\(s\) \['age'\] are named twice"),
+    (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y", "data.numeric_columns=[age]",
+      "data.val_fraction=0.9", "data.test_fraction=0.5"], "data.val_fraction=0.9, data.test_fraction=0.5: each must"),
+    (["model=lstm", "data=tinyshakespeare", "data.path=x.txt", "data.val_fraction=0.9", "data.test_fraction=0.5"],
+     "data.val_fraction=0.9, data.test_fraction=0.5"),
+    (["model=lstm", "data.test_plays=[hamlett]"], "data.test_plays: unknown play 'hamlett'; choose from"),
+    (["model=cnn", "data.train_size=0"], "data.train_size=0: give a number of training images >= 1"),
+])
+def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        instantiate_data(make_config(*overrides).data)
+
+
 @pytest.mark.parametrize("args, message", [
     (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
     (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
@@ -269,6 +285,9 @@ def test_reading_a_checkpoints_settings_does_not_read_its_tensors(tmp_path):
     (["trainer.check_val_every_n_epoch=30"],
      "error: trainer.check_val_every_n_epoch=30 with trainer.max_epochs=18 never"),
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
+    (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y"],  # a DataModule's own check, when built
+     "error: data.numeric_columns, data.categorical_columns and data.timestamp_columns are all empty"),
+    (["+data.foo=1"], "error: data: ImageDataModule.__init__() got an unexpected keyword argument 'foo': drop that"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
