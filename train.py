@@ -85,10 +85,19 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
                   config=OmegaConf.to_container(cfg, resolve=True))
 
 
+def instantiate_setting(key: str, node: DictConfig):
+    """A callback or the logger; one that refuses its settings (EarlyStopping(mode="maxx")) is a one-line error."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        raise UserInputError(f"{key}: {err.__cause__ or err}") from err
+
+
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger."""
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]  # `callbacks.x=null` drops one
+    logger = instantiate_setting("logger", cfg.logger) if cfg.get("logger") else False
+    # `callbacks.x=null` drops one
+    callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
     if not logger:  # `~logger`: nowhere to write learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     try:

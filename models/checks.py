@@ -95,6 +95,11 @@ def check_settings(cfg: DictConfig) -> None:
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
     check_trainer_args(cfg.trainer)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node:  # callbacks.NAME=null drops one
+            check_object_args(f"callbacks.{name}", node)
+    if cfg.get("logger"):
+        check_object_args("logger", cfg.logger)
     for key, (whole, least, inclusive) in NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if value is None:
@@ -123,8 +128,35 @@ def check_trainer_args(trainer_cfg: DictConfig) -> None:
         if key not in hints:  # e.g. +trainer.max_epoch=3 (without the +, models/cli.py's trainer_arguments says it)
             raise not_a_trainer_argument(key)
         if not _admits(value, hints[key]):
-            hint = str(hints[key]).replace("typing.", "")
-            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hint}")
+            raise UserInputError(f"trainer.{key}={value!r} has the wrong type: Trainer takes {hint_name(hints[key])}")
+
+
+def hint_name(hint) -> str:
+    """int, Optional[int], Literal['step', 'epoch']: a type hint as the user would write it."""
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def check_object_args(key: str, node: DictConfig) -> None:
+    """`callbacks.early_stopping.patience=abc` -> one line naming the setting and the type its class takes (Lightning
+    would take the string and fail at the first epoch without improvement); `+callbacks.x.pacience=3` -> one line
+    naming the class's arguments."""
+    try:
+        cls = get_object(node._target_)
+        hints = typing.get_type_hints(cls.__init__)
+        parameters = inspect.signature(cls.__init__).parameters
+    except Exception:  # a misspelt _target_, or hints this Python cannot evaluate: instantiating it will say
+        return
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for name, value in OmegaConf.to_container(node, resolve=False).items():
+        if name.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: Hydra's to judge
+            continue
+        if name not in parameters and not open_ended:
+            near = difflib.get_close_matches(name, [p for p in parameters if p != "self"], n=3)
+            raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}"
+                                 + (f"; did you mean {', '.join(near)}?" if near else ""))
+        if name in hints and not _admits(value, hints[name]):
+            raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {cls.__name__} takes "
+                                 f"{hint_name(hints[name])}")
 
 
 def not_a_trainer_argument(name: str) -> UserInputError:

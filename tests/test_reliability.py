@@ -288,6 +288,7 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y"],  # a DataModule's own check, when built
      "error: data.numeric_columns, data.categorical_columns and data.timestamp_columns are all empty"),
     (["+data.foo=1"], "error: data: ImageDataModule.__init__() got an unexpected keyword argument 'foo': drop that"),
+    (["callbacks.early_stopping.mode=maxx"], "error: callbacks.early_stopping: `mode` can be min, max, got maxx"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
@@ -356,6 +357,13 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("data.batch_size=0.5", "data.batch_size=0.5: give a whole number >= 1"),
     ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: the best checkpoint and early stopping need"),
     ("+trainer.check_val_every_n_epoch=5", "trainer.check_val_every_n_epoch=5 with trainer.max_epochs=2 never"),
+    # Lightning would keep patience='abc' and fail at the first epoch without improvement.
+    ("callbacks.early_stopping.patience=abc",
+     "callbacks.early_stopping.patience='abc' has the wrong type: EarlyStopping takes int"),
+    ("+callbacks.early_stopping.pacience=3",
+     "callbacks.early_stopping.pacience is not an argument of EarlyStopping; did you mean patience?"),
+    ("callbacks.learning_rate_monitor.logging_interval=batch", "LearningRateMonitor takes Optional[Literal['step',"),
+    ("logger.version=[1]", "logger.version=[1] has the wrong type: TensorBoardLogger takes Union[int, str, NoneType]"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
