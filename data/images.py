@@ -69,7 +69,7 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
     kind = "images"  # what the network must read (its `reads`)
 
     def __init__(self, name: str, data_dir: str, batch_size: int = 256, eval_batch_size: int = 1000,
-                 val_size: int = 5000, split_seed: int = 0, download: bool = True,
+                 val_size: int | float = 5000, split_seed: int = 0, download: bool = True,
                  augment: dict | None = None, on_device: bool = True, train_size: int | None = None) -> None:
         super().__init__()
         if name not in DATASETS:

@@ -2,6 +2,7 @@
 it and the fix (train.py prints `error: ...`)."""
 import difflib
 import inspect
+import types
 import typing
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def _admits(value, hint) -> bool:
     if hint is typing.Any or value is None and type(None) in typing.get_args(hint):
         return True
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):  # Optional[int], int | None
         return any(_admits(value, h) for h in args)
     if origin is typing.Literal:
         return value in args
@@ -95,11 +96,6 @@ def check_settings(cfg: DictConfig) -> None:
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
     check_trainer_args(cfg.trainer)
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node:  # callbacks.NAME=null drops one
-            check_object_args(f"callbacks.{name}", node)
-    if cfg.get("logger"):
-        check_object_args("logger", cfg.logger)
     for key, (whole, least, inclusive) in NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if value is None:
@@ -109,6 +105,15 @@ def check_settings(cfg: DictConfig) -> None:
         if not number or not (value >= least if inclusive else value > least):
             raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
                                  f"{'>=' if inclusive else '>'} {least}")
+    # After the recipe's numbers (their messages give the range too): the constructors' type hints.
+    for key in ("data", "model.net"):
+        if (node := OmegaConf.select(cfg, key)) is not None:
+            check_object_args(key, node)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node:  # callbacks.NAME=null drops one
+            check_object_args(f"callbacks.{name}", node)
+    if cfg.get("logger"):
+        check_object_args("logger", cfg.logger)
     trainer = cfg.trainer
     if trainer.get("limit_val_batches") == 0:
         raise UserInputError("trainer.limit_val_batches=0: the best checkpoint and early stopping need validation; "
@@ -136,24 +141,41 @@ def hint_name(hint) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+def constructor_arguments(cls: type) -> tuple[dict, dict, bool]:
+    """The parameters and type hints of `cls(...)`, following `**kwargs` up to the base class they are passed to
+    (ShakespeareDataModule(val_plays, **batching) -> CharDataModule(seq_len, batch_size, ...)); and whether it
+    still takes any keyword in the end."""
+    parameters, hints = {}, {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        init = vars(klass)["__init__"]
+        own = inspect.signature(init).parameters
+        parameters = {**{k: p for k, p in own.items() if k != "self"}, **parameters}
+        hints = {**typing.get_type_hints(init), **hints}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            return parameters, hints, False
+    return parameters, hints, True
+
+
 def check_object_args(key: str, node: DictConfig) -> None:
-    """`callbacks.early_stopping.patience=abc` -> one line naming the setting and the type its class takes (Lightning
-    would take the string and fail at the first epoch without improvement); `+callbacks.x.pacience=3` -> one line
-    naming the class's arguments."""
+    """`callbacks.early_stopping.patience=abc`, `data.val_size=abc`, `model.net.kernel_size=1.5` -> one line naming
+    the setting and the type its class takes (Lightning would keep a string patience and fail at the first epoch
+    without improvement; a data module would fail halfway through reading its files); `+callbacks.x.pacience=3`
+    -> one line naming the class's arguments."""
     try:
         cls = get_object(node._target_)
-        hints = typing.get_type_hints(cls.__init__)
-        parameters = inspect.signature(cls.__init__).parameters
+        parameters, hints, open_ended = constructor_arguments(cls)
     except Exception:  # a misspelt _target_, or hints this Python cannot evaluate: instantiating it will say
         return
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for name, value in OmegaConf.to_container(node, resolve=False).items():
         if name.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: Hydra's to judge
             continue
         if name not in parameters and not open_ended:
-            near = difflib.get_close_matches(name, [p for p in parameters if p != "self"], n=3)
-            raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}"
-                                 + (f"; did you mean {', '.join(near)}?" if near else ""))
+            near = difflib.get_close_matches(name, list(parameters), n=3, cutoff=0.8)  # a misspelling
+            raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}; "
+                                 + (f"did you mean {', '.join(near)}?" if near else
+                                    "drop it, or pick the model or data it was set for"))
         if name in hints and not _admits(value, hints[name]):
             raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {cls.__name__} takes "
                                  f"{hint_name(hints[name])}")
