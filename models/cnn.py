@@ -7,6 +7,8 @@ Left out on purpose: residual connections and global average pooling (they belon
 import torch
 from torch import nn
 
+from models import check_sizes
+
 
 def conv_output(size: tuple[int, ...], kernel_size: int, stride: int, padding: int | str) -> tuple[int, ...]:
     """(H, W) after a convolution: (n + 2 * padding - kernel_size) // stride + 1; "same" keeps n, "valid" is 0."""
@@ -26,6 +28,10 @@ class ConvNet(nn.Module):
                  padding: int | str | None = None, stride: int = 1, batch_norm: bool = True,
                  hidden_size: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
+        check_sizes(widths=widths, convs_per_block=convs_per_block, kernel_size=kernel_size, stride=stride,
+                    hidden_size=hidden_size)
+        if isinstance(padding, int):
+            check_sizes(0, padding=padding)
         padding = kernel_size // 2 if padding is None else padding  # "same" padding for odd kernels
         layers, c, size = [], in_channels, tuple(image_size)
         for block, width in enumerate(widths, 1):

@@ -10,6 +10,8 @@ Left out on purpose: feature crosses (DCN, DeepFM), attention over fields, spars
 import torch
 from torch import nn
 
+from models import check_sizes
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
@@ -24,8 +26,8 @@ class ClickMLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if num_layers < 0:
-            raise ValueError(f"num_layers={num_layers}: give 0 (a linear model: logistic regression) or more")
+        check_sizes(hidden_size=hidden_size, embedding_dim=embedding_dim)
+        check_sizes(0, num_layers=num_layers)  # 0: a linear model, logistic regression
         sizes = torch.tensor([0, *cardinalities], dtype=torch.long)
         self.register_buffer("offsets", sizes.cumsum(0)[:-1], persistent=False)  # (F,) first row of each field
         self.embedding = nn.Embedding(max(1, int(sizes.sum())), embedding_dim)  # every field's rows, one table

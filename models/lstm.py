@@ -13,6 +13,8 @@ and layer norm inside the cell (nn.LSTM keeps cuDNN's fused kernel on a GPU and 
 import torch
 from torch import Tensor, nn
 
+from models import check_sizes
+
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, hidden_size)
 
 
@@ -51,6 +53,7 @@ class CharLM(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_size: int = 256, num_layers: int = 2,
                  dropout: float = 0.1, tie_weights: bool = False, forget_bias: float | None = None) -> None:
         super().__init__()
+        check_sizes(embedding_dim=embedding_dim, hidden_size=hidden_size, num_layers=num_layers)
         if tie_weights and embedding_dim != hidden_size:
             raise ValueError(f"tie_weights needs embedding_dim == hidden_size; got {embedding_dim} and {hidden_size}")
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -104,6 +107,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, input_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 1,
                  dropout: float = 0.0, forget_bias: float | None = None) -> None:
         super().__init__()
+        check_sizes(hidden_size=hidden_size, num_layers=num_layers)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
         if forget_bias is not None:

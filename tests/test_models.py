@@ -148,3 +148,19 @@ def test_a_learning_rate_finder_trains_before_the_recipe_starts_its_fit(tmp_path
                         callbacks=[LearningRateFinder(num_training_steps=5)])
     trainer.fit(recipe, TensorBatches(x, y, batch_size=8), TensorBatches(x, y, batch_size=32))
     assert trainer.global_step == 8 and int(recipe.first_bad_step) == -1
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ConvNet(1, 10, (28, 28), kernel_size=0), "kernel_size=0: give a whole number >= 1"),
+    (lambda: ConvNet(1, 10, (28, 28), stride=0), "stride=0: give a whole number >= 1"),  # was a ZeroDivisionError
+    (lambda: ConvNet(1, 10, (28, 28), padding=-1), "padding=-1: give a whole number >= 0"),
+    (lambda: ConvNet(1, 10, (28, 28), widths=[16, 0]), r"widths=\[16, 0\]: give one or more whole numbers >= 1"),
+    (lambda: ConvNet(1, 10, (28, 28), hidden_size=-5), "hidden_size=-5"),  # was torch's "negative dimension"
+    (lambda: lstm.CharLM(60, embedding_dim=-1), "embedding_dim=-1"),
+    (lambda: lstm.SequenceClassifier(28, 10, num_layers=0), "num_layers=0: give a whole number >= 1"),
+    (lambda: ClickMLP(3, [5, 6], hidden_size=0), "hidden_size=0"),  # was a network with no units, silently
+    (lambda: ClickMLP(3, [5, 6], num_layers=-1), "num_layers=-1: give a whole number >= 0"),  # 0: logistic
+])
+def test_a_size_a_network_cannot_have_is_refused_naming_it(build, message):
+    with pytest.raises(ValueError, match=message):  # train.py: `error: model.net: kernel_size=0: ...`
+        build()

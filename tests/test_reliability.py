@@ -294,6 +294,7 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
      "error: mnist not found in /no/such/dir/MNIST/raw/"),
+    (["model=dnn", "data.rows=3000", "model.net.hidden_size=0"], "error: model.net: hidden_size=0: give a whole"),
     (["model=dnn", "data.rows=3000", "model.net.activation=gelu"],
      "error: model.net: activation='gelu'; choose one of"),
     (["model=dnn", "data.rows=3000", "optimizer=sgd", "optimizer.momentum=0"],
