@@ -49,6 +49,23 @@ DATASETS = {
 }
 
 
+AUGMENT_KINDS = {"enabled": (bool,), "degrees": (int, float), "translate": (int,), "hflip": (bool,)}
+
+
+def check_augment(augment: dict) -> None:
+    """data.augment: known keys, booleans where booleans go, and sizes >= 0 (degrees 0-180, whole pixels)."""
+    for key, value in augment.items():
+        if key not in AUGMENT_KINDS:
+            raise UserInputError(f"data.augment.{key} is not an augmentation setting; choose from "
+                                 f"{', '.join(AUGMENT_KINDS)}")
+        kinds = AUGMENT_KINDS[key]
+        if not isinstance(value, kinds) or bool not in kinds and isinstance(value, bool) or (
+                bool not in kinds and not 0 <= value <= (180 if key == "degrees" else float("inf"))):
+            want = ("true or false" if bool in kinds else "whole pixels >= 0" if key == "translate"
+                    else "degrees between 0 and 180")
+            raise UserInputError(f"data.augment.{key}={value!r}: give {want}")
+
+
 def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
                   generator: torch.Generator | None = None) -> Tensor:
     """Rotate by up to ±degrees, shift by up to ±translate whole pixels, mirror half the batch: one grid_sample."""
@@ -78,6 +95,7 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed
         self.augment = {"degrees": 0.0, "translate": 0, "hflip": False, "enabled": False, **(augment or {})}
+        check_augment(self.augment)
         self.on_device, self.train_size = on_device, train_size
         if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
                                        or train_size < 1):
