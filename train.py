@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
-from models.checks import (WholeSweepError, check_model_reads_data, check_monitor, check_settings,
-                           check_single_process_sweep)
+from models.checks import (WholeSweepError, check_callback_monitors, check_model_reads_data, check_monitor,
+                           check_settings, check_single_process_sweep)
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments)
 from models.host import keep_freed_memory
@@ -112,7 +112,9 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
 def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
-    check_monitor(cfg.monitor, get_class(cfg.data._target_).task)  # the data's task decides which metrics exist
+    task = get_class(cfg.data._target_).task  # the data's task decides which metrics exist
+    check_monitor(cfg.monitor, task)
+    check_callback_monitors(cfg.get("callbacks"), task)
     check_settings(cfg)
     check_model_reads_data(cfg)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)

@@ -33,6 +33,17 @@ def check_monitor(monitor: DictConfig, task: str) -> None:
         raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
 
 
+def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
+    """A callback given its own metric (`callbacks.early_stopping.monitor=val/acc`, instead of following
+    monitor.metric) must watch one the run logs too: Lightning would say so only after the first epoch."""
+    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+    for name, node in (callbacks or {}).items():
+        metric = node.get("monitor") if node else None
+        if metric is not None and metric not in names:  # an interpolation resolves to monitor.metric: checked
+            raise WholeSweepError(f"callbacks.{name}.monitor={metric} is not a metric this {task} run logs; "
+                                  f"choose one of {', '.join(names)}")
+
+
 def check_model_reads_data(cfg: DictConfig) -> None:
     """`model=cnn data=text`: refused before the data is read, naming the models that do read it. A network says
     which kinds of data it reads (`reads`), a data module which kind it gives (`kind`)."""

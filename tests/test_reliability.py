@@ -292,6 +292,8 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
      "error: data.numeric_columns, data.categorical_columns and data.timestamp_columns are all empty"),
     (["+data.foo=1"], "error: data.foo is not an argument of ImageDataModule; drop it, or pick the model or data"),
     (["data.val_size=abc"], "error: data.val_size='abc' has the wrong type: ImageDataModule takes int | float"),
+    (["model=dnn", "callbacks.early_stopping.monitor=val/foo"],
+     "error: callbacks.early_stopping.monitor=val/foo is not a metric this binary run logs; choose one of val/loss"),
     (["callbacks.early_stopping.mode=maxx"], "error: callbacks.early_stopping: `mode` can be min, max, got maxx"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
