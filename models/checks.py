@@ -7,6 +7,7 @@ import typing
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object
@@ -85,7 +86,9 @@ def _admits(value, hint) -> bool:
     if origin is typing.Literal:
         return value in args
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        return isinstance(value, (list, tuple, ListConfig))
+        inner = [a for a in args if a is not Ellipsis]  # list[str], tuple[int, ...]: each item's type
+        return isinstance(value, (list, tuple, ListConfig)) and (
+            len(inner) != 1 or all(_admits(item, inner[0]) for item in value))
     if origin is dict or hint is dict:
         return isinstance(value, (dict, DictConfig))
     if hint is float:
@@ -95,9 +98,103 @@ def _admits(value, hint) -> bool:
     return True  # a hint we cannot judge
 
 
-# Numbers of the recipe and the data: (whole number?, least value, may it equal the least value?)
-NUMBERS = {"model.lr": (False, 0, False), "model.weight_decay": (False, 0, True), "model.l1": (False, 0, True),
-           "data.batch_size": (True, 1, True), "data.eval_batch_size": (True, 1, True)}
+# Numbers of the recipe, the networks, the data and the callbacks: check_number's bounds, and whether null is a
+# value (top_k: null = no cut). Keys a run's config lacks (another data module's) are skipped.
+NUMBERS = {
+    "model.lr": dict(least=0, inclusive=False), "model.weight_decay": dict(least=0), "model.l1": dict(least=0),
+    "model.net.dropout": dict(least=0, most=1, most_inclusive=False),  # 1 would zero every activation
+    "data.batch_size": dict(least=1, whole=True), "data.eval_batch_size": dict(least=1, whole=True),
+    "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
+    "data.block_rows": dict(least=1, whole=True), "data.chunk_rows": dict(least=1, whole=True),
+    "data.max_in_memory_gb": dict(least=0),
+    "callbacks.early_stopping.patience": dict(least=0, whole=True),  # epochs without improvement
+    "callbacks.early_stopping.min_delta": dict(least=0),
+    "callbacks.text_samples.length": dict(least=1, whole=True), "callbacks.text_samples.temperature": dict(least=0),
+    "callbacks.text_samples.top_k": dict(least=1, whole=True, nullable=True),
+}
+
+
+MISSING = object()
+
+
+def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
+                 inclusive: bool = True, most_inclusive: bool = True) -> None:
+    """`key=value` is a number (a whole one if `whole`) in [least, most] (ends open where not inclusive)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
+    if not number or not (value >= least if inclusive else value > least) or most is not None and not (
+            value <= most if most_inclusive else value < most):
+        kind, low = "a whole number" if whole else "a number", ">=" if inclusive else ">"
+        upper = "" if most is None else f" and {'<=' if most_inclusive else '<'} {most}"
+        raise UserInputError(f"{key}={value!r}: give {kind} {low} {least}{upper}")
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The top-level switches and the Trainer's counts: `seed=-1` or `trainer.accumulate_grad_batches=0` would
+    fail deep inside numpy or Lightning, `keep_freed_memory=abc` would count as true."""
+    if "seed" in cfg:
+        check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
+    for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise UserInputError(f"{key}={value!r}: give true or false")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not isinstance(ckpt_path, str):
+        raise UserInputError(f"ckpt_path={ckpt_path!r}: give a checkpoint file, or `last`")
+    trainer = cfg.trainer
+    for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        if trainer.get(key) is not None:
+            check_number(f"trainer.{key}", trainer[key], 1, whole=True)
+    if trainer.get("gradient_clip_val") is not None:
+        check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)  # 0: no clipping
+    for key in ("max_epochs", "max_steps"):  # -1 (or null for epochs): no limit of that kind
+        if trainer.get(key) not in (None, -1):
+            check_number(f"trainer.{key}", trainer[key], 1, whole=True)
+    if trainer.get("limit_train_batches") is not None:
+        limit = trainer.limit_train_batches
+        check_number("trainer.limit_train_batches", limit, 0, 1 if isinstance(limit, float) else None,
+                     whole=not isinstance(limit, float), inclusive=False)
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """optimizer.* and scheduler.*: the names, and the optimizer built once on a stand-in parameter, so a bad
+    setting (`optimizer.betas=[0.9]`, `scheduler.pct_start=1.5`) is one line before the data is read."""
+    from models.recipe import OPTIMIZERS, SCHEDULERS
+
+    optimizer, scheduler = cfg.get("optimizer"), cfg.get("scheduler")
+    if optimizer is not None:
+        if optimizer.get("name") not in OPTIMIZERS:
+            raise UserInputError(f"optimizer.name={optimizer.get('name')!r}: choose one of {', '.join(OPTIMIZERS)}")
+        options = {k: v for k, v in OmegaConf.to_container(optimizer, resolve=True).items() if k != "name"}
+        check_arguments("optimizer", OPTIMIZERS[optimizer.name], options)  # nesterov=abc: SGD takes bool
+        betas = options.get("betas", [0.9, 0.999])
+        if not isinstance(betas, list) or len(betas) != 2:
+            raise UserInputError(f"optimizer.betas={betas!r}: give two numbers, [beta1, beta2], e.g. [0.9, 0.999]")
+        for i, beta in enumerate(betas):  # running averages' decay: 1 would never forget, torch allows it
+            check_number(f"optimizer.betas[{i}]", beta, 0, 1, most_inclusive=False)
+        if "alpha" in options:  # RMSprop's decay of the squared-gradient average
+            check_number("optimizer.alpha", options["alpha"], 0, 1, most_inclusive=False)
+        lr = cfg.model.lr if isinstance(cfg.model.get("lr"), (int, float)) else 1e-3
+        try:
+            OPTIMIZERS[optimizer.name]([torch.zeros(1, requires_grad=True)], lr=lr, **options)
+        except (TypeError, ValueError, IndexError, RuntimeError) as err:
+            settings = ", ".join(f"optimizer.{k}={v}" for k, v in options.items())
+            raise UserInputError(f"optimizer={optimizer.name} ({settings}): {err}") from err
+    if scheduler is None:
+        return
+    name = scheduler.get("name")
+    if name not in SCHEDULERS:
+        raise UserInputError(f"scheduler.name={name!r}: choose one of {', '.join(SCHEDULERS)}")
+    if name == "step":
+        check_number("scheduler.every_epochs", scheduler.every_epochs, 1, whole=True)
+        check_number("scheduler.gamma", scheduler.gamma, 0, inclusive=False)
+    elif name == "cosine":
+        check_number("scheduler.final_ratio", scheduler.final_ratio, 0, 1)
+    elif name == "onecycle":
+        check_number("scheduler.pct_start", scheduler.pct_start, 0, 1, inclusive=False, most_inclusive=False)
+        if not isinstance(scheduler.cycle_momentum, bool):
+            raise UserInputError(f"scheduler.cycle_momentum={scheduler.cycle_momentum!r}: give true or false")
+        check_number("scheduler.max_momentum", scheduler.max_momentum, 0, 1, most_inclusive=False)
+        check_number("scheduler.base_momentum", scheduler.base_momentum, 0, scheduler.max_momentum)  # <= max
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -107,15 +204,12 @@ def check_settings(cfg: DictConfig) -> None:
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
     check_trainer_args(cfg.trainer)
-    for key, (whole, least, inclusive) in NUMBERS.items():
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if value is None:
-            continue
-        number = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and (isinstance(value, int) or not whole))
-        if not number or not (value >= least if inclusive else value > least):
-            raise UserInputError(f"{key}={value!r}: give {'a whole number' if whole else 'a number'} "
-                                 f"{'>=' if inclusive else '>'} {least}")
+    for key, bounds in NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=MISSING, throw_on_resolution_failure=False)
+        if value is not MISSING and not (value is None and bounds.get("nullable")):
+            check_number(key, value, **{k: v for k, v in bounds.items() if k != "nullable"})
+    check_run_settings(cfg)
+    check_optimization(cfg)
     # After the recipe's numbers (their messages give the range too): the constructors' type hints.
     for key in ("data", "model.net"):
         if (node := OmegaConf.select(cfg, key)) is not None:
@@ -176,17 +270,25 @@ def check_object_args(key: str, node: DictConfig) -> None:
     -> one line naming the class's arguments."""
     try:
         cls = get_object(node._target_)
-        parameters, hints, open_ended = constructor_arguments(cls)
-    except Exception:  # a misspelt _target_, or hints this Python cannot evaluate: instantiating it will say
+    except Exception:  # a misspelt _target_: instantiating it will say
         return
-    for name, value in OmegaConf.to_container(node, resolve=False).items():
+    check_arguments(key, cls, OmegaConf.to_container(node, resolve=False))
+
+
+def check_arguments(key: str, cls: type, values: dict) -> None:
+    """`values` (a config section's keys) against `cls(...)`'s parameters and type hints."""
+    try:
+        parameters, hints, open_ended = constructor_arguments(cls)
+    except Exception:  # hints this Python cannot evaluate
+        return
+    for name, value in values.items():
         if name.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: Hydra's to judge
             continue
         if name not in parameters and not open_ended:
             near = difflib.get_close_matches(name, list(parameters), n=3, cutoff=0.8)  # a misspelling
             raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}; "
                                  + (f"did you mean {', '.join(near)}?" if near else
-                                    "drop it, or pick the model or data it was set for"))
+                                    "drop it, or pick the choice it was set for"))
         if name in hints and not _admits(value, hints[name]):
             raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {cls.__name__} takes "
                                  f"{hint_name(hints[name])}")

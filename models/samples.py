@@ -37,6 +37,8 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
 class TextSamples(Callback):
     def __init__(self, prompt: str = "\n", length: int = 300, temperature: float = 0.8, top_k: int | None = None,
                  seed: int = 0) -> None:
+        if not prompt:  # generation continues a text: it needs one character at least
+            raise ValueError(f"prompt={prompt!r}: give at least one character, e.g. a newline")
         self.options = dict(prompt=prompt, length=length, temperature=temperature, top_k=top_k, seed=seed)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

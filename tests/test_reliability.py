@@ -290,7 +290,7 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y"],  # a DataModule's own check, when built
      "error: data.numeric_columns, data.categorical_columns and data.timestamp_columns are all empty"),
-    (["+data.foo=1"], "error: data.foo is not an argument of ImageDataModule; drop it, or pick the model or data"),
+    (["+data.foo=1"], "error: data.foo is not an argument of ImageDataModule; drop it, or pick the choice"),
     (["data.val_size=abc"], "error: data.val_size='abc' has the wrong type: ImageDataModule takes int | float"),
     (["model=dnn", "callbacks.early_stopping.monitor=val/foo"],
      "error: callbacks.early_stopping.monitor=val/foo is not a metric this binary run logs; choose one of val/loss"),
@@ -365,16 +365,39 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: the best checkpoint and early stopping need"),
     ("+trainer.check_val_every_n_epoch=5", "trainer.check_val_every_n_epoch=5 with trainer.max_epochs=2 never"),
     # Lightning would keep patience='abc' and fail at the first epoch without improvement.
-    ("callbacks.early_stopping.patience=abc",
-     "callbacks.early_stopping.patience='abc' has the wrong type: EarlyStopping takes int"),
+    ("callbacks.early_stopping.patience=abc", "callbacks.early_stopping.patience='abc': give a whole number >= 0"),
     ("+callbacks.early_stopping.pacience=3",
      "callbacks.early_stopping.pacience is not an argument of EarlyStopping; did you mean patience?"),
     ("callbacks.learning_rate_monitor.logging_interval=batch", "LearningRateMonitor takes Optional[Literal['step',"),
     ("logger.version=[1]", "logger.version=[1] has the wrong type: TensorBoardLogger takes Union[int, str, NoneType]"),
+    # Each of these trained, or failed deep inside torch, numpy or Lightning (found by sweeping bad values).
+    ("data.val_size=abc", "data.val_size='abc' has the wrong type: ImageDataModule takes int | float"),
+    ("model.net.widths=[32.5]", "model.net.widths=[32.5] has the wrong type: ConvNet takes tuple[int, ...]"),
+    ("model.net.batch_norm=abc", "model.net.batch_norm='abc' has the wrong type: ConvNet takes bool"),  # was true
+    ("model.net.dropout=1.0", "model.net.dropout=1.0: give a number >= 0 and < 1"),
+    ("model.weight_decay=null", "model.weight_decay=None: give a number >= 0"),
+    ("model.compile=abc", "model.compile='abc': give true or false"),
+    ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
+    ("ckpt_path=[]", "ckpt_path=[]: give a checkpoint file, or `last`"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off
+    ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: give a whole number >= 1"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: give a whole number >= 1"),
+    ("optimizer.name=adamx", "optimizer.name='adamx': choose one of sgd, adam, adamw, rmsprop"),
+    ("optimizer.betas=[0.9]", "optimizer.betas=[0.9]: give two numbers, [beta1, beta2]"),
+    ("optimizer=rmsprop optimizer.alpha=1.5", "optimizer.alpha=1.5: give a number >= 0 and < 1"),
+    ("optimizer=sgd optimizer.nesterov=abc", "optimizer.nesterov='abc' has the wrong type: SGD takes bool"),
+    ("scheduler.name=foo", "scheduler.name='foo': choose one of none, step, cosine, onecycle"),
+    ("scheduler=onecycle scheduler.pct_start=1.5", "scheduler.pct_start=1.5: give a number > 0 and < 1"),
+    ("scheduler=onecycle scheduler.max_momentum=0.5", "scheduler.base_momentum=0.85: give a number >= 0 and <= 0.5"),
+    ("scheduler=step scheduler.every_epochs=0", "scheduler.every_epochs=0: give a whole number >= 1"),
+    ("scheduler=cosine scheduler.final_ratio=-1", "scheduler.final_ratio=-1: give a number >= 0 and <= 1"),
+    ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
+    ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
+    ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
-        check_settings(make_config("model=cnn", "trainer.max_epochs=2", setting))
+        check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
 def test_any_trainer_argument_is_set_without_a_plus():
