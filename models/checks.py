@@ -131,7 +131,7 @@ def check_number(key: str, value, least: float, most: float | None = None, whole
 def check_run_settings(cfg: DictConfig) -> None:
     """The top-level switches and the Trainer's counts: `seed=-1` or `trainer.accumulate_grad_batches=0` would
     fail deep inside numpy or Lightning, `keep_freed_memory=abc` would count as true."""
-    if "seed" in cfg:
+    if cfg.get("seed") is not None:  # null: Lightning draws one and logs it
         check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
     for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
         value = OmegaConf.select(cfg, key, default=None)
