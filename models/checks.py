@@ -107,6 +107,7 @@ NUMBERS = {
     "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
     "data.block_rows": dict(least=1, whole=True), "data.chunk_rows": dict(least=1, whole=True),
     "data.max_in_memory_gb": dict(least=0),
+    "callbacks.model_summary.max_depth": dict(least=-1, whole=True),  # -1: every layer, 0: none
     "callbacks.early_stopping.patience": dict(least=0, whole=True),  # epochs without improvement
     "callbacks.early_stopping.min_delta": dict(least=0),
     "callbacks.text_samples.length": dict(least=1, whole=True), "callbacks.text_samples.temperature": dict(least=0),

@@ -392,6 +392,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("scheduler=step scheduler.every_epochs=0", "scheduler.every_epochs=0: give a whole number >= 1"),
     ("scheduler=cosine scheduler.final_ratio=-1", "scheduler.final_ratio=-1: give a number >= 0 and <= 1"),
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
+    ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
 ])
