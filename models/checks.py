@@ -107,6 +107,8 @@ NUMBERS = {
     "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
     "data.block_rows": dict(least=1, whole=True), "data.chunk_rows": dict(least=1, whole=True),
     "data.max_in_memory_gb": dict(least=0),
+    "data.seed": dict(least=0, most=2**32 - 1, whole=True),  # numpy's range, as for `seed`
+    "data.split_seed": dict(least=0, most=2**32 - 1, whole=True),
     "callbacks.model_summary.max_depth": dict(least=-1, whole=True),  # -1: every layer, 0: none
     "callbacks.early_stopping.patience": dict(least=0, whole=True),  # epochs without improvement
     "callbacks.early_stopping.min_delta": dict(least=0),
@@ -247,21 +249,31 @@ def hint_name(hint) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+# Classes that hand their `**kwargs` to an object they build, not to a base class: that object's arguments (less
+# those the class sets itself) are theirs too. TensorBoardLogger(..., **kwargs) -> SummaryWriter(log_dir, **kwargs).
+KWARGS_BUILD = {"lightning.pytorch.loggers.tensorboard.TensorBoardLogger":
+                ("torch.utils.tensorboard.SummaryWriter", {"log_dir"})}
+
+
 def constructor_arguments(cls: type) -> tuple[dict, dict, bool]:
     """The parameters and type hints of `cls(...)`, following `**kwargs` up to the base class they are passed to
-    (ShakespeareDataModule(val_plays, **batching) -> CharDataModule(seq_len, batch_size, ...)); and whether it
-    still takes any keyword in the end."""
-    parameters, hints = {}, {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        init = vars(klass)["__init__"]
+    (ShakespeareDataModule(val_plays, **batching) -> CharDataModule(seq_len, batch_size, ...)) or the object built
+    with them (KWARGS_BUILD); and whether it still takes any keyword in the end."""
+    parameters, hints, open_ended = {}, {}, True
+    inits = [vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass)]
+    target, set_by_cls = KWARGS_BUILD.get(f"{cls.__module__}.{cls.__qualname__}", (None, ()))
+    if target:
+        inits = [inits[0], get_object(target).__init__]
+    for init in inits:
         own = inspect.signature(init).parameters
         parameters = {**{k: p for k, p in own.items() if k != "self"}, **parameters}
         hints = {**typing.get_type_hints(init), **hints}
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
-            return parameters, hints, False
-    return parameters, hints, True
+            open_ended = False
+            break
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)  # `kwargs` is no keyword
+    parameters = {k: p for k, p in parameters.items() if k not in set_by_cls and p.kind not in variadic}
+    return parameters, hints, open_ended
 
 
 def check_object_args(key: str, node: DictConfig) -> None:

@@ -122,6 +122,12 @@ def test_validation_split_is_fixed_and_disjoint():
         split_indices(100, 0, seed=0)
 
 
+def test_a_shift_as_wide_as_the_image_is_refused_once_its_size_is_known(mnist_dir):
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, augment={"enabled": True, "translate": 28})
+    with pytest.raises(UserInputError, match="data.augment.translate=28 would shift the 28x28 mnist images off"):
+        dm.setup("fit")  # every training image would be black
+
+
 def test_augmentation_translates_whole_pixels_and_mirrors():
     images = torch.rand(64, 1, 8, 8)
     assert torch.allclose(random_affine(images, 0, 0, hflip=False), images, atol=1e-6)

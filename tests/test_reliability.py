@@ -394,6 +394,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
+    ("data.split_seed=-1", "data.split_seed=-1: give a whole number >= 0 and <= 4294967295"),  # was accepted
+    ("model=dnn data.seed=-1", "data.seed=-1: give a whole number >= 0 and <= 4294967295"),  # was numpy's error
+    ("+logger.foo=1", "logger.foo is not an argument of TensorBoardLogger"),  # was SummaryWriter's, at the 1st log
+    ("+logger.log_dir=x", "logger.log_dir is not an argument of TensorBoardLogger"),  # it sets log_dir itself
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
