@@ -1,7 +1,7 @@
 """The CNN of the course notes: [conv -> (batch norm) -> ReLU] x n -> max-pool blocks, then a fully connected head.
 
-Each block keeps H and W with `padding = kernel_size // 2` (stride 1), doubles or widens the channels, and the
-2x2 max-pool halves H and W: 28x28x1 -> 14x14x32 -> 7x7x64 -> 3x3x128 for widths (32, 64, 128).
+Each block keeps H and W with `padding = kernel_size // 2` (stride 1, an odd kernel_size), doubles or widens the
+channels, and the 2x2 max-pool halves H and W: 28x28x1 -> 14x14x32 -> 7x7x64 -> 3x3x128 for widths (32, 64, 128).
 Left out on purpose: residual connections and global average pooling (they belong to later architectures).
 """
 import torch

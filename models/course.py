@@ -124,11 +124,13 @@ ACTIVATIONS = {
 }
 
 
-# Initial weights must keep the signal's scale through the layers: a layer's output variance is fan_in * Var(w) *
-# Var(input), times what the activation keeps. name -> (torch.nn.init function for a (fan_out, fan_in) weight,
+# Initial weights must keep the signal's scale through the layers: with zero-mean weights a unit's pre-activation
+# has variance fan_in * Var(w) * E[input^2] (the mean square: ReLU outputs are not centred), and the activation keeps
+# part of it. name -> (torch.nn.init function for a (fan_out, fan_in) weight,
 # activation). N(0, 1) grows the signal sqrt(fan_in) times a layer and tanh saturates at +-1 (slope ~0: nothing
 # learns); Xavier/Glorot (Var 2/(fan_in + fan_out)) suits tanh, He/Kaiming (Var 2/fan_in) ReLU, which zeroes half its
-# inputs and so halves the variance under Xavier. nn.Linear's own default (Var 1/(3 fan_in)) fades fastest.
+# inputs and so halves the mean square (He's 2 makes up for it; under Xavier the signal shrinks layer by layer).
+# nn.Linear's own default (Var 1/(3 fan_in)) fades fastest.
 INITIALISATIONS = {
     "N(0, 1), tanh": (nn.init.normal_, torch.tanh),
     "Xavier, tanh": (nn.init.xavier_normal_, torch.tanh),
@@ -477,6 +479,7 @@ def mlp_parameter_count(in_features: int, width: int, depth: int, out_features: 
 
 
 def fit_wiggly_curve(width: int, depth: int, steps: int = 500, seed: int = 0) -> tuple[float, nn.Module]:
+    # The MSE after `steps` Adam steps: within a fixed budget, how fast a shape learns, not only what it can represent.
     torch.manual_seed(seed)
     x = torch.linspace(-1, 1, 128)[:, None]  # (128, 1)
     y = torch.sin(3 * torch.pi * x)  # three full waves (six turns) on [-1, 1]: a few units cannot bend that often

@@ -126,7 +126,9 @@ class Recipe(L.LightningModule):
         loss = self._step(batch, "train")
         if self._logging_step():
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        if self.hparams.l1:  # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it)
+        # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
+        # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
+        if self.hparams.l1:
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
         self._record_non_finite(loss)
         return loss

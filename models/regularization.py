@@ -47,7 +47,8 @@ EXPERIMENTS = {
     "baseline": [],
     # AdamW's decoupled weight decay: every step multiplies each weight by 1 - lr * weight_decay (0.998 here).
     "weight_decay": ["model.weight_decay=2.0"],
-    # The recipe adds l1 * sum |w| to the loss: a pull of constant size towards 0, whatever the weight's size.
+    # The recipe adds l1 * sum |w| to the loss: a gradient of constant size towards 0, whatever the weight's size
+    # (AdamW then scales it, like the data's gradient, by each weight's gradient statistics).
     "l1": ["model.l1=1e-4"],
     # The CNN's head: Dropout -> Linear -> ReLU -> Dropout -> Linear; each drops half its inputs while training.
     "dropout": ["model.net.dropout=0.5"],
