@@ -85,6 +85,17 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], metrics["steps"])
 
 
+def test_eval_scores_as_much_of_the_test_split_as_the_run_did(mnist_dir, tmp_path):
+    # debug=fast or trainer.limit_test_batches score part of the test split; eval.py reproduces that figure, and
+    # scores the whole split when asked.
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "data.eval_batch_size=100",
+                                              "trainer.limit_test_batches=1"))
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert eval_script.evaluate(best)["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    whole = eval_script.evaluate(best, trainer_options={"limit_test_batches": 1.0})["test/loss"]  # 3 batches of 100
+    assert whole != pytest.approx(metrics["test/loss"], rel=1e-3)  # (the loss is tiny: these patterns are easy)
+
+
 def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp_path):
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_steps=5"))  # an epoch is 15 steps
     assert metrics["steps"] == 5 and "val/acc_best" in metrics and "test/acc" in metrics
