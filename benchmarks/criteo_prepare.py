@@ -60,7 +60,7 @@ def write_file(path: Path, gigabytes: float, seed: int = 0) -> int:
     part = path.with_name(path.name + ".part")  # renamed when complete: an interrupted write is never reused
     with open(part, "w") as f:
         while f.tell() < target:
-            block = criteo_rows(100_000, rng)
+            block = criteo_rows(min(100_000, max(1_000, target // 250)), rng)  # ~250 bytes a row: a small --gb too
             f.write(block.to_csv(sep="\t", header=False, index=False, lineterminator="\n"))
             rows += len(block)
             print(f"\rwriting {path}: {f.tell() / 1e9:.2f} / {gigabytes} GB", end="", file=sys.stderr)

@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     args = parser.parse_args()
+    if not args.path.is_file():
+        sys.exit(f"error: --path {args.path}: no such file; give a text file, e.g. the tinyshakespeare copy in "
+                 "../shared/datasets/ of a checkout beside the shared folder")
     text = args.path.read_text(encoding="utf-8")
     n_train, n_val = round(len(text) * 0.9), round(len(text) * 0.05)
     vocab = [UNK] + sorted(set(text[:n_train]))
