@@ -18,6 +18,8 @@ The vocabulary is the training split's characters plus `<unk>` (id 0), which sta
 validation, test or a prompt). It travels in `net_kwargs`, so the checkpoint's hparams hold it as a plain list.
 """
 import re
+import shutil
+import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
@@ -144,13 +146,18 @@ class TextFileDataModule(CharDataModule):
         if self.path.is_file() or not self.url:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            urllib.request.urlretrieve(self.url, self.path.with_name(self.path.name + ".part"))
-            self.path.with_name(self.path.name + ".part").replace(self.path)
+            with tempfile.TemporaryDirectory() as folder:  # nothing is made at data.path until the file arrived whole
+                downloaded, part = Path(folder) / self.path.name, self.path.with_name(self.path.name + ".part")
+                urllib.request.urlretrieve(self.url, downloaded)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(downloaded, part)
+                part.replace(self.path)  # renamed when complete: an interrupted copy is never read
         except OSError as err:
-            problem = f"{self.path} is missing and {self.url} could not be downloaded ({err})"
-            raise UserInputError(f"{problem}; offline, point data.path at a copy, "
-                                 "e.g. data.path=../shared/datasets/tinyshakespeare.txt") from err
+            shared = Path("../shared/datasets") / self.path.name  # a checkout beside the shared folder (README)
+            copy = (f"data.path={shared}" if shared.is_file() and shared.resolve() != self.path.resolve() else
+                    "data.path=FILE")
+            raise UserInputError(f"{self.path} is missing and {self.url} could not be downloaded ({err}); offline, "
+                                 f"point data.path at a copy: {copy}") from err
 
     def read(self, split: str) -> str:
         try:

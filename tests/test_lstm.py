@@ -145,6 +145,18 @@ def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
         TextFileDataModule(str(tmp_path)).setup("fit")
 
 
+def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkeypatch):
+    def offline(url, filename):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    target = tmp_path / "shared" / "datasets" / "tinyshakespeare.txt"
+    with pytest.raises(UserInputError, match=r"tinyshakespeare.txt is missing and https://x/input.txt could not be "
+                                             r"downloaded \(.*\); offline, point data.path at a copy: data.path="):
+        TextFileDataModule(str(target), url="https://x/input.txt").prepare_data()
+    assert not (tmp_path / "shared").exists()  # not even the folders it would have gone into
+
+
 def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
     markdown = "# Hamlet\n\n## ACT I\n\n**HAMLET**  \nTo be, or not\\--  \nto be.\n\n_Exit_\n"
     assert play_text(markdown) == "Hamlet\n\nACT I\n\nHAMLET:\nTo be, or not--\nto be.\n\nExit\n"
