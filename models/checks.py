@@ -73,8 +73,28 @@ def check_single_process_sweep(trainer: L.Trainer) -> None:
     """Lightning starts each extra DDP rank by re-running the command line, which under `-m` is the whole sweep
     again (Lightning dropped Hydra multirun support from its launcher, PR #15737): sweeps run one process per job."""
     if trainer.world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise WholeSweepError(f"-m with {trainer.world_size} DDP processes per run is not supported: sweep with one "
-                              "process per run (drop trainer=ddp...), or start each DDP run on its own")
+        raise multi_process_sweep(trainer.world_size)
+
+
+def multi_process_sweep(processes: int) -> WholeSweepError:
+    return WholeSweepError(f"-m with {processes} DDP processes per run is not supported: sweep with one process per "
+                           "run (drop trainer=ddp...), or start each DDP run on its own")
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """Before a `-m` sweep's first job, what every job would meet: the monitored metrics, and DDP (more than one
+    process per job, where the config says how many: trainer.devices as a count or a list, times num_nodes)."""
+    try:
+        task = get_object(cfg.data._target_).task
+    except Exception:  # a misspelt _target_, or a data module of the user's without a task: the job will say
+        task = None
+    if task:
+        check_monitor(cfg.monitor, task)
+        check_callback_monitors(cfg.get("callbacks"), task)
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes") or 1
+    count = len(devices) if isinstance(devices, (list, ListConfig)) else devices if isinstance(devices, int) else 1
+    if isinstance(nodes, int) and count > 0 and count * nodes > 1:  # devices=-1 (all): the job finds out
+        raise multi_process_sweep(count * nodes)
 
 
 def _admits(value, hint) -> bool:

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.checks import CONFIGS, check_settings, not_a_trainer_argument
+from models.checks import CONFIGS, check_settings, check_sweep, not_a_trainer_argument
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -38,6 +38,8 @@ def check_overrides(argv: list[str]) -> None:
             message = " ".join(str(err).split("Config search path")[0].split())
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
         check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
+        if flags:
+            check_sweep(cfg)  # what would stop the sweep at its first job stops it before
 
 
 MAX_CHECKED = 20  # command lines composed for a sweep: ~0.2 s each

@@ -108,6 +108,7 @@ def test_a_sweep_refuses_ddp_processes(tmp_path):
                      f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: -m with 2 DDP processes per run is not supported")
+    assert not list(tmp_path.iterdir())  # refused before the first job: no job directory, no data generated
 
 
 def test_torchrun_ranks_must_name_one_run_directory():
@@ -160,6 +161,7 @@ def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: monitor.metric=val/aucroc is not a metric this binary run logs; "
         "choose one of val/loss, val/acc, val/auroc, train/loss, train/acc, train/auroc")
+    assert not list(tmp_path.iterdir())  # before the study and its first trial
 
 
 def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
