@@ -267,6 +267,7 @@ def test_reading_a_checkpoints_settings_does_not_read_its_tensors(tmp_path):
      "data.val_fraction=0.9, data.test_fraction=0.5"),
     (["model=lstm", "data.test_plays=[hamlett]"], "data.test_plays: unknown play 'hamlett'; choose from"),
     (["model=cnn", "data.train_size=0"], "data.train_size=0: give a number of training images >= 1"),
+    (["model=lstm", "data=fashion_mnist_rows", "data.train_size=0"], "data.train_size=0: give a number of training"),
     (["model=cnn", "data.augment.translate=-2"], "data.augment.translate=-2: give whole pixels >= 0"),  # was torch's
     (["model=cnn", "data.augment.degrees=abc"], "data.augment.degrees='abc': give degrees between 0 and 180"),
     (["model=cnn", "+data.augment.scale=1.2"], "data.augment.scale is not an augmentation setting; choose from"),
