@@ -40,7 +40,7 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args
-from data.tabular import NumericScaler, parse, stable_hash, to_finite
+from data.tabular import FLOAT32_PROBLEM, NumericScaler, parse, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
 COLUMNS = [LABEL, *INTEGERS, *CATEGORIES]
@@ -295,7 +295,7 @@ def locate_bad_value(chunk: pd.DataFrame, where: Rows) -> None:
 
 class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     task = "binary"
-    kind = "table"  # what the network must read (its `reads`)
+    kind = "tables"  # what the network must read (its `reads`)
 
     def __init__(self, path: str, cache_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  hash_buckets: int = 100_000, batch_size: int = 4096, eval_batch_size: int = 16384,
@@ -365,7 +365,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             raise UserInputError(f"{where}: no column {missing[0]!r}; Criteo rows have the columns I1..I13 and "
                                  "C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")
         frame = frame.reset_index(drop=True)
-        integers = np.stack([parse(frame[c], to_finite, where, c, "is not a finite number", "fix or delete that row")
+        integers = np.stack([parse(frame[c], to_finite, where, c, FLOAT32_PROBLEM, "fix or delete that row")
                              .to_numpy(np.float32) for c in INTEGERS], axis=1)
         categories = np.stack([hash_column(frame[c]) for c in CATEGORIES], axis=1)
         numeric, ids, _ = self.features(torch.zeros(len(frame)), torch.from_numpy(integers).reshape(-1, len(INTEGERS)),

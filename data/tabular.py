@@ -150,7 +150,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     """Encodes and serves the splits that a subclass's `frames(splits)` returns as pandas DataFrames."""
 
     task = "binary"
-    kind = "table"  # what the network must read (its `reads`)
+    kind = "tables"  # what the network must read (its `reads`)
     timestamps: list[str] = []  # raw date-time columns, each expanded into the fields "<name> hour", "<name> weekday"
 
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,
@@ -204,7 +204,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
                                  f"{list(frame.columns)}; fix the column name in the config or the file")
         frame = frame.copy()
         for column in self.numeric:
-            frame[column] = parse(frame[column], to_finite, where, column, "is not a finite number",
+            frame[column] = parse(frame[column], to_finite, where, column, FLOAT32_PROBLEM,
                                   f"fix it, or list {column!r} under data.categorical_columns")
         for column in self.timestamps:
             stamps = parse(frame[column], to_datetime, where, column, "is not a date and time",
@@ -292,7 +292,7 @@ class CSVDataModule(TabularDataModule):
         labels = pd.to_numeric(frame[self.label], errors="coerce")
         if bad := np.flatnonzero(~labels.isin([0, 1])).tolist():
             raise UserInputError(f"{where}, column {self.label!r}, row {bad[0] + 1} (line {bad[0] + 2}): label "
-                                 f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such rows)")
+                                 f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such)")
         if labels.nunique() < 2:
             raise UserInputError(f"{where}, column {self.label!r}: every label is {int(labels.iloc[0])}; a click "
                                  "model learns from both 0 and 1 rows")
@@ -323,6 +323,9 @@ def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: s
         raise UserInputError(f"{where}, column {name!r}, row {bad[0] + 1} (line {bad[0] + 2}): {column.iloc[bad[0]]!r} "
                              f"{problem}; {fix}")
     return parsed
+
+
+FLOAT32_PROBLEM = "is not a finite number within float32's ±3.4e38"  # what to_finite refuses
 
 
 def to_finite(column: pd.Series) -> pd.Series:

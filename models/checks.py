@@ -320,8 +320,8 @@ def check_arguments(key: str, cls: type, values: dict) -> None:
         if name not in parameters and not open_ended:
             near = difflib.get_close_matches(name, list(parameters), n=3, cutoff=0.8)  # a misspelling
             raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}; "
-                                 + (f"did you mean {', '.join(near)}?" if near else
-                                    "drop it, or pick the choice it was set for"))
+                                 + (f"did you mean {', '.join(near)}?" if near else "drop it" + (
+                                     ", or pick the choice it was set for" if key in ("data", "model.net") else "")))
         if name in hints and not _admits(value, hints[name]):
             raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {cls.__name__} takes "
                                  f"{hint_name(hints[name])}")

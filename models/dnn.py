@@ -18,7 +18,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 class ClickMLP(nn.Module):
     """numeric (B, N) float, categorical (B, F) integer ids -> click logits (B,)."""
 
-    reads = ("table",)  # the data kinds it is built for (train.py refuses others in one line)
+    reads = ("tables",)  # the data kinds it is built for (train.py refuses others in one line)
 
     def __init__(self, num_numeric: int, cardinalities: list[int], hidden_size: int = 128, num_layers: int = 2,
                  embedding_dim: int = 4, dropout: float = 0.2, activation: str = "relu",

@@ -6,6 +6,7 @@ data's net_kwargs), tensorboard/events.* and, when it came from the command line
 """
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,11 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def first_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(1)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -67,7 +73,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = _load(path)
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
+        if not zipfile.is_zipfile(path) and first_byte(path) != b"\x80":  # neither format torch.save writes
+            why = "not a file torch.save wrote: neither a zip archive nor a pickle"
+        elif isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             why = "it holds objects other than tensors and plain containers, and loading those could run code"
         elif isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in str(err):
             cause = str(err).split("WeightsUnpickler error:")[1].strip().split("\n\n")[0]  # after torch's advice

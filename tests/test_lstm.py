@@ -243,7 +243,7 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
 
 def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
-    with pytest.raises(UserInputError, match="notes.ckpt is not a readable checkpoint"):
+    with pytest.raises(UserInputError, match=r"notes.ckpt is not a readable checkpoint \(not a file torch.save wrote"):
         generate(str(tmp_path / "notes.ckpt"))
     ckpt = str(pattern_run[0] / "checkpoints" / "best.ckpt")
     with pytest.raises(UserInputError, match="device='tpu' is not a device"):

@@ -435,10 +435,10 @@ def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, mon
 @pytest.mark.parametrize("model, data, message", [
     ("cnn", "text", "models.cnn.ConvNet reads images, and data.text.TextFileDataModule is text: "
                     "for text choose model=lstm"),
-    ("dnn", "fashion_mnist", "reads table, and data.images.ImageDataModule is images: for images choose model=cnn or "
+    ("dnn", "fashion_mnist", "reads tables, and data.images.ImageDataModule is images: for images choose model=cnn or "
                              "model=lstm"),
-    ("lstm", "advertising", "reads text or images, and data.tabular.CSVDataModule is table: "
-                            "for table choose model=dnn"),
+    ("lstm", "advertising", "reads text or images, and data.tabular.CSVDataModule is tables: "
+                            "for tables choose model=dnn"),
 ])
 def test_a_model_and_data_that_do_not_fit_are_refused_before_the_data_is_read(model, data, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
