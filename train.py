@@ -162,7 +162,9 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric's best value: what a sweeper (hparams_search=...) optimizes."""
     log_to_run_file()
-    log.info("python train.py %s", " ".join(HydraConfig.get().overrides.task))
+    # As typed: without the `++` that trainer_arguments put before trainer.KEY=VALUE for Hydra
+    typed = (o[2:] if o.startswith("++trainer.") else o for o in HydraConfig.get().overrides.task)
+    log.info("python train.py %s", " ".join(typed))
     try:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:

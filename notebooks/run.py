@@ -7,6 +7,9 @@ executed copy to RUN_DIR/<notebook>.ipynb (or out=FILE). The notebooks in git st
   python notebooks/run.py compare_runs outputs/multirun/2025-01-01_12-00-00
   python notebooks/run.py ad_click outputs/dnn/2025-01-01_12-00-00          # a model=dnn run
   python notebooks/run.py text_generation outputs/lstm/2025-01-01_12-00-00  # a model=lstm language model
+The two teaching notebooks take a folder to write into instead of a run (or open them in Jupyter):
+  python notebooks/run.py concepts outputs/notebooks            # the course notes' worked examples (~30 s)
+  python notebooks/run.py regularization outputs/notebooks      # trains its six small runs there first (~70 s)
 """
 import ast
 import os
@@ -14,8 +17,8 @@ import sys
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent
-USAGE = ("python notebooks/run.py <analyze_run|compare_runs|ad_click|text_generation> RUN_DIR [name=value ...] "
-         "[out=FILE.ipynb]")
+USAGE = ("python notebooks/run.py <analyze_run|compare_runs|ad_click|text_generation|concepts|regularization> "
+         "RUN_DIR [name=value ...] [out=FILE.ipynb]")
 
 
 def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeout: int = 600, **parameters) -> Path:

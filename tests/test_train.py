@@ -151,6 +151,7 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
     assert "test/acc" in json.loads((out / "metrics.json").read_text())
     log = (out / "train.log").read_text()  # Lightning's messages, the command and the metrics, not an empty file
     assert "python train.py model=cnn" in log and "Trainer.fit` stopped" in log and '"test/acc"' in log
+    assert " trainer.max_epochs=1 " in log  # as typed (Hydra was given ++trainer.max_epochs=1)
 
 
 def test_cli_unknown_choice_lists_the_options(tmp_path):
