@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent
+TEACHING = ("concepts", "regularization")  # they read no run
 USAGE = ("python notebooks/run.py <analyze_run|compare_runs|ad_click|text_generation|concepts|regularization> "
          "RUN_DIR [name=value ...] [out=FILE.ipynb]")
 
@@ -30,6 +31,8 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
     if not path.is_file():
         choices = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
         raise ValueError(f"unknown notebook {name!r}; choose one of {choices}")
+    if name in TEACHING:  # a folder to write into, made if new
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     if not Path(run_dir).is_dir():
         raise ValueError(f"run directory {run_dir} not found")
     notebook = nbformat.read(path, as_version=4)
