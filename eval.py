@@ -2,7 +2,8 @@
 
 The network comes from the checkpoint alone (`models.recipe.load_recipe`), the data from the config stored in it,
 so this reproduces the test metrics train.py wrote to RUN/metrics.json (on as much of the test split as the run
-scored: its trainer.limit_test_batches, unless given here). `paths.data_dir=DIR` or `data.KEY=VALUE`
+scored: its trainer.limit_test_batches, unless given here; a count of batches, debug=fast's 2, covers other
+examples with another data.eval_batch_size). `paths.data_dir=DIR` or `data.KEY=VALUE`
 change the data (the dataset moved; a larger eval batch); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
 Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
 """
@@ -32,7 +33,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     datamodule = build_datamodule(config["data"], data_overrides, trained_on=checkpoint)
     # The precision it was trained and tested with, and the part of the test split it was scored on
     # (trainer.limit_test_batches, debug=fast's); the device wherever this runs.
-    tested = {k: config["trainer"][k] for k in ("limit_test_batches",) if config["trainer"].get(k) is not None}
+    tested = {k: config["trainer"][k] for k in ("limit_test_batches",) if config["trainer"].get(k)}
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
                **tested,
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,

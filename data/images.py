@@ -156,10 +156,11 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         if stage in ("fit", "validate") and self.train is None:
             images, labels = self._load(train=True)
             train_idx, val_idx = split_indices(len(labels), self.val_size, self.split_seed)
-            if (shift := self.augment["translate"]) >= min(images.shape[-2:]):
-                raise UserInputError(f"data.augment.translate={shift} would shift the {images.shape[-2]}x"
-                                     f"{images.shape[-1]} {self.name} images off the canvas: give fewer pixels "
-                                     "than the image's side (a few: 2 for 28x28, 4 for 32x32)")
+            if self.augment["enabled"] and (shift := self.augment["translate"]) >= min(images.shape[-2:]):
+                raise UserInputError(f"data.augment.translate={shift} is as wide as the {images.shape[-2]}x"
+                                     f"{images.shape[-1]} {self.name} images: most shifted images would lose most "
+                                     "of their content; give fewer pixels than the side (a few: 2 for 28x28, 4 for "
+                                     "32x32)")
             train_idx = train_idx[: self.train_size]  # a small training set makes overfitting visible
             self.train, self.val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
             # Normalization statistics per channel, from the training split only.

@@ -127,8 +127,8 @@ NUMBERS = {
     "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
     "data.block_rows": dict(least=1, whole=True), "data.chunk_rows": dict(least=1, whole=True),
     "data.max_in_memory_gb": dict(least=0),
-    "data.seed": dict(least=0, most=2**32 - 1, whole=True),  # numpy's range, as for `seed`
-    "data.split_seed": dict(least=0, most=2**32 - 1, whole=True),
+    "data.seed": dict(least=0, whole=True),  # numpy's default_rng: any whole number >= 0
+    "data.split_seed": dict(least=0, most=2**63 - 1, whole=True),  # a torch.Generator's seed
     "callbacks.model_summary.max_depth": dict(least=-1, whole=True),  # -1: every layer, 0: none
     "callbacks.early_stopping.patience": dict(least=0, whole=True),  # epochs without improvement
     "callbacks.early_stopping.min_delta": dict(least=0),
@@ -243,6 +243,9 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.get("logger"):
         check_object_args("logger", cfg.logger)
     trainer = cfg.trainer
+    if trainer.get("limit_test_batches") == 0:
+        raise UserInputError("trainer.limit_test_batches=0: the run ends by scoring the test split for metrics.json; "
+                             "give a fraction or a number of batches > 0")
     if trainer.get("limit_val_batches") == 0:
         raise UserInputError("trainer.limit_val_batches=0: the best checkpoint and early stopping need validation; "
                              "give a fraction or a number of batches > 0")

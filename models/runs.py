@@ -61,9 +61,9 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def first_byte(path: Path) -> bytes:
+def first_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return f.read(1)
+        return f.read(2)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -73,7 +73,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = _load(path)
     except Exception as err:
-        if not zipfile.is_zipfile(path) and first_byte(path) != b"\x80":  # neither format torch.save writes
+        if not zipfile.is_zipfile(path) and (start := first_bytes(path)) == b"PK":  # a zip cut short
+            why = "a truncated or corrupt zip archive, e.g. a copy cut short: copy it again"
+        elif not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # neither format torch.save writes
             why = "not a file torch.save wrote: neither a zip archive nor a pickle"
         elif isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             why = "it holds objects other than tensors and plain containers, and loading those could run code"

@@ -124,8 +124,10 @@ def test_validation_split_is_fixed_and_disjoint():
 
 def test_a_shift_as_wide_as_the_image_is_refused_once_its_size_is_known(mnist_dir):
     dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, augment={"enabled": True, "translate": 28})
-    with pytest.raises(UserInputError, match="data.augment.translate=28 would shift the 28x28 mnist images off"):
-        dm.setup("fit")  # every training image would be black
+    with pytest.raises(UserInputError, match="data.augment.translate=28 is as wide as the 28x28 mnist images"):
+        dm.setup("fit")  # a shift drawn from [-28, 28] on each axis: most images mostly off the canvas
+    off = ImageDataModule("mnist", str(mnist_dir), val_size=200, augment={"enabled": False, "translate": 28})
+    off.setup("fit")  # augmentation off: the setting is never used
 
 
 def test_augmentation_translates_whole_pixels_and_mirrors():

@@ -214,6 +214,10 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     with pytest.raises(UserInputError, match="noise.ckpt is not a readable checkpoint") as refused:
         resolve_ckpt_path(str(tmp_path / "noise.ckpt"), tmp_path, "models.cnn.ConvNet")
     assert "could run code" not in str(refused.value) and "weights_only" not in str(refused.value)  # corrupt
+    best = (tmp_path / "checkpoints" / "best.ckpt").read_bytes()
+    (tmp_path / "half.ckpt").write_bytes(best[: len(best) // 2])  # a copy cut short
+    with pytest.raises(UserInputError, match="half.ckpt is not a readable checkpoint .a truncated or corrupt zip"):
+        resolve_ckpt_path(str(tmp_path / "half.ckpt"), tmp_path, "models.cnn.ConvNet")
     torch.save({"hyper_parameters": {"config": {"lr": 0.1}}}, tmp_path / "other.ckpt")  # another project's
     with pytest.raises(UserInputError, match="other.ckpt is not a checkpoint written by train.py"):
         resolve_ckpt_path(str(tmp_path / "other.ckpt"), tmp_path, "models.cnn.ConvNet")
@@ -395,8 +399,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
-    ("data.split_seed=-1", "data.split_seed=-1: give a whole number >= 0 and <= 4294967295"),  # was accepted
-    ("model=dnn data.seed=-1", "data.seed=-1: give a whole number >= 0 and <= 4294967295"),  # was numpy's error
+    ("data.split_seed=-1", "data.split_seed=-1: give a whole number >= 0 and <= 9223372036854775807"),  # accepted
+    ("model=dnn data.seed=-1", "data.seed=-1: give a whole number >= 0"),  # was numpy's error
+    ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0: the run ends by scoring the test split"),
     ("+logger.foo=1", "logger.foo is not an argument of TensorBoardLogger"),  # was SummaryWriter's, at the 1st log
     ("+logger.log_dir=x", "logger.log_dir is not an argument of TensorBoardLogger"),  # it sets log_dir itself
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
