@@ -33,9 +33,9 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     datamodule = build_datamodule(config["data"], data_overrides, trained_on=checkpoint)
     # The precision it was trained and tested with, and the part of the test split it was scored on
     # (trainer.limit_test_batches, debug=fast's); the device wherever this runs.
-    tested = {k: config["trainer"][k] for k in ("limit_test_batches",) if config["trainer"].get(k)}
+    limit = config["trainer"].get("limit_test_batches")
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
-               **tested,
+               **({"limit_test_batches": limit} if limit else {}),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
                "enable_progress_bar": False, **(trainer_options or {})}
     try:

@@ -73,9 +73,12 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = _load(path)
     except Exception as err:
-        if not zipfile.is_zipfile(path) and (start := first_bytes(path)) == b"PK":  # a zip cut short
+        start = None if zipfile.is_zipfile(path) else first_bytes(path)  # the formats torch.save writes: zip, pickle
+        if start == b"":
+            why = "an empty file, e.g. a copy that failed: copy it again"
+        elif start == b"PK":  # a zip without its central directory
             why = "a truncated or corrupt zip archive, e.g. a copy cut short: copy it again"
-        elif not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # neither format torch.save writes
+        elif start is not None and start[:1] != b"\x80":
             why = "not a file torch.save wrote: neither a zip archive nor a pickle"
         elif isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             why = "it holds objects other than tensors and plain containers, and loading those could run code"

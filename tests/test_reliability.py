@@ -218,6 +218,9 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     (tmp_path / "half.ckpt").write_bytes(best[: len(best) // 2])  # a copy cut short
     with pytest.raises(UserInputError, match="half.ckpt is not a readable checkpoint .a truncated or corrupt zip"):
         resolve_ckpt_path(str(tmp_path / "half.ckpt"), tmp_path, "models.cnn.ConvNet")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(UserInputError, match="empty.ckpt is not a readable checkpoint .an empty file"):
+        resolve_ckpt_path(str(tmp_path / "empty.ckpt"), tmp_path, "models.cnn.ConvNet")
     torch.save({"hyper_parameters": {"config": {"lr": 0.1}}}, tmp_path / "other.ckpt")  # another project's
     with pytest.raises(UserInputError, match="other.ckpt is not a checkpoint written by train.py"):
         resolve_ckpt_path(str(tmp_path / "other.ckpt"), tmp_path, "models.cnn.ConvNet")
