@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
@@ -28,7 +29,7 @@ from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import (WholeSweepError, check_callback_monitors, check_model_reads_data, check_monitor,
                            check_settings, check_single_process_sweep)
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
-                        log_to_run_file, resume_arguments, trainer_arguments)
+                        log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 from models.runs import NOT_CHOICES, flatten, instantiate_data
@@ -172,6 +173,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         if is_grid_sweep_job() and not isinstance(err, WholeSweepError):
             return float("nan")  # one job of a grid sweep: the sweep goes on with the next job
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # an Optuna study stops here: its summary, this trial last
+            write_sweep_summary(Path(HydraConfig.get().sweep.dir), cfg.monitor)
         sys.exit(2)
     log.info("metrics: %s", json.dumps(metrics))
     if rank_zero_only.rank == 0:

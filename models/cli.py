@@ -166,42 +166,56 @@ def distributed_arguments(argv: list[str]) -> list[str]:
 
 
 class SweepSummary(Callback):
-    """After `python train.py -m ...`: summary.csv and summary.json in the sweep directory, one row per job
-    (its overrides and its metrics.json), best first by the monitored validation metric."""
+    """`python train.py -m ...`: summary.csv and summary.json in the sweep directory, one row per job (its overrides
+    and its metrics.json), best first by the monitored validation metric. Written again after every job, so a sweep
+    cut short (Ctrl-C, an Optuna study stopped by an error) keeps the summary of the jobs it ran."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_sweep_summary(Path(config.hydra.sweep.dir), config.monitor)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
-        for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
-            saved = job / ".hydra" / "overrides.yaml"
-            overrides = {}  # key -> value; "++trainer.x=1" as trainer.x, "~logger" with no value
-            for override in OmegaConf.load(saved) if saved.exists() else []:
-                key, _, value = override.partition("=")
-                overrides[key.lstrip("+")] = value
-            if (job / "metrics.json").exists():
-                metrics = json.loads((job / "metrics.json").read_text())
-                rows.append({"job": job.name, "failed": False, **overrides, **metrics})
-            else:
-                failed.append({"job": job.name, "failed": True, **overrides})
-        if not rows and not failed:
+        rows = write_sweep_summary(sweep, config.monitor)
+        if not rows:
             return
-        key, mode = f"{config.monitor.metric}_best", config.monitor.mode
-        rows.sort(key=lambda r: r.get(key, float("nan")), reverse=mode == "max")
-        rows += failed  # listed last, with their overrides: what to fix or rerun
-        (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        with open(sweep / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        names = ", ".join(r["job"] for r in failed)
-        failures = f" ({len(failed)} failed, no metrics.json: jobs {names})" if failed else ""
-        best = f"; best by {key}: job {rows[0]['job']}" if not rows[0]["failed"] else ""
+        failed = [r["job"] for r in rows if r["failed"]]
+        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(failed)})" if failed else ""
+        best = f"; best by {config.monitor.metric}_best: job {rows[0]['job']}" if not rows[0]["failed"] else ""
         print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")
+
+
+def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
+    """The sweep's summary.csv and summary.json from its job directories so far, best first by `monitor`'s metric;
+    their rows (none: nothing written)."""
+    rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
+    for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
+        saved = job / ".hydra" / "overrides.yaml"
+        overrides = {}  # key -> value; "++trainer.x=1" as trainer.x, "~logger" with no value
+        for override in OmegaConf.load(saved) if saved.exists() else []:
+            key, _, value = override.partition("=")
+            overrides[key.lstrip("+")] = value
+        if (job / "metrics.json").exists():
+            metrics = json.loads((job / "metrics.json").read_text())
+            rows.append({"job": job.name, "failed": False, **overrides, **metrics})
+        else:
+            failed.append({"job": job.name, "failed": True, **overrides})
+    if not rows and not failed:
+        return []
+    key, mode = f"{monitor.metric}_best", monitor.mode
+    rows.sort(key=lambda r: r.get(key, float("nan")), reverse=mode == "max")
+    rows += failed  # listed last, with their overrides: what to fix or rerun
+    (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(sweep / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
 
 
 log = logging.getLogger("redes")

@@ -8,6 +8,7 @@ from unittest import mock
 import optuna
 import pytest
 import torch
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -15,7 +16,7 @@ import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
 from models.checks import check_trainer_args
-from models.cli import distributed_arguments
+from models.cli import SweepSummary, distributed_arguments
 from tests.conftest import make_config
 from tests.cli_process import run_cli
 
@@ -152,6 +153,31 @@ def test_optuna_search_reports_the_best_trial_and_resumes_its_study(tmp_path):
     study = optuna.load_study(study_name="dnn", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert len(list(tmp_path.glob("*/metrics.json"))) == 4  # a new run directory; none overwritten
+
+
+def test_an_optuna_study_stopped_by_an_error_keeps_a_summary_with_the_failed_trial(tmp_path):
+    result = run_cli("-m", "hparams_search=dnn_optuna", "data=advertising", "~data.rows",
+                     f"data.path={tmp_path}/missing.csv", "hydra.sweeper.n_trials=2", *QUIET,
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.path={tmp_path}/missing.csv: no such file")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary) == 1 and summary[0]["failed"] and "model.lr" in summary[0]  # the trial, with its proposal
+
+
+def test_the_sweep_summary_is_written_after_every_job(tmp_path):
+    # A sweep cut short (Ctrl-C) keeps the summary of the jobs it finished: Hydra calls on_job_end after each.
+    for job, value in (("0", 0.7), ("1", 0.9), ("2", None)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        if value is not None:
+            (tmp_path / job / "metrics.json").write_text(json.dumps({"val/auroc_best": value}))
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}},
+                               "monitor": {"metric": "val/auroc", "mode": "max"}})
+    SweepSummary().on_job_end(config, job_return=None)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["job"], r["seed"], r["failed"]) for r in summary] == [("1", "1", False), ("0", "0", False),
+                                                                      ("2", "2", True)]
 
 
 def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
