@@ -173,6 +173,11 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
         result["lightning_chars_per_s"] = rate(targets.numel(), min(seconds["lightning"]))
         result["plain_chars_per_s"] = rate(targets.numel(), min(seconds["plain"]))
     result["ratio"] = round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
+    # Milliseconds a step (best runs), and what Lightning adds to each: a fixed cost, whatever the network, so the
+    # ratio any step time would give is plain / (plain + overhead).
+    result["lightning_ms_per_step"] = round(min(seconds["lightning"]) / steps * 1e3, 3)
+    result["plain_ms_per_step"] = round(min(seconds["plain"]) / steps * 1e3, 3)
+    result["overhead_ms_per_step"] = round(result["lightning_ms_per_step"] - result["plain_ms_per_step"], 3)
     return result, options.get("out")
 
 

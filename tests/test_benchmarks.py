@@ -27,6 +27,9 @@ def test_throughput_times_both_paths_and_reports_their_ratio(tmp_path, precision
     assert result["lightning_samples_per_s"] == max(result["lightning_runs"]) > 0  # the best of the repeats
     assert result["plain_samples_per_s"] == max(result["plain_runs"]) > 0
     assert result["ratio"] == round(result["lightning_samples_per_s"] / result["plain_samples_per_s"], 3)
+    assert result["lightning_ms_per_step"] == pytest.approx(256e3 / result["lightning_samples_per_s"], rel=1e-2)
+    assert result["overhead_ms_per_step"] == pytest.approx(
+        result["lightning_ms_per_step"] - result["plain_ms_per_step"], abs=2e-3)
     assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None and result["precision"] == precision
     assert "lightning_chars_per_s" not in result  # only for a language model
 
