@@ -19,7 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from data import UserInputError
 from models.recipe import load_recipe
-from models.runs import build_datamodule, load_checkpoint, parse_arguments
+from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics
 
 USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.data_dir=DIR] [data.KEY=VALUE ...] "
          "[trainer.KEY=VALUE ...]")
@@ -43,8 +43,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu without a GPU
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
     metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
-    reference = datamodule.reference_metrics() if hasattr(datamodule, "reference_metrics") else {}
-    return {**metrics, **reference}
+    return {**metrics, **reference_metrics(datamodule, trainer)}
 
 
 def output_path(ckpt_path: Path) -> Path:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError
-from data.criteo import CriteoDataModule, read_tab_separated
+from data.criteo import READ_TEXT, CriteoDataModule, read_tab_separated
 from data.tabular import READ_CSV
 from models.recipe import load_recipe
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
@@ -117,7 +117,8 @@ def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
         frame = read_tab_separated(path)
     else:
         try:
-            frame = pd.read_csv(path, **READ_CSV)  # every cell as text, as training read its file
+            criteo = isinstance(datamodule, CriteoDataModule)
+            frame = pd.read_csv(path, **(dict(dtype=str, **READ_TEXT) if criteo else READ_CSV))  # as training read
         except (OSError, ValueError) as err:
             raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
     inputs = encode(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row

@@ -32,7 +32,7 @@ from models.cli import (check_overrides, config_kept_on_failure, distributed_arg
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
 from models.host import keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
-from models.runs import NOT_CHOICES, flatten, instantiate_data
+from models.runs import NOT_CHOICES, flatten, instantiate_data, reference_metrics
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -146,9 +146,7 @@ def train(cfg: DictConfig) -> dict:
     }
     # The official test split, once, on the best checkpoint.
     test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
-    # Figures to read the test metrics against, where the data knows them (the Bayes-optimal AUC of generated clicks)
-    reference = datamodule.reference_metrics() if hasattr(datamodule, "reference_metrics") else {}
-    metrics = {**test, **reference, **fit}
+    metrics = {**test, **reference_metrics(datamodule, trainer), **fit}
     if logger := trainer.logger:  # fills TensorBoard's hparams tab, so runs can be compared there
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)

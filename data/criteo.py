@@ -45,6 +45,9 @@ from data.tabular import FLOAT32_PROBLEM, NumericScaler, parse, stable_hash, to_
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
 COLUMNS = [LABEL, *INTEGERS, *CATEGORIES]
 ARRAYS = {"labels": (np.int8, [LABEL]), "integers": (np.float32, INTEGERS), "categories": (np.int32, CATEGORIES)}
+# How Criteo's text is read, for training and prediction alike (a cell read otherwise hashes to another id): quotes
+# are plain characters (Criteo quotes nothing), spaces are kept, and only an empty cell is missing.
+READ_TEXT = dict(quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""])
 
 
 class NpyWriter:
@@ -214,8 +217,7 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     is not a number is named by row and column. Quotes are plain characters: Criteo quotes nothing."""
     names = header or COLUMNS
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
-    options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, quoting=csv.QUOTE_NONE,
-                   keep_default_na=False, na_values=[""])  # only an empty cell is missing
+    options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, **READ_TEXT)
     lines_read, rows, separator = 0, 0, sep.encode()
     if header:
         lines_read += len(text.readline()) > 0
@@ -252,8 +254,7 @@ def read_tab_separated(path: Path) -> pd.DataFrame:
         raise UserInputError(f"input={path}: row 1 has {fields} tab-separated fields; Kaggle's Criteo lines have "
                              f"{len(COLUMNS)} (label, I1..I13, C1..C26) or {len(COLUMNS) - 1} (no label)")
     try:
-        return pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, quoting=csv.QUOTE_NONE,
-                           keep_default_na=False, na_values=[""])
+        return pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, **READ_TEXT)
     except (OSError, ValueError) as err:  # a row with more fields than the first
         raise UserInputError(f"input={path}: not readable as Criteo's tab-separated lines ({err})") from err
 
@@ -333,6 +334,12 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             self.scaler.finish()
             self.buckets = max(1, min(self.hash_buckets, int(stop - start)))  # no more than training rows can fill
             self.train, self.val = self.load("train", "val")
+            if not isinstance(self.train[0], Tensor) and self.batch_size % min(self.block_rows, self.batch_size):
+                multiple = max(1, round(self.batch_size / self.block_rows)) * self.block_rows
+                raise UserInputError(f"data.batch_size={self.batch_size}: training streamed from the files (more rows "
+                                     f"than data.max_in_memory_gb={self.max_in_memory_bytes / 2**30:g}) reads batches "
+                                     f"of whole blocks of data.block_rows={self.block_rows} rows: give a multiple, "
+                                     f"e.g. data.batch_size={multiple}")
         if stage == "test" and self.test is None:  # the test rows are read only here
             self.test, = self.load("test")
 
@@ -384,13 +391,17 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
             return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,
                                  drop_last=train, **common)
-        # Streamed: batches of `block_rows`-row blocks read from the files (sequential reads, bounded memory).
+        # Streamed, read from the files (sequential reads, bounded memory): evaluation batches of consecutive rows;
+        # training batches of batch_size rows made of shuffled blocks of `block` consecutive rows, whole blocks only
+        # (a short one would make a batch of another size, even of one row, which batch norm refuses). The split's
+        # last rows short of a block are left out of training (fewer than block_rows of millions).
         start, stop = split
-        block = self.block_rows if train else batch_size
+        block = min(self.block_rows, batch_size, stop - start) if train else batch_size
 
         def read(starts: Tensor, generator=None) -> tuple[Tensor, ...]:
             arrays = (torch.from_numpy(self.arrays[a].read_blocks(starts.numpy(), block, stop)) for a in ARRAYS)
             return self.features(*(a.to(device, non_blocking=True) for a in arrays))
 
-        starts, blocks = torch.arange(start, stop, block), max(1, batch_size // block) if train else 1
-        return TensorBatches(starts, batch_size=blocks, transform=read, drop_last=train, **common)
+        starts = torch.arange(start, stop - block + 1 if train else stop, block)
+        return TensorBatches(starts, batch_size=max(1, batch_size // block) if train else 1, transform=read,
+                             drop_last=train, **common)

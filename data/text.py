@@ -46,6 +46,13 @@ def decode(ids: Tensor, vocab: list[str]) -> str:
     return "".join(vocab[i] if i else "\ufffd" for i in ids.tolist())  # <unk> prints as the replacement character
 
 
+def eval_windows(characters: int, window: int) -> tuple[int, range]:
+    """Validation and test windows of a split: fixed and non-overlapping, `window` long (a split too short for one
+    gets one shorter window); (their length, their starts)."""
+    window = min(window, characters - 1)
+    return window, range(0, characters - window, window)
+
+
 class CharDataModule(L.LightningDataModule):
     """Serves (inputs (B, T), targets (B, T)) batches of one corpus; subclasses say how to read each split."""
 
@@ -95,10 +102,13 @@ class CharDataModule(L.LightningDataModule):
     def net_kwargs(self) -> dict:
         return {"vocab_size": len(self.vocab), "vocab": self.vocab}
 
-    def reference_metrics(self) -> dict:
-        # A model that ignores context: test characters under their training frequencies (add-one smoothed).
+    def reference_metrics(self, batches: int | None = None) -> dict:
+        """A model that ignores context: the characters the test windows predict (those of the first `batches` test
+        batches; None: all) under their training frequencies (add-one smoothed)."""
+        window, starts = eval_windows(len(self.test), self.eval_seq_len)
+        windows = len(starts) if batches is None else min(len(starts), batches * self.eval_batch_size)
         counts = torch.bincount(self.train, minlength=len(self.vocab)).double() + 1
-        nats = -(counts / counts.sum()).log()[self.test].mean()
+        nats = -(counts / counts.sum()).log()[self.test[1:1 + windows * window]].mean()
         return {"test/unigram_loss": round(float(nats), 4)}
 
     # -- batches ----------------------------------------------------------------------------------
@@ -108,8 +118,9 @@ class CharDataModule(L.LightningDataModule):
         if train:  # one start per `window` characters, moved by a random 0..window-1 for every batch
             starts, jitter = torch.arange(0, len(ids) - 2 * window, window, device=device), window
         else:  # fixed, non-overlapping windows; a short split gets one shorter window
-            window = min(window, len(ids) - 1)
-            starts, jitter, steps = torch.arange(0, len(ids) - window, window, device=device), 0, steps[:window + 1]
+            window, starts = eval_windows(len(ids), window)
+            starts, jitter = torch.arange(starts.start, starts.stop, starts.step, device=device), 0
+            steps = steps[:window + 1]
 
         def windows(first: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
             if jitter:  # drawn from the batch's own generator: a resumed run reads the same windows

@@ -144,6 +144,16 @@ def checkpoint_epoch(path: str | Path) -> int:
 
 
 # -- data and predictions -----------------------------------------------------------------------------------
+def reference_metrics(datamodule, trainer) -> dict:
+    """Figures to read the test metrics against, where the data knows them (the Bayes-optimal AUROC of generated
+    clicks, a unigram model's loss), over the test batches `trainer.test` just scored (trainer.limit_test_batches)."""
+    if not hasattr(datamodule, "reference_metrics"):
+        return {}
+    scored, batches = int(trainer.num_test_batches[0]), len(trainer.test_dataloaders)
+    # (under DDP each process scores its own shard of the rows: as many rows, from the start of the split)
+    return datamodule.reference_metrics(batches=None if scored >= batches else scored * trainer.world_size)
+
+
 def instantiate_data(config: DictConfig):
     """Hydra's instantiate for a `data` config. A DataModule checks its settings when built (a column named twice,
     fractions that add up to more than 1) and raises UserInputError; Hydra wraps whatever a constructor raises in

@@ -96,6 +96,14 @@ def fit_auroc(net: torch.nn.Module, dm: ClicksDataModule, epochs: int) -> float:
     return best[1]
 
 
+def test_the_bayes_reference_covers_the_test_rows_scored(clicks):
+    p, y = clicks.test_p_click, clicks.test[2]
+    assert clicks.reference_metrics()["data/bayes_auroc"] == pytest.approx(float(binary_auroc(p, y)), abs=1e-5)
+    first = clicks.reference_metrics(batches=2)["data/bayes_auroc"]  # trainer.limit_test_batches=2
+    rows = 2 * clicks.eval_batch_size
+    assert first == pytest.approx(float(binary_auroc(p[:rows], y[:rows])), abs=1e-5)
+
+
 def test_dnn_beats_logistic_regression_and_nears_the_bayes_auroc(clicks):
     bayes = clicks.reference_metrics()["data/bayes_auroc"]
     torch.manual_seed(0)
@@ -188,6 +196,10 @@ def test_criteo_tsv_without_header_equals_csv_with_header(tmp_path):
 
 def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_training_file(tmp_path):
     rows = criteo_rows(800, np.random.default_rng(5))
+    # Criteo quotes nothing: a quote is part of a value, and so is a leading space (read otherwise, they would hash
+    # to other embedding rows). pandas writes the value "ab" as """ab""", which training and predict.py read verbatim.
+    quoted, spaced = '"' + rows["C1"] + '"', " " + rows["C1"]
+    rows["C1"] = rows["C1"].where(rows.index % 3 > 0, quoted).where(rows.index % 3 != 1, spaced)
     path = tmp_path / "train.txt"
     rows.to_csv(path, sep="\t", header=False, index=False)
     train_module.train(make_config("model=dnn", "data=criteo", f"data.path={path}", f"paths.data_dir={tmp_path}",
@@ -268,6 +280,29 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     batches = list(streamed.train_dataloader())
     assert len(batches) == 12 and all(len(b[2]) == 64 for b in batches)  # 50 blocks of 16 rows, 4 a batch
     assert len(torch.cat([b[1] for b in batches]).unique(dim=0)) == 768  # distinct rows (hashed ids), none twice
+
+
+@pytest.mark.parametrize("batch_size, block_rows, batches", [
+    (48, 48, 16),  # 800 training rows: 16 whole blocks of 48; the last 32 rows would be a batch of another size
+    (16, 48, 50),  # a batch smaller than a block: blocks of a batch's size
+    (96, 48, 8),   # two blocks a batch
+])
+def test_criteo_streamed_batches_hold_batch_size_rows(tmp_path, batch_size, block_rows, batches):
+    path = tmp_path / "train.txt"
+    criteo_rows(1000, np.random.default_rng(2)).to_csv(path, sep="\t", header=False, index=False)
+    dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=0.0, batch_size=batch_size,
+                          block_rows=block_rows)
+    dm.setup("fit")
+    assert [len(labels) for *_, labels in dm.train_dataloader()] == [batch_size] * batches
+
+
+def test_criteo_streamed_batch_size_must_be_whole_blocks(tmp_path):
+    path = tmp_path / "train.txt"
+    criteo_rows(1000, np.random.default_rng(2)).to_csv(path, sep="\t", header=False, index=False)
+    dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=0.0, batch_size=100, block_rows=48)
+    with pytest.raises(UserInputError, match=r"data.batch_size=100: training streamed .* whole blocks of "
+                                             r"data.block_rows=48 rows: give a multiple, e.g. data.batch_size=96"):
+        dm.setup("fit")
 
 
 def test_criteo_streamed_rows_are_sharded_across_ranks(tmp_path):

@@ -184,13 +184,20 @@ def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_ru
     ckpt = run / "checkpoints" / "best.ckpt"
     scored = eval_script.evaluate(ckpt)
     assert scored["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
-    # The unigram baseline: test characters under the training split's add-one smoothed frequencies.
+    # The unigram baseline: the characters the test windows predict (96 each, from the second character on)
+    # under the training split's add-one smoothed frequencies.
     text = PATTERN * 500
     n_held = round(len(text) * 0.05)
     train, test = text[:len(text) - 2 * n_held], text[len(text) - n_held:]
     counts, total = Counter(train), len(train) + len(set(train)) + 1  # + 1 each, <unk> included
-    unigram = -sum(math.log((counts[c] + 1) / total) for c in test) / len(test)
-    assert scored["test/unigram_loss"] == pytest.approx(unigram, abs=1e-4)
+    predicted = test[1:1 + (len(test) - 1) // 96 * 96]
+
+    def unigram(characters):
+        return -sum(math.log((counts[c] + 1) / total) for c in characters) / len(characters)
+    assert scored["test/unigram_loss"] == metrics["test/unigram_loss"] == pytest.approx(unigram(predicted), abs=1e-4)
+    # Under trainer.limit_test_batches the baseline covers the batches scored (here one batch of 2 windows).
+    limited = eval_script.evaluate(ckpt, ["data.eval_batch_size=2"], trainer_options={"limit_test_batches": 1})
+    assert limited["test/unigram_loss"] == pytest.approx(unigram(test[1:1 + 2 * 96]), abs=1e-4)
     # Each letter shifted by one: an alphabet of the same size, which the network would read as its own letters.
     other = tmp_path / "shifted.txt"
     other.write_text("".join(chr(ord(c) + 1) if c.isalpha() else c for c in text))
