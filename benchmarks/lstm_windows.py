@@ -4,9 +4,10 @@
 
 Trains the project's CharLM twice, in the same process, for the same number of steps with the same batch shape,
 optimizer, learning rate and gradient clipping, on the training 90% of the file:
-  random   each step reads B windows of T+1 characters at random offsets, every window from a zero state (as
-           data/text.py does, which draws them stratified: one window per T characters of the corpus, each shifted
-           by a random 0..T-1, in a shuffled order);
+  random   each step reads B windows of T+1 characters at uniformly random offsets, every window from a zero
+           state (data/text.py also starts every window from a zero state, but draws the offsets stratified: one
+           window per T characters of the corpus, each shifted by a random 0..T-1, in a shuffled order, so an
+           epoch covers the corpus evenly; this benchmark's windows are independent draws);
   carried  the text is cut into B contiguous streams; step t reads characters [tT, (t+1)T] of every stream and
            starts from the state the previous step ended in, detached (truncated backpropagation through time).
 Both are scored on the validation 5% twice: in windows of 512 characters from a zero state (how the project
