@@ -22,6 +22,21 @@ def test_mnist_loader_reads_idx_files(mnist_dir):
     assert dm.net_kwargs == {"in_channels": 1, "num_classes": 10, "image_size": (28, 28)}
 
 
+def test_validation_images_are_held_out_and_never_augmented(mnist_dir):
+    augment = {"enabled": True, "translate": 2, "hflip": True}
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, augment=augment, eval_batch_size=64)
+    dm.setup("fit")
+    file_images = (mnist_dir / "MNIST/raw/train-images-idx3-ubyte").read_bytes()[16:]
+    every = {file_images[i * 784:(i + 1) * 784] for i in range(1200)}  # noise images: all distinct
+    train, val = ({bytes(x.numpy()) for x in split[0]} for split in (dm.train, dm.val))
+    assert len(train) == 1000 and len(val) == 200 and not train & val and train | val == every
+    x = dm.train[0].double() / 255  # normalization statistics from the training split alone
+    assert torch.allclose(dm.mean.double(), x.mean((0, 2, 3)), atol=1e-6)
+    assert torch.allclose(dm.std.double(), x.std((0, 2, 3)), atol=1e-6)
+    served = torch.cat([inputs for inputs, _ in dm.val_dataloader()])  # in order, plainly normalized
+    assert torch.allclose(served, (dm.val[0].float() / 255 - dm.mean.view(1, -1, 1, 1)) / dm.std.view(1, -1, 1, 1))
+
+
 def test_cifar_loader_reads_pickled_batches(cifar_dir):
     dm = ImageDataModule("cifar10", str(cifar_dir), val_size=100)
     dm.prepare_data()

@@ -83,6 +83,28 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
 
 
+def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
+    import lightning as L
+    import torch.nn.functional as F
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(64, 4), torch.randint(0, 3, (64,))
+    weight, bias = net.weight.detach().clone().requires_grad_(), net.bias.detach().clone()
+    data_loss = F.cross_entropy(F.linear(x, weight, bias), y)
+    gradient, = torch.autograd.grad(data_loss, weight)
+    recipe = Recipe(net, task="multiclass", lr=0.1, l1=0.5, optimizer={"name": "sgd", "momentum": 0.0,
+                    "nesterov": False}, scheduler={"name": "none"}, net_kwargs={"num_classes": 3})
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(recipe, TensorBatches(x, y, batch_size=64))
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(data_loss.item(), rel=1e-5)  # no L1 in it
+    # one plain SGD step on loss + l1 * sum|w|: the data's gradient plus l1 * sign(w), the weights only (not biases)
+    expected = weight - 0.1 * (gradient + 0.5 * weight.sign())
+    assert torch.allclose(net.weight, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("optimizer, momentum", [({"name": "adamw"}, lambda g: g["betas"][0]),
                                                  ({"name": "sgd", "momentum": 0.9}, lambda g: g["momentum"]),
                                                  ({"name": "rmsprop", "momentum": 0.0}, lambda g: g["momentum"])])
@@ -98,6 +120,17 @@ def test_one_cycle_cycles_momentum_only_of_an_optimizer_that_has_some(optimizer,
     out["lr_scheduler"]["scheduler"].step()  # the LR's peak: step pct_start * total_steps - 1 = 1
     cycled = optimizer.get("momentum", 0.9) > 0
     assert (at_start, momentum(group)) == ((0.95, pytest.approx(0.85)) if cycled else (0.0, 0.0))
+
+
+def test_one_cycle_leaves_momentum_alone_when_told(monkeypatch):
+    schedule = {"name": "onecycle", "pct_start": 0.25, "cycle_momentum": False}
+    recipe = Recipe(torch.nn.Linear(3, 2), task="multiclass", lr=0.1, optimizer={"name": "adamw", "betas": [0.8, 0.99]},
+                    scheduler=schedule, net_kwargs={"num_classes": 2})
+    monkeypatch.setattr(Recipe, "_total_steps", lambda self: 8)
+    out = recipe.configure_optimizers()
+    for _ in range(4):
+        out["lr_scheduler"]["scheduler"].step()
+        assert out["optimizer"].param_groups[0]["betas"] == (0.8, 0.99)  # the optimizer's own, every step
 
 
 def test_l2_weight_decay_applies_to_weights_and_kernels_only():

@@ -12,7 +12,7 @@ import torch
 import train as train_module
 from data.images import ImageDataModule
 from models import runs
-from models.recipe import load_recipe
+from models.recipe import Recipe, load_recipe
 from tests.cli_process import run_cli
 from tests.conftest import make_config
 
@@ -126,6 +126,13 @@ def test_the_step_schedule_decays_every_epoch_of_a_step_budget(mnist_dir, tmp_pa
     assert schedule(tmp_path)["_last_lr"][0] == pytest.approx(0.01 * 0.5 ** 3)
 
 
+def test_the_cosine_schedule_ends_the_run_at_its_final_ratio(mnist_dir, tmp_path):
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=cosine", "scheduler.final_ratio=0.1",
+                                              "model.lr=0.01", "trainer.max_epochs=2", "callbacks.early_stopping=null"))
+    saved = schedule(tmp_path)
+    assert metrics["steps"] == 30 == saved["T_max"] and saved["_last_lr"][0] == pytest.approx(0.01 * 0.1)
+
+
 def test_log_every_n_steps_zero_trains(mnist_dir, tmp_path):
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1",
                                               "trainer.log_every_n_steps=0"))
@@ -207,7 +214,7 @@ def test_freed_memory_is_kept_for_reuse_on_linux():
 
 
 @pytest.mark.parametrize("experiment, precision", [("cnn_gpu", "bf16-mixed"), ("lstm_gpu", "bf16-mixed")])
-def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnist_dir, tmp_path):
+def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnist_dir, tmp_path, monkeypatch):
     # Everything but the device: the preset's network, data and schedule, in bf16 autocast (the LSTM's recurrence
     # in float32: oneDNN has no bf16 LSTM on an AVX2 CPU). torch.compile is left out only for time: minutes here.
     text = tmp_path / "corpus.txt"
@@ -221,8 +228,12 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
                       "trainer.limit_test_batches=2", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                       "callbacks.result_figures=null", output_dir=tmp_path / "run")
     assert make_config(f"experiment={experiment}").trainer.precision == "bf16-mixed"  # on the GPU
+    dtypes, loss = [], Recipe._loss
+    monkeypatch.setattr(Recipe, "_loss", lambda self, logits, targets: dtypes.append(logits.dtype) or
+                        loss(self, logits, targets))
     metrics = train_module.train(cfg)
     assert metrics["steps"] == 2 and metrics["device"].startswith("cpu")
+    assert set(dtypes) == {torch.bfloat16}  # autocast was on: the logits of every step and evaluation
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("test/"))
 
 
