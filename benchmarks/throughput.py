@@ -58,9 +58,11 @@ def peak_memory() -> dict:
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """What Lightning's `trainer.precision` does to the forward pass: bf16-mixed and 16-mixed autocast."""
+    """What Lightning's `trainer.precision` does to the forward pass: bf16-mixed and 16-mixed autocast, with its
+    cache of cast weights off as Lightning has it (torch.compile guards on that setting: another value would compile
+    the network again)."""
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
 def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None) -> float:
