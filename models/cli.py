@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checks import CONFIGS, check_settings, check_sweep, not_a_trainer_argument
+from models.runs import read_overrides
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -194,9 +195,8 @@ def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
     their rows (none: nothing written)."""
     rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
     for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
-        saved = job / ".hydra" / "overrides.yaml"
         overrides = {}  # key -> value; "++trainer.x=1" as trainer.x, "~logger" with no value
-        for override in OmegaConf.load(saved) if saved.exists() else []:
+        for override in read_overrides(job):
             key, _, value = override.partition("=")
             overrides[key.lstrip("+")] = value
         if (job / "metrics.json").exists():

@@ -27,6 +27,7 @@ SCHEDULERS = ("none", *SCHEDULE_LENGTH)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "rmsprop": torch.optim.RMSprop}
 TASKS = ("binary", "multiclass", "lm")
+PER_STEP = ("train/loss_step", "train/grad_norm")  # logged every log_every_n_steps steps; everything else per epoch
 
 
 class NonFiniteLossError(RuntimeError):

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
+from models.recipe import PER_STEP
 
 # Config keys that differ between runs without being a choice: where files went, what to log.
 NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.")
@@ -26,6 +27,20 @@ def find_runs(root: str | Path) -> list[Path]:
     """Every run directory (one holding metrics.json) at or under `root`, sorted by path."""
     root = Path(root)
     return sorted(p.parent for p in root.rglob("metrics.json"))
+
+
+def failed_runs(root: str | Path) -> dict[str, list[str]]:
+    """Run directories under `root` that Hydra started (.hydra/) but that wrote no metrics.json: the jobs of a sweep
+    that failed, by path relative to `root`, each with its command-line overrides."""
+    root = Path(root)
+    return {str(p.parent.relative_to(root)): read_overrides(p.parent)
+            for p in sorted(root.rglob(".hydra")) if not (p.parent / "metrics.json").exists()}
+
+
+def read_overrides(run: str | Path) -> list[str]:
+    """The run's command-line overrides as Hydra saved them (.hydra/overrides.yaml), e.g. ["model.lr=0.01"]."""
+    saved = Path(run) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in yaml.safe_load(saved.read_text()) or []] if saved.exists() else []
 
 
 def newest_run(root: str | Path) -> Path:
@@ -131,7 +146,8 @@ def epoch_curves(run: str | Path) -> pd.DataFrame:
     """One row per epoch (1 = the first pass), one column per epoch-level train/ and val/ metric."""
     table = scalars(run)
     epochs = table[table.tag == "epoch"].set_index("step")["value"]  # Lightning logs the epoch beside every metric
-    per_epoch = table[table.tag.str.match(r"(train|val)/") & ~table.tag.str.endswith(("_step", "_best"))]
+    per_epoch = table[table.tag.str.match(r"(train|val)/") & ~table.tag.str.endswith(("_step", "_best"))
+                      & ~table.tag.isin(PER_STEP)]
     per_epoch = per_epoch.assign(epoch=per_epoch.step.map(epochs).astype("Int64") + 1).dropna(subset=["epoch"])
     curves = per_epoch.pivot_table(index="epoch", columns="tag", values="value", aggfunc="last")
     curves.columns.name = None

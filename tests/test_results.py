@@ -4,6 +4,7 @@ import importlib
 import io
 import json
 import re
+import shutil
 from types import SimpleNamespace
 
 import lightning as L
@@ -199,11 +200,24 @@ def test_notebooks_execute_and_draw(sweep):
     recomputed, recorded = re.search(r"from best.ckpt: ([\d.]+) \(metrics.json: ([\d.]+)\)", text).groups()
     assert float(recomputed) == pytest.approx(float(recorded), abs=1.5e-4)  # printed to 4 decimals
 
+    # Per-epoch curves hold epoch values only: the gradient norm, logged every log_every_n_steps, is not one.
+    assert "train/grad_norm" in set(runs.scalars(sweep / "0").tag)
+    assert "train/grad_norm" not in runs.epoch_curves(sweep / "0") and "val/acc" in runs.epoch_curves(sweep / "0")
+
     table, varying = runs.compare(sweep)
     assert varying == ["model.lr"] and list(table["model.lr"]) == [0.003, 0.01]
-    compared = run_notebook("compare_runs", sweep)
+    failed = sweep / "2" / ".hydra"  # a job that ended with an error: Hydra's folder, no metrics.json
+    failed.mkdir(parents=True)
+    (failed / "overrides.yaml").write_text("- model.lr=-1\n")
+    try:
+        assert runs.failed_runs(sweep) == {"2": ["model.lr=-1"]}
+        compared = run_notebook("compare_runs", sweep)
+    finally:
+        shutil.rmtree(sweep / "2")
     outputs = [o for cell in nbformat.read(compared, as_version=4).cells for o in cell.get("outputs", [])]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # results, curves, result against lr
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "2 runs under" in text and "failed (no metrics.json): 2  model.lr=-1" in text
 
 
 # -- CSV rows: a minimal tabular DataModule with the `encode_frame` the DNN's must provide ----------------------
