@@ -141,15 +141,19 @@ INITIALISATIONS = {
 
 
 def activation_scales(init, activation, depth: int = 20, width: int = 256, samples: int = 1000,
-                      seed: int = 0) -> tuple[list[float], float]:
+                      seed: int = 0) -> tuple[list[float], float | None, float]:
     """Random inputs through `depth` square layers (no bias) initialised by `init`: the standard deviation of each
-    layer's activations, and the fraction of the last layer's outputs saturated (|a| > 0.99)."""
+    layer's activations; the fraction of the last layer's outputs saturated (|a| > 0.99, slope ~0), or None for an
+    activation that is not bounded (ReLU never saturates above 0: a large output is just large); and the fraction
+    exactly 0 (ReLU's off side, where its slope is 0 too)."""
     torch.manual_seed(seed)
     x, stds = torch.randn(samples, width), []  # (samples, width), variance 1
     for _ in range(depth):
         x = activation(x @ init(torch.empty(width, width)).T)
         stds.append(x.std().item())
-    return stds, (x.abs() > 0.99).float().mean().item()
+    bounded = activation(torch.tensor([-100.0, 100.0])).abs().max() <= 1
+    saturated = (x.abs() > 0.99).float().mean().item() if bounded else None
+    return stds, saturated, (x == 0).float().mean().item()
 
 
 def autograd_derivative(function, x: Tensor) -> Tensor:
@@ -331,6 +335,9 @@ OPTIMIZERS = {  # name -> (class, settings) for optimizer_path; lr picked per me
     # The bowl is an exact loss, no data to sample, so "SGD" here is plain, deterministic gradient descent.
     "SGD": (torch.optim.SGD, {"lr": 0.018}),  # just under the 2/100 stability limit
     "SGD+momentum": (torch.optim.SGD, {"lr": 0.018, "momentum": 0.8}),
+    # Nesterov's look-ahead lowers the stability limit: along y (curvature 100) lr * 100 must stay below
+    # 2 (1 + mu) / (1 + 2 mu) = 1.38 at mu = 0.8 (momentum's limit is 2 (1 + mu) = 3.6): lr 0.018 diverges.
+    "SGD+Nesterov": (torch.optim.SGD, {"lr": 0.012, "momentum": 0.8, "nesterov": True}),
     # RMSprop steps ~lr in each coordinate whatever the curvature, once its mean square has warmed up (the first
     # step, from a mean square of 0, is lr / sqrt(1 - alpha) = 10 lr with the default alpha 0.99).
     "RMSprop": (torch.optim.RMSprop, {"lr": 0.05}),
@@ -355,6 +362,7 @@ def update_rules_path(name: str, loss_fn, start: tuple[float, float], settings: 
     """optimizer_path with each optimizer's update written out (torch's defaults where `settings` names none):
       SGD        w -= lr g
       momentum   v = mu v + g;                         w -= lr v        (v: a running sum of past gradients)
+      Nesterov   v = mu v + g;                         w -= lr (g + mu v)  (a look one step ahead along v)
       RMSprop    s = alpha s + (1 - alpha) g^2;        w -= lr g / (sqrt(s) + eps)
       Adam       m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, bias-corrected m / (1 - b1^t), v / (1 - b2^t);
                  w -= lr m_hat / (sqrt(v_hat) + eps)"""
@@ -373,7 +381,7 @@ def update_rules_path(name: str, loss_fn, start: tuple[float, float], settings: 
             w = w - lr * g / (v.sqrt() + eps)
         else:  # SGD, with momentum mu (0: plain); torch's first step sets v = g
             m = mu * m + g
-            w = w - lr * m
+            w = w - lr * (g + mu * m if settings.get("nesterov") else m)
         path.append(w.clone())
     return torch.stack(path)  # (steps + 1, 2)
 

@@ -75,6 +75,17 @@ def test_adamw_decays_every_weight_by_the_same_factor_and_adam_l2_does_not():
     torch.testing.assert_close(final["SGD + L2"], torch.full((2,), factor), atol=0.04, rtol=0)  # 0.398, 0.366
 
 
+def test_with_sgd_an_l2_term_and_weight_decay_are_the_same_update():
+    # SGD(weight_decay=wd) adds the L2 term's gradient wd * w to g: w - lr (g + wd w) = (1 - lr wd) w - lr g, the
+    # decoupled shrink-then-step, written out here with the same gradients (+scales, -scales, ...).
+    lr, wd = course.DECAY_SETTINGS["lr"], course.DECAY_SETTINGS["weight_decay"]
+    path, w = course.weights_under_decay(torch.optim.SGD), torch.ones(2)
+    for step in range(100):
+        g = (1.0 if step % 2 == 0 else -1.0) * course.NOISE_GRADIENT_SCALES
+        w = (1 - lr * wd) * w - lr * g
+        torch.testing.assert_close(path[step + 1], w)
+
+
 # ---- The six runs ----
 
 
