@@ -30,7 +30,7 @@ from models.checks import (WholeSweepError, check_callback_monitors, check_model
                            check_settings, check_single_process_sweep)
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
-from models.host import keep_freed_memory
+from models.host import cheap_cuda_check, keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
 from models.runs import NOT_CHOICES, flatten, instantiate_data, reference_metrics
 
@@ -58,6 +58,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()  # before the first step's buffers: see models/host.py
+    cheap_cuda_check()  # no GPU: torch.optim's check for one on every step, without NVML (models/host.py)
     datamodule = instantiate_data(cfg.data)  # its settings checked: one-line errors
     prepare_data_once(datamodule, Path(cfg.paths.data_dir).expanduser())
     datamodule.setup("fit")

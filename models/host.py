@@ -1,6 +1,9 @@
 """Host settings that make CPU training faster without changing any result."""
 import ctypes
+import os
 import sys
+
+import torch
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt() parameters (malloc.h)
 
@@ -24,3 +27,22 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def cheap_cuda_check() -> bool:
+    """On a machine without a CUDA GPU, let `torch.cuda.is_available()` ask the CUDA runtime (a cached answer)
+    instead of NVML (a new attempt to load libnvidia-ml on every call).
+
+    Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialize CUDA in
+    a process that later forks workers. torch.optim looks for one on every optimizer step (its CUDA-graph capture
+    check), and with a CUDA build of torch on a machine without a GPU each look loaded NVML again and failed: ~0.2 ms
+    a step on this 2-core CPU, whatever the batch. Without a GPU there is no CUDA to initialize, so nothing else
+    changes; with one, the setting stays (and CUDA, once up, caches the answer anyway).
+    Returns whether it changed the setting."""
+    if os.environ.get(NVML_CHECK) != "1" or torch.cuda.is_available():
+        return False
+    del os.environ[NVML_CHECK]
+    return True

@@ -2,6 +2,7 @@
 import ctypes
 import importlib
 import json
+import os
 import platform
 import sys
 
@@ -195,6 +196,28 @@ def test_a_failing_job_of_a_sweep_is_one_error_line_and_the_sweep_goes_on(mnist_
     assert summary[0]["trainer.max_epochs"] == "1"  # the column of `trainer.max_epochs=1` (passed on as ++trainer...)
     assert "test/acc" in summary[0] and "test/acc" not in summary[1]  # the failed job: its overrides, no metrics
 
+
+@pytest.mark.skipif(torch.cuda.is_available() or not torch.cuda._is_compiled(),
+                    reason="for a CUDA build of torch on a machine without a GPU (with one, the NVML check stays)")
+def test_without_a_gpu_optimizer_steps_do_not_look_for_nvml(monkeypatch):
+    from models.host import NVML_CHECK, cheap_cuda_check
+    monkeypatch.setenv(NVML_CHECK, "1")  # what importing Lightning sets
+    looked = []
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: looked.append(1) or -1)  # -1: NVML failed
+    net = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(net.parameters())
+
+    def steps(n: int) -> int:
+        looked.clear()
+        for _ in range(n):
+            net(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
+        return len(looked)
+
+    assert steps(3) == 3  # torch.optim looks for a GPU on every step...
+    assert cheap_cuda_check()
+    assert steps(3) == 0 and os.environ.get(NVML_CHECK) != "1"  # ...and no longer: the CUDA runtime answers
+    assert torch.cuda.is_available() is False
 
 def test_freed_memory_is_kept_for_reuse_on_linux():
     from models.host import keep_freed_memory
