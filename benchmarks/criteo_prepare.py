@@ -28,6 +28,10 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.arguments import at_least  # noqa: E402
+
 HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Per-column levels: a few columns with a handful of values, most with thousands to millions (as in Criteo).
 LEVELS = [1_400, 550, 1_000_000, 300_000, 300, 20, 12_000, 600, 3, 90_000, 5_000, 1_000_000, 3_000, 26, 11_000,
@@ -164,14 +168,18 @@ def train_streamed(path: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gb", type=float, default=2.0, help="size of the generated file in GB (default 2)")
+    parser.add_argument("--gb", type=at_least(float, 0, inclusive=False), default=2.0,
+                        help="size of the generated file in GB (default 2)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/criteo_bench"), help="where the file and cache go")
-    parser.add_argument("--chunk-rows", type=int, default=100_000, help="rows parsed at a time")
+    parser.add_argument("--chunk-rows", type=at_least(int, 1), default=100_000, help="rows parsed at a time")
     parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
-    parser.add_argument("--train-steps", type=int, default=0, help="then train this many steps, streamed")
-    parser.add_argument("--max-in-memory-gb", type=float, default=0.1, help="data.max_in_memory_gb for training")
-    parser.add_argument("--hash-buckets", type=int, default=100_000, help="data.hash_buckets for training")
-    parser.add_argument("--memory-limit-gb", type=float, help="train inside a memory cgroup limited to this (GiB)")
+    parser.add_argument("--train-steps", type=at_least(int, 0), default=0,
+                        help="then train this many steps, streamed")
+    parser.add_argument("--max-in-memory-gb", type=at_least(float, 0), default=0.1,
+                        help="data.max_in_memory_gb for training")
+    parser.add_argument("--hash-buckets", type=at_least(int, 1), default=100_000, help="data.hash_buckets for training")
+    parser.add_argument("--memory-limit-gb", type=at_least(float, 0, inclusive=False),
+                        help="train inside a memory cgroup limited to this (GiB)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.measure:

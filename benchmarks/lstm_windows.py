@@ -26,6 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arguments import at_least  # noqa: E402
 from data.text import UNK, encode  # noqa: E402
 from models.lstm import CharLM  # noqa: E402
 
@@ -92,10 +93,10 @@ def train(mode: str, train_ids, val_ids, vocab_size: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", type=Path, default=ROOT.parent / "shared" / "datasets" / "tinyshakespeare.txt")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--steps", type=at_least(int, 1), default=600)
+    parser.add_argument("--batch", type=at_least(int, 1), default=64)
+    parser.add_argument("--seq-len", type=at_least(int, 1), default=128)
+    parser.add_argument("--hidden", type=at_least(int, 1), default=256)
     args = parser.parse_args()
     if not args.path.is_file():
         sys.exit(f"error: --path {args.path}: no such file; give a text file, e.g. the tinyshakespeare copy in "

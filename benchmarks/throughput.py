@@ -10,7 +10,6 @@ Validation, checkpoints, logging and the progress bar are off in both: this meas
 Samples are images, table rows or windows of text (and, for a language model, characters are counted too); peak
 GPU memory is each path's own (the dataset on the GPU included), peak RSS the process's.
 """
-import json
 import resource
 import sys
 import time
@@ -21,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 import train as project  # noqa: E402
+from benchmarks.arguments import run, split_options, train_config, whole_option  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -129,12 +128,10 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:
-    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("steps", "warmup", "repeats", "out"))
-    steps, warmup = int(options.get("steps", 200)), int(options.get("warmup", 20))
-    repeats = int(options.get("repeats", 3))
-    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    options, overrides = split_options(argv, ("steps", "warmup", "repeats", "out"))
+    steps, warmup = whole_option(options, "steps", 200, least=1), whole_option(options, "warmup", 20, least=0)
+    repeats = whole_option(options, "repeats", 3, least=1)
+    cfg = train_config(overrides)
     L.seed_everything(cfg.seed)
     datamodule, _ = project.build(cfg)  # the data once; every run below gets a fresh network
     seconds = {"lightning": [], "plain": []}
@@ -184,7 +181,4 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
 
 
 if __name__ == "__main__":
-    result, out = main(sys.argv[1:])
-    print(json.dumps(result, indent=2))
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    run(main)

@@ -13,7 +13,6 @@ This benchmark alone scores the test split after every epoch, with the clock sto
 chooses nothing (training still early-stops on validation only; no checkpoints are written, so the clock
 counts training alone).
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 import train as project  # noqa: E402
+from benchmarks.arguments import number_list, run, split_options, train_config, whole_option  # noqa: E402
 from benchmarks.throughput import autocast, peak_memory  # noqa: E402
 
 METRIC = {"multiclass": ("test/acc", "max"), "binary": ("test/auroc", "max"), "lm": ("test/loss", "min")}
@@ -72,14 +71,11 @@ def warm_up(cfg, datamodule, steps: int) -> float:
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:
-    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("targets", "warmup", "out"))
-    targets = [float(t) for t in options.get("targets", "[]").strip("[]").split(",") if t]
-    overrides = [a for a in argv if a.split("=", 1)[0] not in options]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    options, overrides = split_options(argv, ("targets", "warmup", "out"))
+    targets, warmup = number_list(options, "targets"), whole_option(options, "warmup", 0, least=0)
+    cfg = train_config(overrides)
     L.seed_everything(cfg.seed)
     datamodule, _ = project.build(cfg)
-    warmup = int(options.get("warmup", 0))
     warmup_seconds = warm_up(cfg, datamodule, warmup) if warmup else 0.0
     L.seed_everything(cfg.seed)  # the timed network is the one a run without warm-up trains
     recipe = project.build_recipe(cfg, datamodule)
@@ -99,7 +95,4 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
 
 
 if __name__ == "__main__":
-    result, out = main(sys.argv[1:])
-    print(json.dumps(result, indent=2))
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    run(main)

@@ -1,0 +1,78 @@
+"""The benchmarks' command lines, checked as train.py checks its own: a bad argument is one `error:` line and exit 2.
+
+throughput.py and time_to_accuracy.py take `key=value` options of their own beside any train.py override;
+lstm_windows.py and criteo_prepare.py take argparse flags, whose values `at_least` bounds.
+"""
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from data import UserInputError
+from models.checks import CONFIGS, check_number
+from models.cli import check_overrides
+
+
+def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """(the benchmark's own `name=value` options, the train.py overrides)."""
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in names)
+    return options, [a for a in argv if a.split("=", 1)[0] not in options]
+
+
+def whole_option(options: dict, key: str, default: int, least: int) -> int:
+    """`key=N` as a whole number >= least (`steps=abc`, `steps=0`: one line)."""
+    value = options.get(key, default)
+    try:
+        value = int(value)
+    except ValueError:
+        raise UserInputError(f"{key}={value}: give a whole number >= {least}") from None
+    check_number(key, value, least, whole=True)
+    return value
+
+
+def number_list(options: dict, key: str) -> list[float]:
+    """`key=[0.93,0.94]` as numbers."""
+    value = options.get(key, "[]")
+    try:
+        return [float(t) for t in value.strip("[]").split(",") if t.strip()]
+    except ValueError:
+        raise UserInputError(f"{key}={value}: give a list of numbers, e.g. {key}=[0.93,0.94]") from None
+
+
+def train_config(overrides: list[str]) -> DictConfig:
+    """train.py's config for these overrides, checked first as train.py checks them (an unknown choice, a misspelt
+    key, a bad value: one line)."""
+    check_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+
+
+def run(main: Callable[[list[str]], tuple[dict, str | None]]) -> None:
+    """Run a benchmark's `main(argv) -> (result, out)`: print its JSON and save it to `out`, or print the error line
+    of bad input and exit 2."""
+    try:
+        result, out = main(sys.argv[1:])
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def at_least(cast: type, least: float, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse `type`: a number of that kind >= least (> least when not inclusive)."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not (value >= least if inclusive else value > least):
+            kind = "a whole number" if cast is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {kind} {'>=' if inclusive else '>'} {least}")
+        return value
+    return parse
