@@ -29,7 +29,8 @@ def parse(argv: list[str]) -> dict:
         try:
             options[key] = OPTIONS[key][0](value)  # the value verbatim: prompt=ROMEO: stays "ROMEO:"
         except ValueError:
-            raise UserInputError(f"{key}={value!r} is not a {OPTIONS[key][0].__name__}") from None
+            kind = {int: "a whole number", float: "a number"}[OPTIONS[key][0]]  # prompt, ckpt_path, device: any text
+            raise UserInputError(f"{key}={value!r}: give {kind}") from None
     if options["ckpt_path"] is None:
         raise UserInputError("ckpt_path is required: ckpt_path=RUN_DIR/checkpoints/best.ckpt from a model=lstm run")
     if options["length"] < 0 or options["top_k"] < 0 or not 0 <= options["temperature"] < float("inf"):

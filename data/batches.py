@@ -128,6 +128,9 @@ def data_device(trainer, on_device: bool) -> torch.device:
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
     """A fixed random (train, val) split of range(n); `val_size` is a count or a fraction of n."""
+    if isinstance(val_size, float) and not (0 < val_size < 1 or (val_size > 1 and val_size.is_integer())):
+        raise UserInputError(f"data.val_size={val_size}: give a count of rows (a whole number) or a fraction between "
+                             "0 and 1")  # 1.5 would have been read as 1 row, and 1.0 is no fraction
     n_val = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
     if not 0 < n_val < n:
         raise UserInputError(f"data.val_size={val_size} leaves no training or no validation rows out of {n}: "

@@ -131,7 +131,8 @@ class NpyRows:
 def sniff(path: Path) -> tuple[str, list[str] | None]:
     """(separator, header names or None) from the first line; one-line errors for what cannot be Criteo."""
     if not path.is_file():
-        raise UserInputError(f"data.path={path}: no such file; give Criteo's train.txt or a CSV with its columns")
+        what = "a folder" if path.is_dir() else "no such file"
+        raise UserInputError(f"data.path={path}: {what}; give Criteo's train.txt or a CSV with its columns")
     with open(path, "rb") as f:
         first = f.readline().decode("utf-8", "replace").rstrip("\r\n")
     if not first:

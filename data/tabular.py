@@ -266,7 +266,8 @@ class CSVDataModule(TabularDataModule):
         """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""
         where = f"data.path={self.path}"
         if not self.path.is_file():
-            raise UserInputError(f"{where}: no such file; give a CSV file with a header row")
+            what = "a folder" if self.path.is_dir() else "no such file"
+            raise UserInputError(f"{where}: {what}; give a CSV file with a header row")
         try:
             frame = pd.read_csv(self.path, **READ_CSV)
         except pd.errors.EmptyDataError:

@@ -2,6 +2,7 @@
 it and the fix (train.py prints `error: ...`)."""
 import difflib
 import inspect
+import logging
 import types
 import typing
 from pathlib import Path
@@ -10,7 +11,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_object
+from hydra.utils import get_object as hydra_get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError
@@ -45,9 +46,21 @@ def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
                                   f"choose one of {', '.join(names)}")
 
 
-def check_model_reads_data(cfg: DictConfig) -> None:
+def get_object(target: str):
+    """Hydra's get_object, without the three lines it logs before raising for a target that cannot be imported:
+    the caller's one-line error (or instantiate's) says it."""
+    logger = logging.getLogger("hydra.utils")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        return hydra_get_object(target)
+    finally:
+        logger.disabled = disabled
+
+
+def check_model_reads_data(cfg: DictConfig, choices: dict | None = None) -> None:
     """`model=cnn data=text`: refused before the data is read, naming the models that do read it. A network says
-    which kinds of data it reads (`reads`), a data module which kind it gives (`kind`)."""
+    which kinds of data it reads (`reads`), a data module which kind it gives (`kind`). `choices` (e.g. {"model":
+    "cnn"}), to name them in the message: Hydra's, by default."""
     try:
         network, data = get_object(cfg.model.net._target_), get_object(cfg.data._target_)
     except (ImportError, AttributeError, ValueError):  # a misspelt _target_: instantiating it says so
@@ -58,8 +71,9 @@ def check_model_reads_data(cfg: DictConfig) -> None:
     targets = {path.stem: OmegaConf.load(path).model.net._target_ for path in (CONFIGS / "model").glob("*.yaml")}
     readers = sorted(name for name, target in targets.items() if kind in getattr(get_object(target), "reads", ()))
     model, data_choice = cfg.model.net._target_, cfg.data._target_
-    if HydraConfig.initialized():  # the command's words, unless model.net._target_ or data._target_ was changed
+    if choices is None and HydraConfig.initialized():
         choices = HydraConfig.get().runtime.choices
+    if choices is not None:  # the command's words, unless model.net._target_ or data._target_ was changed
         if targets.get(choices.get("model")) == model:
             model = f"model={choices.get('model')}"
         data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"
@@ -140,6 +154,7 @@ NUMBERS = {
 MISSING = object()
 
 
+
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
                  inclusive: bool = True, most_inclusive: bool = True) -> None:
     """`key=value` is a number (a whole one if `whole`) in [least, most] (ends open where not inclusive)."""
@@ -149,6 +164,21 @@ def check_number(key: str, value, least: float, most: float | None = None, whole
         kind, low = "a whole number" if whole else "a number", ">=" if inclusive else ">"
         upper = "" if most is None else f" and {'<=' if most_inclusive else '<'} {most}"
         raise UserInputError(f"{key}={value!r}: give {kind} {low} {least}{upper}")
+
+
+def check_numbers(cfg: DictConfig, prefix: str = "") -> None:
+    """The NUMBERS a config has (those whose keys start with `prefix`) within their bounds."""
+    for key, bounds in NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=MISSING, throw_on_resolution_failure=False)
+        if key.startswith(prefix) and value is not MISSING and not (value is None and bounds.get("nullable")):
+            check_number(key, value, **{k: v for k, v in bounds.items() if k != "nullable"})
+
+
+def check_data_settings(data: DictConfig) -> None:
+    """A `data` config on its own (a checkpoint's, with eval.py's or predict.py's `data.KEY=VALUE` overrides): its
+    numbers and the types its DataModule takes, as train.py checks them."""
+    check_numbers(OmegaConf.create({"data": data}), prefix="data.")
+    check_object_args("data", data)
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -227,10 +257,7 @@ def check_settings(cfg: DictConfig) -> None:
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
     check_trainer_args(cfg.trainer)
-    for key, bounds in NUMBERS.items():
-        value = OmegaConf.select(cfg, key, default=MISSING, throw_on_resolution_failure=False)
-        if value is not MISSING and not (value is None and bounds.get("nullable")):
-            check_number(key, value, **{k: v for k, v in bounds.items() if k != "nullable"})
+    check_numbers(cfg)
     check_run_settings(cfg)
     check_optimization(cfg)
     # After the recipe's numbers (their messages give the range too): the constructors' type hints.
@@ -304,10 +331,14 @@ def check_object_args(key: str, node: DictConfig) -> None:
     the setting and the type its class takes (Lightning would keep a string patience and fail at the first epoch
     without improvement; a data module would fail halfway through reading its files); `+callbacks.x.pacience=3`
     -> one line naming the class's arguments."""
-    try:
-        cls = get_object(node._target_)
-    except Exception:  # a misspelt _target_: instantiating it will say
+    target = node.get("_target_")
+    if not isinstance(target, str):
         return
+    try:
+        cls = get_object(target)
+    except Exception as err:  # a misspelt _target_ (Hydra's message would be a page)
+        raise UserInputError(f"{key}._target_={target}: no such class ({type(err).__name__}); see configs/"
+                             f"{key.split('.')[0]}/ for the ones this project has") from None
     check_arguments(key, cls, OmegaConf.to_container(node, resolve=False))
 
 

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
-from models.checks import CONFIGS, check_settings, check_sweep, not_a_trainer_argument
+from models.checks import CONFIGS, check_model_reads_data, check_settings, check_sweep, not_a_trainer_argument
 from models.runs import read_overrides
 
 
@@ -38,6 +38,8 @@ def check_overrides(argv: list[str]) -> None:
         except Exception as err:
             message = " ".join(str(err).split("Config search path")[0].split())
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
+        # `model=cnn data=text` before what that data lacks (data.path): the first thing to change
+        check_model_reads_data(cfg, dict(a.split("=", 1) for a in variant if a.startswith(("model=", "data="))))
         check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
         if flags:
             check_sweep(cfg)  # what would stop the sweep at its first job stops it before
@@ -109,6 +111,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
                                  "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
                                  "schedule's length was fixed when it started)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if a file is in the way
+        if args.get(key):
+            existing = next(p for p in (Path(args[key]), *Path(args[key]).parents) if p.exists())
+            if not existing.is_dir():
+                raise UserInputError(f"{key}={args[key]}: {existing} is a file, not a folder; choose another "
+                                     "directory for the run")
     run_dir = args.get("hydra.run.dir")
     if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
         raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "

@@ -201,6 +201,9 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
             raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}){hint}; "
                                  f"its settings: {', '.join(sorted(flatten(data_config)))}")
         OmegaConf.update(config, path, yaml.safe_load(value))
+    if overrides:  # the stored settings passed train.py's checks; changed ones pass them too (not a circular import)
+        from models.checks import check_data_settings
+        check_data_settings(config)
     return instantiate_data(config)
 
 

@@ -371,6 +371,13 @@ def test_bad_csv_is_one_clear_error(case, tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_a_folder_given_as_the_data_file_is_named_a_folder(tmp_path):
+    with pytest.raises(UserInputError, match=f"data.path={tmp_path}: a folder; give a CSV file"):
+        CSVDataModule(str(tmp_path), "y", ["age"], ["city"]).setup("fit")
+    with pytest.raises(UserInputError, match=f"data.path={tmp_path}: a folder; give Criteo's train.txt"):
+        criteo.sniff(tmp_path)
+
+
 def test_a_csv_model_without_feature_columns_is_refused():
     with pytest.raises(UserInputError, match="are all empty: name the columns the model reads"):
         CSVDataModule("any.csv", "y")

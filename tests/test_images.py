@@ -135,6 +135,10 @@ def test_validation_split_is_fixed_and_disjoint():
     assert len(split_indices(100, 0.1, seed=0)[1]) == 10
     with pytest.raises(UserInputError, match="data.val_size=0 leaves no training or no validation rows out of 100"):
         split_indices(100, 0, seed=0)
+    assert len(split_indices(100, 30.0, seed=0)[1]) == 30  # a whole float is a count (data.val_size=30.0)
+    for neither in (1.5, 1.0, -0.2):  # 1.5 was read as one row
+        with pytest.raises(UserInputError, match=f"data.val_size={neither}: give a count of rows"):
+            split_indices(100, neither, seed=0)
 
 
 def test_a_shift_as_wide_as_the_image_is_refused_once_its_size_is_known(mnist_dir):

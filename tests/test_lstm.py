@@ -203,6 +203,10 @@ def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_ru
     other.write_text("".join(chr(ord(c) + 1) if c.isalpha() else c for c in text))
     with pytest.raises(UserInputError, match=r"trained on other data than this \(data.path=.*\): vocab with other"):
         eval_script.evaluate(ckpt, [f"data.path={other}"])
+    for bad, message in [("data.eval_batch_size=0", "data.eval_batch_size=0: give a whole number >= 1"),
+                         ("data.seq_len=abc", "data.seq_len='abc'")]:  # checked as train.py checks them
+        with pytest.raises(UserInputError, match=message):
+            eval_script.evaluate(ckpt, [bad])
 
 
 def test_vocabulary_round_trips_through_the_checkpoint_and_generation_continues_the_pattern(pattern_run):
@@ -246,6 +250,8 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse([])
     with pytest.raises(UserInputError, match="temperature must be >= 0 .*finite"):
         parse(["ckpt_path=x.ckpt", "temperature=nan"])
+    with pytest.raises(UserInputError, match="length='abc': give a whole number"):
+        parse(["ckpt_path=x.ckpt", "length=abc"])
 
 
 def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):

@@ -454,6 +454,26 @@ def test_a_model_and_data_that_do_not_fit_are_refused_before_the_data_is_read(mo
     check_model_reads_data(make_config(f"model={model}"))  # each model's own data fits
 
 
+def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the_data_lacks():
+    # data=text has no data.path: the mismatch is the first thing to change, so it is said first.
+    with pytest.raises(UserInputError, match="^model=cnn reads images, and data=text is text: for text choose"):
+        check_overrides(["model=cnn", "data=text"])
+
+
+def test_a_misspelt_target_is_one_line():
+    message = r"^model.net._target_=models.cnn.ConvNett: no such class .*configs/model/"
+    with pytest.raises(UserInputError, match=message):
+        check_settings(make_config("model.net._target_=models.cnn.ConvNett"))
+
+
+def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("kept")
+    for key, folder in (("hydra.run.dir", tmp_path / "notes.txt"), ("hydra.sweep.dir", tmp_path / "notes.txt" / "x")):
+        with pytest.raises(UserInputError, match=f"{key}={folder}: {tmp_path / 'notes.txt'} is a file, not a folder"):
+            resume_arguments([f"{key}={folder}"])
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
 def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_path):
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
     with pytest.raises(UserInputError, match="model.net.num_layers is not an argument of ConvNet; drop it, or pick"):
