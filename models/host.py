@@ -38,7 +38,7 @@ def cheap_cuda_check() -> bool:
 
     Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialize CUDA in
     a process that later forks workers. torch.optim looks for one on every optimizer step (its CUDA-graph capture
-    check), and with a CUDA build of torch on a machine without a GPU each look loaded NVML again and failed: ~0.2 ms
+    check), and with a CUDA build of torch on a machine without a GPU each look loaded NVML again and failed: ~0.1 ms
     a step on this 2-core CPU, whatever the batch. Without a GPU there is no CUDA to initialize, so nothing else
     changes; with one, the setting stays (and CUDA, once up, caches the answer anyway).
     Returns whether it changed the setting."""
