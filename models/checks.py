@@ -76,8 +76,8 @@ def check_model_reads_data(cfg: DictConfig, choices: dict | None = None) -> None
     if choices is not None:  # the command's words, unless model.net._target_ or data._target_ was changed
         if targets.get(choices.get("model")) == model:
             model = f"model={choices.get('model')}"
-        data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"
-        if data_file.is_file() and OmegaConf.load(data_file).get("data", {}).get("_target_") == data_choice:
+        data_file = CONFIGS / "data" / f"{choices.get('data')}.yaml"  # its _target_, or its defaults' (tinyshakespeare)
+        if data_file.is_file() and OmegaConf.load(data_file).get("data", {}).get("_target_") in (None, data_choice):
             data_choice = f"data={choices.get('data')}"
     raise UserInputError(f"{model} reads {' or '.join(reads)}, and {data_choice} is {kind}: "
                          f"for {kind} choose {' or '.join(f'model={m}' for m in readers) or 'another model'}")
@@ -331,14 +331,21 @@ def check_object_args(key: str, node: DictConfig) -> None:
     the setting and the type its class takes (Lightning would keep a string patience and fail at the first epoch
     without improvement; a data module would fail halfway through reading its files); `+callbacks.x.pacience=3`
     -> one line naming the class's arguments."""
-    target = node.get("_target_")
+    if not isinstance(node, DictConfig):
+        return
+    target = OmegaConf.select(node, "_target_", throw_on_resolution_failure=False)
     if not isinstance(target, str):
         return
     try:
         cls = get_object(target)
-    except Exception as err:  # a misspelt _target_ (Hydra's message would be a page)
-        raise UserInputError(f"{key}._target_={target}: no such class ({type(err).__name__}); see configs/"
-                             f"{key.split('.')[0]}/ for the ones this project has") from None
+    except Exception as err:  # Hydra's message would be a page
+        cause = err.__cause__ or err
+        missing = getattr(cause, "name", None) if isinstance(cause, ModuleNotFoundError) else None
+        if missing and (target == missing or target.startswith(f"{missing}.")):  # a misspelt module or class
+            raise UserInputError(f"{key}._target_={target}: no such class; see configs/{key.split('.')[0]}/ for the "
+                                 "ones this project has") from None
+        problem = " ".join(f"{type(cause).__name__}: {cause}".split())  # e.g. a SyntaxError in the user's module
+        raise UserInputError(f"{key}._target_={target}: cannot import it ({problem})") from None
     check_arguments(key, cls, OmegaConf.to_container(node, resolve=False))
 
 

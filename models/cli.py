@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data import UserInputError
 from models.checks import CONFIGS, check_model_reads_data, check_settings, check_sweep, not_a_trainer_argument
@@ -34,12 +34,15 @@ def check_overrides(argv: list[str]) -> None:
     for variant in sweep_variants(overrides) if flags else [overrides]:
         try:
             with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-                cfg = compose("train", overrides=variant)
+                cfg = compose("train", overrides=variant, return_hydra_config=True)
         except Exception as err:
             message = " ".join(str(err).split("Config search path")[0].split())
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
-        # `model=cnn data=text` before what that data lacks (data.path): the first thing to change
-        check_model_reads_data(cfg, dict(a.split("=", 1) for a in variant if a.startswith(("model=", "data="))))
+        choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
+        with open_dict(cfg):
+            del cfg["hydra"]  # the run's config alone, as the job will see it
+        if not flags:  # `model=cnn data=text` before what that data lacks (data.path): the first thing to change.
+            check_model_reads_data(cfg, choices)  # (A sweep's mismatched jobs fail alone, as ever.)
         check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
         if flags:
             check_sweep(cfg)  # what would stop the sweep at its first job stops it before

@@ -456,14 +456,22 @@ def test_a_model_and_data_that_do_not_fit_are_refused_before_the_data_is_read(mo
 
 def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the_data_lacks():
     # data=text has no data.path: the mismatch is the first thing to change, so it is said first.
-    with pytest.raises(UserInputError, match="^model=cnn reads images, and data=text is text: for text choose"):
-        check_overrides(["model=cnn", "data=text"])
+    for words in (["model=cnn", "data=text"], ["data=text"], ["experiment=cnn_gpu", "data=text"]):  # typed, or not
+        with pytest.raises(UserInputError, match="^model=cnn reads images, and data=text is text: for text choose"):
+            check_overrides(words)
+    with pytest.raises(UserInputError, match="^model=cnn reads images, and data=tinyshakespeare is text"):
+        check_overrides(["data=tinyshakespeare"])  # a data config whose _target_ comes from its defaults
 
 
-def test_a_misspelt_target_is_one_line():
-    message = r"^model.net._target_=models.cnn.ConvNett: no such class .*configs/model/"
+def test_a_misspelt_target_is_one_line_and_so_is_a_module_that_fails_to_import(tmp_path, monkeypatch):
+    message = r"^model.net._target_=models.cnn.ConvNett: no such class; see configs/model/"
     with pytest.raises(UserInputError, match=message):
         check_settings(make_config("model.net._target_=models.cnn.ConvNett"))
+    (tmp_path / "my_callbacks.py").write_text("class Broken:\n    def f(:\n")  # a user's module, with its error
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserInputError, match=r"^callbacks.mine._target_=my_callbacks.Broken: cannot import it "
+                                             r"\(SyntaxError: .*my_callbacks.py, line 2\)\)$"):
+        check_settings(make_config("+callbacks.mine._target_=my_callbacks.Broken"))
 
 
 def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_path):
