@@ -203,7 +203,8 @@ def test_without_a_gpu_optimizer_steps_do_not_look_for_nvml(monkeypatch):
     from models.host import NVML_CHECK, cheap_cuda_check
     monkeypatch.setenv(NVML_CHECK, "1")  # what importing Lightning sets
     looked = []
-    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: looked.append(1) or -1)  # -1: NVML failed
+    # -1: NVML failed (patched above the NVML call itself, which CUDA_VISIBLE_DEVICES="" or -1 would skip)
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: looked.append(1) or -1)
     net = torch.nn.Linear(2, 1)
     optimizer = torch.optim.Adam(net.parameters())
 
