@@ -154,7 +154,6 @@ NUMBERS = {
 MISSING = object()
 
 
-
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
                  inclusive: bool = True, most_inclusive: bool = True) -> None:
     """`key=value` is a number (a whole one if `whole`) in [least, most] (ends open where not inclusive)."""
