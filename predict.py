@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from data import UserInputError
+from data import UserInputError, class_names
 from data.criteo import READ_TEXT, CriteoDataModule, read_tab_separated
 from data.tabular import READ_CSV
-from models.recipe import load_recipe
+from models.recipe import load_recipe, probabilities
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
@@ -97,7 +97,7 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
     mean, std = datamodule.mean.view(1, -1, 1, 1), datamodule.std.view(1, -1, 1, 1)
     x = (images.float() / 255 - mean) / std  # (N, C, H, W), as data.images normalizes training batches
     probs = torch.cat([recipe(chunk).float().softmax(-1) for chunk in x.split(1024)])  # (N, classes)
-    classes = [str(c) for c in getattr(datamodule, "classes", range(probs.shape[1]))]
+    classes = class_names(datamodule, probs.shape[1])
     best = probs.argmax(1)
     table = pd.DataFrame({"file": [str(f) for f in files], "class": [classes[i] for i in best],
                           "probability": probs.gather(1, best[:, None])[:, 0].numpy()})
@@ -124,10 +124,10 @@ def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
     inputs = encode(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
     outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
+    probs = probabilities(logits, recipe.hparams.task)  # (N,) click probabilities, or (N, classes)
     if recipe.hparams.task == "binary":
-        return frame.assign(click_probability=logits.reshape(-1).sigmoid().numpy())
-    probs = logits.softmax(-1)
-    classes = [str(c) for c in getattr(datamodule, "classes", range(probs.shape[1]))]
+        return frame.assign(click_probability=probs.numpy())
+    classes = class_names(datamodule, probs.shape[1])
     return frame.assign(**{"class": [classes[i] for i in probs.argmax(1)], "probability": probs.amax(1).numpy()})
 
 

@@ -27,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import (WholeSweepError, check_callback_monitors, check_model_reads_data, check_monitor,
-                           check_settings, check_single_process_sweep)
+                           check_settings, check_single_process_sweep, flatten)
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
 from models.host import cheap_cuda_check, keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
-from models.runs import NOT_CHOICES, flatten, instantiate_data, reference_metrics
+from models.runs import NOT_CHOICES, instantiate_data, reference_metrics
 
 
 def device_name(trainer: L.Trainer) -> str:

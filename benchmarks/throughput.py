@@ -10,7 +10,6 @@ Validation, checkpoints, logging and the progress bar are off in both: this meas
 Samples are images, table rows or windows of text (and, for a language model, characters are counted too); peak
 GPU memory is each path's own (the dataset on the GPU included), peak RSS the process's.
 """
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,8 @@ from hydra.utils import instantiate  # noqa: E402
 
 import train as project  # noqa: E402
 from benchmarks.arguments import run, split_options, train_config, whole_option  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from benchmarks.measure import autocast, peak_memory, sync  # noqa: E402
+from models.recipe import decayed_parameters  # noqa: E402
 
 
 class Clock(L.Callback):
@@ -49,27 +45,12 @@ class Clock(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def peak_memory() -> dict:
-    """The process's peak resident memory so far, and the GPU memory PyTorch has allocated at most (since the last
-    torch.cuda.reset_peak_memory_stats), in MiB."""
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}
-
-
-def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """What Lightning's `trainer.precision` does to the forward pass: bf16-mixed and 16-mixed autocast, with its
-    cache of cast weights off as Lightning has it (torch.compile guards on that setting: another value would compile
-    the network again)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
-
-
 def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None) -> float:
     """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
     the recipe's step does (loss, L1 penalty, gradient-norm clipping, optimizer, schedule; with 16-mixed, the
     gradient scaler Lightning adds) and nothing else."""
     net, device, l1 = recipe.net, recipe.device, recipe.hparams.l1
-    decayed = recipe._decayed_parameters()
+    decayed = decayed_parameters(net)
     config = recipe.configure_optimizers()
     optimizer = config["optimizer"] if isinstance(config, dict) else config
     scheduler = config["lr_scheduler"]["scheduler"] if isinstance(config, dict) else None
@@ -85,7 +66,7 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
             if done == warmup + steps:
                 break
             with forward:
-                loss = recipe._loss(net(*inputs), targets)[0]
+                loss = recipe.loss(net(*inputs), targets)[0]
             if l1:
                 loss = loss + l1 * sum(p.abs().sum() for p in decayed)
             optimizer.zero_grad(set_to_none=True)

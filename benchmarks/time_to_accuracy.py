@@ -26,7 +26,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 import train as project  # noqa: E402
 from benchmarks.arguments import number_list, run, split_options, train_config, whole_option  # noqa: E402
-from benchmarks.throughput import autocast, peak_memory  # noqa: E402
+from benchmarks.measure import autocast, peak_memory  # noqa: E402
 
 METRIC = {"multiclass": ("test/acc", "max"), "binary": ("test/auroc", "max"), "lm": ("test/loss", "min")}
 
@@ -47,13 +47,8 @@ class TestClock(L.Callback):
         self.train_seconds += time.perf_counter() - self.started
         self.datamodule.setup("test")
         pl_module.eval()
-        with torch.no_grad(), autocast(trainer.precision, pl_module.device):
-            for *inputs, targets in self.datamodule.test_dataloader():
-                pl_module._step((*inputs, targets), "test")
-        value = float(pl_module.losses["test_"].compute() if self.metric == "test/loss"
-                      else pl_module.metrics["test_"].compute()[self.metric.split("/")[1]])
-        pl_module.losses["test_"].reset()
-        pl_module.metrics["test_"].reset()
+        with autocast(trainer.precision, pl_module.device):
+            value = pl_module.score(self.datamodule.test_dataloader())[self.metric]
         pl_module.train()
         self.points.append((round(self.train_seconds, 2), round(value, 5)))
 

@@ -3,3 +3,8 @@
 
 class UserInputError(Exception):
     """Bad user input (missing file, wrong column, corrupt data): train.py prints it as one line."""
+
+
+def class_names(datamodule, num_classes: int) -> list[str]:
+    """The names a DataModule gives its classes (`classes`, e.g. Fashion-MNIST's "T-shirt/top"), else "0", "1", ..."""
+    return [str(name) for name in getattr(datamodule, "classes", range(num_classes))]

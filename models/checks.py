@@ -15,10 +15,20 @@ from hydra.utils import get_object as hydra_get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError
-from models.recipe import epoch_metric_names
-from models.runs import flatten
+from models.recipe import OPTIMIZERS, SCHEDULERS, epoch_metric_names, make_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config as the dotted keys of the command line."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class WholeSweepError(UserInputError):
@@ -210,8 +220,6 @@ def check_run_settings(cfg: DictConfig) -> None:
 def check_optimization(cfg: DictConfig) -> None:
     """optimizer.* and scheduler.*: the names, and the optimizer built once on a stand-in parameter, so a bad
     setting (`optimizer.betas=[0.9]`, `scheduler.pct_start=1.5`) is one line before the data is read."""
-    from models.recipe import OPTIMIZERS, SCHEDULERS
-
     optimizer, scheduler = cfg.get("optimizer"), cfg.get("scheduler")
     if optimizer is not None:
         if optimizer.get("name") not in OPTIMIZERS:
@@ -226,11 +234,7 @@ def check_optimization(cfg: DictConfig) -> None:
         if "alpha" in options:  # RMSprop's decay of the squared-gradient average
             check_number("optimizer.alpha", options["alpha"], 0, 1, most_inclusive=False)
         lr = cfg.model.lr if isinstance(cfg.model.get("lr"), (int, float)) else 1e-3
-        try:
-            OPTIMIZERS[optimizer.name]([torch.zeros(1, requires_grad=True)], lr=lr, **options)
-        except (TypeError, ValueError, IndexError, RuntimeError) as err:
-            settings = ", ".join(f"optimizer.{k}={v}" for k, v in options.items())
-            raise UserInputError(f"optimizer={optimizer.name} ({settings}): {err}") from err
+        make_optimizer([torch.zeros(1, requires_grad=True)], optimizer.name, lr, options)
     if scheduler is None:
         return
     name = scheduler.get("name")

@@ -23,6 +23,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from data import class_names
+
 
 # -- figures ------------------------------------------------------------------------------------------
 def confusion_matrix_figure(confusion: np.ndarray, classes: list[str], title: str = "confusion matrix") -> Figure:
@@ -272,7 +274,7 @@ class ResultFigures(Callback):
         if trainer.world_size > 1:  # every rank's counts
             confusion = trainer.strategy.reduce(confusion, reduce_op="sum")
         confusion = confusion.view(c, c).cpu().numpy()
-        classes = [str(name) for name in getattr(dm, "classes", range(c))]
+        classes = class_names(dm, c)
         self.results = {"confusion": confusion}
         figure = confusion_matrix_figure(confusion, classes, f"{stage} split")
         writer.add_figure(f"{stage}/confusion_matrix", figure, step)

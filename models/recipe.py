@@ -64,6 +64,26 @@ class WeightedMean(Metric):
         return self.total / self.count
 
 
+def make_optimizer(params, name: str, lr: float, options: dict) -> torch.optim.Optimizer:
+    """`optimizer=<name>` with its `optimizer.*` options; a setting torch refuses is one line naming them all."""
+    try:
+        return OPTIMIZERS[name](params, lr=lr, **options)
+    except (TypeError, ValueError, IndexError, RuntimeError) as err:  # e.g. nesterov with momentum 0
+        settings = ", ".join(f"optimizer.{k}={v}" for k, v in options.items())
+        raise UserInputError(f"optimizer={name} ({settings}): {err}") from err
+
+
+def decayed_parameters(net: nn.Module) -> list[nn.Parameter]:
+    # Weight matrices, conv kernels and embedding tables are regularized (decay and L1); biases and norm
+    # scales/shifts are not.
+    return [p for p in net.parameters() if p.ndim >= 2]
+
+
+def probabilities(logits: Tensor, task: str) -> Tensor:
+    """What the logits say as probabilities: (B,) of the positive class for binary, (B, C) for classes."""
+    return logits.reshape(-1).sigmoid() if task == "binary" else logits.softmax(-1)
+
+
 def epoch_metric_names(task: str, stage: str) -> list[str]:
     """What `Recipe` logs once per epoch for a stage, e.g. val/loss, val/auroc, val/acc: what a monitor can watch."""
     names = ["loss", *task_metrics(task, num_classes=2).keys(), *(("bpc", "perplexity") if task == "lm" else ())]
@@ -101,7 +121,7 @@ class Recipe(L.LightningModule):
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
 
-    def _loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean loss, plus (predictions, targets) flattened the way the metrics want them."""
         if self.hparams.task == "binary":
             logits = logits.reshape(-1)  # (B,) one logit per row
@@ -111,7 +131,7 @@ class Recipe(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         *inputs, targets = batch
-        loss, preds, flat_targets = self._loss(self.net(*inputs), targets)
+        loss, preds, flat_targets = self.loss(self.net(*inputs), targets)
         self.losses[f"{stage}_"].update(loss.detach(), flat_targets.numel())
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
         return loss
@@ -130,7 +150,7 @@ class Recipe(L.LightningModule):
         # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
         # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
         if self.hparams.l1:
-            loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in self._decayed_parameters())
+            loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in decayed_parameters(self.net))
         self._record_non_finite(loss)
         return loss
 
@@ -191,8 +211,7 @@ class Recipe(L.LightningModule):
         """A run resumed without a schedule trains at `model.lr` and the optimizer's configured momentum: the restored
         optimizer state holds where the checkpoint's schedule left them (one-cycle ends near lr 0 and cycles Adam's
         beta1), and no scheduler is left to change them."""
-        name, options = self._optimizer_settings()
-        fresh = OPTIMIZERS[name]([torch.zeros(1)], lr=self.hparams.lr, **options)  # the settings, resolved
+        fresh = make_optimizer([torch.zeros(1)], *self._optimizer_settings())  # the settings, resolved
         for group in self.optimizers().optimizer.param_groups:
             group.update({k: fresh.defaults[k] for k in ("lr", "betas", "momentum") if k in group})
 
@@ -220,17 +239,29 @@ class Recipe(L.LightningModule):
         return last_epoch and batch_idx + 1 >= trainer.num_training_batches
 
     # -- epoch metrics --------------------------------------------------------------------------
-    def _log_epoch(self, stage: str) -> None:
+    def _epoch_values(self, stage: str) -> dict[str, Tensor]:
+        """The stage's metrics over everything since the last call, e.g. {"val/loss": ..., "val/acc": ...}."""
         loss = self.losses[f"{stage}_"].compute()
         values = {f"{stage}/loss": loss, **{f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_"].compute().items()}}
         if self.hparams.task == "lm":  # loss is in nats per character
             values[f"{stage}/bpc"] = loss / math.log(2)
             values[f"{stage}/perplexity"] = loss.exp()
-        # torchmetrics' compute() has already reduced these over the DDP ranks: sync_dist only averages equal
-        # values (tells Lightning they are global); with one process it does nothing.
-        self.log_dict(values, prog_bar=stage != "train", sync_dist=True)
         self.losses[f"{stage}_"].reset()
         self.metrics[f"{stage}_"].reset()
+        return values
+
+    def _log_epoch(self, stage: str) -> None:
+        # torchmetrics' compute() has already reduced these over the DDP ranks: sync_dist only averages equal
+        # values (tells Lightning they are global); with one process it does nothing.
+        self.log_dict(self._epoch_values(stage), prog_bar=stage != "train", sync_dist=True)
+
+    @torch.no_grad()
+    def score(self, batches) -> dict[str, float]:
+        """The test/... metrics of `batches`, now, outside Trainer.test: benchmarks/time_to_accuracy.py scores the
+        test split between training epochs. Call in eval mode."""
+        for batch in batches:
+            self._step(batch, "test")
+        return {name: float(value) for name, value in self._epoch_values("test").items()}
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()
@@ -262,25 +293,16 @@ class Recipe(L.LightningModule):
                     torch.cuda.set_rng_state(state, device)  # the GPUs this machine has, if it has fewer
 
     # -- optimization ---------------------------------------------------------------------------
-    def _decayed_parameters(self) -> list[nn.Parameter]:
-        # Weight matrices, conv kernels and embedding tables are regularized (decay and L1); biases and norm
-        # scales/shifts are not.
-        return [p for p in self.net.parameters() if p.ndim >= 2]
-
-    def _optimizer_settings(self) -> tuple[str, dict]:
-        return self.hparams.optimizer["name"], {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+    def _optimizer_settings(self) -> tuple[str, float, dict]:
+        options = {k: v for k, v in self.hparams.optimizer.items() if k != "name"}
+        return self.hparams.optimizer["name"], self.hparams.lr, options
 
     def configure_optimizers(self):
-        decayed = self._decayed_parameters()
+        decayed = decayed_parameters(self.net)
         ids = {id(p) for p in decayed}
         groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
                   {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
-        name, options = self._optimizer_settings()
-        try:
-            optimizer = OPTIMIZERS[name](groups, lr=self.hparams.lr, **options)
-        except (TypeError, ValueError) as err:  # e.g. optimizer=sgd optimizer.momentum=0 with nesterov
-            settings = ", ".join(f"optimizer.{k}={v}" for k, v in options.items())
-            raise UserInputError(f"optimizer={name} ({settings}): {err}") from err
+        optimizer = make_optimizer(groups, *self._optimizer_settings())
         scheduler = self._scheduler(optimizer)
         if scheduler is None:
             return optimizer

@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, open_dict
 
 import train as train_module
-from models.recipe import load_recipe
+from models.recipe import decayed_parameters, load_recipe
 from models.runs import checkpoint_epoch, epoch_curves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def weights(run_dir: str | Path, checkpoint: str = "last") -> torch.Tensor:
     """Every conv kernel and linear weight as one vector: what L1 and L2 act on (not biases, not batch norm).
     `last`: the weights at the end of training, where the penalties have acted longest."""
     recipe = load_recipe(str(Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt"))
-    return torch.cat([p.detach().flatten() for p in recipe._decayed_parameters()])  # the recipe's own choice
+    return torch.cat([p.detach().flatten() for p in decayed_parameters(recipe.net)])  # the recipe's own choice
 
 
 def near_zero_fraction(w: torch.Tensor, threshold: float = 1e-3) -> float:

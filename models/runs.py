@@ -16,8 +16,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from data import UserInputError
-from models.recipe import PER_STEP
+from data import UserInputError, class_names
+from models.checks import check_data_settings, flatten
+from models.recipe import PER_STEP, load_recipe, probabilities
 
 # Config keys that differ between runs without being a choice: where files went, what to log.
 NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.")
@@ -116,16 +117,6 @@ def read_config(run: str | Path) -> dict:
     return load_checkpoint(best_checkpoint(run))["hyper_parameters"]["config"]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 # -- TensorBoard events -----------------------------------------------------------------------------------
 def scalars(run: str | Path) -> pd.DataFrame:
     """Every scalar TensorBoard holds for the run: columns tag, step, value (a resumed run: the newest value)."""
@@ -201,8 +192,7 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
             raise UserInputError(f"{key}: not a setting of this run's data ({config.get('_target_')}){hint}; "
                                  f"its settings: {', '.join(sorted(flatten(data_config)))}")
         OmegaConf.update(config, path, yaml.safe_load(value))
-    if overrides:  # the stored settings passed train.py's checks; changed ones pass them too (not a circular import)
-        from models.checks import check_data_settings
+    if overrides:  # the stored settings passed train.py's checks; changed ones pass them too
         check_data_settings(config)
     return instantiate_data(config)
 
@@ -262,8 +252,6 @@ def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] =
 @torch.no_grad()
 def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The checkpoint's predictions on a whole split: inputs, targets, probabilities (N, C) or (N,), classes."""
-    from models.recipe import load_recipe
-
     if split not in ("val", "test"):
         raise ValueError(f"split={split!r}; choose val or test")
     recipe = load_recipe(str(ckpt_path)).eval()
@@ -276,12 +264,12 @@ def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[st
     inputs, targets, probs = [], [], []
     for *x, y in batches:
         logits = recipe(*x).float()
-        probs.append(logits.reshape(-1).sigmoid() if task == "binary" else logits.softmax(-1))
+        probs.append(probabilities(logits, task))
         inputs.append(x[0])
         targets.append(y)
     num_classes = recipe.hparams.net_kwargs.get("num_classes", 2)
     return {"task": task, "inputs": torch.cat(inputs), "targets": torch.cat(targets), "probs": torch.cat(probs),
-            "classes": [str(c) for c in getattr(datamodule, "classes", range(num_classes))],
+            "classes": class_names(datamodule, num_classes),
             "mean": getattr(datamodule, "mean", None), "std": getattr(datamodule, "std", None)}
 
 

@@ -52,7 +52,7 @@ def test_overfits_one_batch():
     numeric, categorical, targets = torch.randn(32, 4), torch.randint(0, 10, (32, 2)), torch.randint(0, 2, (32,))
     optimizer, losses = torch.optim.Adam(net.parameters(), lr=1e-2), []
     for _ in range(30):
-        loss = recipe._loss(net(numeric, categorical), targets)[0]
+        loss = recipe.loss(net(numeric, categorical), targets)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -76,7 +76,7 @@ def test_overfits_one_batch(task):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        loss = recipe._loss(net(inputs), targets)[0]
+        loss = recipe.loss(net(inputs), targets)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -58,7 +58,7 @@ def test_overfits_one_batch(name):
     *inputs, targets = batch
     losses = []
     for _ in range(60):
-        loss = recipe._loss(net(*inputs), targets)[0]
+        loss = recipe.loss(net(*inputs), targets)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

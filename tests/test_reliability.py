@@ -125,13 +125,13 @@ def test_same_seed_same_metrics(mnist_dir, tmp_path):
     ["callbacks.step_checkpoint=null", "+trainer.val_check_interval=5"],       # checkpoints after each validation
 ])
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(saving, mnist_dir, tmp_path, monkeypatch):
-    loss = Recipe._loss
+    loss = Recipe.loss
 
     def poisoned(self, logits, targets):
         value, preds, flat = loss(self, logits, targets)
         return (value * float("nan") if self.trainer.global_step >= 7 else value), preds, flat
 
-    monkeypatch.setattr(Recipe, "_loss", poisoned)
+    monkeypatch.setattr(Recipe, "loss", poisoned)
     cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3", *saving)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 7 \(epoch 0, batch 7\)"):
         train_module.train(cfg)
@@ -169,13 +169,13 @@ def test_a_moved_run_directory_keeps_its_best_checkpoint_record_on_resume(tmp_pa
 def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp_path, monkeypatch):
     fixed = ["callbacks.step_checkpoint=null", "callbacks.early_stopping=null", "scheduler=none"]
     train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=1"))  # 15 steps
-    loss = Recipe._loss
+    loss = Recipe.loss
 
     def poisoned(self, logits, targets):
         value, preds, flat = loss(self, logits, targets)
         return (value * float("nan") if self.trainer.global_step >= 20 else value), preds, flat
 
-    monkeypatch.setattr(Recipe, "_loss", poisoned)
+    monkeypatch.setattr(Recipe, "loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 20 \(epoch 1, batch 5\)"):
         train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=2", "ckpt_path=last"))
 

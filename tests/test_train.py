@@ -252,8 +252,8 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
                       "trainer.limit_test_batches=2", "callbacks.progress_bar=null", "callbacks.model_summary=null",
                       "callbacks.result_figures=null", output_dir=tmp_path / "run")
     assert make_config(f"experiment={experiment}").trainer.precision == "bf16-mixed"  # on the GPU
-    dtypes, loss = [], Recipe._loss
-    monkeypatch.setattr(Recipe, "_loss", lambda self, logits, targets: dtypes.append(logits.dtype) or
+    dtypes, loss = [], Recipe.loss
+    monkeypatch.setattr(Recipe, "loss", lambda self, logits, targets: dtypes.append(logits.dtype) or
                         loss(self, logits, targets))
     metrics = train_module.train(cfg)
     assert metrics["steps"] == 2 and metrics["device"].startswith("cpu")
