@@ -8,11 +8,8 @@ change the data (the dataset moved; a larger eval batch); `trainer.KEY=VALUE` th
 Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
 """
 import json
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException

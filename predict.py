@@ -15,11 +15,8 @@ and encoders it fitted on the training split, which the checkpoint holds too: th
 DataModule that saves no state is set up on its training split instead, so that data must be readable then:
 `paths.data_dir=DIR` if it moved.)
 """
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd

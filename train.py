@@ -2,11 +2,9 @@
 
 `train(cfg)` is plain Python (the tests call it); `main` adds Hydra's CLI and one-line errors on top.
 """
-import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +13,6 @@ os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))  # con
 import hydra
 import lightning as L
 import torch
-from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -32,7 +29,7 @@ from models.cli import (check_overrides, config_kept_on_failure, distributed_arg
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
 from models.host import cheap_cuda_check, keep_freed_memory
 from models.recipe import NonFiniteLossError, Recipe
-from models.runs import NOT_CHOICES, instantiate_data, reference_metrics
+from models.runs import NOT_CHOICES, instantiate_data, prepare_data_once, reference_metrics
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -44,23 +41,13 @@ def device_name(trainer: L.Trainer) -> str:
     return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes (DDP)"
 
 
-def prepare_data_once(datamodule: L.LightningDataModule, data_dir: Path) -> None:
-    """Download or convert the data in one process of this machine at a time: every DDP rank (and every job of a
-    parallel sweep) builds the data, and two processes writing one download would corrupt it. The first does the
-    work under the lock; the others then find it done (prepare_data is a no-op on prepared data). The lock file
-    sits in the temporary folder, named after the data folder, which may not exist yet or be read-only."""
-    key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    with FileLock(str(Path(tempfile.gettempdir()) / f"redes-prepare-data-{key}.lock")):
-        datamodule.prepare_data()
-
-
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()  # before the first step's buffers: see models/host.py
     cheap_cuda_check()  # no GPU: torch.optim's check for one on every step, without NVML (models/host.py)
     datamodule = instantiate_data(cfg.data)  # its settings checked: one-line errors
-    prepare_data_once(datamodule, Path(cfg.paths.data_dir).expanduser())
+    prepare_data_once(datamodule)
     datamodule.setup("fit")
     return datamodule, build_recipe(cfg, datamodule)
 

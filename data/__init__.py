@@ -1,4 +1,8 @@
 """Datasets as LightningDataModules. Each one tells the model what it needs to know (`net_kwargs`)."""
+from pathlib import Path
+
+# Real Fashion-MNIST offline: the .gz IDX files of Debian's `dataset-fashion-mnist` (apt-get install -y ...).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 class UserInputError(Exception):

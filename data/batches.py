@@ -126,6 +126,13 @@ def data_device(trainer, on_device: bool) -> torch.device:
     return trainer.strategy.root_device if on_device and trainer else torch.device("cpu")
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """The shares of a table or text held out for validation and test: each some of it, and some left to train on."""
+    if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
+                             "each must be > 0 and together < 1")
+
+
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
     """A fixed random (train, val) split of range(n); `val_size` is a count or a fraction of n."""
     if isinstance(val_size, float) and not (0 < val_size < 1 or (val_size > 1 and val_size.is_integer())):

@@ -39,7 +39,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, data_device, loader_args
+from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
 from data.tabular import FLOAT32_PROBLEM, NumericScaler, parse, stable_hash, to_finite
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -304,9 +304,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
                  max_in_memory_gb: float = 4.0, block_rows: int = 256, chunk_rows: int = 100_000,
                  on_device: bool = True) -> None:
         super().__init__()
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
-                                 "each must be > 0 and together < 1")
+        check_fractions(val_fraction, test_fraction)
         self.path, self.cache_dir = Path(path).expanduser(), Path(cache_dir).expanduser()
         self.fractions, self.hash_buckets, self.chunk_rows = (val_fraction, test_fraction), hash_buckets, chunk_rows
         self.batch_size, self.eval_batch_size, self.block_rows = batch_size, eval_batch_size, block_rows

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
-from data import UserInputError
+from data import DEBIAN_FASHION_MNIST, UserInputError
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
 
 
 class _CIFAR10(datasets.CIFAR10):
@@ -31,7 +31,6 @@ class _CIFAR10(datasets.CIFAR10):
     meta = {**datasets.CIFAR10.meta, "md5": None}
 
 
-CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
 class Source(NamedTuple):
     dataset: type[datasets.VisionDataset]  # the torchvision class that reads (or downloads) the files
     subdir: str                            # where its files live under data_dir

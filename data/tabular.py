@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
+from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
 
 
 # Every cell as the text it is (a category "01" stays "01"); only an empty cell is missing: "NA", "None" or "null"
@@ -258,9 +258,7 @@ class CSVDataModule(TabularDataModule):
         if len(named) == 1:
             raise UserInputError("data.numeric_columns, data.categorical_columns and data.timestamp_columns are all "
                                  "empty: name the columns the model reads, e.g. 'data.numeric_columns=[age,income]'")
-        if not 0 < val_fraction + test_fraction < 1 or min(val_fraction, test_fraction) <= 0:
-            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
-                                 "each must be > 0 and together < 1")
+        check_fractions(val_fraction, test_fraction)
 
     def read(self) -> pd.DataFrame:
         """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import TensorBatches, data_device, loader_args
+from data.batches import TensorBatches, check_fractions, data_device, loader_args
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -147,9 +147,7 @@ class TextFileDataModule(CharDataModule):
     def __init__(self, path: str, url: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  **batching) -> None:
         super().__init__(**batching)
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise UserInputError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: "
-                                 "each must be > 0 and together < 1")
+        check_fractions(val_fraction, test_fraction)
         self.path, self.url = Path(path).expanduser(), url
         self.fractions = {"val": val_fraction, "test": test_fraction}
 

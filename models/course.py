@@ -9,13 +9,13 @@ import copy
 import gzip
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data import DEBIAN_FASHION_MNIST
 from models.lstm import open_forget_gates
 
 
@@ -290,17 +290,14 @@ def gradient_descent_line(x: Tensor, y: Tensor, lr: float = 0.1, steps: int = 20
 
 # ---- 5. Learning rate and optimizers -------------------------------------------------------------
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
 def load_fashion_mnist(n: int, split: str = "train") -> tuple[Tensor, Tensor]:
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; valid: 'train', 'test'")
     prefix = "train" if split == "train" else "t10k"
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as f:
+    with gzip.open(DEBIAN_FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
         f.read(16)  # IDX header: magic, count, rows, cols as big-endian int32
         pixels = np.frombuffer(f.read(n * 28 * 28), dtype=np.uint8)
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as f:
+    with gzip.open(DEBIAN_FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz") as f:
         f.read(8)  # magic, count
         labels = np.frombuffer(f.read(n), dtype=np.uint8)
     images = torch.tensor(pixels, dtype=torch.float32).view(n, 28 * 28) / 255  # (n, 784) in [0, 1]

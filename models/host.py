@@ -26,7 +26,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    no_mmap = mallopt(M_MMAP_MAX, 0)  # both settings, whatever the first answered; mallopt returns 1 on success
+    kept = mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    return bool(no_mmap and kept)
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"

@@ -129,12 +129,16 @@ def build(*, vocab_size: int | None = None, vocab: list[str] | None = None, num_
           hidden_size: int = 256, num_layers: int = 2, dropout: float = 0.1, tie_weights: bool = False,
           forget_bias: float | None = None) -> nn.Module:
     """The network the data asks for. `vocab` (the characters) only rides along in net_kwargs, so the checkpoint
-    can decode ids; the network needs its size."""
+    can decode ids; the network needs its size. embedding_dim and tie_weights are the language model's: a
+    classifier reads pixels, not ids (the shared config sets them for text)."""
+    lstm = dict(hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, forget_bias=forget_bias)
     if vocab_size is not None:
-        return CharLM(vocab_size, embedding_dim, hidden_size, num_layers, dropout, tie_weights, forget_bias)
+        return CharLM(vocab_size, embedding_dim=embedding_dim, tie_weights=tie_weights, **lstm)
     if num_classes is not None and image_size is not None:
-        return SequenceClassifier(in_channels * image_size[1], num_classes, hidden_size, num_layers, dropout,
-                                  forget_bias)
+        if tie_weights:
+            raise ValueError("tie_weights=true ties a language model's embedding to its head; an image classifier "
+                             "has no embedding: drop it")
+        return SequenceClassifier(in_channels * image_size[1], num_classes, **lstm)
     raise ValueError("the LSTM needs data that gives vocab_size (a text corpus: data=shakespeare|tinyshakespeare|text) "
                      "or num_classes and image_size (images read row by row: data=fashion_mnist_rows)")
 

@@ -6,12 +6,14 @@ data's net_kwargs), tensorboard/events.* and, when it came from the command line
 """
 import json
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 import yaml
+from filelock import FileLock
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -176,6 +178,16 @@ def instantiate_data(config: DictConfig):
         raise
 
 
+def prepare_data_once(datamodule) -> None:
+    """Download or convert the data in one process of this machine at a time: every DDP rank, every job of a
+    parallel sweep and an eval.py beside a training run build the data, and two processes writing one download
+    would corrupt it. The first does the work under the lock; the others then find it done (prepare_data is a no-op
+    on prepared data, so waiting costs nothing after the first run). One lock for the machine, in the temporary
+    folder: the data's folder may not exist yet or be read-only."""
+    with FileLock(str(Path(tempfile.gettempdir()) / "redes-prepare-data.lock")):
+        datamodule.prepare_data()
+
+
 def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):
     """The run's DataModule from its stored `data` config, not yet set up. `overrides`: `data.KEY=VALUE` or
     `paths.data_dir=DIR`."""
@@ -202,7 +214,7 @@ def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] =
     training split). `trained_on`, a loaded checkpoint: data unlike what its network learned from (overrides that
     point at another file with another alphabet or other categories, another image dataset) is refused."""
     datamodule = instantiate_datamodule(data_config, overrides)
-    datamodule.prepare_data()
+    prepare_data_once(datamodule)
     datamodule.setup("fit")
     if trained_on is not None:
         differences = (data_differences(trained_on["hyper_parameters"].get("net_kwargs", {}), datamodule.net_kwargs)

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from data import DEBIAN_FASHION_MNIST
 from models import course
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "concepts.ipynb"
 needs_fashion_mnist = pytest.mark.skipif(
-    not course.FASHION_MNIST_DIR.exists(), reason=f"Fashion-MNIST not found at {course.FASHION_MNIST_DIR}")
+    not DEBIAN_FASHION_MNIST.exists(), reason=f"Fashion-MNIST not found at {DEBIAN_FASHION_MNIST}")
 
 
 @pytest.fixture(autouse=True, scope="module")

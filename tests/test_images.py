@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from data import UserInputError
+from data import DEBIAN_FASHION_MNIST, UserInputError
 from data.batches import TensorBatches, split_indices
-from data.images import DEBIAN_FASHION_MNIST, ImageDataModule, random_affine
+from data.images import ImageDataModule, random_affine
 
 
 def test_mnist_loader_reads_idx_files(mnist_dir):

@@ -52,6 +52,8 @@ def test_shapes_and_the_data_picks_the_network():
     assert SequenceClassifier(3, 4, hidden_size=8)(torch.randn(2, 9, 3)).shape == (2, 4)
     with pytest.raises(ValueError, match="vocab_size"):
         build(in_channels=1)
+    with pytest.raises(ValueError, match="^tie_weights=true ties a language model's embedding"):
+        build(in_channels=1, num_classes=10, image_size=(28, 28), tie_weights=True)  # not silently ignored
 
 
 def test_weight_tying_shares_one_matrix_and_needs_equal_sizes():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from data.images import DEBIAN_FASHION_MNIST
+from data import DEBIAN_FASHION_MNIST
 from models import course, regularization
 from models.recipe import load_recipe
 

@@ -17,6 +17,7 @@ from data import UserInputError
 from data.batches import TensorBatches
 from models.checks import check_trainer_args
 from models.cli import SweepSummary, distributed_arguments
+from models.runs import prepare_data_once
 from tests.conftest import make_config
 from tests.cli_process import run_cli
 
@@ -200,15 +201,13 @@ def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
             time.sleep(0.3)
             spans.append((start, time.monotonic()))
 
-    ranks = [threading.Thread(target=train_module.prepare_data_once, args=(SlowData(), tmp_path / "datasets"))
-             for _ in range(3)]
+    ranks = [threading.Thread(target=prepare_data_once, args=(SlowData(),)) for _ in range(3)]
     for rank in ranks:
         rank.start()
     for rank in ranks:
         rank.join()
     spans.sort()
     assert len(spans) == 3 and all(one[1] <= next_[0] for one, next_ in zip(spans, spans[1:]))
-    assert not (tmp_path / "datasets").exists()  # the lock lives in the temporary folder, not in the data's
 
 
 @pytest.mark.parametrize("preset", ["hparams_search=dnn_optuna", "experiment=cnn_gpu", "experiment=lstm_gpu"])
