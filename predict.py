@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError, class_names
 from data.criteo import READ_TEXT, CriteoDataModule, read_tab_separated
-from data.tabular import READ_CSV
+from data.columns import READ_CSV
 from models.recipe import load_recipe, probabilities
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 

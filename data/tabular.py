@@ -1,11 +1,7 @@
 """Tables for the ad-click DNN: numeric and categorical columns and a 0/1 label, held whole on the training device.
 
-Features, fitted on the training split only:
-  numeric      signed log1p on heavy-tailed columns, then standardized; a missing value becomes 0 (the mean)
-               plus a 1 in that column's "was missing" indicator (only columns with missing training values get one)
-  categorical  per field: id 0 = missing; 1..V = the training values seen at least `min_count` times; then up
-               to `hash_buckets` buckets that every other value (rare in training, or never seen) is hashed into.
-               Rare training values train those buckets, so an unseen value lands on a trained embedding.
+Features are fitted on the training split only (data/columns.py: numeric columns standardized with missing-value
+indicators, categorical ones as ids with hashed buckets for rare and unseen values).
 The encoded table is three tensors, (numeric float32 (N, n), categorical int64 (N, F), labels int64 (N,)),
 moved to the device once and served as index slices (`TensorBatches`).
 
@@ -16,7 +12,6 @@ DataModules (the `data=` choices):
   CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
 import csv
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -27,123 +22,7 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-
-
-# Every cell as the text it is (a category "01" stays "01"); only an empty cell is missing: "NA", "None" or "null"
-# can be real values (a country code, a name), which pandas' default would silently turn into missing ones.
-READ_CSV = dict(dtype=str, skipinitialspace=True, keep_default_na=False, na_values=[""])
-
-
-def stable_hash(values: np.ndarray) -> np.ndarray:
-    """Values -> int64 in [1, 2**31 - 1), the same in every process (unlike Python's salted `hash`)."""
-    return (pd.util.hash_array(np.asarray(values, dtype=object)) % np.uint64(2**31 - 2)).astype(np.int64) + 1
-
-
-def signed_log1p(x: Tensor) -> Tensor:
-    return x.sign() * x.abs().log1p()  # counts and money: 0 -> 0, 1e6 -> 13.8; negatives mirrored
-
-
-class NumericScaler:
-    """(B, n) raw numbers with NaN for missing -> (B, n + m) standardized features and m missing-indicators."""
-
-    def __init__(self, log: Tensor) -> None:
-        self.log = log  # (n,) bool: which columns get signed_log1p
-        zeros = torch.zeros(len(log), dtype=torch.float64)
-        self.count, self.sum, self.sumsq = zeros.clone(), zeros.clone(), zeros.clone()
-
-    def _logged(self, x: Tensor) -> Tensor:
-        return torch.where(self.log, signed_log1p(x), x)
-
-    def update(self, x: Tensor) -> "NumericScaler":  # one chunk of training rows at a time: bounded memory
-        x = self._logged(x.double())
-        seen = ~x.isnan()
-        self.count += seen.sum(0)
-        self.sum += torch.where(seen, x, 0).sum(0)
-        self.sumsq += torch.where(seen, x * x, 0).sum(0)
-        self.rows = getattr(self, "rows", 0) + len(x)
-        return self
-
-    def finish(self) -> "NumericScaler":
-        n = self.count.clamp(min=1)
-        self.mean = (self.sum / n).float()
-        std = (self.sumsq / n - (self.sum / n) ** 2).clamp(min=0).sqrt().float()
-        self.std = torch.where(std > 1e-12, std, 1.0)  # a constant column stays 0 instead of dividing by 0
-        self.indicated = self.count < self.rows        # (n,) columns with missing training values get an indicator
-        return self
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name) for name in ("log", "mean", "std", "indicated")}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "NumericScaler":
-        scaler = cls(state["log"])
-        scaler.mean, scaler.std, scaler.indicated = state["mean"], state["std"], state["indicated"]
-        return scaler
-
-    def to(self, device: torch.device) -> "NumericScaler":
-        for name in ("log", "mean", "std", "indicated"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    @property
-    def indicated(self) -> Tensor:
-        return self._indicated
-
-    @indicated.setter
-    def indicated(self, mask: Tensor) -> None:
-        # Also as indices, found once: indexing with a boolean mask makes a GPU count its True values, a host
-        # sync on every batch.
-        self._indicated, self.indicated_ids = mask, mask.nonzero().squeeze(1)  # (n,) bool, (m,) long
-
-    @property
-    def width(self) -> int:
-        return len(self.log) + int(self.indicated.sum())
-
-    def __call__(self, x: Tensor) -> Tensor:
-        z = (self._logged(x.float()) - self.mean) / self.std  # (B, n)
-        missing = z.isnan()
-        indicators = missing.index_select(1, self.indicated_ids)  # (B, m)
-        return torch.cat([torch.where(missing, 0.0, z), indicators.float()], dim=1)  # (B, n + m)
-
-
-class CategoryIds:
-    """Per categorical field, values -> ids: 0 missing, 1..V frequent training values, V+1.. hashed buckets."""
-
-    def __init__(self, vocab: dict[str, list[str]], buckets: dict[str, int]) -> None:
-        self.vocab = {name: pd.Index(values, dtype=object) for name, values in vocab.items()}  # field -> sorted levels
-        self.buckets = dict(buckets)  # field -> number of hashed buckets
-
-    @classmethod
-    def fit(cls, train: pd.DataFrame, min_count: int, hash_buckets: int) -> "CategoryIds":
-        vocab, buckets = {}, {}
-        for name, column in train.items():
-            counts = as_strings(column).value_counts()
-            vocab[name] = sorted(counts.index[counts >= min_count])
-            rare = int((counts < min_count).sum())  # no more buckets than there are rare values to fill them
-            buckets[name] = max(1, min(hash_buckets, rare))
-        return cls(vocab, buckets)
-
-    def state_dict(self) -> dict:
-        return {"vocab": {name: list(values) for name, values in self.vocab.items()}, "buckets": self.buckets}
-
-    @property
-    def cardinalities(self) -> list[int]:
-        return [1 + len(self.vocab[f]) + self.buckets[f] for f in self.vocab]
-
-    def __call__(self, frame: pd.DataFrame) -> Tensor:
-        fields = []
-        for name, vocab in self.vocab.items():
-            values = as_strings(frame[name])
-            known = vocab.get_indexer(values)  # -1 where not in the vocabulary
-            hashed = len(vocab) + 1 + stable_hash(values.to_numpy()) % self.buckets[name]
-            fields.append(np.where(values.isna(), 0, np.where(known >= 0, known + 1, hashed)))
-        return torch.as_tensor(np.stack(fields, axis=1) if fields else np.zeros((len(frame), 0)), dtype=torch.long)
-
-
-def as_strings(column: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
-        column = column.astype("Int64")  # 3.0 and 3 are the same level
-    return column.astype(str).where(column.notna())
+from data.columns import FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, parse, to_datetime, to_finite
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -313,45 +192,3 @@ class CSVDataModule(TabularDataModule):
                 raise UserInputError(f"data.path={self.path}: the {split} split's {len(rows[split])} rows all have "
                                      f"one label: give more rows, or a larger data.val_fraction/test_fraction")
         return [frame.iloc[rows[s].numpy()] for s in splits]
-
-
-def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: str) -> pd.Series:
-    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse."""
-    parsed = parser(column)
-    if bad := np.flatnonzero(column.notna().to_numpy() & parsed.isna().to_numpy()).tolist():
-        raise UserInputError(f"{where}, column {name!r}, row {bad[0] + 1} (line {bad[0] + 2}): {column.iloc[bad[0]]!r} "
-                             f"{problem}; {fix}")
-    return parsed
-
-
-FLOAT32_PROBLEM = "is not a finite number within float32's ±3.4e38"  # what to_finite refuses
-
-
-def to_finite(column: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(column, errors="coerce")
-    with np.errstate(over="ignore"):  # the network reads float32: 1e39 would become inf there
-        finite = np.isfinite(numbers.to_numpy(np.float64).astype(np.float32))
-    return numbers.where(finite)  # "inf" or "1e39" is no more usable than "abc"
-
-
-def to_datetime(column: pd.Series) -> pd.Series:
-    """Date-times as naive local times: each value's hour and weekday are those written, whatever its UTC offset."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            stamps = pd.to_datetime(column, errors="coerce")
-        if pd.api.types.is_datetime64_any_dtype(stamps):
-            return stamps
-    except ValueError:
-        pass
-    # Offsets that differ between rows (a daylight-saving change): pandas 3 refuses to mix them, pandas 2 gives
-    # plain objects. Each value is read on its own.
-    return pd.to_datetime(column.map(local_time))
-
-
-def local_time(value) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        return pd.NaT
-    return stamp.tz_localize(None) if stamp is not pd.NaT and stamp.tzinfo else stamp

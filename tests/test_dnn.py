@@ -18,8 +18,10 @@ import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
+from data.columns import READ_CSV
 from data.criteo import CriteoDataModule, prepare
-from data.tabular import READ_CSV, CSVDataModule
+from data.npy import NpyRows
+from data.tabular import CSVDataModule
 from models import runs
 from models.dnn import ClickMLP
 from models.recipe import Recipe, load_recipe
@@ -267,7 +269,7 @@ def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monk
 def test_npy_rows_reads_what_numpy_saved(tmp_path):
     array = np.arange(300, dtype=np.float32).reshape(100, 3)
     np.save(tmp_path / "a.npy", array)
-    rows = pickle.loads(pickle.dumps(criteo.NpyRows(tmp_path / "a.npy")))  # as a DDP rank or a worker gets it
+    rows = pickle.loads(pickle.dumps(NpyRows(tmp_path / "a.npy")))  # as a DDP rank or a worker gets it
     assert len(rows) == 100 and np.array_equal(rows.read(10, 20), array[10:20])
     blocks = rows.read_blocks(np.array([90, 0, 40]), 8, stop=95)  # the first block stops at `stop`
     assert np.array_equal(blocks, array[[*range(90, 95), *range(0, 8), *range(40, 48)]])
@@ -283,7 +285,7 @@ def test_npy_rows_reads_on_after_a_short_read(tmp_path, monkeypatch):
     np.save(tmp_path / "a.npy", array)
     preadv = os.preadv
     monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: preadv(fd, [buffers[0][:7]], offset))
-    assert np.array_equal(criteo.NpyRows(tmp_path / "a.npy").read_blocks(np.array([50, 3]), 20, stop=100),
+    assert np.array_equal(NpyRows(tmp_path / "a.npy").read_blocks(np.array([50, 3]), 20, stop=100),
                           array[[*range(50, 70), *range(3, 23)]])
 
 
