@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -127,7 +128,7 @@ def train(cfg: DictConfig) -> dict:
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
+        "stopped_early": bool(stopper and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED),
         "train_seconds": round(recipe.seconds_before + time.perf_counter() - start, 2),  # all segments of a resumed run
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),

@@ -29,10 +29,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except after a resume from a run directory that was moved or copied: Lightning
-    then forgets the best score (its saved folder differs from this one), and the next epoch, however bad,
-    overwrites best.ckpt. Here the saved paths are re-rooted in this run's checkpoint folder when the best
-    checkpoint is there (a resume from another run's checkpoint starts its own record, as Lightning's does)."""
+    """Lightning's ModelCheckpoint, with two changes for resuming.
+    - After a resume from a run directory that was moved or copied, Lightning forgets the best score (its saved
+      folder differs from this one), and the next epoch, however bad, overwrites best.ckpt. Here the saved paths
+      are re-rooted in this run's checkpoint folder when the best checkpoint is there (a resume from another run's
+      checkpoint starts its own record, as Lightning's does).
+    - Every N steps, no checkpoint on a step that a validation follows (an epoch's last, or a val_check_interval's):
+      a resume from it would start after that validation, so its best checkpoint and early-stopping check would
+      never happen. The checkpoint written after the validation has that step, and the validation's outcome."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._every_n_train_steps and validates_next(trainer):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _generate_state_key(self, **kwargs) -> str:
         # Saved under ModelCheckpoint's own key: checkpoints written by either class resume with either.
@@ -50,6 +59,14 @@ class RunCheckpoint(ModelCheckpoint):
                                  ("best_model_path", "kth_best_model_path", "last_model_path")},
                               "best_k_models": {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
+
+
+def validates_next(trainer) -> bool:
+    """Whether a validation runs right after this training batch: Lightning's own test (it also covers
+    check_val_every_n_epoch and a validation that is off), or the step budget's last step (the recipe asks for a
+    final validation there, after the callbacks' turn)."""
+    return (trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+            or 0 < trainer.max_steps <= trainer.global_step)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) -> str | None:

@@ -15,7 +15,7 @@ from hydra.utils import get_object as hydra_get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError
-from models.recipe import OPTIMIZERS, SCHEDULERS, epoch_metric_names, make_optimizer
+from models.recipe import OPTIMIZERS, SCHEDULERS, epoch_metric_names, make_optimizer, metric_mode
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -43,6 +43,15 @@ def check_monitor(monitor: DictConfig, task: str) -> None:
                               f"choose one of {', '.join(names)}")
     if monitor.mode not in ("min", "max"):
         raise WholeSweepError(f"monitor.mode={monitor.mode} is not a mode; choose min or max")
+    check_mode("monitor.metric", monitor.metric, "monitor.mode", monitor.mode)
+
+
+def check_mode(metric_key: str, metric: str, mode_key: str, mode: str) -> None:
+    """A data config sets `monitor.mode` for its own metric (max for val/acc): changing only the metric
+    (`monitor.metric=val/loss`) would keep the epoch with the highest loss and stop on its improvements."""
+    if mode in ("min", "max") and mode != metric_mode(metric):
+        raise WholeSweepError(f"{metric_key}={metric} is better when {'lower' if mode == 'max' else 'higher'}, but "
+                              f"{mode_key}={mode} would keep its worst epoch: add {mode_key}={metric_mode(metric)}")
 
 
 def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
@@ -54,6 +63,8 @@ def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
         if metric is not None and metric not in names:  # an interpolation resolves to monitor.metric: checked
             raise WholeSweepError(f"callbacks.{name}.monitor={metric} is not a metric this {task} run logs; "
                                   f"choose one of {', '.join(names)}")
+        if metric is not None and node.get("mode") is not None:
+            check_mode(f"callbacks.{name}.monitor", metric, f"callbacks.{name}.mode", node.mode)
 
 
 def get_object(target: str):

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
@@ -82,6 +83,11 @@ def decayed_parameters(net: nn.Module) -> list[nn.Parameter]:
 def probabilities(logits: Tensor, task: str) -> Tensor:
     """What the logits say as probabilities: (B,) of the positive class for binary, (B, C) for classes."""
     return logits.reshape(-1).sigmoid() if task == "binary" else logits.softmax(-1)
+
+
+def metric_mode(metric: str) -> str:
+    """"min" for what should fall (val/loss, val/bpc, val/perplexity), "max" for what should rise (acc, auroc)."""
+    return "min" if metric.split("/")[-1] in ("loss", "bpc", "perplexity") else "max"
 
 
 def epoch_metric_names(task: str, stage: str) -> list[str]:
@@ -203,8 +209,8 @@ class Recipe(L.LightningModule):
         if self.trainer.ckpt_path and self.hparams.scheduler["name"] == "none":
             self._reset_lr_and_momentum_to_config()
         stopper = self.trainer.early_stopping_callback
-        if stopper is not None and stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience:
-            # resumed after early stopping (its patience is restored too): no more epochs
+        if stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            # resumed after early stopping (patience run out, or a threshold met, in any epoch): no more epochs
             self.trainer.should_stop = True
 
     def _reset_lr_and_momentum_to_config(self) -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -95,6 +96,42 @@ def test_resume_from_an_epoch_end_checkpoint_matches_an_uninterrupted_run(budget
     assert {k: resumed[k] for k in COMPARED} == pytest.approx({k: expected[k] for k in COMPARED}, abs=1e-6)
     assert resumed["train_seconds"] > first["train_seconds"]  # both segments' training time
     assert_same_final_weights(tmp_path / "broken", tmp_path / "whole")
+
+
+class SaveProbe(L.Callback):
+    """Appends a line "global_step validations_finished" to `path` at every checkpoint save. (Hydra imports this
+    as tests.test_reliability, pytest as test_reliability: two classes, so a file rather than a class attribute.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.validations = path, 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations += not trainer.sanity_checking
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {self.validations}\n")
+
+
+def probed_saves(mnist_dir, out, *overrides) -> list[tuple[int, int]]:
+    log = out / "saves.txt"
+    train_module.train(mnist_config(mnist_dir, out, "callbacks.early_stopping=null", *overrides,
+                                    "+callbacks.probe._target_=tests.test_reliability.SaveProbe",
+                                    f"+callbacks.probe.path={log}"))
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
+def test_no_step_checkpoint_is_written_before_the_validation_that_follows_it(mnist_dir, tmp_path):
+    # 15 steps an epoch and last.ckpt every 15 steps: Lightning would save at each epoch's last step, before that
+    # epoch's validation, and a run killed during the validation would resume after it, never validating epoch 1.
+    saves = probed_saves(mnist_dir, tmp_path / "a", "trainer.max_epochs=2",
+                         "callbacks.step_checkpoint.every_n_train_steps=15")
+    assert {step for step, _ in saves} == {15, 30}
+    assert all(validations == step // 15 for step, validations in saves), saves
+    # Steps that no validation follows are saved as before.
+    saves = probed_saves(mnist_dir, tmp_path / "b", "trainer.max_epochs=1",
+                         "callbacks.step_checkpoint.every_n_train_steps=4")
+    assert [step for step, validations in saves if validations == 0] == [4, 8, 12]
 
 
 def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(mnist_dir, tmp_path):
@@ -303,6 +340,11 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["model=dnn", "callbacks.early_stopping.monitor=val/foo"],
      "error: callbacks.early_stopping.monitor=val/foo is not a metric this binary run logs; choose one of val/loss"),
     (["callbacks.early_stopping.mode=maxx"], "error: callbacks.early_stopping: `mode` can be min, max, got maxx"),
+    (["model=dnn", "monitor.metric=val/loss"],  # clicks.yaml's mode is max, for val/auroc: the worst epoch would win
+     "error: monitor.metric=val/loss is better when lower, but monitor.mode=max would keep its worst epoch: add "
+     "monitor.mode=min"),
+    (["callbacks.early_stopping.monitor=val/loss"],
+     "error: callbacks.early_stopping.monitor=val/loss is better when lower, but callbacks.early_stopping.mode=max"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],

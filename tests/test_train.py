@@ -86,6 +86,16 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], metrics["steps"])
 
 
+def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnist_dir, tmp_path):
+    # A threshold met at once (any val/acc >= 0) stops after epoch 0, where Lightning's stopped_epoch stays 0.
+    stop_at_once = ["trainer.max_epochs=5", "+callbacks.early_stopping.stopping_threshold=0.0"]
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_at_once))
+    assert metrics["stopped_early"] and metrics["epochs"] == 1
+    (tmp_path / "metrics.json").unlink()
+    again = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_at_once, "ckpt_path=last"))
+    assert again["stopped_early"] and (again["epochs"], again["steps"]) == (1, metrics["steps"])
+
+
 def test_eval_scores_as_much_of_the_test_split_as_the_run_did(mnist_dir, tmp_path):
     # debug=fast or trainer.limit_test_batches score part of the test split; eval.py reproduces that figure, and
     # scores the whole split when asked.
