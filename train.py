@@ -12,91 +12,22 @@ os.environ.setdefault("REDES_ROOT", str(Path(__file__).resolve().parent))  # con
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from hydra.utils import get_class
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
+from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import (WholeSweepError, check_callback_monitors, check_model_reads_data, check_monitor,
-                           check_settings, check_single_process_sweep, flatten)
+                           check_settings, flatten)
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
-from models.host import cheap_cuda_check, keep_freed_memory
-from models.recipe import NonFiniteLossError, Recipe
-from models.runs import NOT_CHOICES, instantiate_data, prepare_data_once, reference_metrics
-
-
-def device_name(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        name = f"cuda ({torch.cuda.get_device_name(device)})"
-    else:
-        name = f"cpu ({torch.get_num_threads()} threads)"
-    return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes (DDP)"
-
-
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
-    """The data, then the network sized by the data (`net_kwargs`), inside the shared recipe."""
-    if cfg.get("keep_freed_memory", True):
-        keep_freed_memory()  # before the first step's buffers: see models/host.py
-    cheap_cuda_check()  # no GPU: torch.optim's check for one on every step, without NVML (models/host.py)
-    datamodule = instantiate_data(cfg.data)  # its settings checked: one-line errors
-    prepare_data_once(datamodule)
-    datamodule.setup("fit")
-    return datamodule, build_recipe(cfg, datamodule)
-
-
-def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
-    """A fresh network (from the current RNG state) for data that is set up, inside the shared recipe."""
-    try:
-        net = instantiate(cfg.model.net)(**datamodule.net_kwargs)
-    except ValueError as err:  # the network refuses its settings (activation=gelu, tie_weights with other sizes)
-        raise UserInputError(f"model.net: {err}") from err
-    except TypeError as err:
-        if "unexpected keyword argument" not in str(err):  # model.net.widths=5: a value of the wrong kind
-            raise UserInputError(f"model.net: a setting of the wrong kind ({err}); see configs/model/") from err
-        # A setting for another network, e.g. data=fashion_mnist_rows sizes the LSTM.
-        raise UserInputError(f"model.net: {err} (set by the data's config or the command line "
-                             "for another model: pick the model it was meant for, or drop the setting)") from err
-    if cfg.model.compile:
-        net.compile()
-    return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
-                  l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
-                  scheduler=OmegaConf.to_container(cfg.scheduler),
-                  net_kwargs=datamodule.net_kwargs,
-                  channels_last=cfg.model.get("channels_last", False),
-                  config=OmegaConf.to_container(cfg, resolve=True))
-
-
-def instantiate_setting(key: str, node: DictConfig):
-    """A callback or the logger; one that refuses its settings (EarlyStopping(mode="maxx")) is a one-line error."""
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        raise UserInputError(f"{key}: {err.__cause__ or err}") from err
-
-
-def make_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger."""
-    logger = instantiate_setting("logger", cfg.logger) if cfg.get("logger") else False
-    # `callbacks.x=null` drops one
-    callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
-    if not logger:  # `~logger`: nowhere to write learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    try:
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
-        raise UserInputError(f"trainer: {err.__cause__ or err}; check trainer.accelerator, trainer.devices, "
-                             "trainer.precision (trainer=cpu runs anywhere)") from err
-    check_single_process_sweep(trainer)
-    return trainer
+from models.recipe import NonFiniteLossError
+from models.runs import NOT_CHOICES, reference_metrics
 
 
 def train(cfg: DictConfig) -> dict:

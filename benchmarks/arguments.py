@@ -5,6 +5,7 @@ lstm_windows.py and criteo_prepare.py take argparse flags, whose values `at_leas
 """
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ def train_config(overrides: list[str]) -> DictConfig:
     """train.py's config for these overrides, checked first as train.py checks them (an unknown choice, a misspelt
     key, a bad value: one line)."""
     check_overrides(overrides)
+    os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
 

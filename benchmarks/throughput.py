@@ -21,7 +21,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-import train as project  # noqa: E402
+from models import assemble  # noqa: E402
 from benchmarks.arguments import run, split_options, train_config, whole_option  # noqa: E402
 from benchmarks.measure import autocast, peak_memory, sync  # noqa: E402
 from models.recipe import decayed_parameters  # noqa: E402
@@ -86,7 +86,7 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
 def lightning_run(cfg, datamodule, steps: int, warmup: int):
     """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer)."""
     L.seed_everything(cfg.seed)
-    recipe, clock = project.build_recipe(cfg, datamodule), Clock(warmup)
+    recipe, clock = assemble.build_recipe(cfg, datamodule), Clock(warmup)
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock], plugins=None)
@@ -97,7 +97,7 @@ def lightning_run(cfg, datamodule, steps: int, warmup: int):
 def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     """The same fresh network (same seed) through the hand-written loop; its timed seconds."""
     L.seed_everything(cfg.seed)
-    plain = project.build_recipe(cfg, datamodule)
+    plain = assemble.build_recipe(cfg, datamodule)
     plain.trainer = trainer  # only for configure_optimizers' schedule length
     plain.to(trainer.strategy.root_device)
     if cfg.model.get("channels_last"):
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     repeats = whole_option(options, "repeats", 3, least=1)
     cfg = train_config(overrides)
     L.seed_everything(cfg.seed)
-    datamodule, _ = project.build(cfg)  # the data once; every run below gets a fresh network
+    datamodule, _ = assemble.build(cfg)  # the data once; every run below gets a fresh network
     seconds = {"lightning": [], "plain": []}
     peak_gpu_mb = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
         return round(steps * per_step / s, 1)
 
     result = {
-        "model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
+        "model": cfg.model.net._target_, "data": cfg.data._target_, "device": assemble.device_name(trainer),
         "torch": torch.__version__, "lightning": L.__version__, "precision": str(cfg.trainer.precision),
         "batch_size": batch, "steps": steps, "repeats": repeats,
         # The best of the repeats (the least disturbed run, as timeit reports), and every run's figure.

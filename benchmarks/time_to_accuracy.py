@@ -24,7 +24,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-import train as project  # noqa: E402
+from models import assemble  # noqa: E402
 from benchmarks.arguments import number_list, run, split_options, train_config, whole_option  # noqa: E402
 from benchmarks.measure import autocast, peak_memory  # noqa: E402
 
@@ -61,7 +61,7 @@ def warm_up(cfg, datamodule, steps: int) -> float:
     trainer = instantiate(cfg.trainer, max_steps=steps, max_epochs=-1, limit_val_batches=2, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           callbacks=[], plugins=None)
-    trainer.fit(project.build_recipe(cfg, datamodule), datamodule=datamodule)
+    trainer.fit(assemble.build_recipe(cfg, datamodule), datamodule=datamodule)
     return round(time.perf_counter() - start, 2)
 
 
@@ -70,10 +70,10 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     targets, warmup = number_list(options, "targets"), whole_option(options, "warmup", 0, least=0)
     cfg = train_config(overrides)
     L.seed_everything(cfg.seed)
-    datamodule, _ = project.build(cfg)
+    datamodule, _ = assemble.build(cfg)
     warmup_seconds = warm_up(cfg, datamodule, warmup) if warmup else 0.0
     L.seed_everything(cfg.seed)  # the timed network is the one a run without warm-up trains
-    recipe = project.build_recipe(cfg, datamodule)
+    recipe = assemble.build_recipe(cfg, datamodule)
     metric, mode = METRIC[datamodule.task]
     clock = TestClock(datamodule, metric)
     callbacks = [instantiate(c) for name, c in cfg.callbacks.items() if c and name in ("early_stopping",)]
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     trainer.fit(recipe, datamodule=datamodule)
     better = (lambda v, t: v >= t) if mode == "max" else (lambda v, t: v <= t)
     reached = {str(t): next((s for s, v in clock.points if better(v, t)), None) for t in targets}
-    result = {"model": cfg.model.net._target_, "data": cfg.data._target_, "device": project.device_name(trainer),
+    result = {"model": cfg.model.net._target_, "data": cfg.data._target_, "device": assemble.device_name(trainer),
               "torch": torch.__version__, "metric": metric, "seconds_to_target": reached,
               "curve": clock.points, "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "overrides": overrides,
               **peak_memory()}

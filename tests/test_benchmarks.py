@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import train as project
+from models import assemble
 from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
 from conftest import ROOT, make_config
@@ -73,15 +73,15 @@ def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(overrides, mo
     text.write_text("To be, or not to be, that is the question.\n" * 40)
     cfg = make_config(*(o.format(text=text) for o in overrides), "model.net.dropout=0",
                       "paths.output_dir=/tmp/redes-benchmark")
-    datamodule, _ = project.build(cfg)
-    built, build_recipe = [], project.build_recipe  # each path's recipe, and its weights before training
+    datamodule, _ = assemble.build(cfg)
+    built, build_recipe = [], assemble.build_recipe  # each path's recipe, and its weights before training
 
     def recording(*args):
         recipe = build_recipe(*args)
         built.append((recipe, copy.deepcopy(recipe.net.state_dict())))
         return recipe
 
-    monkeypatch.setattr(project, "build_recipe", recording)
+    monkeypatch.setattr(assemble, "build_recipe", recording)
     _, trainer = throughput.lightning_run(cfg, datamodule, steps=12, warmup=2)
     throughput.plain_run(cfg, datamodule, trainer, steps=12, warmup=2)
     (lightning, start), (plain, plain_start) = built

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 import train as train_module
 from benchmarks import throughput
+from models import assemble
 from generate import generate
 from tests.conftest import make_config
 
@@ -112,14 +113,14 @@ def test_the_recipe_adds_no_host_synchronisation_to_a_training_step(preset, mnis
     # The watch sees a sync where there is one (else the comparison below could pass on two zeros):
     assert count_syncs(lambda: (torch.cuda.set_sync_debug_mode("warn"), torch.ones(1, device="cuda").item())) == 1
     L.seed_everything(0)
-    datamodule, recipe = train_module.build(cfg)
+    datamodule, recipe = assemble.build(cfg)
     trainer = instantiate(cfg.trainer, max_steps=last + 1, max_epochs=-1, limit_val_batches=0, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           callbacks=[SyncWatch(first, last)])
     assert len(datamodule.train_dataloader()) > last + 1  # no epoch boundary inside the watched steps
     lightning = count_syncs(lambda: trainer.fit(recipe, datamodule=datamodule))
     assert next(iter(datamodule.train_dataloader()))[0].device.type == "cuda"  # the data lives on the GPU
-    by_hand = train_module.build_recipe(cfg, datamodule).to("cuda")  # the benchmarks' hand-written loop
+    by_hand = assemble.build_recipe(cfg, datamodule).to("cuda")  # the benchmarks' hand-written loop
     by_hand.trainer = trainer  # only for the schedule's length
     batches = watched(datamodule.train_dataloader(), first, last)
     plain = count_syncs(lambda: throughput.plain_loop(by_hand, batches, last + 1, 0, str(trainer.precision),
