@@ -14,7 +14,6 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -22,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
-from models.checks import (WholeSweepError, check_callback_monitors, check_model_reads_data, check_monitor,
-                           check_settings, flatten)
+from models.checks import WholeSweepError, check_config, flatten
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
 from models.recipe import NonFiniteLossError
@@ -33,11 +31,7 @@ from models.runs import NOT_CHOICES, reference_metrics
 def train(cfg: DictConfig) -> dict:
     """Fit with early stopping, test the best checkpoint, write metrics.json; return its contents."""
     out = Path(cfg.paths.output_dir)
-    task = get_class(cfg.data._target_).task  # the data's task decides which metrics exist
-    check_monitor(cfg.monitor, task)
-    check_callback_monitors(cfg.get("callbacks"), task)
-    check_settings(cfg)
-    check_model_reads_data(cfg)
+    check_config(cfg)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out, cfg.model.net._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)

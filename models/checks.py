@@ -54,6 +54,16 @@ def check_mode(metric_key: str, metric: str, mode_key: str, mode: str) -> None:
                               f"{mode_key}={mode} would keep its worst epoch: add {mode_key}={metric_mode(metric)}")
 
 
+def check_monitors(cfg: DictConfig) -> None:
+    """monitor.* and the callbacks' own monitors, against the metrics the data's task logs."""
+    try:
+        task = get_object(cfg.data._target_).task
+    except Exception:  # a misspelt _target_ (check_settings names it), or a data module of the user's without a task
+        return
+    check_monitor(cfg.monitor, task)
+    check_callback_monitors(cfg.get("callbacks"), task)
+
+
 def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
     """A callback given its own metric (`callbacks.early_stopping.monitor=val/acc`, instead of following
     monitor.metric) must watch one the run logs too: Lightning would say so only after the first epoch."""
@@ -119,13 +129,7 @@ def multi_process_sweep(processes: int) -> WholeSweepError:
 def check_sweep(cfg: DictConfig) -> None:
     """Before a `-m` sweep's first job, what every job would meet: the monitored metrics, and DDP (more than one
     process per job, where the config says how many: trainer.devices as a count or a list, times num_nodes)."""
-    try:
-        task = get_object(cfg.data._target_).task
-    except Exception:  # a misspelt _target_, or a data module of the user's without a task: the job will say
-        task = None
-    if task:
-        check_monitor(cfg.monitor, task)
-        check_callback_monitors(cfg.get("callbacks"), task)
+    check_monitors(cfg)
     devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes") or 1
     count = len(devices) if isinstance(devices, (list, ListConfig)) else devices if isinstance(devices, int) else 1
     if isinstance(nodes, int) and count > 0 and count * nodes > 1:  # devices=-1 (all): the job finds out
@@ -294,6 +298,15 @@ def check_settings(cfg: DictConfig) -> None:
     if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
         raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
                              "validates: there would be no best checkpoint; lower it or train longer")
+
+
+def check_config(cfg: DictConfig, choices: dict | None = None) -> None:
+    """All of a run's checks before anything is built (train.py's command line makes them before Hydra writes the run
+    directory, `train(cfg)` again for callers from Python), the first thing to change first: a model that cannot read
+    the data, then the monitored metric, then every setting's value."""
+    check_model_reads_data(cfg, choices)
+    check_monitors(cfg)
+    check_settings(cfg)
 
 
 def check_trainer_args(trainer_cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data import UserInputError
-from models.checks import CONFIGS, check_model_reads_data, check_settings, check_sweep, not_a_trainer_argument
+from models.checks import CONFIGS, check_config, check_settings, check_sweep, not_a_trainer_argument
 from models.runs import read_overrides
 
 
@@ -41,11 +41,12 @@ def check_overrides(argv: list[str]) -> None:
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
         with open_dict(cfg):
             del cfg["hydra"]  # the run's config alone, as the job will see it
-        if not flags:  # `model=cnn data=text` before what that data lacks (data.path): the first thing to change.
-            check_model_reads_data(cfg, choices)  # (A sweep's mismatched jobs fail alone, as ever.)
-        check_settings(cfg)  # before Hydra writes .hydra/: a bad value never reaches a run's saved config
-        if flags:
-            check_sweep(cfg)  # what would stop the sweep at its first job stops it before
+        # Before Hydra writes .hydra/: a bad value never reaches a run's saved config.
+        if not flags:
+            check_config(cfg, choices)  # choices: `model=cnn` named as typed, also when it came from a default
+        else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
+            check_settings(cfg)
+            check_sweep(cfg)
 
 
 MAX_CHECKED = 20  # command lines composed for a sweep: ~0.2 s each
