@@ -24,8 +24,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError, class_names
-from data.criteo import READ_TEXT, CriteoDataModule, read_tab_separated
-from data.columns import READ_CSV
 from models.recipe import load_recipe, probabilities
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
@@ -103,22 +101,12 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
 
 @torch.no_grad()
 def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
-    encode = getattr(datamodule, "encode_frame", None)
-    if encode is None:
+    if not hasattr(datamodule, "encode_frame"):
         raise UserInputError(f"input={path}: this run was trained on {type(datamodule).__name__} data, whose rows "
                              "predict.py cannot read: rows are for models trained with data=csv, advertising, "
                              "clicks or criteo")
-    if path.suffix.lower() != ".csv":  # tab-separated lines: Kaggle's Criteo files
-        if not isinstance(datamodule, CriteoDataModule):
-            raise UserInputError(f"input={path}: tab-separated lines are Criteo's; this model reads a .csv")
-        frame = read_tab_separated(path)
-    else:
-        try:
-            criteo = isinstance(datamodule, CriteoDataModule)
-            frame = pd.read_csv(path, **(dict(dtype=str, **READ_TEXT) if criteo else READ_CSV))  # as training read
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
-    inputs = encode(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
+    frame = datamodule.read_frame(path)  # as its training data was read
+    inputs = datamodule.encode_frame(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
     outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
     probs = probabilities(logits, recipe.hparams.task)  # (N,) click probabilities, or (N, classes)

@@ -286,6 +286,16 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         if self.train is None and state:  # set up on its data, it keeps what it fitted: the same
             self.scaler, self.buckets = NumericScaler.from_state(state["scaler"]), state["buckets"]
 
+    def read_frame(self, path: Path) -> pd.DataFrame:
+        """New rows to predict: Kaggle's tab-separated lines, or a CSV with Criteo's header, read as training reads
+        them (a cell read otherwise would hash to another id)."""
+        if path.suffix.lower() != ".csv":
+            return read_tab_separated(path)
+        try:
+            return pd.read_csv(path, dtype=str, **READ_TEXT)
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows with Criteo's columns I1..I13, C1..C26 (a label is not needed), every cell as text -> the
         network's inputs (numeric features, categorical ids) as training made them; predict.py's path. Call

@@ -58,10 +58,14 @@ def check_augment(augment: dict) -> None:
             raise UserInputError(f"data.augment.{key} is not an augmentation setting; choose from "
                                  f"{', '.join(AUGMENT_KINDS)}")
         kinds = AUGMENT_KINDS[key]
-        if not isinstance(value, kinds) or bool not in kinds and isinstance(value, bool) or (
-                bool not in kinds and not 0 <= value <= (180 if key == "degrees" else float("inf"))):
-            want = ("true or false" if bool in kinds else "whole pixels >= 0" if key == "translate"
-                    else "degrees between 0 and 180")
+        if bool in kinds:  # a switch
+            ok, want = isinstance(value, bool), "true or false"
+        elif key == "translate":  # True is an int to Python, not a number of pixels
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "whole pixels >= 0"
+        else:  # degrees
+            ok = isinstance(value, kinds) and not isinstance(value, bool) and 0 <= value <= 180
+            want = "degrees between 0 and 180"
+        if not ok:
             raise UserInputError(f"data.augment.{key}={value!r}: give {want}")
 
 

@@ -91,6 +91,15 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
 
+    def read_frame(self, path: Path) -> pd.DataFrame:
+        """New rows to predict, from a CSV file read as training reads one (every cell as text)."""
+        if path.suffix.lower() != ".csv":
+            raise UserInputError(f"input={path}: this model reads a .csv (tab-separated lines are Criteo's)")
+        try:
+            return pd.read_csv(path, **READ_CSV)
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""

@@ -542,3 +542,7 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     write_csv(tmp_path / "bad.csv", new.assign(age=["old"] * 50))
     with pytest.raises(UserInputError, match=r"bad.csv, column 'age', row 1 \(line 2\): 'old' is not a finite"):
         predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "bad.csv")
+
+    (tmp_path / "new.txt").write_text("\t".join(new.columns) + "\n")  # Criteo's tab-separated lines: not this model's
+    with pytest.raises(UserInputError, match=r"new.txt: this model reads a .csv \(tab-separated lines are Criteo's\)"):
+        predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.txt")
