@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data import UserInputError, class_names
+from data.columns import read_csv_rows
 from models.recipe import load_recipe, probabilities
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
@@ -105,7 +106,8 @@ def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
         raise UserInputError(f"input={path}: this run was trained on {type(datamodule).__name__} data, whose rows "
                              "predict.py cannot read: rows are for models trained with data=csv, advertising, "
                              "clicks or criteo")
-    frame = datamodule.read_frame(path)  # as its training data was read
+    # As its training data was read; a DataModule of the user's without read_frame: a CSV file.
+    frame = datamodule.read_frame(path) if hasattr(datamodule, "read_frame") else read_csv_rows(path)
     inputs = datamodule.encode_frame(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
     outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)

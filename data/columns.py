@@ -8,6 +8,7 @@
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -132,6 +133,14 @@ def as_strings(column: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
         column = column.astype("Int64")  # 3.0 and 3 are the same level
     return column.astype(str).where(column.notna())
+
+
+def read_csv_rows(path: Path) -> pd.DataFrame:
+    """A CSV file as training reads one (READ_CSV), or a one-line error."""
+    try:
+        return pd.read_csv(path, **READ_CSV)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
 
 
 def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: str) -> pd.Series:

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-from data.columns import FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, parse, to_datetime, to_finite
+from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, parse, read_csv_rows, to_datetime,
+                          to_finite)
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -95,10 +96,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         """New rows to predict, from a CSV file read as training reads one (every cell as text)."""
         if path.suffix.lower() != ".csv":
             raise UserInputError(f"input={path}: this model reads a .csv (tab-separated lines are Criteo's)")
-        try:
-            return pd.read_csv(path, **READ_CSV)
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+        return read_csv_rows(path)
 
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
