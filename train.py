@@ -14,7 +14,6 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +23,7 @@ from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import WholeSweepError, check_config, flatten
 from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
                         log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
-from models.recipe import NonFiniteLossError
+from models.recipe import NonFiniteLossError, stopped_early
 from models.runs import NOT_CHOICES, reference_metrics
 
 
@@ -43,7 +42,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     # Lightning's checkpoint_callback is the first ModelCheckpoint: configs/callbacks/default.yaml lists the best
     # checkpoint's first.
-    checkpoint, stopper = trainer.checkpoint_callback, trainer.early_stopping_callback
+    checkpoint = trainer.checkpoint_callback
     if checkpoint.best_model_score is None:
         raise UserInputError(f"the run ended without validating (trainer.val_check_interval="
                              f"{cfg.trainer.get('val_check_interval')}, check_val_every_n_epoch="
@@ -53,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "stopped_early": bool(stopper and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED),
+        "stopped_early": stopped_early(trainer),
         "train_seconds": round(recipe.seconds_before + time.perf_counter() - start, 2),  # all segments of a resumed run
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),

@@ -17,6 +17,8 @@ from data import UserInputError
 from models.checks import CONFIGS, check_number
 from models.cli import check_overrides
 
+os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
+
 
 def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[str]]:
     """(the benchmark's own `name=value` options, the train.py overrides)."""
@@ -48,7 +50,6 @@ def train_config(overrides: list[str]) -> DictConfig:
     """train.py's config for these overrides, checked first as train.py checks them (an unknown choice, a misspelt
     key, a bad value: one line)."""
     check_overrides(overrides)
-    os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
 

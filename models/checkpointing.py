@@ -2,7 +2,8 @@
 
 - `AtomicCheckpointIO` writes `x.ckpt.tmp` beside the target, then renames it over `x.ckpt` (`os.replace` is
   atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
-- `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume.
+- `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume,
+  and saves a step that a validation follows only after that validation, so a resume never skips one.
 - `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
   does not exist or was trained by another network; `check_checkpoint_fits`, once the data is read, one trained
   on other data.
@@ -34,14 +35,36 @@ class RunCheckpoint(ModelCheckpoint):
       folder differs from this one), and the next epoch, however bad, overwrites best.ckpt. Here the saved paths
       are re-rooted in this run's checkpoint folder when the best checkpoint is there (a resume from another run's
       checkpoint starts its own record, as Lightning's does).
-    - Every N steps, no checkpoint on a step that a validation follows (an epoch's last, or a val_check_interval's):
-      a resume from it would start after that validation, so its best checkpoint and early-stopping check would
-      never happen. The checkpoint written after the validation has that step, and the validation's outcome."""
+    - The every-N-steps save of a step that a validation follows (an epoch's last, a val_check_interval's, the
+      run's last) waits until that validation is done: saved before it, a resume would start after it, and that
+      validation (best checkpoint, early stopping) would never happen. Waiting only moves the save, never drops it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: int | None = None  # the batch_idx of a step save that waits for a validation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._every_n_train_steps and validates_next(trainer):
+        if self._every_n_train_steps and validates_next(trainer, pl_module, batch_idx):
+            self._pending = batch_idx
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_pending(self, trainer, pl_module) -> None:
+        if self._pending is not None:  # Lightning's own decision (every N steps, not twice), now
+            batch_idx, self._pending = self._pending, None
+            super().on_train_batch_end(trainer, pl_module, None, None, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_pending(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the epoch's validation
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_pending(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:  # a validation that did not come after all
+        super().on_train_end(trainer, pl_module)
+        self._save_pending(trainer, pl_module)
 
     def _generate_state_key(self, **kwargs) -> str:
         # Saved under ModelCheckpoint's own key: checkpoints written by either class resume with either.
@@ -61,12 +84,18 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
-def validates_next(trainer) -> bool:
-    """Whether a validation runs right after this training batch: Lightning's own test (it also covers
-    check_val_every_n_epoch and a validation that is off), or the step budget's last step (the recipe asks for a
-    final validation there, after the callbacks' turn)."""
-    return (trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
-            or 0 < trainer.max_steps <= trainer.global_step)
+def validates_next(trainer, pl_module, batch_idx: int) -> bool:
+    """Whether a validation runs right after this training batch: Lightning's own test (check_val_every_n_epoch,
+    val_check_interval, validation off), or the recipe's end of the run (it asks Lightning to stop, and so to
+    validate, after the callbacks' turn). A time-based val_check_interval: no, as DDP ranks could disagree."""
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+        return True
+    ends_the_run = getattr(pl_module, "ends_the_run", None)
+    return bool(ends_the_run and ends_the_run(batch_idx) and loop._should_check_val_epoch()
+                and trainer.fit_loop._can_stop_early)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) -> str | None:

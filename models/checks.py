@@ -56,6 +56,9 @@ def check_mode(metric_key: str, metric: str, mode_key: str, mode: str) -> None:
 
 def check_monitors(cfg: DictConfig) -> None:
     """monitor.* and the callbacks' own monitors, against the metrics the data's task logs."""
+    if not isinstance(cfg.get("monitor"), DictConfig) or cfg.monitor.get("metric") is None:
+        raise WholeSweepError("monitor is required: monitor.metric and monitor.mode pick the best checkpoint and stop "
+                              "early, e.g. monitor.metric=val/loss monitor.mode=min")
     try:
         task = get_object(cfg.data._target_).task
     except Exception:  # a misspelt _target_ (check_settings names it), or a data module of the user's without a task
@@ -73,8 +76,8 @@ def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
         if metric is not None and metric not in names:  # an interpolation resolves to monitor.metric: checked
             raise WholeSweepError(f"callbacks.{name}.monitor={metric} is not a metric this {task} run logs; "
                                   f"choose one of {', '.join(names)}")
-        if metric is not None and node.get("mode") is not None:
-            check_mode(f"callbacks.{name}.monitor", metric, f"callbacks.{name}.mode", node.mode)
+        if metric is not None:  # without a mode of its own: Lightning's default, min
+            check_mode(f"callbacks.{name}.monitor", metric, f"callbacks.{name}.mode", node.get("mode") or "min")
 
 
 def get_object(target: str):

@@ -31,6 +31,15 @@ TASKS = ("binary", "multiclass", "lm")
 PER_STEP = ("train/loss_step", "train/grad_norm")  # logged every log_every_n_steps steps; everything else per epoch
 
 
+def stopped_early(trainer: L.Trainer) -> bool:
+    """Whether early stopping ended the epochs trained so far: it said stop (patience run out, a threshold met, in
+    any epoch, the first too) after the last of them. With trainer.min_epochs it may have said so earlier and
+    training went on: its reason stays set, its stopped_epoch is not the last epoch's."""
+    stopper = trainer.early_stopping_callback
+    return (stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+            and stopper.stopped_epoch == trainer.current_epoch - 1)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops before any checkpoint takes the bad weights."""
 
@@ -208,9 +217,7 @@ class Recipe(L.LightningModule):
         self._guard()[0].fill_(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed)
         if self.trainer.ckpt_path and self.hparams.scheduler["name"] == "none":
             self._reset_lr_and_momentum_to_config()
-        stopper = self.trainer.early_stopping_callback
-        if stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
-            # resumed after early stopping (patience run out, or a threshold met, in any epoch): no more epochs
+        if stopped_early(self.trainer):  # resumed after early stopping: no more epochs
             self.trainer.should_stop = True
 
     def _reset_lr_and_momentum_to_config(self) -> None:
@@ -231,13 +238,14 @@ class Recipe(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
             self.check_finite()  # (with log_every_n_steps=0: at epoch ends and checkpoints only)
-        if self._ends_the_run(batch_idx):
+        if self.ends_the_run(batch_idx):
             # Asking to stop makes Lightning validate after this batch (it does so for max_time and early stopping,
             # not when max_steps ends a run mid-epoch, nor when the last epoch ends between two validations of a
             # val_check_interval that spans epochs), in an epoch that check_val_every_n_epoch lets validate.
             self.trainer.should_stop = True
 
-    def _ends_the_run(self, batch_idx: int) -> bool:
+    def ends_the_run(self, batch_idx: int) -> bool:
+        """This batch is the run's last: max_steps reached, or the last epoch's last batch."""
         trainer = self.trainer
         if 0 < trainer.max_steps <= trainer.global_step:
             return True

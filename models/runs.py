@@ -1,10 +1,12 @@
-"""Reading what train.py leaves in a run directory, for eval.py, predict.py and the notebooks.
+"""Reading what train.py leaves in a run directory, for eval.py, predict.py and the notebooks; and building a
+run's data from its config (train.py's too: `instantiate_data`, `prepare_data_once`).
 
 A run directory holds metrics.json, checkpoints/best.ckpt (whose hyperparameters carry the resolved config and the
 data's net_kwargs), tensorboard/events.* and, when it came from the command line, .hydra/config.yaml and
 .hydra/overrides.yaml. A sweep (`python train.py --multirun ...`) is a folder of run directories.
 """
 import json
+import os
 import pickle
 import tempfile
 import zipfile
@@ -182,9 +184,11 @@ def prepare_data_once(datamodule) -> None:
     """Download or convert the data in one process of this machine at a time: every DDP rank, every job of a
     parallel sweep and an eval.py beside a training run build the data, and two processes writing one download
     would corrupt it. The first does the work under the lock; the others then find it done (prepare_data is a no-op
-    on prepared data, so waiting costs nothing after the first run). One lock for the machine, in the temporary
-    folder: the data's folder may not exist yet or be read-only."""
-    with FileLock(str(Path(tempfile.gettempdir()) / "redes-prepare-data.lock")):
+    on prepared data, so waiting costs nothing after the first run). One lock per user of the machine, in the
+    temporary folder: the data's folder may not exist yet or be read-only."""
+    # Per user: /tmp is shared, and another user's lock file is not writable.
+    name = f"redes-prepare-data-{os.getuid()}.lock" if hasattr(os, "getuid") else "redes-prepare-data.lock"
+    with FileLock(str(Path(tempfile.gettempdir()) / name)):
         datamodule.prepare_data()
 
 

@@ -132,6 +132,18 @@ def test_no_step_checkpoint_is_written_before_the_validation_that_follows_it(mni
     saves = probed_saves(mnist_dir, tmp_path / "b", "trainer.max_epochs=1",
                          "callbacks.step_checkpoint.every_n_train_steps=4")
     assert [step for step, validations in saves if validations == 0] == [4, 8, 12]
+    # A validation every 5 steps across epochs, and the one the recipe asks for at the run's end (step 30): every
+    # third step is saved, each after the validations due by then.
+    saves = probed_saves(mnist_dir, tmp_path / "c", "trainer.max_epochs=2", "+trainer.val_check_interval=5",
+                         "+trainer.check_val_every_n_epoch=null", "callbacks.step_checkpoint.every_n_train_steps=3")
+    assert set(range(3, 31, 3)) <= {step for step, _ in saves}
+    assert all(validations >= step // 5 for step, validations in saves), saves
+    # A run cut by max_steps in an epoch that does not validate keeps its last step (and then says it never validated).
+    with pytest.raises(UserInputError, match="the run ended without validating"):
+        probed_saves(mnist_dir, tmp_path / "d", "trainer.max_steps=12", "+trainer.check_val_every_n_epoch=2",
+                     "callbacks.step_checkpoint.every_n_train_steps=3")
+    saved = (tmp_path / "d" / "saves.txt").read_text().split()[::2]
+    assert saved == ["3", "6", "9", "12"]
 
 
 def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(mnist_dir, tmp_path):
@@ -345,6 +357,9 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
      "monitor.mode=min"),
     (["callbacks.early_stopping.monitor=val/loss"],
      "error: callbacks.early_stopping.monitor=val/loss is better when lower, but callbacks.early_stopping.mode=max"),
+    (["+callbacks.extra._target_=lightning.pytorch.callbacks.ModelCheckpoint", "+callbacks.extra.monitor=val/acc"],
+     "error: callbacks.extra.monitor=val/acc is better when higher, but callbacks.extra.mode=min"),  # the default
+    (["~monitor"], "error: monitor is required: monitor.metric and monitor.mode pick the best checkpoint"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
