@@ -5,15 +5,18 @@ import json
 import os
 import platform
 import sys
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 import train as train_module
 from data.images import ImageDataModule
 from models import runs
-from models.recipe import Recipe, load_recipe
+from models.recipe import Recipe, load_recipe, stopped_early
 from tests.cli_process import run_cli
 from tests.conftest import make_config
 
@@ -94,6 +97,17 @@ def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnis
     (tmp_path / "metrics.json").unlink()
     again = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_at_once, "ckpt_path=last"))
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (1, metrics["steps"])
+
+
+def test_stopped_early_means_early_stopping_ended_the_last_epoch():
+    stopper = EarlyStopping(monitor="val/loss")
+    trainer = SimpleNamespace(early_stopping_callback=stopper, current_epoch=5)  # epochs 0-4 trained
+    assert not stopped_early(trainer)
+    stopper.stopping_reason, stopper.stopped_epoch = EarlyStoppingReason.PATIENCE_EXHAUSTED, 4
+    assert stopped_early(trainer)
+    stopper.stopped_epoch = 2  # it said stop after epoch 2, and trainer.min_epochs kept the run going
+    assert not stopped_early(trainer)
+    assert not stopped_early(SimpleNamespace(early_stopping_callback=None, current_epoch=5))
 
 
 def test_eval_scores_as_much_of_the_test_split_as_the_run_did(mnist_dir, tmp_path):
