@@ -8,6 +8,7 @@ data's net_kwargs), tensorboard/events.* and, when it came from the command line
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -188,8 +189,16 @@ def prepare_data_once(datamodule) -> None:
     temporary folder: the data's folder may not exist yet or be read-only."""
     # Per user: /tmp is shared, and another user's lock file is not writable.
     name = f"redes-prepare-data-{os.getuid()}.lock" if hasattr(os, "getuid") else "redes-prepare-data.lock"
-    with FileLock(str(Path(tempfile.gettempdir()) / name)):
+    lock = FileLock(str(Path(tempfile.gettempdir()) / name))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # a wait of minutes (a first Criteo conversion elsewhere) should not look like a hang
+        print(f"waiting for another process that prepares data (lock {lock.lock_file})", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
         datamodule.prepare_data()
+    finally:
+        lock.release()
 
 
 def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = ()):

@@ -191,7 +191,7 @@ def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
     assert not list(tmp_path.iterdir())  # before the study and its first trial
 
 
-def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
+def test_data_is_prepared_by_one_process_at_a_time(capsys):
     # Every DDP rank builds the data: two downloads into one file would corrupt it.
     spans = []
 
@@ -208,6 +208,7 @@ def test_data_is_prepared_by_one_process_at_a_time(tmp_path):
         rank.join()
     spans.sort()
     assert len(spans) == 3 and all(one[1] <= next_[0] for one, next_ in zip(spans, spans[1:]))
+    assert "waiting for another process that prepares data" in capsys.readouterr().err  # a wait is said, not silent
 
 
 @pytest.mark.parametrize("preset", ["hparams_search=dnn_optuna", "experiment=cnn_gpu", "experiment=lstm_gpu"])
