@@ -44,7 +44,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._pending: int | None = None  # the batch_idx of a step save that waits for a validation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._every_n_train_steps and validates_next(trainer, pl_module, batch_idx):
+        every = self._every_n_train_steps  # a step Lightning saves at, and a validation follows: wait for it
+        if every and trainer.global_step % every == 0 and validates_next(trainer, pl_module, batch_idx):
             self._pending = batch_idx
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
