@@ -1,7 +1,7 @@
 """What the command line needs besides the recipe: the arguments checked and rewritten before Hydra sees them
 (`trainer.NAME=` for any Trainer argument, `resume=RUN_DIR`, the ranks of a DDP run sharing one run directory),
 a run's saved config kept when it fails, the run's train.log, and sweep summaries. Checks of the composed config
-are in models/checks.py."""
+are in models/checks.py and models/signatures.py."""
 import csv
 import inspect
 import json
@@ -20,7 +20,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data import UserInputError
-from models.checks import CONFIGS, check_config, check_settings, check_sweep, not_a_trainer_argument
+from models.checks import CONFIGS, check_config, check_settings, check_sweep
+from models.signatures import not_a_trainer_argument
 from models.runs import read_overrides
 
 

@@ -22,9 +22,8 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
 
 from data import UserInputError
+from models.schedules import SCHEDULERS, check_resumed_length, make_scheduler
 
-SCHEDULE_LENGTH = {"step": "step_size", "cosine": "T_max", "onecycle": "total_steps"}  # the attribute, in steps
-SCHEDULERS = ("none", *SCHEDULE_LENGTH)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "rmsprop": torch.optim.RMSprop}
 TASKS = ("binary", "multiclass", "lm")
@@ -297,7 +296,7 @@ class Recipe(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning calls this before configure_optimizers: _scheduler checks the new run against the saved one.
+        # Lightning calls this before configure_optimizers, which checks the new run's schedule against the saved one.
         self._resumed_schedule = (checkpoint.get("lr_schedulers") or [None])[0]
         if self._trainer is not None and self.trainer.state.fn == "fit":  # a resume (not trainer.test's load)
             self.seconds_before = checkpoint.get("train_seconds", 0.0)
@@ -317,61 +316,11 @@ class Recipe(L.LightningModule):
         groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
                   {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
         optimizer = make_optimizer(groups, *self._optimizer_settings())
-        scheduler = self._scheduler(optimizer)
+        scheduler = make_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, self.trainer)
         if scheduler is None:
             return optimizer
+        check_resumed_length(self._resumed_schedule, scheduler, self.hparams.scheduler["name"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch: the loader's batches (capped by limit_train_batches), one step per
-        accumulate_grad_batches of them, and one more for a remainder (Lightning steps at an epoch's last batch)."""
-        # Not trainer.estimated_stepping_batches: it builds the train loader before a resumed run's checkpoint
-        # is restored, and Lightning then never gives that loader its saved position (mid-epoch resume breaks).
-        t = self.trainer
-        batches = len(t.datamodule.train_dataloader())
-        limit = t.limit_train_batches
-        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-        return max(1, math.ceil(batches / t.accumulate_grad_batches))
-
-    def _total_steps(self) -> int:
-        """The run's optimizer steps: max_steps, or max_epochs epochs, whichever ends it first."""
-        t = self.trainer
-        by_epochs = self._steps_per_epoch() * t.max_epochs if t.max_epochs and t.max_epochs > 0 else None
-        if t.max_steps and t.max_steps > 0:
-            return min(t.max_steps, by_epochs) if by_epochs else t.max_steps
-        if by_epochs is None:
-            raise UserInputError(f"scheduler={self.hparams.scheduler['name']} needs the run's length: "
-                                 "set trainer.max_epochs or trainer.max_steps, or use scheduler=none")
-        return by_epochs
-
-    def _scheduler(self, optimizer: torch.optim.Optimizer):
-        s = self.hparams.scheduler
-        if s["name"] == "none":
-            return None
-        if s["name"] == "step":  # multiply the LR by gamma every `every_epochs` epochs
-            scheduler = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=s["every_epochs"] * self._steps_per_epoch(), gamma=s["gamma"])
-        elif s["name"] == "cosine":  # from lr down to lr * final_ratio over the whole run
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._total_steps(),
-                                                                   eta_min=self.hparams.lr * s["final_ratio"])
-        else:  # onecycle: warm up to lr for pct_start of the run, then anneal to ~0
-            has_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
-            total, pct_start = self._total_steps(), s["pct_start"]
-            if pct_start * total == 1:  # a one-step warm-up ends at step 0, and OneCycleLR divides by its length, 0
-                pct_start = 2 / total if total > 2 else 0.5 / total  # (debug=fast trainer.max_epochs=2: 4 steps)
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self.hparams.lr, total_steps=total, pct_start=pct_start,
-                cycle_momentum=s.get("cycle_momentum", True) and has_momentum,
-                base_momentum=s.get("base_momentum", 0.85), max_momentum=s.get("max_momentum", 0.95))
-        # A resumed run continues the checkpoint's schedule, whose length was the first run's: a run of another
-        # length would leave it (OneCycleLR raises past its end) or stretch nothing.
-        saved, key = self._resumed_schedule, SCHEDULE_LENGTH[s["name"]]
-        if saved is not None and saved.get(key) != getattr(scheduler, key):
-            raise UserInputError(
-                f"ckpt_path: the checkpoint's {s['name']} schedule is {saved.get(key)} steps long, this run's "
-                f"{getattr(scheduler, key)}: resume with the trainer.max_epochs, trainer.max_steps and data.batch_size "
-                "the run started with (or scheduler=none to go on at a constant model.lr)")
-        return scheduler
 
 
 def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:

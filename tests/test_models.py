@@ -5,7 +5,8 @@ import torch
 from models import lstm
 from models.cnn import ConvNet
 from models.dnn import ClickMLP
-from models.recipe import Recipe
+from models.recipe import Recipe, make_optimizer
+from models.schedules import one_cycle
 
 
 def cnn_case(**knobs):
@@ -108,29 +109,26 @@ def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
 @pytest.mark.parametrize("optimizer, momentum", [({"name": "adamw"}, lambda g: g["betas"][0]),
                                                  ({"name": "sgd", "momentum": 0.9}, lambda g: g["momentum"]),
                                                  ({"name": "rmsprop", "momentum": 0.0}, lambda g: g["momentum"])])
-def test_one_cycle_cycles_momentum_only_of_an_optimizer_that_has_some(optimizer, momentum, monkeypatch):
+def test_one_cycle_cycles_momentum_only_of_an_optimizer_that_has_some(optimizer, momentum):
     schedule = {"name": "onecycle", "pct_start": 0.25, "cycle_momentum": True, "base_momentum": 0.85,
                 "max_momentum": 0.95}
-    recipe = Recipe(torch.nn.Linear(3, 2), task="multiclass", lr=0.1, optimizer=optimizer, scheduler=schedule,
-                    net_kwargs={"num_classes": 2})
-    monkeypatch.setattr(Recipe, "_total_steps", lambda self: 8)
-    out = recipe.configure_optimizers()
-    group = out["optimizer"].param_groups[0]
+    options = {k: v for k, v in optimizer.items() if k != "name"}
+    built = make_optimizer(torch.nn.Linear(3, 2).parameters(), optimizer["name"], 0.1, options)
+    scheduler = one_cycle(built, schedule, lr=0.1, total=8)
+    group = built.param_groups[0]
     at_start = momentum(group)
-    out["lr_scheduler"]["scheduler"].step()  # the LR's peak: step pct_start * total_steps - 1 = 1
+    scheduler.step()  # the LR's peak: step pct_start * total_steps - 1 = 1
     cycled = optimizer.get("momentum", 0.9) > 0
     assert (at_start, momentum(group)) == ((0.95, pytest.approx(0.85)) if cycled else (0.0, 0.0))
 
 
-def test_one_cycle_leaves_momentum_alone_when_told(monkeypatch):
+def test_one_cycle_leaves_momentum_alone_when_told():
     schedule = {"name": "onecycle", "pct_start": 0.25, "cycle_momentum": False}
-    recipe = Recipe(torch.nn.Linear(3, 2), task="multiclass", lr=0.1, optimizer={"name": "adamw", "betas": [0.8, 0.99]},
-                    scheduler=schedule, net_kwargs={"num_classes": 2})
-    monkeypatch.setattr(Recipe, "_total_steps", lambda self: 8)
-    out = recipe.configure_optimizers()
+    adamw = make_optimizer(torch.nn.Linear(3, 2).parameters(), "adamw", 0.1, {"betas": [0.8, 0.99]})
+    scheduler = one_cycle(adamw, schedule, lr=0.1, total=8)
     for _ in range(4):
-        out["lr_scheduler"]["scheduler"].step()
-        assert out["optimizer"].param_groups[0]["betas"] == (0.8, 0.99)  # the optimizer's own, every step
+        scheduler.step()
+        assert adamw.param_groups[0]["betas"] == (0.8, 0.99)  # the optimizer's own, every step
 
 
 def test_l2_weight_decay_applies_to_weights_and_kernels_only():

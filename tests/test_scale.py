@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
-from models.checks import check_trainer_args
+from models.signatures import check_trainer_args
 from models.cli import SweepSummary, distributed_arguments
 from models.runs import prepare_data_once
 from tests.conftest import make_config
