@@ -316,9 +316,9 @@ class Recipe(L.LightningModule):
         groups = [{"params": decayed, "weight_decay": self.hparams.weight_decay},
                   {"params": [p for p in self.net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
         optimizer = make_optimizer(groups, *self._optimizer_settings())
-        scheduler = make_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, self.trainer)
-        if scheduler is None:
+        if self.hparams.scheduler["name"] == "none":
             return optimizer
+        scheduler = make_scheduler(optimizer, self.hparams.scheduler, self.hparams.lr, self.trainer)
         check_resumed_length(self._resumed_schedule, scheduler, self.hparams.scheduler["name"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -49,11 +49,9 @@ def one_cycle(optimizer: torch.optim.Optimizer, schedule: dict, lr: float, total
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: dict, lr: float,
-                   trainer: L.Trainer) -> LRScheduler | None:
-    """`schedule` (the run's `scheduler` config) for `optimizer`, whose base learning rate is `lr`."""
+                   trainer: L.Trainer) -> LRScheduler:
+    """`schedule` (the run's `scheduler` config, not `none`) for `optimizer`, whose base learning rate is `lr`."""
     name = schedule["name"]
-    if name == "none":
-        return None
     if name == "step":  # multiply the LR by gamma every `every_epochs` epochs
         return StepLR(optimizer, step_size=schedule["every_epochs"] * steps_per_epoch(trainer), gamma=schedule["gamma"])
     if name == "cosine":  # from lr down to lr * final_ratio over the whole run
