@@ -21,10 +21,11 @@ from data import UserInputError
 from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import WholeSweepError, check_config, flatten
-from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, is_grid_sweep_job, log,
-                        log_to_run_file, resume_arguments, trainer_arguments, write_sweep_summary)
+from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, log, log_to_run_file,
+                        resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_early
 from models.runs import NOT_CHOICES, reference_metrics
+from models.sweeps import is_grid_sweep_job, write_sweep_summary
 
 
 def train(cfg: DictConfig) -> dict:

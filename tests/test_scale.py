@@ -16,7 +16,8 @@ import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
 from models.signatures import check_trainer_args
-from models.cli import SweepSummary, distributed_arguments
+from models.cli import distributed_arguments
+from models.sweeps import SweepSummary
 from models.runs import prepare_data_once
 from tests.conftest import make_config
 from tests.cli_process import run_cli
