@@ -466,6 +466,41 @@ def conv_parameter_count(in_channels: int, out_channels: int, f: int) -> int:
     return out_channels * (f * f * in_channels + 1)
 
 
+
+def _side(value) -> int:
+    return value[0] if isinstance(value, tuple) else value  # square kernels, strides and dilations: (3, 3) -> 3
+
+
+def receptive_fields(model: nn.Module) -> list[tuple[str, int, int]]:
+    """(layer, receptive field, jump) after each convolution and pooling of `model`, in order. The receptive field
+    is the side of the input window one output unit sees; the jump, how many input pixels apart neighbouring
+    units' windows start. A layer of kernel f, stride s and dilation d (taps d pixels apart) widens the window by
+    (f - 1)·d jumps, then multiplies the jump by s; ReLU, batch norm and dropout see one value and change neither."""
+    field, jump, rows = 1, 1, []
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            f, s, d = _side(layer.kernel_size), _side(layer.stride), _side(getattr(layer, "dilation", 1))
+            field, jump = field + (f - 1) * d * jump, jump * s
+            rows.append((type(layer).__name__, field, jump))
+    return rows
+
+
+def measured_receptive_field(features: nn.Module, image_size: int, in_channels: int = 1) -> tuple[int, int]:
+    """The receptive field found by experiment, (height, width): `features` with every weight 1 and every bias 0,
+    so a lit pixel can only raise what it reaches (through ReLU and max pooling alike), fed one image per input
+    pixel with only that pixel lit; the box of the pixels that reach the centre unit of the last feature map."""
+    probe = copy.deepcopy(features).eval()  # eval: batch norm with its fresh running statistics, about identity
+    n = image_size
+    with torch.no_grad():
+        for name, parameter in probe.named_parameters():
+            parameter.fill_(0.0 if name.endswith("bias") else 1.0)
+        images = torch.eye(n * n).reshape(n * n, 1, n, n).expand(-1, in_channels, -1, -1)  # image k lights pixel k
+        maps = probe(images)  # (n*n, C, h, w)
+        reached = maps[:, 0, maps.shape[-2] // 2, maps.shape[-1] // 2] > 0  # (n*n,) which pixels reach the unit
+    rows, columns = reached.reshape(n, n).nonzero(as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(columns.max() - columns.min() + 1)
+
+
 # ---- 8. Width and depth; the plain RNN and the LSTM's gates --------------------------------------
 
 def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:

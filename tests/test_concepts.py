@@ -12,6 +12,7 @@ from torch import nn
 
 from data import DEBIAN_FASHION_MNIST
 from models import course
+from models.cnn import ConvNet
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "concepts.ipynb"
 needs_fashion_mnist = pytest.mark.skipif(
@@ -324,6 +325,22 @@ def test_conv_parameter_count_formula():
     assert counts == [course.count_parameters(c) for c in convs] == [80, 1168, 4640]  # 8 x (3 x 3 x 1 + 1), ...
     assert sum(counts) + (32 * 5 * 5 + 1) * 10 == course.count_parameters(course.small_cnn()) == 13_898
 
+
+
+def test_receptive_field_formula_matches_the_pixels_that_reach_a_unit():
+    dilated = nn.Sequential(nn.Conv2d(1, 1, 3, padding=2, dilation=2), nn.ReLU(),
+                            nn.Conv2d(1, 1, 3, padding=4, dilation=4))
+    strided = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, stride=2), nn.Conv2d(1, 1, 3, padding=1))
+    stacked = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])  # three 3x3 see one 7x7's window
+    cases = [(course.small_cnn()[:-2], 18), (ConvNet(1, 10, (28, 28)).features, 10), (dilated, 1 + 2 * 2 + 2 * 4),
+             (strided, 3 + 2 * 2), (stacked, 7)]
+    for features, field in cases:
+        assert course.receptive_fields(features)[-1][1] == field
+        assert course.measured_receptive_field(features, 28) == (field, field)
+    assert [jump for _, _, jump in course.receptive_fields(course.small_cnn())] == [1, 2, 2, 4, 4]  # pools double it
+    deep = ConvNet(1, 10, (28, 28), widths=(32, 64, 128), convs_per_block=2).features
+    assert course.receptive_fields(deep)[-1][1] == 36  # wider than the image: the centre unit sees all of it
+    assert course.measured_receptive_field(deep, 28) == (28, 28)
 
 def test_feature_maps_shrink_while_channels_grow():
     shapes = course.layer_shapes(course.small_cnn(), torch.zeros(1, 1, 28, 28))
