@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 from data import UserInputError
 from models.runs import data_differences, load_checkpoint
@@ -92,11 +93,16 @@ def validates_next(trainer, pl_module, batch_idx: int) -> bool:
     if getattr(trainer, "_val_check_time_interval", None) is not None:
         return False
     loop = trainer.fit_loop.epoch_loop
-    if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
-        return True
-    ends_the_run = getattr(pl_module, "ends_the_run", None)
-    return bool(ends_the_run and ends_the_run(batch_idx) and loop._should_check_val_epoch()
-                and trainer.fit_loop._can_stop_early)
+    try:  # Lightning's internals (2.6): another version may name them otherwise
+        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return True
+        ends_the_run = getattr(pl_module, "ends_the_run", None)
+        return bool(ends_the_run and ends_the_run(batch_idx) and loop._should_check_val_epoch()
+                    and trainer.fit_loop._can_stop_early)
+    except AttributeError as err:  # save when Lightning would, and say so once
+        rank_zero_warn(f"this Lightning has no {err.name}: step checkpoints are saved as Lightning saves them, "
+                       "and a resume from one written just before a validation skips that validation")
+        return False
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) -> str | None:
