@@ -21,8 +21,8 @@ from data import UserInputError
 from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import WholeSweepError, check_config, flatten
-from models.cli import (check_overrides, config_kept_on_failure, distributed_arguments, log, log_to_run_file,
-                        resume_arguments, trainer_arguments)
+from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, distributed_arguments, log,
+                        log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_early
 from models.runs import NOT_CHOICES, reference_metrics
 from models.sweeps import is_grid_sweep_job, write_sweep_summary
@@ -98,6 +98,7 @@ if __name__ == "__main__":
     try:
         sys.argv[1:] = distributed_arguments(resume_arguments(trainer_arguments(sys.argv[1:])))
         check_overrides(sys.argv[1:])
+        sys.argv[1:] = claimed_run_dir(sys.argv[1:])
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -3,6 +3,7 @@
 a run's saved config kept when it fails, and the run's train.log. Checks of the composed config are in
 models/checks.py and models/signatures.py; sweeps' summaries in models/sweeps.py."""
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf, open_dict
@@ -126,6 +128,41 @@ def resume_arguments(argv: list[str]) -> list[str]:
                              f"with `python train.py resume={run_dir}`, or choose another directory")
     return argv
 
+
+
+def claimed_run_dir(argv: list[str]) -> list[str]:
+    """A run directory stamped by the clock (configs/train.yaml: to the second) is claimed before Hydra makes it,
+    and the argv names it: two runs started in the same second (a script starting several with `&`) would otherwise
+    share one and overwrite each other's config, checkpoints and metrics.json. The later one gets `NAME_1`. A
+    directory the command or a preset names (hydra.run.dir=..., an Optuna study's) is left as it is, as are DDP
+    ranks, which are given theirs."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(flag not in ("-m", "--multirun") for flag in flags):  # --cfg, --help, ...: no run
+        return argv
+    key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+    if any(a.lstrip("+").startswith(f"{key}=") for a in argv):
+        return argv
+    overrides = [a for a in argv if not a.startswith("-")]
+    if flags and (overrides := next(iter(sweep_variants(overrides)), None)) is None:  # a sweep: its first job's
+        return argv  # (an override Hydra cannot parse: Hydra says so)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    group, name = key.split(".")[1:]  # sweep, dir
+    if "${now:" not in str(OmegaConf.to_container(cfg.hydra, resolve=False)[group][name]):
+        return argv
+    HydraConfig.instance().set_config(cfg)  # to resolve ${hydra:runtime.choices.model}
+    try:
+        stamped = Path(OmegaConf.select(cfg, key))
+    finally:
+        HydraConfig.instance().cfg = None
+    stamped.parent.mkdir(parents=True, exist_ok=True)
+    for copy in itertools.count():
+        folder = stamped if copy == 0 else stamped.with_name(f"{stamped.name}_{copy}")
+        try:
+            folder.mkdir()  # atomic: of two processes, one makes it
+        except FileExistsError:
+            continue
+        return argv + [f"{key}={folder}"]
 
 @contextmanager
 def config_kept_on_failure(argv: list[str]):

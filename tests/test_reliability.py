@@ -1,5 +1,6 @@
 """Reliability: kill -9 and resume, reproducible runs, the non-finite guard, atomic and safe checkpoints,
 and one-line errors for bad input that damage nothing written before."""
+import datetime
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import time
 import types
 from pathlib import Path
 
+import hydra.core.utils
 import lightning as L
 import pytest
 import torch
@@ -21,7 +23,8 @@ from models.checkpointing import (AtomicCheckpointIO, RunCheckpoint, check_check
 from models.recipe import NonFiniteLossError, Recipe
 from models.runs import instantiate_data
 from models.checks import check_model_reads_data, check_settings
-from models.cli import check_overrides, config_kept_on_failure, resume_arguments, sweep_variants, trainer_arguments
+from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, resume_arguments, sweep_variants,
+                        trainer_arguments)
 from tests.conftest import make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config
@@ -300,6 +303,7 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
 MEMORY_AFTER_LOAD = """
 import os, sys
 import torch
+import hydra.core.utils
 from models.runs import load_checkpoint
 def rss():  # resident bytes now (Linux)
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -549,6 +553,31 @@ def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_pat
             resume_arguments([f"{key}={folder}"])
     assert (tmp_path / "notes.txt").read_text() == "kept"
 
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """Hydra's ${now:...} stamps every run to the same second, as for two runs started together."""
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Clock)  # what Hydra's `now` resolver reads
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, frozen_clock):
+    log_dir = tmp_path / "outputs"
+    command = ["model=dnn", f"paths.log_dir={log_dir}"]
+    stamped = log_dir / "dnn" / "2026-01-01_00-00-00"
+    claimed = [claimed_run_dir(command)[-1] for _ in range(3)]
+    assert claimed == [f"hydra.run.dir={stamped}", f"hydra.run.dir={stamped}_1", f"hydra.run.dir={stamped}_2"]
+    assert all(folder.is_dir() for folder in (stamped, log_dir / "dnn" / "2026-01-01_00-00-00_1"))
+    sweep = claimed_run_dir(["-m", *command, "seed=1,2"])[-1]  # a sweep's folder, as two sweeps started together
+    assert sweep == f"hydra.sweep.dir={log_dir / 'multirun' / '2026-01-01_00-00-00'}"
+    for untouched in ([*command, f"hydra.run.dir={stamped}"], ["--cfg", "job", *command],
+                      ["-m", *command, "hparams_search=dnn_optuna"]):  # the study's folder is fixed: its own
+        assert claimed_run_dir(untouched) == untouched
 
 def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_path):
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
