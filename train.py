@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, recipe = build(cfg)
     if resume_from:
-        check_checkpoint_fits(resume_from, cfg.ckpt_path, datamodule.net_kwargs)
+        check_checkpoint_fits(resume_from, cfg.ckpt_path, datamodule.net_kwargs, recipe, cfg)
     trainer = make_trainer(cfg)
 
     start = time.perf_counter()

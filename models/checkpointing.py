@@ -6,18 +6,22 @@
   and saves a step that a validation follows only after that validation, so a resume never skips one.
 - `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
   does not exist or was trained by another network; `check_checkpoint_fits`, once the data is read, one trained
-  on other data.
+  on other data, with other network settings or by another optimizer.
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
 """
 import os
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from omegaconf import DictConfig, OmegaConf
+
 from data import UserInputError
+from models.checks import flatten
 from models.runs import data_differences, load_checkpoint
 
 
@@ -126,11 +130,30 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) 
     return str(path)
 
 
-def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict) -> None:
-    """The network a checkpoint holds was sized by its data (`net_kwargs`): resuming it on other data (3 colour
-    channels for 1, another vocabulary) would fail on mismatched weights, or, for an alphabet of the same size,
-    silently read every character as another."""
-    saved = load_checkpoint(Path(path))["hyper_parameters"].get("net_kwargs", {})
+def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict, recipe: L.LightningModule | None = None,
+                          cfg: DictConfig | None = None) -> None:
+    """What a resumed run builds against what the checkpoint holds, each a traceback or silently wrong otherwise:
+    the data the network was sized by (`net_kwargs`: 3 colour channels for 1, another vocabulary, or, for an
+    alphabet of the same size, every character read as another); the network's weights (`recipe`, built from
+    `cfg`: model.net.hidden_size=64 for 128); the optimizer whose state it restores (adamw's moments are no sgd's)."""
+    checkpoint = load_checkpoint(Path(path))  # memory-mapped: shapes and settings, no tensor read
+    saved = checkpoint["hyper_parameters"].get("net_kwargs", {})
     if differences := data_differences(saved, net_kwargs):
         raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained on other data ({differences}); "
                              "resume it with the data it was trained on")
+    if recipe is None or cfg is None:
+        return
+    trained = checkpoint["hyper_parameters"]["config"]
+    shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.get("state_dict", {}).items()}
+    if shapes != {name: tuple(tensor.shape) for name, tensor in recipe.state_dict().items()}:
+        there = flatten(trained.get("model", {}), "model.")
+        here = flatten(OmegaConf.to_container(cfg.model, resolve=True), "model.")
+        settings = ", ".join(f"{key}={there.get(key)!r} there, {here.get(key)!r} here"
+                             for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key))
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint's network has other weights than this run's "
+                             f"({settings or 'another network'}); resume with the model settings it was trained with")
+    name = trained.get("optimizer", {}).get("name")
+    if name is not None and name != cfg.optimizer.name:
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained with optimizer={name}, whose state "
+                             f"it restores, and this run builds optimizer={cfg.optimizer.name}: resume with "
+                             f"optimizer={name}")

@@ -298,6 +298,14 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}}, tmp_path / "lm.ckpt")
     with pytest.raises(UserInputError, match=r"other data \(vocab with other entries\)"):  # same size: silent otherwise
         check_checkpoint_fits(str(tmp_path / "lm.ckpt"), "lm.ckpt", {"vocab": list("abcdeg")})
+    # Other network settings or another optimizer: one line, not Lightning's size-mismatch page or a KeyError.
+    resume = [f"ckpt_path={best}", "trainer.max_epochs=2"]
+    with pytest.raises(UserInputError, match=re.escape("other weights than this run's (model.net.hidden_size=256 "
+                                                       "there, 64 here); resume with the model settings")):
+        train_module.train(mnist_config(mnist_dir, tmp_path / "wider", *resume, "model.net.hidden_size=64"))
+    with pytest.raises(UserInputError, match="trained with optimizer=adamw, whose state it restores, and this run "
+                                             "builds optimizer=sgd: resume with optimizer=adamw"):
+        train_module.train(mnist_config(mnist_dir, tmp_path / "sgd", *resume, "optimizer=sgd", "scheduler=none"))
 
 
 MEMORY_AFTER_LOAD = """
