@@ -40,7 +40,15 @@ def train(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg)
 
     start = time.perf_counter()
-    trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except ValueError as err:  # known only once the data is read: an interval longer than an epoch
+        if "`val_check_interval`" not in str(err):
+            raise
+        raise UserInputError(f"trainer.val_check_interval={cfg.trainer.val_check_interval} is more than the "
+                             f"{trainer.num_training_batches} training batches of an epoch: give at most that, a "
+                             "fraction of an epoch (0.5), or add trainer.check_val_every_n_epoch=null to count "
+                             "batches across epochs") from None
     # Lightning's checkpoint_callback is the first ModelCheckpoint: configs/callbacks/default.yaml lists the best
     # checkpoint's first.
     checkpoint = trainer.checkpoint_callback

@@ -193,6 +193,10 @@ def check_run_settings(cfg: DictConfig) -> None:
     for key in ("max_epochs", "max_steps"):  # -1 (or null for epochs): no limit of that kind
         if trainer.get(key) not in (None, -1):
             check_number(f"trainer.{key}", trainer[key], 1, whole=True)
+    interval = trainer.get("val_check_interval")  # batches (a whole number), a fraction of an epoch, or a time
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        check_number("trainer.val_check_interval", interval, 0, 1 if isinstance(interval, float) else None,
+                     whole=isinstance(interval, int), inclusive=False)
     if trainer.get("limit_train_batches") is not None:
         limit = trainer.limit_train_batches
         check_number("trainer.limit_train_batches", limit, 0, 1 if isinstance(limit, float) else None,

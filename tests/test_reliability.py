@@ -470,6 +470,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off
     ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: give a whole number >= 1"),
     ("trainer.max_steps=0", "trainer.max_steps=0: give a whole number >= 1"),
+    ("+trainer.val_check_interval=0", "trainer.val_check_interval=0: give a whole number > 0"),  # was a modulo by 0
+    ("+trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5: give a number > 0 and <= 1"),
     ("optimizer.name=adamx", "optimizer.name='adamx': choose one of sgd, adam, adamw, rmsprop"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9]: give two numbers, [beta1, beta2]"),
     ("optimizer=rmsprop optimizer.alpha=1.5", "optimizer.alpha=1.5: give a number >= 0 and < 1"),
@@ -493,6 +495,14 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
     with pytest.raises(UserInputError, match=re.escape(message)):
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
+
+
+def test_a_validation_interval_longer_than_an_epoch_is_one_line(mnist_dir, tmp_path):
+    # Lightning checks it against the epoch's batches, known only once the data is read: its page of traceback.
+    with pytest.raises(UserInputError, match=re.escape("trainer.val_check_interval=50 is more than the 5 training "
+                                                       "batches of an epoch: give at most that, a fraction")):
+        train_module.train(mnist_config(mnist_dir, tmp_path, "+trainer.val_check_interval=50",
+                                        "trainer.limit_train_batches=5"))
 
 def test_any_trainer_argument_is_set_without_a_plus():
     # Not in configs/trainer/: Hydra alone would want +trainer.NAME=; nested keys (a strategy's) stay Hydra's.
