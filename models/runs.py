@@ -343,4 +343,10 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
         raise UserInputError(f"out={out}: no folder {Path(out).expanduser().parent}; create it first")
     if out and Path(out).expanduser().is_dir():
         raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={out}/out.csv")
+    if out and Path(out).expanduser().is_file():  # never write over what this command reads, nor a checkpoint
+        read = [key for key in ("ckpt_path", "input") if options.get(key)
+                and Path(options[key]).expanduser().resolve() == Path(out).expanduser().resolve()]
+        if read or Path(out).suffix == ".ckpt":
+            raise UserInputError(f"out={out} is {f'the {read[0]} this command reads' if read else 'a checkpoint'}: "
+                                 "give another file name for the output")
     return options, data, trainer

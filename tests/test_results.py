@@ -291,3 +291,16 @@ def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserInputError, match=r"out=.* is a folder; give a file name in it"):
         runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}"], "usage", required=("ckpt_path",),
                              optional=("out",))
+
+
+def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_path):
+    for name in ("best.ckpt", "rows.csv", "other.ckpt", "scores.csv"):
+        (tmp_path / name).write_text(name)
+    arguments = {"required": ("ckpt_path", "input"), "optional": ("out",)}
+    read = [f"ckpt_path={tmp_path / 'best.ckpt'}", f"input={tmp_path / 'rows.csv'}"]
+    for out, what in (("best.ckpt", "the ckpt_path this command reads"), ("rows.csv", "the input this command reads"),
+                      ("other.ckpt", "a checkpoint")):
+        with pytest.raises(UserInputError, match=f"out={tmp_path / out} is {what}: give another file name"):
+            runs.parse_arguments([*read, f"out={tmp_path / out}"], "usage", **arguments)
+    runs.parse_arguments([*read, f"out={tmp_path / 'scores.csv'}"], "usage", **arguments)  # an earlier output
+    assert all((tmp_path / name).read_text() == name for name in ("best.ckpt", "rows.csv", "other.ckpt"))
