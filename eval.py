@@ -24,6 +24,8 @@ USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.d
 
 def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_options: dict | None = None) -> dict:
     """The checkpoint's test metrics (plus the data's reference metrics, as in metrics.json)."""
+    if (trainer_options or {}).get("limit_test_batches") == 0:
+        raise UserInputError("trainer.limit_test_batches=0 scores nothing: give a fraction or a number of batches > 0")
     checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     recipe = load_recipe(str(ckpt_path))
     config = recipe.hparams.config

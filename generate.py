@@ -33,8 +33,12 @@ def parse(argv: list[str]) -> dict:
             raise UserInputError(f"{key}={value!r}: give {kind}") from None
     if options["ckpt_path"] is None:
         raise UserInputError("ckpt_path is required: ckpt_path=RUN_DIR/checkpoints/best.ckpt from a model=lstm run")
-    if options["length"] < 0 or options["top_k"] < 0 or not 0 <= options["temperature"] < float("inf"):
-        raise UserInputError("length, top_k and temperature must be >= 0 (and temperature finite)")
+    for key in ("length", "top_k", "temperature"):
+        if not 0 <= options[key] < float("inf"):
+            raise UserInputError(f"{key}={options[key]}: give a {'finite number' if key == 'temperature' else 'number'}"
+                                 " >= 0")
+    if not 0 <= options["seed"] < 2**63:  # a torch.Generator's seed
+        raise UserInputError(f"seed={options['seed']}: give a whole number >= 0 and < 2**63")
     if not options["prompt"]:
         raise UserInputError("prompt is empty: give at least one character (the default is a newline)")
     return options

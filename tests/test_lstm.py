@@ -209,6 +209,8 @@ def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_ru
                          ("data.seq_len=abc", "data.seq_len='abc'")]:  # checked as train.py checks them
         with pytest.raises(UserInputError, match=message):
             eval_script.evaluate(ckpt, [bad])
+    with pytest.raises(UserInputError, match="trainer.limit_test_batches=0 scores nothing"):  # was an IndexError
+        eval_script.evaluate(ckpt, trainer_options={"limit_test_batches": 0})
 
 
 def test_vocabulary_round_trips_through_the_checkpoint_and_generation_continues_the_pattern(pattern_run):
@@ -251,8 +253,12 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse(["ckpt_path=x.ckpt", "lenght=20"])
     with pytest.raises(UserInputError, match="ckpt_path is required"):
         parse([])
-    with pytest.raises(UserInputError, match="temperature must be >= 0 .*finite"):
+    with pytest.raises(UserInputError, match="temperature=nan: give a finite number >= 0"):
         parse(["ckpt_path=x.ckpt", "temperature=nan"])
+    with pytest.raises(UserInputError, match="length=-5: give a number >= 0"):  # the one that is wrong, named
+        parse(["ckpt_path=x.ckpt", "length=-5"])
+    with pytest.raises(UserInputError, match=r"seed=99999999999999999999: give a whole number >= 0 and < 2\*\*63"):
+        parse(["ckpt_path=x.ckpt", "seed=99999999999999999999"])  # was torch's overflow traceback
     with pytest.raises(UserInputError, match="length='abc': give a whole number"):
         parse(["ckpt_path=x.ckpt", "length=abc"])
 
