@@ -1,8 +1,9 @@
 """Execute an analysis notebook headless on a run: `python notebooks/run.py analyze_run RUN_DIR [name=value ...]`.
 
 As papermill does, it injects `run_dir = 'RUN_DIR'` (and each name=value, read as a Python literal, else as a
-string) in a cell after the notebook's "parameters" cell, executes the notebook with nbclient, and writes the
-executed copy to RUN_DIR/<notebook>.ipynb (or out=FILE). The notebooks in git stay without outputs.
+string; a name the "parameters" cell does not assign is refused) in a cell after that cell, executes the notebook
+with nbclient, and writes the executed copy to RUN_DIR/<notebook>.ipynb (or out=FILE; a failed execution to
+<notebook>.failed.ipynb, leaving a good copy alone). The notebooks in git stay without outputs.
   python notebooks/run.py analyze_run outputs/cnn/2025-01-01_12-00-00
   python notebooks/run.py compare_runs outputs/multirun/2025-01-01_12-00-00
   python notebooks/run.py ad_click outputs/dnn/2025-01-01_12-00-00          # a model=dnn run
@@ -12,6 +13,7 @@ The two teaching notebooks take a folder to write into instead of a run (or open
   python notebooks/run.py regularization outputs/notebooks      # trains its six small runs there first (~70 s)
 """
 import ast
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -37,6 +39,15 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
         raise ValueError(f"run directory {run_dir} not found")
     notebook = nbformat.read(path, as_version=4)
     tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    defaults = notebook_parameters(notebook.cells[tagged[0]].source) if tagged else {"run_dir": None}
+    for key, value in parameters.items():  # a misspelt name would be set and never read
+        if key not in defaults:
+            near = difflib.get_close_matches(key, list(defaults), n=1)
+            takes = ", ".join(k for k in defaults if k != "run_dir") or "no other"
+            raise ValueError(f"{name} has no parameter {key!r}; "
+                             + (f"did you mean {near[0]}?" if near else f"it takes {takes} (and out=FILE.ipynb)"))
+        if isinstance(defaults[key], list) and not isinstance(value, (list, tuple)):
+            parameters[key] = [value]  # data_overrides=paths.data_dir=/x: a list of one, not its characters
     values = {"run_dir": str(Path(run_dir).resolve()), **parameters}
     source = "# Parameters injected by notebooks/run.py\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
     notebook.cells.insert(tagged[0] + 1 if tagged else 0,
@@ -49,9 +60,29 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})  # cwd: notebooks/, as in Jupyter
     try:
         client.execute()
-    finally:
-        nbformat.write(notebook, out)  # a failed run too: the copy shows the cell and its traceback
+    except BaseException:
+        nbformat.write(notebook, failed_copy(out))  # it shows the cell and its traceback; a good copy stays
+        raise
+    nbformat.write(notebook, out)
+    failed_copy(out).unlink(missing_ok=True)  # an earlier failure's, now stale
     return out
+
+
+def failed_copy(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.failed{out.suffix}")  # analyze_run.ipynb -> analyze_run.failed.ipynb
+
+
+def notebook_parameters(source: str) -> dict:
+    """The names a "parameters" cell assigns, with their defaults (None where not a literal)."""
+    defaults = {}
+    for node in ast.parse(source).body:
+        for target in node.targets if isinstance(node, ast.Assign) else ():
+            if isinstance(target, ast.Name):
+                try:
+                    defaults[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    defaults[target.id] = None
+    return defaults
 
 
 def main(argv: list[str]) -> int:
@@ -81,7 +112,7 @@ def main(argv: list[str]) -> int:
             print("error: no python3 Jupyter kernel (ipykernel): notebooks need the dev extras, "
                   "pip install -e '.[dev]'", file=sys.stderr)
             return 2
-        copy = parameters.get("out") or Path(run_dir) / f"{name}.ipynb"
+        copy = failed_copy(Path(parameters.get("out") or Path(run_dir) / f"{name}.ipynb"))
         reason = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
         reason = reason.strip().splitlines()[0] if reason.strip() else reason
         print(f"error: notebook {name} failed: {reason} (the executed copy {copy} shows the cell)", file=sys.stderr)

@@ -75,8 +75,23 @@ def test_text_generation_notebook(tmp_path, capsys):
     assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: notebook ad_click failed: ValueError:") and "model=dnn" in error
-    assert error.count("\n") == 1 and (tmp_path / "run" / "ad_click.ipynb").is_file()
+    assert error.count("\n") == 1 and (tmp_path / "run" / "ad_click.failed.ipynb").is_file()
+    assert "ad_click.failed.ipynb shows the cell" in error
+    # A misspelt parameter is refused (it would be set and never read); a list parameter given one value is a list.
+    assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run"), "baseline_epoch=2"]) == 2
+    assert "ad_click has no parameter 'baseline_epoch'; did you mean baseline_epochs?" in capsys.readouterr().err
     # An executed copy with nowhere to go is refused before the notebook runs.
     for out in (tmp_path / "missing" / "x.ipynb", tmp_path):
         assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run"), f"out={out}"]) == 2
         assert "cannot write the executed notebook" in capsys.readouterr().err
+
+
+def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
+    run = importlib.import_module("notebooks.run")
+    source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'
+    assert run.notebook_parameters(source) == {"run_dir": None, "data_overrides": [], "max_examples": 32,
+                                               "shape": None}
+    for name in ("analyze_run", "ad_click", "text_generation"):  # the README's data_overrides=[...] is theirs
+        cell = next(c for c in nbformat.read(run.NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        assert run.notebook_parameters(cell.source)["data_overrides"] == []
