@@ -197,10 +197,10 @@ def check_run_settings(cfg: DictConfig) -> None:
     if isinstance(interval, (int, float)) and not isinstance(interval, bool):
         check_number("trainer.val_check_interval", interval, 0, 1 if isinstance(interval, float) else None,
                      whole=isinstance(interval, int), inclusive=False)
-    if trainer.get("limit_train_batches") is not None:
-        limit = trainer.limit_train_batches
-        check_number("trainer.limit_train_batches", limit, 0, 1 if isinstance(limit, float) else None,
-                     whole=not isinstance(limit, float), inclusive=False)
+    for stage in ("train", "val", "test"):  # batches (a whole number) or a fraction of the split
+        if (limit := trainer.get(f"limit_{stage}_batches")) is not None:  # 0 for val/test: check_settings says why not
+            check_number(f"trainer.limit_{stage}_batches", limit, 0, 1 if isinstance(limit, float) else None,
+                         whole=not isinstance(limit, float), inclusive=stage != "train")
 
 
 def check_optimization(cfg: DictConfig) -> None:

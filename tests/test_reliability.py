@@ -487,6 +487,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("data.split_seed=-1", "data.split_seed=-1: give a whole number >= 0 and <= 9223372036854775807"),  # accepted
     ("model=dnn data.seed=-1", "data.seed=-1: give a whole number >= 0"),  # was numpy's error
     ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0: the run ends by scoring the test split"),
+    ("trainer.limit_test_batches=1.5", "trainer.limit_test_batches=1.5: give a number >= 0 and <= 1"),  # was "check
+    ("trainer.limit_val_batches=-1", "trainer.limit_val_batches=-1: give a whole number >= 0"),  # trainer.accelerator"
     ("+logger.foo=1", "logger.foo is not an argument of TensorBoardLogger"),  # was SummaryWriter's, at the 1st log
     ("+logger.log_dir=x", "logger.log_dir is not an argument of TensorBoardLogger"),  # it sets log_dir itself
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
