@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
-
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError

@@ -129,7 +129,6 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return argv
 
 
-
 def claimed_run_dir(argv: list[str]) -> list[str]:
     """A run directory stamped by the clock (configs/train.yaml: to the second) is claimed before Hydra makes it,
     and the argv names it: two runs started in the same second (a script starting several with `&`) would otherwise
@@ -163,6 +162,7 @@ def claimed_run_dir(argv: list[str]) -> list[str]:
         except FileExistsError:
             continue
         return argv + [f"{key}={folder}"]
+
 
 @contextmanager
 def config_kept_on_failure(argv: list[str]):
