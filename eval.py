@@ -4,7 +4,8 @@ The network comes from the checkpoint alone (`models.recipe.load_recipe`), the d
 so this reproduces the test metrics train.py wrote to RUN/metrics.json (on as much of the test split as the run
 scored: its trainer.limit_test_batches, unless given here; a count of batches, debug=fast's 2, covers other
 examples with another data.eval_batch_size). `paths.data_dir=DIR` or `data.KEY=VALUE`
-change the data (the dataset moved; a larger eval batch); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
+change the data (the dataset moved; a larger eval batch), never its test split nor what its training split fits
+(models.runs.SPLIT_SETTINGS); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
 Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
 """
 import json

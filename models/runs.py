@@ -222,17 +222,31 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
     return instantiate_data(config)
 
 
+# data.KEY settings that decide which rows are the test split, or what is fitted on the training split: a
+# checkpoint is scored on the split it was tested on, with what it was fitted with, so these cannot change there.
+SPLIT_SETTINGS = ("split_seed", "val_size", "train_size", "val_fraction", "test_fraction", "val_plays", "test_plays",
+                  "rows", "seed", "name", "label_column", "numeric_columns", "categorical_columns",
+                  "timestamp_columns", "log_columns", "min_count", "hash_buckets")
+
+
 def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):
     """The run's DataModule set up for fit (normalization statistics, vocabulary, encoders all come from the
-    training split). `trained_on`, a loaded checkpoint: data unlike what its network learned from (overrides that
-    point at another file with another alphabet or other categories, another image dataset) is refused."""
+    training split). `trained_on`, a loaded checkpoint: overrides of SPLIT_SETTINGS are refused, and so is data unlike
+    what its network learned from (overrides that point at another file with another alphabet, other categories or
+    other statistics, another image dataset): what is fitted again here must be what the checkpoint was fitted with."""
+    if trained_on is not None and (fixed := [o for o in overrides if o.partition("=")[0].removeprefix("data.")
+                                             in SPLIT_SETTINGS]):
+        raise UserInputError(f"{fixed[0]}: this setting decides which rows are the test split or what is fitted "
+                             "on the training split (normalization, encoders), which stay as the checkpoint was "
+                             f"trained; train a run with {fixed[0]} to score another split")
     datamodule = instantiate_datamodule(data_config, overrides)
     prepare_data_once(datamodule)
     datamodule.setup("fit")
     if trained_on is not None:
+        saved = trained_on.get(type(datamodule).__qualname__) or {}
         differences = (data_differences(trained_on["hyper_parameters"].get("net_kwargs", {}), datamodule.net_kwargs)
-                       or data_differences(learned_names(trained_on.get(type(datamodule).__qualname__) or {}),
-                                           learned_names(datamodule.state_dict())))
+                       or data_differences(learned_names(saved), learned_names(datamodule.state_dict()))
+                       or fitted_differences(saved, datamodule.state_dict()))
         if differences:
             changed = f" ({', '.join(overrides)})" if overrides else ""
             raise UserInputError(f"the checkpoint was trained on other data than this{changed}: {differences}; "
@@ -247,6 +261,24 @@ def learned_names(state: dict) -> dict:
     for column, levels in state.get("ids", {}).get("vocab", {}).items():
         names[f"levels of {column}"] = list(levels)
     return names
+
+
+def fitted_differences(saved: dict, given: dict, prefix: str = "") -> str:
+    """Which numbers fitted on the training split (a DataModule's state_dict: image mean and std, a scaler's mean
+    and std, bucket counts) differ between a checkpoint's and these, e.g. "scaler.mean"; "" when they agree. Close
+    is equal: a sum over many numbers can end in other last bits on another machine."""
+    differ = []
+    for key in sorted(set(saved) & set(given)):
+        a, b = saved[key], given[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ.append(fitted_differences(a, b, f"{prefix}{key}."))
+        elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            same = a.shape == b.shape and torch.allclose(a.double().cpu(), b.double().cpu(), rtol=1e-4, atol=1e-6)
+            differ.append("" if same else f"{prefix}{key}")
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and a != b:
+            differ.append(f"{prefix}{key} {a} there, {b} here")
+    differ = [d for d in differ if d]
+    return f"{', '.join(differ)} fitted on the training split" if differ and not prefix else ", ".join(differ)
 
 
 def data_differences(saved: dict, given: dict) -> str:

@@ -170,7 +170,7 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     assert vocab == 2 and categorical[0, 0] == 0 and vocab < categorical[1, 0] <= vocab + 3
 
 
-def test_rescoring_refuses_a_table_whose_categories_differ_from_training(tmp_path):
+def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_from_training(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100),
                           "y": rng.integers(0, 2, 300)})
@@ -184,6 +184,15 @@ def test_rescoring_refuses_a_table_whose_categories_differ_from_training(tmp_pat
     with pytest.raises(UserInputError, match=r"trained on other data than this \(data.path=.*b.csv\): levels of city "
                                              r"\['a', 'b', 'c'\] there, \['q', 'r', 's'\] here"):
         runs.build_datamodule(config, [f"data.path={other}"], trained_on=checkpoint)
+    # The same levels, other numbers: a scaler fitted on them would encode the test rows unlike training did.
+    shifted = write_csv(tmp_path / "c.csv", frame.assign(x=frame.x + 1))
+    with pytest.raises(UserInputError, match=r"\(data.path=.*c.csv\): scaler.mean fitted on the training split"):
+        runs.build_datamodule(config, [f"data.path={shifted}"], trained_on=checkpoint)
+    # Another split: test rows the network trained on, a scaler fitted on others.
+    with pytest.raises(UserInputError, match=r"^data.split_seed=1: this setting decides which rows are the test split"):
+        runs.build_datamodule(config, ["data.split_seed=1"], trained_on=checkpoint)
+    served = {**config, "eval_batch_size": 64}  # batched otherwise: the same rows, fitted alike
+    runs.build_datamodule(served, ["data.eval_batch_size=7"], trained_on=checkpoint)
 
 
 # -- Criteo -----------------------------------------------------------------------------------------
