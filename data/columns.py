@@ -4,7 +4,9 @@
                plus a 1 in that column's "was missing" indicator (only columns with missing training values get one)
   categorical  per field: id 0 = missing; 1..V = the training values seen at least `min_count` times; then up
                to `hash_buckets` buckets that every other value (rare in training, or never seen) is hashed into.
-               Rare training values train those buckets, so an unseen value lands on a trained embedding.
+               Rare training values train those buckets, so an unseen value lands on a trained embedding (unless
+               the field had no rare training values: then its one bucket keeps its initial vector). A missing
+               value in a field that had none in training is unseen too: id 0 would be an untrained vector.
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
 import warnings
@@ -98,22 +100,27 @@ class NumericScaler:
 class CategoryIds:
     """Per categorical field, values -> ids: 0 missing, 1..V frequent training values, V+1.. hashed buckets."""
 
-    def __init__(self, vocab: dict[str, list[str]], buckets: dict[str, int]) -> None:
+    def __init__(self, vocab: dict[str, list[str]], buckets: dict[str, int], missing: dict[str, bool] | None = None
+                 ) -> None:
         self.vocab = {name: pd.Index(values, dtype=object) for name, values in vocab.items()}  # field -> sorted levels
         self.buckets = dict(buckets)  # field -> number of hashed buckets
+        # field -> whether training had missing values there (id 0 trained); checkpoints before this: all did
+        self.missing = {name: True for name in vocab} if missing is None else dict(missing)
 
     @classmethod
     def fit(cls, train: pd.DataFrame, min_count: int, hash_buckets: int) -> "CategoryIds":
-        vocab, buckets = {}, {}
+        vocab, buckets, missing = {}, {}, {}
         for name, column in train.items():
             counts = as_strings(column).value_counts()
             vocab[name] = sorted(counts.index[counts >= min_count])
             rare = int((counts < min_count).sum())  # no more buckets than there are rare values to fill them
             buckets[name] = max(1, min(hash_buckets, rare))
-        return cls(vocab, buckets)
+            missing[name] = bool(column.isna().any())
+        return cls(vocab, buckets, missing)
 
     def state_dict(self) -> dict:
-        return {"vocab": {name: list(values) for name, values in self.vocab.items()}, "buckets": self.buckets}
+        return {"vocab": {name: list(values) for name, values in self.vocab.items()}, "buckets": self.buckets,
+                "missing": self.missing}
 
     @property
     def cardinalities(self) -> list[int]:
@@ -125,7 +132,8 @@ class CategoryIds:
             values = as_strings(frame[name])
             known = vocab.get_indexer(values)  # -1 where not in the vocabulary
             hashed = len(vocab) + 1 + stable_hash(values.to_numpy()) % self.buckets[name]
-            fields.append(np.where(values.isna(), 0, np.where(known >= 0, known + 1, hashed)))
+            missing = 0 if self.missing[name] else hashed  # never missing in training: a missing value is unseen
+            fields.append(np.where(values.isna(), missing, np.where(known >= 0, known + 1, hashed)))
         return torch.as_tensor(np.stack(fields, axis=1) if fields else np.zeros((len(frame), 0)), dtype=torch.long)
 
 

@@ -168,6 +168,15 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     assert numeric.tolist()[0] == [0.0, 1.0]  # missing: the mean (0) and the indicator
     vocab = len(dm.ids.vocab["city"])  # a, b (the four rare values share the hashed buckets)
     assert vocab == 2 and categorical[0, 0] == 0 and vocab < categorical[1, 0] <= vocab + 3
+    # A field with no missing training values: a missing value is an unseen one (a trained bucket), not id 0.
+    dm = CSVDataModule(str(write_csv(tmp_path / "u.csv", frame.fillna({"city": "a"}))), "y", ["x"], ["city"],
+                       min_count=2, hash_buckets=3)
+    dm.setup("fit")
+    ids = dm.encode(pd.DataFrame({"x": [1.0], "city": [None], "y": [0]}))[1]
+    assert dm.ids.missing == {"city": False} and len(dm.ids.vocab["city"]) < ids[0, 0] <= len(dm.ids.vocab["city"]) + 3
+    restored = CSVDataModule(str(tmp_path / "u.csv"), "y", ["x"], ["city"])
+    restored.load_state_dict(dm.state_dict())  # as predict.py encodes new rows: alike
+    assert torch.equal(restored.encode_frame(pd.DataFrame({"x": ["1"], "city": [None]}))[1], ids)
 
 
 def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_from_training(tmp_path):
