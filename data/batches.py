@@ -7,6 +7,7 @@ processes, no host->device copy per step (airbench's trick). Augmentation runs o
 Under DDP every rank holds the whole split and serves its own shard of it (`num_replicas`, `rank`): Lightning
 inserts a DistributedSampler only into a torch DataLoader, never into an iterable like this one.
 """
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -24,6 +25,13 @@ class TensorBatches:
     in progress, read as each pass starts: a DataModule passes Lightning's own count (`loader_args`), which is
     right after a resume from any checkpoint, where Lightning may or may not call `load_state_dict`.
 
+    `epoch_batches` (a number or a function, read as each epoch starts; shuffled training only): how many batches
+    the trainer takes of an epoch, fewer than all when `trainer.limit_train_batches` ends its epochs early (the
+    LSTM's 250). The next epoch then goes on through the same order, and a new order is drawn only when one is used
+    up: every row is served once per len(self) batches, as with whole epochs. (A new order per epoch would serve
+    some rows two or three times and never reach others: 11% of the Shakespeare corpus's characters were never a
+    target in the LSTM's 9 epochs of 250 of its 1,120 batches, although those were two passes' worth.)
+
     With `num_replicas` > 1 (DDP) this rank serves rows rank, rank + num_replicas, ... of the epoch's order,
     which every rank draws alike from the same seed: the shards are disjoint, and rank r's batch b holds every
     num_replicas-th row of the single-process batch b of num_replicas * batch_size rows. With `drop_last` (training)
@@ -35,7 +43,7 @@ class TensorBatches:
     def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, epoch: int | Callable[[], int] = 0,
                  transform: Callable[..., tuple[Tensor, ...]] | None = None,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, epoch_batches: int | Callable[[], float] | None = None) -> None:
         assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors must share dim 0"
         assert 0 <= rank < num_replicas, f"rank {rank} of {num_replicas} replicas"
         if len(tensors[0]) < num_replicas:  # a rank with nothing would sit out the collectives
@@ -43,7 +51,7 @@ class TensorBatches:
             raise UserInputError(f"{split} split of {len(tensors[0])} items cannot give each of the {num_replicas} "
                                  "processes one: use fewer processes or a larger split")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tensors, batch_size, shuffle, drop_last
-        self.seed, self.epoch, self.transform = seed, epoch, transform
+        self.seed, self.epoch, self.transform, self.epoch_batches = seed, epoch, transform, epoch_batches
         self.num_replicas, self.rank = num_replicas, rank
         self.in_progress: int | None = None  # the number of the epoch served last (or now)
         self.yielded = 0                     # batches handed out so far in that epoch
@@ -59,29 +67,44 @@ class TensorBatches:
         full, short = divmod(rows, self.batch_size)
         return full + (short > 0 and not (self.drop_last and full))
 
+    def _epoch_length(self) -> int:
+        """Batches of an epoch: all of them, or as many as the trainer takes of a shuffled one."""
+        limit = self.epoch_batches() if callable(self.epoch_batches) else self.epoch_batches
+        if not self.shuffle or limit is None or not math.isfinite(limit):  # inf: Lightning has not counted yet
+            return len(self)
+        return max(1, min(len(self), int(limit)))
+
     def _next_epoch(self) -> int:
         if callable(self.epoch):
             return self.epoch()
         epoch, self.epoch = self.epoch, self.epoch + 1
         return epoch
 
+    def _order(self, number: int) -> tuple[int, Tensor | None]:
+        """The seed of order `number` (the number of the pass through all rows) and this rank's positions in it;
+        unshuffled: (the seed, None). It depends on (seed, number) alone, on any device, so a resumed run sees the
+        same batches."""
+        seed = (self.seed + 1_000_003 * number) % 2**63
+        if not self.shuffle:
+            return seed, None
+        order = torch.randperm(len(self.tensors[0]), generator=torch.Generator().manual_seed(seed))
+        return seed, order.to(self.tensors[0].device)[self._shard()]  # this rank's rows: a strided view of the order
+
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        n, device = len(self.tensors[0]), self.tensors[0].device
+        device = self.tensors[0].device
         epoch = self.in_progress = self._next_epoch()
-        # Each epoch's order depends on (seed, epoch) alone, on any device, so a resumed run sees the same batches.
-        epoch_seed = (self.seed + 1_000_003 * epoch) % 2**63
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).to(device) if self.shuffle
-                 else None)
-        # This rank's rows, a strided view of the order (unshuffled: of the tensors); with one process, all rows.
-        shard = self._shard()
-        tensors = self.tensors if order is not None else tuple(t[shard] for t in self.tensors)
-        order = order[shard] if order is not None else None
+        length = self._epoch_length()
+        # Unshuffled, this rank's rows of the tensors (with one process, all rows); shuffled, indexed by the order.
+        tensors = self.tensors if self.shuffle else tuple(t[self._shard()] for t in self.tensors)
         # A resumed run goes on after the batches its checkpoint had served, if it resumes that very epoch.
         start = self._resume[1] if self._resume and self._resume[0] == epoch else 0
         self._resume = None
         self.yielded = start
-        for b in range(start, len(self)):
-            self.yielded = b + 1
+        number = None
+        for step in range(epoch * length + start, (epoch + 1) * length):  # counted over all epochs' batches
+            (pass_number, b), self.yielded = divmod(step, len(self)), step - epoch * length + 1
+            if pass_number != number:  # with whole epochs, pass `epoch`
+                number, (pass_seed, order) = pass_number, self._order(pass_number)
             rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = order[rows] if order is not None else rows
             batch = tuple(t[idx] for t in tensors)
@@ -89,17 +112,16 @@ class TensorBatches:
                 yield batch
             else:
                 # Each rank draws its own augmentation (rank 0 draws what a single process does).
-                batch_seed = epoch_seed + 7_919 * (b + 1) + 104_729 * self.rank
+                batch_seed = pass_seed + 7_919 * (b + 1) + 104_729 * self.rank
                 generator = torch.Generator(device).manual_seed(batch_seed % 2**63)
                 yield self.transform(*batch, generator=generator)
 
     # Lightning saves this in every checkpoint and restores it when it resumes mid-epoch: the run goes on with
-    # the batch after the last one it trained on. (An epoch that `limit_train_batches` ended early looks
-    # unfinished here; Lightning then resumes the next epoch, and the saved position is ignored.)
+    # the batch after the last one it trained on.
     def state_dict(self) -> dict:
         if self.in_progress is None:  # nothing served yet
             return {"epoch": 0 if callable(self.epoch) else self.epoch, "batches": 0}
-        if self.yielded < len(self):  # mid-epoch
+        if self.yielded < self._epoch_length():  # mid-epoch
             return {"epoch": self.in_progress, "batches": self.yielded}
         return {"epoch": self.in_progress + 1, "batches": 0}  # after an epoch
 
@@ -111,12 +133,14 @@ class TensorBatches:
 
 def loader_args(trainer) -> dict:
     """The TensorBatches arguments every DataModule passes: the run's seed, the epoch in progress as Lightning
-    counts it when a pass starts, and this process's place among the DDP ranks. Without a trainer: one process
-    from epoch 0. (Read when the pass starts, not when the loader is built: a loader is built before Lightning
-    has finished restoring a checkpoint's epoch count, and `current_epoch` is still the last finished epoch then.)"""
+    counts it when a pass starts, the batches it takes of a training epoch, and this process's place among the DDP
+    ranks. Without a trainer: one process from epoch 0, whole epochs. (Read when the pass starts, not when the
+    loader is built: a loader is built before Lightning has finished restoring a checkpoint's epoch count, and
+    `current_epoch` is still the last finished epoch then.)"""
     if trainer is None:
         return {"seed": torch.initial_seed()}
     return {"seed": torch.initial_seed(), "epoch": lambda: trainer.current_epoch,
+            "epoch_batches": lambda: trainer.num_training_batches,
             "num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
 

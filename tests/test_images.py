@@ -128,6 +128,26 @@ def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
     assert len(batches) == 10 == len(list(batches))
 
 
+def test_epochs_shortened_by_a_batch_limit_go_on_through_one_order():
+    """limit_train_batches=3 of 10 batches: epochs 0-2 serve rows 0-89 of the first order, epoch 3 its last 10 and
+    then the first 20 of the next order; every row once per 10 batches, as with whole epochs."""
+    rows = torch.arange(100)
+
+    def served(epoch: int, limit: int | None = 3, start: int = 0) -> list[list[int]]:
+        loader = TensorBatches(rows, batch_size=10, shuffle=True, drop_last=True, seed=7, epoch=epoch,
+                               epoch_batches=limit)
+        if start:
+            loader.load_state_dict({"epoch": epoch, "batches": start})
+        return [batch[0].tolist() for batch in loader]
+
+    whole = [served(epoch, limit=None) for epoch in range(2)]  # two whole epochs: two orders
+    shortened = [b for epoch in range(7) for b in served(epoch)]  # 21 batches
+    assert len(served(0)) == 3 and shortened[:20] == whole[0] + whole[1]
+    assert sorted(sum(shortened[10:20], [])) == list(range(100))
+    assert served(3, start=2) == served(3)[2:]  # a resume mid-epoch goes on in the same order
+    assert served(0, limit=float("inf")) == whole[0]  # Lightning's count before it has counted: whole epochs
+
+
 def test_validation_split_is_fixed_and_disjoint():
     train, val = split_indices(100, 20, seed=0)
     assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
