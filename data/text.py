@@ -3,9 +3,10 @@
 Training batches are B windows of T+1 characters at random offsets, gathered in one indexing op
 (`corpus[starts[:, None] + arange(T + 1)]`): the first T are the inputs, the last T the targets (the next character
 at every step). The offsets are stratified: `TensorBatches` shuffles one start per T characters, and each start
-moves by a random 0..T-1, so an epoch reads about the whole split once, never on the same grid twice. Windows
-are independent, so the network needs no state between batches and the shared recipe trains it like any other;
-the price is that each window starts from a zero state (README, LSTM: what carrying the state would gain).
+moves by a random 0..T-1, so an epoch (a pass, when `limit_train_batches` shortens epochs) reads about the whole
+split once, never on the same grid twice. Windows are independent, so the network needs no state between batches
+and the shared recipe trains it like any other; the price is that each window starts from a zero state (README,
+LSTM: what carrying the state would gain).
 Validation and test read their split once, in order, in non-overlapping windows of `eval_seq_len` characters
 (the final partial window is left out).
 
