@@ -17,9 +17,10 @@ from data import UserInputError
 
 
 class TensorBatches:
-    """Iterable of batches `transform(*[t[idx] for t in tensors], generator=g)`, reshuffled every epoch when
-    `shuffle`. `g` is a generator on the data's device seeded by (seed, epoch, batch, rank): random augmentation
-    drawn from it is the same in a resumed run as in an uninterrupted one, whatever else used the RNG.
+    """Iterable of batches `transform(*[t[idx] for t in tensors], generator=g)`, reshuffled for every pass through
+    the rows when `shuffle` (a pass is an epoch unless epochs are shortened, below). `g` is a generator on the data's
+    device seeded by (seed, pass, batch, rank): random augmentation drawn from it is the same in a resumed run as in
+    an uninterrupted one, whatever else used the RNG.
 
     `epoch` is the first epoch's number, counted on by each pass, or a function returning the number of the epoch
     in progress, read as each pass starts: a DataModule passes Lightning's own count (`loader_args`), which is

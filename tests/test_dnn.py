@@ -143,9 +143,9 @@ def test_csv_splits_are_disjoint_and_the_scaler_sees_only_training_rows(tmp_path
     # Each row's number is a numeric column: the encoded splits say which file rows they hold.
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"row": np.arange(1000.0), "city": rng.choice(["a", "b", "c"], 1000),
-                          "y": rng.integers(0, 2, 1000)})
-    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["row"], ["city"], log_columns=[],
-                       val_fraction=0.15, test_fraction=0.15)
+                          "id": [f"r{i}" for i in range(1000)], "y": rng.integers(0, 2, 1000)})
+    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["row"], ["city", "id"], log_columns=[],
+                       val_fraction=0.15, test_fraction=0.15, min_count=1)
     dm.setup("fit")
     dm.setup("test")
     rows = {split: (data[0][:, 0] * dm.scaler.std[0] + dm.scaler.mean[0]).round().long()
@@ -154,7 +154,8 @@ def test_csv_splits_are_disjoint_and_the_scaler_sees_only_training_rows(tmp_path
     assert sorted(torch.cat(list(rows.values())).tolist()) == list(range(1000))  # every row once: no leak
     assert dm.scaler.mean[0] == pytest.approx(rows["train"].double().mean().item(), abs=1e-3)  # training rows only
     assert dm.scaler.std[0] == pytest.approx(rows["train"].double().std(correction=0).item(), rel=1e-4)
-    again = CSVDataModule(str(tmp_path / "t.csv"), "y", ["row"], ["city"], log_columns=[], split_seed=1)
+    assert set(dm.ids.vocab["id"]) == {f"r{i}" for i in rows["train"].tolist()}  # the levels too
+    again = CSVDataModule(str(tmp_path / "t.csv"), "y", ["row"], ["city", "id"], log_columns=[], split_seed=1)
     again.setup("fit")
     assert not torch.equal(again.val[0], dm.val[0])  # data.split_seed draws another split
 

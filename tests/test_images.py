@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data import DEBIAN_FASHION_MNIST, UserInputError
-from data.batches import TensorBatches, split_indices
+from data.batches import TensorBatches, loader_args, split_indices
 from data.images import ImageDataModule, random_affine
 
 
@@ -35,6 +35,9 @@ def test_validation_images_are_held_out_and_never_augmented(mnist_dir):
     assert torch.allclose(dm.std.double(), x.std((0, 2, 3)), atol=1e-6)
     served = torch.cat([inputs for inputs, _ in dm.val_dataloader()])  # in order, plainly normalized
     assert torch.allclose(served, (dm.val[0].float() / 255 - dm.mean.view(1, -1, 1, 1)) / dm.std.view(1, -1, 1, 1))
+    other = ImageDataModule("mnist", str(mnist_dir), val_size=200, split_seed=1)
+    other.setup("fit")
+    assert {bytes(x.numpy()) for x in other.val[0]} != val  # data.split_seed draws another validation split
 
 
 def test_cifar_loader_reads_pickled_batches(cifar_dir):
@@ -48,6 +51,9 @@ def test_cifar_loader_reads_pickled_batches(cifar_dir):
     first = torch.as_tensor(batch["data"][0].reshape(3, 32, 32))  # planes R, G, B of 32x32
     assert torch.equal(dm.test[0][0], first) and dm.test[1].tolist() == batch["labels"]
     assert dm.net_kwargs["in_channels"] == 3 and dm.classes[1] == "automobile"
+    x = dm.train[0].double() / 255  # one mean and deviation per colour channel, from the training images
+    assert dm.mean.shape == dm.std.shape == (3,) and torch.allclose(dm.mean.double(), x.mean((0, 2, 3)), atol=1e-6)
+    assert torch.allclose(dm.std.double(), x.std((0, 2, 3)), atol=1e-6)
 
 
 def test_a_corrupt_cifar_batch_is_named(cifar_dir, tmp_path):
@@ -126,6 +132,13 @@ def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
     assert torch.equal(torch.cat([b[0] for b in again]), second)  # epoch 1 of a resumed run = epoch 1
     batches = TensorBatches(rows, batch_size=10, drop_last=True)
     assert len(batches) == 10 == len(list(batches))
+    # Rows stay with their labels, and the order follows the run's seed (a seed sweep also varies the data order).
+    assert all(torch.equal(y, 2 * x) for x, y in TensorBatches(rows, rows * 2, batch_size=10, shuffle=True))
+    orders = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        orders.append(next(iter(TensorBatches(rows, batch_size=103, shuffle=True, **loader_args(None))))[0])
+    assert not torch.equal(*orders)
 
 
 def test_epochs_shortened_by_a_batch_limit_go_on_through_one_order():

@@ -49,6 +49,14 @@ def test_shapes_and_the_data_picks_the_network():
     assert isinstance(classifier, SequenceClassifier)
     assert classifier(torch.randn(5, 1, 28, 28)).shape == (5, 10)  # 28 steps of 28 features
     assert classifier.lstm.input_size == 28
+    # Step t reads row t (of every channel), not column t.
+    seen = []
+    two_channels = build(in_channels=2, num_classes=3, image_size=(6, 5), hidden_size=8)
+    two_channels.lstm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    images = torch.randn(4, 2, 6, 5)
+    two_channels(images)
+    assert seen[0].shape == (4, 6, 10)
+    assert all(torch.equal(seen[0][:, t], images[:, :, t, :].flatten(1)) for t in range(6))
     assert SequenceClassifier(3, 4, hidden_size=8)(torch.randn(2, 9, 3)).shape == (2, 4)
     with pytest.raises(ValueError, match="vocab_size"):
         build(in_channels=1)
@@ -133,6 +141,17 @@ def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
     assert dm.vocab == ["<unk>", "a", "b"] and dm.test[-1] == 0
 
 
+def test_the_unigram_reference_scores_the_characters_the_test_windows_predict(tmp_path):
+    path = tmp_path / "unigram.txt"
+    path.write_text("aab" * 300 + "b" * 50 + "a" + "b" * 49)  # train 900 (a twice as often), val 50, test "abbb..."
+    dm = TextFileDataModule(str(path), seq_len=16, eval_seq_len=49)
+    dm.setup("fit")
+    dm.setup("test")
+    assert decode(dm.test, dm.vocab) == "a" + "b" * 49
+    # One window of 49: it predicts the 49 b's after the first character (add-one counts: a 601, b 301, <unk> 1).
+    assert dm.reference_metrics()["test/unigram_loss"] == pytest.approx(-math.log(301 / 903), abs=1e-4)
+
+
 def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
     for content in ("", "x"):
         (tmp_path / "tiny.txt").write_text(content)
@@ -178,6 +197,7 @@ def test_learns_a_repeating_sentence_to_near_zero_loss(pattern_run):
     # Only the first characters of each 96-character test window, read from a zero state, cost anything.
     assert metrics["test/loss"] < 0.1 and metrics["test/acc"] > 0.97, metrics
     assert metrics["test/bpc"] == pytest.approx(metrics["test/loss"] / 0.6931, rel=1e-3)
+    assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/loss"]), rel=1e-4)
     assert json.loads((run / "metrics.json").read_text())["test/loss"] == metrics["test/loss"]
 
 
@@ -235,6 +255,20 @@ def test_unknown_prompt_characters_warn_and_generation_goes_on(pattern_run):
     with pytest.warns(UserWarning, match="not in the training vocabulary"):
         text = generate(ckpt, prompt="Zürich ☃ hello", length=30)
     assert text.startswith("Zürich ☃ hello") and len(text) == len("Zürich ☃ hello") + 30
+
+
+def test_a_sample_leaves_the_network_training_with_dropout(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from models.samples import TextSamples
+
+    net = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.5)
+    module = SimpleNamespace(net=net, hparams=SimpleNamespace(net_kwargs={"vocab": ["<unk>", "a", "b"]}))
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, global_step=1)
+    TextSamples(prompt="a", length=5).on_validation_epoch_end(trainer, module)
+    assert net.training  # validation ran mid-training: the next steps train with dropout again
 
 
 def test_samples_are_logged_to_tensorboard_every_validation(pattern_run):

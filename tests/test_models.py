@@ -80,8 +80,13 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     net.bias.data = torch.tensor([-5.0, 0.0, 0.0])  # the last row, alone in a batch of 7s, has a large loss
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     batches = TensorBatches(x, y, batch_size=batch_size)
-    metrics = trainer.validate(recipe_for(net, "multiclass"), batches, verbose=False)[0]
+    recipe = recipe_for(net, "multiclass")
+    metrics = trainer.validate(recipe, batches, verbose=False)[0]
     assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
+    # The next validation is its own: the loss and accuracy start again (early stopping compares epochs).
+    metrics = trainer.validate(recipe, TensorBatches(x[:10], y[:10], batch_size=batch_size), verbose=False)[0]
+    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(net(x[:10]), y[:10]).item(), rel=1e-5)
+    assert metrics["val/acc"] == pytest.approx((net(x[:10]).argmax(1) == y[:10]).float().mean().item())
 
 
 def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
@@ -92,9 +97,9 @@ def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(64, 4), torch.randint(0, 3, (64,))
-    weight, bias = net.weight.detach().clone().requires_grad_(), net.bias.detach().clone()
+    weight, bias = (p.detach().clone().requires_grad_() for p in (net.weight, net.bias))
     data_loss = F.cross_entropy(F.linear(x, weight, bias), y)
-    gradient, = torch.autograd.grad(data_loss, weight)
+    gradient, bias_gradient = torch.autograd.grad(data_loss, (weight, bias))
     recipe = Recipe(net, task="multiclass", lr=0.1, l1=0.5, optimizer={"name": "sgd", "momentum": 0.0,
                     "nesterov": False}, scheduler={"name": "none"}, net_kwargs={"num_classes": 3})
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
@@ -104,6 +109,7 @@ def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
     # one plain SGD step on loss + l1 * sum|w|: the data's gradient plus l1 * sign(w), the weights only (not biases)
     expected = weight - 0.1 * (gradient + 0.5 * weight.sign())
     assert torch.allclose(net.weight, expected, atol=1e-6)
+    assert torch.allclose(net.bias, bias - 0.1 * bias_gradient, atol=1e-6)  # the data's gradient alone
 
 
 @pytest.mark.parametrize("optimizer, momentum", [({"name": "adamw"}, lambda g: g["betas"][0]),
@@ -195,3 +201,30 @@ def test_a_learning_rate_finder_trains_before_the_recipe_starts_its_fit(tmp_path
 def test_a_size_a_network_cannot_have_is_refused_naming_it(build, message):
     with pytest.raises(ValueError, match=message):  # train.py: `error: model.net: kernel_size=0: ...`
         build()
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, accumulate, expected", [
+    (1, 100, 1, 15),    # the epochs end the run first: the schedule must anneal within them
+    (3, 20, 1, 20),     # the steps do
+    (-1, 40, 1, 40),    # steps only (the LSTM's way)
+    (2, -1, 4, 8),      # 15 batches, a step per 4 and one for the remainder: 4 a epoch
+])
+def test_a_schedule_spans_the_steps_the_run_will_take(max_epochs, max_steps, accumulate, expected):
+    from types import SimpleNamespace
+
+    from models.schedules import total_steps
+
+    trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps, limit_train_batches=1.0,
+                              accumulate_grad_batches=accumulate,
+                              datamodule=SimpleNamespace(train_dataloader=lambda: range(15)))
+    assert total_steps(trainer, "onecycle") == expected
+
+
+def test_every_metric_a_monitor_can_watch_has_the_right_direction():
+    from models.recipe import epoch_metric_names, metric_mode
+
+    falls = {"loss", "bpc", "perplexity"}  # a lower value is a better model
+    names = {name for task in ("binary", "multiclass", "lm") for name in epoch_metric_names(task, "val")}
+    assert {name.split("/")[1] for name in names} == falls | {"acc", "auroc"}
+    for name in names:
+        assert metric_mode(name) == ("min" if name.split("/")[1] in falls else "max"), name
