@@ -354,7 +354,8 @@ def test_criteo_streamed_rows_are_sharded_across_ranks(tmp_path):
     for rank in (0, 1):  # what each of 2 DDP ranks streams in one epoch
         dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=0.0, batch_size=64, block_rows=16,
                               on_device=False)
-        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0,
+                                     num_training_batches=float("inf"))  # a Trainer before it counts
         dm.setup("fit")
         served.append(torch.cat([ids for _, ids, _ in dm.train_dataloader()]))
     assert len(served[0]) == len(served[1]) == 384  # 50 blocks of 16 rows: 24 each, 4 a batch, 6 batches a rank
