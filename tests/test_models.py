@@ -207,7 +207,7 @@ def test_a_size_a_network_cannot_have_is_refused_naming_it(build, message):
     (1, 100, 1, 15),    # the epochs end the run first: the schedule must anneal within them
     (3, 20, 1, 20),     # the steps do
     (-1, 40, 1, 40),    # steps only (the LSTM's way)
-    (2, -1, 4, 8),      # 15 batches, a step per 4 and one for the remainder: 4 a epoch
+    (2, -1, 4, 8),      # 15 batches, a step per 4 and one for the remainder: 4 an epoch
 ])
 def test_a_schedule_spans_the_steps_the_run_will_take(max_epochs, max_steps, accumulate, expected):
     from types import SimpleNamespace
