@@ -204,6 +204,11 @@ class Recipe(L.LightningModule):
                 f"(epoch {step // per_epoch}, batch {step % per_epoch}); "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
 
+    def train_seconds(self) -> float:
+        """Seconds of this fit so far, plus those of the run it resumed from: from on_fit_start, so reading and
+        preparing the data (prepare_data, setup) and building the network are not counted; validation is."""
+        return self.seconds_before + time.perf_counter() - self._fit_started
+
     # -- lifecycle hooks ------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
@@ -290,7 +295,7 @@ class Recipe(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.state.fn == "fit":  # every checkpoint of a fit, also those written after a validation
             self.check_finite()
-        checkpoint["train_seconds"] = self.seconds_before + time.perf_counter() - self._fit_started
+        checkpoint["train_seconds"] = self.train_seconds()
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

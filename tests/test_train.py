@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import sys
+import time
 from types import SimpleNamespace
 
 import lightning as L
@@ -67,6 +68,19 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_p
     recipe = load_recipe(str(tmp_path / saved["best_checkpoint"]))  # the checkpoint alone rebuilds the network
     assert recipe.hparams.net_kwargs["image_size"] == (28, 28)
     assert recipe.net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypatch):
+    # Data that takes 4 s to read, then a fit of 2 steps: the time is the fit's (training and validation), the same
+    # in metrics.json and the checkpoints, so runs on slow and fast disks compare.
+    setup = ImageDataModule.setup
+    monkeypatch.setattr(ImageDataModule, "setup",
+                        lambda self, stage=None: (stage == "fit" and time.sleep(4), setup(self, stage))[1])
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1",
+                                              "trainer.limit_train_batches=2"))
+    assert 0 < metrics["train_seconds"] < 4
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < last["train_seconds"] <= metrics["train_seconds"]
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
