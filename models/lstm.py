@@ -77,13 +77,16 @@ class CharLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, length: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, never: tuple[int, ...] = ()) -> Tensor:
         """prompt ids (T0,) -> (T0 + length,): the prompt, then `length` sampled ids. Call in eval mode.
-        temperature 0 takes the most likely character; top_k samples among the k most likely only."""
+        temperature 0 takes the most likely character; top_k samples among the k most likely only; ids in
+        `never` are never drawn (the unknown-character id, which stands for no character in particular)."""
         logits, state = self.step(prompt[None])  # the whole prompt in one call; (1, T0, V)
         out = [prompt]
         for _ in range(length):
             logits = logits[:, -1]  # (1, V): scores for the next character
+            if never:
+                logits = logits.index_fill(-1, torch.tensor(never, device=logits.device), float("-inf"))
             if temperature == 0:
                 token = logits.argmax(-1, keepdim=True)  # (1, 1)
             else:

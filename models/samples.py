@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from data.text import decode, encode
+from data.text import UNK, decode, encode
 from models.lstm import CharLM
 
 
@@ -28,7 +28,10 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
     if device.type == "cpu":  # one character at a time is a chain of tiny ops: extra threads only add overhead
         torch.set_num_threads(1)  # (measured on 2 cores: 0.34 ms a character with one thread, ~2 ms with two)
     try:
-        out = net.generate(ids, length, temperature, top_k, generator)
+        # <unk> is any character the training text lacked: a model can give it weight (validation text has some),
+        # but it names no character to print, so it is never drawn.
+        never = (vocab.index(UNK),) if UNK in vocab else ()
+        out = net.generate(ids, length, temperature, top_k, generator, never)
     finally:
         torch.set_num_threads(threads)
     return prompt + decode(out[len(ids):], vocab)  # the prompt verbatim, even characters the vocabulary lacks

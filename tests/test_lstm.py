@@ -257,6 +257,17 @@ def test_unknown_prompt_characters_warn_and_generation_goes_on(pattern_run):
     assert text.startswith("Zürich ☃ hello") and len(text) == len("Zürich ☃ hello") + 30
 
 
+@pytest.mark.parametrize("temperature, top_k", [(0, None), (1.0, None), (5.0, 2)])
+def test_samples_never_draw_the_unknown_character(temperature, top_k):
+    from models.samples import sample
+
+    net = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.0).eval()
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # <unk> the most likely by far
+    text = sample(net, ["<unk>", "a", "b"], "a", 200, temperature, top_k)
+    assert set(text) == {"a", "b"} and "\ufffd" not in text  # <unk> would print as the replacement character
+
+
 def test_a_sample_leaves_the_network_training_with_dropout(tmp_path):
     from types import SimpleNamespace
 
