@@ -138,9 +138,14 @@ class CategoryIds:
 
 
 def as_strings(column: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
-        column = column.astype("Int64")  # 3.0 and 3 are the same level
-    return column.astype(str).where(column.notna())
+    """A categorical column's values as the strings the vocabulary holds; missing values stay missing. A whole
+    float prints as the int: 3.0 and 3 are one level, whether or not the same column also holds a 2.5 (reading a
+    CSV, one value 2.5 makes the whole column float)."""
+    strings = column.astype(str)
+    if pd.api.types.is_float_dtype(column):
+        whole = (column % 1 == 0) & (column.abs() < 2**53)  # exactly representable: int64 prints it in full
+        strings = strings.mask(whole, column.where(whole, 0).astype("int64").astype(str))
+    return strings.where(column.notna())
 
 
 def read_csv_rows(path: Path) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
-from data.columns import READ_CSV
+from data.columns import READ_CSV, as_strings
 from data.criteo import CriteoDataModule, prepare
 from data.npy import NpyRows
 from data.tabular import CSVDataModule
@@ -178,6 +178,14 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     restored = CSVDataModule(str(tmp_path / "u.csv"), "y", ["x"], ["city"])
     restored.load_state_dict(dm.state_dict())  # as predict.py encodes new rows: alike
     assert torch.equal(restored.encode_frame(pd.DataFrame({"x": ["1"], "city": [None]}))[1], ids)
+
+
+def test_a_whole_float_category_is_one_level_whatever_else_its_column_holds():
+    # 2.0 is level "2" in a column of whole numbers and in one that also holds 2.5 (which makes pandas read floats)
+    assert as_strings(pd.Series([2.0, 3.0, np.nan])).tolist() == ["2", "3", np.nan]
+    assert as_strings(pd.Series([2.0, 2.5, np.nan])).tolist() == ["2", "2.5", np.nan]
+    assert as_strings(pd.Series([2, 3])).tolist() == ["2", "3"]
+    assert as_strings(pd.Series(["2.0", None])).tolist() == ["2.0", np.nan]  # text (a CSV's cells) stays verbatim
 
 
 def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_from_training(tmp_path):
