@@ -421,8 +421,9 @@ VERTICAL_EDGE_FILTER = torch.tensor([[1.0, 0.0, -1.0]] * 3)  # (3, 3): left colu
 POOLING_EXAMPLE = torch.tensor([[1.0, 3, 2, 1], [2, 9, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]])  # (4, 4)
 
 
-def conv_output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
-    return (n + 2 * padding - f) // stride + 1
+def conv_output_size(n: int, f: int, padding: int = 0, stride: int = 1, dilation: int = 1) -> int:
+    span = dilation * (f - 1) + 1  # a dilated f x f filter covers this many pixels a side (taps d apart)
+    return (n + 2 * padding - span) // stride + 1
 
 
 def convolve(image: Tensor, kernel: Tensor, padding: int = 0, stride: int = 1) -> Tensor:
@@ -561,8 +562,9 @@ def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
 
 
 # Why the LSTM. Backpropagating from step T to step t multiplies T - t Jacobians. In a plain RNN each is diag(tanh')
-# U, and with the usual initialisation U's eigenvalues lie well inside the unit circle (spectral radius 0.59 for
-# rnn_and_lstm's) and tanh' <= 1, so the gradient reaching earlier inputs shrinks geometrically (vanishes); with a
+# U. It surely shrinks the gradient when U's largest singular value times max tanh' (1) is below 1 (Pascanu et al.
+# 2013); rnn_and_lstm's U has 1.12, but its spectral radius is 0.59 and tanh' is mostly well below 1, so in practice
+# the gradient reaching earlier inputs shrinks geometrically (vanishes: measured below, not guaranteed); with a
 # larger U it can instead grow geometrically (explodes), which is why configs/model/lstm.yaml clips the gradient
 # norm (trainer.gradient_clip_val). The LSTM's cell state is updated additively, c_t = f * c_{t-1} + i * g, so along
 # it each step back multiplies the gradient by the forget gate alone: near 1, it carries the gradient a long way.
