@@ -9,6 +9,13 @@ class UserInputError(Exception):
     """Bad user input (missing file, wrong column, corrupt data): train.py prints it as one line."""
 
 
+def check_folder(setting: str, folder: Path) -> None:
+    """A folder that is there or can be made: a file in the way is a one-line error (not NotADirectoryError)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserInputError(f"{setting}={folder}: {existing} is a file, not a folder; give a folder")
+
+
 def class_names(datamodule, num_classes: int) -> list[str]:
     """The names a DataModule gives its classes (`classes`, e.g. Fashion-MNIST's "T-shirt/top"), else "0", "1", ..."""
     return [str(name) for name in getattr(datamodule, "classes", range(num_classes))]

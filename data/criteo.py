@@ -38,7 +38,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 from torch import Tensor
 
-from data import UserInputError
+from data import UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
 from data.columns import FLOAT32_PROBLEM, NumericScaler, parse, stable_hash, to_finite
 from data.npy import NpyRows, NpyWriter
@@ -90,6 +90,7 @@ def prepare(path: Path, cache_dir: Path, chunk_rows: int = 100_000) -> Path:
     if (cache / "meta.json").is_file():
         return cache
     tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+    check_folder("data.cache_dir", cache_dir)
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         start, rows = time.perf_counter(), convert(path, sep, header, tmp, chunk_rows)

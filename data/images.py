@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
-from data import DEBIAN_FASHION_MNIST, UserInputError
+from data import DEBIAN_FASHION_MNIST, UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -110,6 +110,7 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
 
     # -- files ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        check_folder("paths.data_dir", self.root)
         folder = self.root / DATASETS[self.name].subdir
         if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
             folder.mkdir(parents=True, exist_ok=True)

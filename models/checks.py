@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from data import UserInputError
+from data import UserInputError, check_folder
 from models.recipe import OPTIMIZERS, epoch_metric_names, make_optimizer, metric_mode
 from models.schedules import SCHEDULERS
 from models.signatures import check_arguments, check_object_args, check_trainer_args, get_object
@@ -181,6 +181,8 @@ def check_run_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise UserInputError(f"{key}={value!r}: give true or false")
+    if (data_dir := OmegaConf.select(cfg, "paths.data_dir", default=None)) is not None:
+        check_folder("paths.data_dir", Path(str(data_dir)).expanduser())
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise UserInputError(f"ckpt_path={ckpt_path!r}: give a checkpoint file, or `last`")

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf, open_dict
 
-from data import UserInputError
+from data import UserInputError, check_folder
 from models.checks import CONFIGS, check_config, check_settings, check_sweep
 from models.signatures import not_a_trainer_argument
 
@@ -113,12 +114,15 @@ def resume_arguments(argv: list[str]) -> list[str]:
                                  "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
                                  "schedule's length was fixed when it started)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if a file is in the way
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
         if args.get(key):
+            check_folder(key, Path(args[key]))
             existing = next(p for p in (Path(args[key]), *Path(args[key]).parents) if p.exists())
-            if not existing.is_dir():
-                raise UserInputError(f"{key}={args[key]}: {existing} is a file, not a folder; choose another "
-                                     "directory for the run")
+            try:  # writable? (os.access says yes to root on a read-only or virtual file system)
+                os.rmdir(tempfile.mkdtemp(dir=existing))
+            except OSError as err:
+                raise UserInputError(f"{key}={args[key]}: cannot make folders in {existing} ({err.strerror}); "
+                                     "choose a directory you can write to") from None
     run_dir = args.get("hydra.run.dir")
     if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
         raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "

@@ -571,7 +571,12 @@ def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_pat
     for key, folder in (("hydra.run.dir", tmp_path / "notes.txt"), ("hydra.sweep.dir", tmp_path / "notes.txt" / "x")):
         with pytest.raises(UserInputError, match=f"{key}={folder}: {tmp_path / 'notes.txt'} is a file, not a folder"):
             resume_arguments([f"{key}={folder}"])
+    with pytest.raises(UserInputError, match=f"paths.data_dir={tmp_path / 'notes.txt'}: .* is a file, not a folder"):
+        check_settings(make_config(f"paths.data_dir={tmp_path / 'notes.txt'}"))  # before the run directory is made
     assert (tmp_path / "notes.txt").read_text() == "kept"
+    if Path("/proc/self").is_dir():  # Linux: nobody, root included, makes folders in /proc
+        with pytest.raises(UserInputError, match="hydra.run.dir=/proc/run: cannot make folders in /proc"):
+            resume_arguments(["hydra.run.dir=/proc/run"])
 
 
 
