@@ -370,15 +370,41 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
             raise UserInputError(f"unknown argument {key!r}; usage: {usage}")
     if missing := [k for k in required if k not in options]:
         raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
-    out = options.get("out")
-    if out and not Path(out).expanduser().parent.is_dir():  # found out before the work
-        raise UserInputError(f"out={out}: no folder {Path(out).expanduser().parent}; create it first")
-    if out and Path(out).expanduser().is_dir():
-        raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={out}/out.csv")
-    if out and Path(out).expanduser().is_file():  # never write over what this command reads, nor a checkpoint
-        read = [key for key in ("ckpt_path", "input") if options.get(key)
-                and Path(options[key]).expanduser().resolve() == Path(out).expanduser().resolve()]
-        if read or Path(out).suffix == ".ckpt":
-            raise UserInputError(f"out={out} is {f'the {read[0]} this command reads' if read else 'a checkpoint'}: "
-                                 "give another file name for the output")
+    if out := options.get("out"):
+        check_out(out, {key: Path(options[key]) for key in ("ckpt_path", "input") if options.get(key)})
     return options, data, trainer
+
+
+RUN_FILES = ("metrics.json", "train.log", ".hydra", "checkpoints", "tensorboard")  # what train.py writes in a run
+
+
+def check_out(out: str, read: dict[str, Path]) -> None:
+    """eval.py's and predict.py's `out=FILE`, before the work: a file that can be written, and not one this command
+    reads, a checkpoint, or one of a training run's own files (its metrics.json is the run's record)."""
+    path = Path(out).expanduser()
+    if not path.parent.is_dir():
+        raise UserInputError(f"out={out}: no folder {path.parent}; create it first")
+    if path.is_dir():
+        raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={out}/out.csv")
+    if path.is_file():  # never write over what this command reads, nor a checkpoint, nor a run's record
+        if reads := [key for key, p in read.items() if p.expanduser().resolve() == path.resolve()]:
+            raise UserInputError(f"out={out} is the {reads[0]} this command reads: give another file name for the "
+                                 "output")
+        if path.suffix == ".ckpt":
+            raise UserInputError(f"out={out} is a checkpoint: give another file name for the output")
+        for run in path.resolve().parents:
+            if (run / ".hydra" / "config.yaml").is_file():
+                part = path.resolve().relative_to(run).parts[0]
+                if part in RUN_FILES:
+                    raise UserInputError(f"out={out} is a file train.py wrote for the run in {run} ({part}): give "
+                                         "another file name, e.g. out=" + str(run / "metrics_eval.json"))
+                break
+    existed = path.exists()
+    try:  # writable? (found out now, not after the work)
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise UserInputError(f"out={out}: cannot write there ({err.strerror}); give a file you can write") from None
+    finally:
+        if not existed:
+            path.unlink(missing_ok=True)

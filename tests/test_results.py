@@ -5,6 +5,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -304,3 +305,17 @@ def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_
             runs.parse_arguments([*read, f"out={tmp_path / out}"], "usage", **arguments)
     runs.parse_arguments([*read, f"out={tmp_path / 'scores.csv'}"], "usage", **arguments)  # an earlier output
     assert all((tmp_path / name).read_text() == name for name in ("best.ckpt", "rows.csv", "other.ckpt"))
+    # A training run's own files: its metrics.json is its record. Its folder holds other outputs all the same.
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    for name in (".hydra/config.yaml", "metrics.json", "train.log", "metrics_eval.json"):
+        (run / name).write_text(name)
+    for name in ("metrics.json", "train.log", ".hydra/config.yaml"):
+        with pytest.raises(UserInputError, match=f"out={run / name} is a file train.py wrote for the run in {run}"):
+            runs.parse_arguments([*read, f"out={run / name}"], "usage", **arguments)
+    runs.parse_arguments([*read, f"out={run / 'metrics_eval.json'}"], "usage", **arguments)
+    runs.parse_arguments([*read, f"out={run / 'new.csv'}"], "usage", **arguments)
+    assert not (run / "new.csv").exists()  # tried for writing, and removed: the command writes it when done
+    if Path("/proc/self").is_dir():  # Linux: nobody, root included, writes a new file in /proc
+        with pytest.raises(UserInputError, match="out=/proc/p.csv: cannot write there"):
+            runs.parse_arguments([*read, "out=/proc/p.csv"], "usage", **arguments)
