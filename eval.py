@@ -14,10 +14,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import OmegaConf
 
 from data import UserInputError
+from models.checks import check_batch_limit
 from models.recipe import load_recipe
 from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics
+from models.signatures import check_trainer_args
 
 USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.data_dir=DIR] [data.KEY=VALUE ...] "
          "[trainer.KEY=VALUE ...]")
@@ -25,8 +28,12 @@ USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.d
 
 def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_options: dict | None = None) -> dict:
     """The checkpoint's test metrics (plus the data's reference metrics, as in metrics.json)."""
-    if (trainer_options or {}).get("limit_test_batches") == 0:
+    trainer_options = trainer_options or {}
+    check_trainer_args(OmegaConf.create(trainer_options))  # as train.py checks them: a name, then the type
+    if trainer_options.get("limit_test_batches") == 0:
         raise UserInputError("trainer.limit_test_batches=0 scores nothing: give a fraction or a number of batches > 0")
+    if trainer_options.get("limit_test_batches") is not None:
+        check_batch_limit("test", trainer_options["limit_test_batches"])
     checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     recipe = load_recipe(str(ckpt_path))
     config = recipe.hparams.config
@@ -37,7 +44,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
                **({"limit_test_batches": limit} if limit else {}),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
-               "enable_progress_bar": False, **(trainer_options or {})}
+               "enable_progress_bar": False, **trainer_options}
     try:
         trainer = L.Trainer(**options)
     except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu without a GPU

@@ -74,7 +74,10 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
-        raise UserInputError(f"trainer: {err.__cause__ or err}; check trainer.accelerator, trainer.devices, "
-                             "trainer.precision (trainer=cpu runs anywhere)") from err
+        message = str(err.__cause__ or err)
+        hardware = any(word in message.lower() for word in ("gpu", "cuda", "accelerator", "device", "precision",
+                                                              "strategy", "backend", "mps", "tpu"))
+        raise UserInputError(f"trainer: {message}" + ("; check trainer.accelerator, trainer.devices, trainer.precision "
+                                                      "(trainer=cpu runs anywhere)" if hardware else "")) from err
     check_single_process_sweep(trainer)
     return trainer

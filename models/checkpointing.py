@@ -134,7 +134,8 @@ def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict, recipe: L
     """What a resumed run builds against what the checkpoint holds, each a traceback or silently wrong otherwise:
     the data the network was sized by (`net_kwargs`: 3 colour channels for 1, another vocabulary, or, for an
     alphabet of the same size, every character read as another); the network's weights (`recipe`, built from
-    `cfg`: model.net.hidden_size=64 for 128); the optimizer whose state it restores (adamw's moments are no sgd's)."""
+    `cfg`: model.net.hidden_size=64 for 128); the optimizer and schedule whose state it restores (adamw's moments
+    are no sgd's, a one-cycle schedule's state no cosine's)."""
     checkpoint = load_checkpoint(Path(path))  # memory-mapped: shapes and settings, no tensor read
     saved = checkpoint["hyper_parameters"].get("net_kwargs", {})
     if differences := data_differences(saved, net_kwargs):
@@ -156,3 +157,8 @@ def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict, recipe: L
         raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained with optimizer={name}, whose state "
                              f"it restores, and this run builds optimizer={cfg.optimizer.name}: resume with "
                              f"optimizer={name}")
+    schedule = trained.get("scheduler", {}).get("name")
+    if schedule not in (None, "none") and cfg.scheduler.name not in ("none", schedule):  # its state: another's
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained with scheduler={schedule}, whose "
+                             f"state it restores, and this run builds scheduler={cfg.scheduler.name}: resume with "
+                             f"scheduler={schedule} (or scheduler=none to go on at a constant model.lr)")

@@ -1,5 +1,7 @@
 """Checks of the composed config, before anything is built: each bad setting ends the command with one line naming
 it and the fix (train.py prints `error: ...`)."""
+import difflib
+import re
 from pathlib import Path
 
 import lightning as L
@@ -144,6 +146,7 @@ NUMBERS = {
 
 
 MISSING = object()
+TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}  # max_time={...}
 
 
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
@@ -194,15 +197,37 @@ def check_run_settings(cfg: DictConfig) -> None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)  # 0: no clipping
     for key in ("max_epochs", "max_steps"):  # -1 (or null for epochs): no limit of that kind
         if trainer.get(key) not in (None, -1):
-            check_number(f"trainer.{key}", trainer[key], 1, whole=True)
+            try:
+                check_number(f"trainer.{key}", trainer[key], 1, whole=True)
+            except UserInputError as err:
+                raise UserInputError(f"{err}, or -1 for no limit") from None
+    if trainer.get("fast_dev_run") not in (None, False, 0):
+        raise UserInputError(f"trainer.fast_dev_run={trainer.fast_dev_run!r} turns checkpoints off, and a run ends by "
+                             "testing its best checkpoint: for a run of a couple of batches use debug=fast")
+    if trainer.get("enable_checkpointing") is False:
+        raise UserInputError("trainer.enable_checkpointing=false: a run ends by testing its best checkpoint, and "
+                             "resumes from last.ckpt: keep it true")
+    if trainer.get("gradient_clip_algorithm") not in (None, "norm", "value"):
+        raise UserInputError(f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm!r}: choose norm "
+                             "(the global gradient norm, the default) or value (each gradient element)")
+    max_time = trainer.get("max_time")
+    if max_time is not None and not (isinstance(max_time, str) and re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip())
+                                     or isinstance(max_time, DictConfig) and set(max_time) <= TIMEDELTA_KEYS):
+        raise UserInputError(f"trainer.max_time={max_time!r}: give days:hours:minutes:seconds (00:00:09:30 is 9.5 "
+                             "minutes), {minutes: 30}, or null for no limit")
     interval = trainer.get("val_check_interval")  # batches (a whole number), a fraction of an epoch, or a time
     if isinstance(interval, (int, float)) and not isinstance(interval, bool):
         check_number("trainer.val_check_interval", interval, 0, 1 if isinstance(interval, float) else None,
                      whole=isinstance(interval, int), inclusive=False)
-    for stage in ("train", "val", "test"):  # batches (a whole number) or a fraction of the split
+    for stage in ("train", "val", "test"):
         if (limit := trainer.get(f"limit_{stage}_batches")) is not None:  # 0 for val/test: check_settings says why not
-            check_number(f"trainer.limit_{stage}_batches", limit, 0, 1 if isinstance(limit, float) else None,
-                         whole=not isinstance(limit, float), inclusive=stage != "train")
+            check_batch_limit(stage, limit)
+
+
+def check_batch_limit(stage: str, limit) -> None:
+    """trainer.limit_{stage}_batches: a number of batches (a whole number) or a fraction of the split."""
+    check_number(f"trainer.limit_{stage}_batches", limit, 0, 1 if isinstance(limit, float) else None,
+                 whole=not isinstance(limit, float), inclusive=stage != "train")
 
 
 def check_optimization(cfg: DictConfig) -> None:
@@ -241,12 +266,38 @@ def check_optimization(cfg: DictConfig) -> None:
         check_number("scheduler.base_momentum", scheduler.base_momentum, 0, scheduler.max_momentum)  # <= max
 
 
+# The settings train.py reads outside the nodes checked against a constructor's arguments (data, model.net, callbacks,
+# logger, trainer, optimizer, scheduler): an extra key (`+model.lrr=0.1`, the route Hydra suggests for a key it does
+# not know) would otherwise be silently ignored.
+KNOWN_KEYS = {
+    "": ("seed", "keep_freed_memory", "ckpt_path", "trainer", "callbacks", "logger", "paths", "model", "data",
+         "optimizer", "scheduler", "monitor"),
+    "model": ("net", "lr", "weight_decay", "l1", "compile", "channels_last"),
+    "monitor": ("metric", "mode"),
+    "paths": ("root_dir", "data_dir", "log_dir", "output_dir"),
+}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    for node, known in KNOWN_KEYS.items():
+        settings = OmegaConf.select(cfg, node) if node else cfg
+        for key in settings.keys() if isinstance(settings, DictConfig) else ():
+            if key not in known:
+                name = f"{node}.{key}" if node else key
+                near = [f"{other}.{key}" for other, keys in KNOWN_KEYS.items() if other and key in keys]
+                near += [f"{node}.{k}" if node else k for k in difflib.get_close_matches(key, known, n=1)]
+                raise UserInputError(f"{name} is not a setting train.py reads"
+                                     + (f"; did you mean {near[0]}?" if near else
+                                        f"; {node or 'the top level'} has {', '.join(known)}"))
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
     and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
     # `???` marks a value only the user can give (a data file's path)
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
+    check_known_keys(cfg)
     check_trainer_args(cfg.trainer)
     check_numbers(cfg)
     check_run_settings(cfg)

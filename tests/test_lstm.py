@@ -3,6 +3,7 @@ packed sequences, and the row-by-row image classifier end to end."""
 import importlib
 import json
 import math
+import re
 import warnings
 from collections import Counter
 
@@ -231,6 +232,11 @@ def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_ru
             eval_script.evaluate(ckpt, [bad])
     with pytest.raises(UserInputError, match="trainer.limit_test_batches=0 scores nothing"):  # was an IndexError
         eval_script.evaluate(ckpt, trainer_options={"limit_test_batches": 0})
+    for options, message in [({"limit_test_batches": "abc"}, "trainer.limit_test_batches='abc' has the wrong type"),
+                             ({"limit_test_batches": -1}, "trainer.limit_test_batches=-1: give a whole number >= 0"),
+                             ({"max_epoch": 1}, "trainer.max_epoch is not a lightning Trainer argument")]:
+        with pytest.raises(UserInputError, match=re.escape(message)):  # as train.py checks them, not a TypeError
+            eval_script.evaluate(ckpt, trainer_options=options)
 
 
 def test_vocabulary_round_trips_through_the_checkpoint_and_generation_continues_the_pattern(pattern_run):

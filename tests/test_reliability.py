@@ -306,6 +306,9 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     with pytest.raises(UserInputError, match="trained with optimizer=adamw, whose state it restores, and this run "
                                              "builds optimizer=sgd: resume with optimizer=adamw"):
         train_module.train(mnist_config(mnist_dir, tmp_path / "sgd", *resume, "optimizer=sgd", "scheduler=none"))
+    with pytest.raises(UserInputError, match="trained with scheduler=onecycle, whose state it restores, and this run "
+                                             r"builds scheduler=cosine: resume with scheduler=onecycle \(or"):
+        train_module.train(mnist_config(mnist_dir, tmp_path / "cosine", *resume, "scheduler=cosine"))
 
 
 MEMORY_AFTER_LOAD = """
@@ -492,6 +495,17 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+logger.foo=1", "logger.foo is not an argument of TensorBoardLogger"),  # was SummaryWriter's, at the 1st log
     ("+logger.log_dir=x", "logger.log_dir is not an argument of TensorBoardLogger"),  # it sets log_dir itself
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
+    # Each of these was ignored (the first two: Hydra's own advice for a key it does not know), or failed in Lightning
+    # with a hint at the hardware, after the run directory was written.
+    ("+model.lrr=0.1", "model.lrr is not a setting train.py reads; did you mean model.lr?"),
+    ("+lr=0.1", "lr is not a setting train.py reads; did you mean model.lr?"),
+    ("+monitor.patience=3", "monitor.patience is not a setting train.py reads; monitor has metric, mode"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5: give a whole number >= 1, or -1 for no limit"),
+    ("trainer.max_time=abc", "trainer.max_time='abc': give days:hours:minutes:seconds (00:00:09:30 is 9.5 minutes)"),
+    ("+trainer.gradient_clip_algorithm=foo", "trainer.gradient_clip_algorithm='foo': choose norm"),
+    ("+trainer.fast_dev_run=true", "trainer.fast_dev_run=True turns checkpoints off, and a run ends by testing its "
+                                   "best checkpoint: for a run of a couple of batches use debug=fast"),
+    ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing=false: a run ends by testing its best"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
