@@ -279,11 +279,13 @@ KNOWN_KEYS = {
 
 
 def check_known_keys(cfg: DictConfig) -> None:
+    """An extra key is refused unless another setting interpolates it (`paths.mine` in `data.path: ${paths.mine}/x`)."""
+    text = str(OmegaConf.to_container(cfg, resolve=False))
     for node, known in KNOWN_KEYS.items():
         settings = OmegaConf.select(cfg, node) if node else cfg
         for key in settings.keys() if isinstance(settings, DictConfig) else ():
-            if key not in known:
-                name = f"{node}.{key}" if node else key
+            name = f"{node}.{key}" if node else key
+            if key not in known and not re.search(r"\$\{(oc\.select:)?" + re.escape(name) + r"\b", text):
                 near = [f"{other}.{key}" for other, keys in KNOWN_KEYS.items() if other and key in keys]
                 near += [f"{node}.{k}" if node else k for k in difflib.get_close_matches(key, known, n=1)]
                 raise UserInputError(f"{name} is not a setting train.py reads"

@@ -512,6 +512,14 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
+def test_an_extra_key_that_another_setting_interpolates_is_kept():
+    # A user's own folder or shared number, read through ${...} by the settings train.py does read.
+    cfg = make_config("model=cnn", "+paths.mine=/tmp/mine", "data.data_dir=${paths.mine}/images", "+batch=64",
+                      "data.batch_size=${batch}")
+    check_settings(cfg)
+    assert cfg.data.data_dir == "/tmp/mine/images" and cfg.data.batch_size == 64
+
+
 
 def test_a_validation_interval_longer_than_an_epoch_is_one_line(mnist_dir, tmp_path):
     # Lightning checks it against the epoch's batches, known only once the data is read: its page of traceback.
