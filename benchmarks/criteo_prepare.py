@@ -5,7 +5,7 @@
                                         [--memory-limit-gb 1.0]
 
 Writes a Kaggle-format file (tab-separated, no header: label, I1..I13, C1..C26; empty cells for missing values,
-~290 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`
+~250 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`
 runs. The conversion runs in a fresh process, so its peak resident memory (getrusage's ru_maxrss) is its own:
 it should stay near the imports' footprint plus one chunk, whatever --gb is.
 With --train-steps N, `python train.py model=dnn data=criteo` then trains N steps on the cached file with

@@ -10,8 +10,8 @@ are in the JSON as warmup_seconds); the timed network starts from the same seed 
 
 The metric is test/acc for images, test/loss (nats/char, lower is better) for text, test/auroc for clicks.
 This benchmark alone scores the test split after every epoch, with the clock stopped: it measures speed and
-chooses nothing (training still early-stops on validation only; no checkpoints are written, so the clock
-counts training alone).
+chooses nothing (training still early-stops on validation only; the clock counts training and the validation after each
+epoch that early stopping needs, not checkpoints, which are not written, nor the test scoring).
 """
 import sys
 import time

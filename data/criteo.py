@@ -6,8 +6,8 @@ cell is a missing value. The text is converted ONCE, `chunk_rows` rows at a time
   labels.npy      int8 (N,)
   integers.npy    float32 (N, 13), NaN where missing (exact up to 2**24; the model sees their log anyway)
   categories.npy  int32 (N, 26): a stable 31-bit hash of the string, 0 where missing
-Memory while converting is bounded by one chunk (~0.5 KB of pandas strings per row: ~50 MB for 100k rows),
-whatever the file size; later runs read the files and parse nothing.
+Memory while converting is bounded by one chunk (its lines and pandas' frame of them: ~180 MiB for 100k rows,
+measured), whatever the file size; later runs read the files and parse nothing.
 
 Rows keep the file's order (Criteo's is chronological): the first 80% train, the next 10% validate, the last 10%
 test. A hashed id becomes embedding row `1 + hash % buckets` (0: missing), buckets = min(hash_buckets, training

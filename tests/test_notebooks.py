@@ -91,7 +91,7 @@ def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
     source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'
     assert run.notebook_parameters(source) == {"run_dir": None, "data_overrides": [], "max_examples": 32,
                                                "shape": None}
-    for name in ("analyze_run", "ad_click", "text_generation"):  # the README's data_overrides=[...] is theirs
+    for name in ("analyze_run", "ad_click", "text_generation"):  # the data_overrides=[...] parameter is theirs
         cell = next(c for c in nbformat.read(run.NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
                     if "parameters" in c.metadata.get("tags", []))
         assert run.notebook_parameters(cell.source)["data_overrides"] == []
