@@ -229,16 +229,22 @@ SPLIT_SETTINGS = ("split_seed", "val_size", "train_size", "val_fraction", "test_
                   "timestamp_columns", "log_columns", "min_count", "hash_buckets")
 
 
+def refuse_split_settings(overrides: list[str] | tuple[str, ...]) -> None:
+    """Scoring or predicting with a checkpoint keeps its split, columns and encoders: overriding SPLIT_SETTINGS would
+    score rows it trained on, or feed its network other columns than it learned (scaled with the saved statistics)."""
+    if fixed := [o for o in overrides if o.partition("=")[0].removeprefix("data.") in SPLIT_SETTINGS]:
+        raise UserInputError(f"{fixed[0]}: this setting decides which rows are the test split or what is fitted "
+                             "on the training split (normalization, encoders, the columns), which stay as the "
+                             f"checkpoint was trained; train a run with {fixed[0]} to score another split")
+
+
 def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):
     """The run's DataModule set up for fit (normalization statistics, vocabulary, encoders all come from the
     training split). `trained_on`, a loaded checkpoint: overrides of SPLIT_SETTINGS are refused, and so is data unlike
     what its network learned from (overrides that point at another file with another alphabet, other categories or
     other statistics, another image dataset): what is fitted again here must be what the checkpoint was fitted with."""
-    if trained_on is not None and (fixed := [o for o in overrides if o.partition("=")[0].removeprefix("data.")
-                                             in SPLIT_SETTINGS]):
-        raise UserInputError(f"{fixed[0]}: this setting decides which rows are the test split or what is fitted "
-                             "on the training split (normalization, encoders), which stay as the checkpoint was "
-                             f"trained; train a run with {fixed[0]} to score another split")
+    if trained_on is not None:
+        refuse_split_settings(overrides)
     datamodule = instantiate_datamodule(data_config, overrides)
     prepare_data_once(datamodule)
     datamodule.setup("fit")
@@ -297,7 +303,8 @@ def data_differences(saved: dict, given: dict) -> str:
 def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] = ()):
     """The run's DataModule holding what it fitted on the training split, read from the checkpoint (Lightning
     saves a DataModule's state_dict there) without touching the data; a DataModule that saved nothing is set up
-    on its training split instead."""
+    on its training split instead. Overrides of SPLIT_SETTINGS are refused."""
+    refuse_split_settings(overrides)
     config = checkpoint["hyper_parameters"]["config"]["data"]
     datamodule = instantiate_datamodule(config, overrides)
     if state := checkpoint.get(type(datamodule).__qualname__):

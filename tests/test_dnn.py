@@ -209,6 +209,12 @@ def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_f
     # Another split: test rows the network trained on, a scaler fitted on others.
     with pytest.raises(UserInputError, match=r"^data.split_seed=1: this setting decides which rows are the test split"):
         runs.build_datamodule(config, ["data.split_seed=1"], trained_on=checkpoint)
+    # predict.py's DataModule, from the checkpoint alone: other columns would reach the network in other places,
+    # scaled with the saved statistics (a wrong probability, no error).
+    checkpoint["hyper_parameters"]["config"] = {"data": config}
+    with pytest.raises(UserInputError, match=r"^data.numeric_columns=\[x,city\]: this setting decides"):
+        runs.fitted_datamodule(checkpoint, ["data.numeric_columns=[x,city]"])
+    assert runs.fitted_datamodule(checkpoint, [f"data.path={moved}"]).ids.vocab["city"].tolist() == ["a", "b", "c"]
     served = {**config, "eval_batch_size": 64}  # batched otherwise: the same rows, fitted alike
     runs.build_datamodule(served, ["data.eval_batch_size=7"], trained_on=checkpoint)
 
