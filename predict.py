@@ -2,14 +2,16 @@
 
   input=IMAGE or input=FOLDER  PNG/JPG/... images (a folder: every image directly in it) -> one row per image:
                                file, class, probability, then the probability of every class. Each image is
-                               greyscaled or made RGB (transparent pixels over black), resized to the network's
-                               input, and normalized with the training split's statistics, as in training.
+                               turned upright (EXIF orientation), greyscaled or made RGB (transparent pixels over
+                               black), resized to the network's input, and normalized with the training split's
+                               statistics, as in training.
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models:
                                data=csv, advertising, clicks or criteo), or `class` and `probability` (multi-class).
   input=FILE.txt or FILE.tsv   Kaggle's Criteo lines (tab-separated, no header; with or without the label) -> the
                                same, for a data=criteo model. The run's DataModule turns rows into
                                network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
-Text prompts for the language model are generate.py's. The result is CSV, on stdout or in `out=FILE`.
+Text prompts for the language model are generate.py's. The result is CSV, on stdout (numbers rounded to 4 decimals)
+or in `out=FILE` (full precision).
 The DataModule is rebuilt from the config stored in the checkpoint, with the normalization statistics, class names
 and encoders it fitted on the training split, which the checkpoint holds too: the training data is not read. (A
 DataModule that saves no state is set up on its training split instead, so that data must be readable then:
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data import UserInputError, class_names
 from data.columns import read_csv_rows
@@ -46,7 +48,12 @@ def image_files(path: Path) -> list[Path]:
 
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit greyscale (PNG, TIFF: PIL modes "I;16", "I") scaled to 0..255, as 8-bit images are; PIL's own
-    convert("L") clips every value above 255 to white."""
+    convert("L") clips every value above 255 to white. Floating-point grey (mode "F", a TIFF saved from numpy)
+    holding 0..1 is scaled to 0..255 too (convert("L") would round it to black); one holding 0..255 is kept."""
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255 if values.max(initial=0) <= 1 else values
+        return Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
     if image.mode.startswith("I"):
         scaled = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
         if isinstance(image.info.get("transparency"), int):  # a 16-bit transparent grey level: its 8-bit one
@@ -72,6 +79,7 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torc
     for file in files:
         try:
             with Image.open(file) as image:
+                image = ImageOps.exif_transpose(image)  # upright as viewers show it (a phone's EXIF orientation)
                 image = opaque(eight_bit(image)).convert("L" if channels == 1 else "RGB")
                 image = image.resize(size[::-1], Image.BILINEAR)
         except (OSError, UnidentifiedImageError) as err:

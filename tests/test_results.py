@@ -187,6 +187,21 @@ def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     assert rgb.shape == (5, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
 
 
+def test_read_images_scales_float_grey_and_turns_images_upright(tmp_path):
+    shape = np.zeros((8, 8), dtype=np.uint8)
+    shape[1:7, 1:3] = 200  # a bar on the left: not the same turned
+    Image.fromarray(shape).save(tmp_path / "grey.png")
+    Image.fromarray(shape.astype(np.float32) / 255).save(tmp_path / "unit.tif")  # numpy's 0..1 floats (mode F)
+    Image.fromarray(shape.astype(np.float32)).save(tmp_path / "bytes.tif")  # 0..255 floats
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: viewers turn it 90 degrees clockwise
+    Image.fromarray(np.rot90(shape).copy()).save(tmp_path / "phone.png", exif=exif)  # stored turned the other way
+    files = [tmp_path / name for name in ("grey.png", "unit.tif", "bytes.tif", "phone.png")]
+    images = predict_script.read_images(files, channels=1, size=(8, 8))
+    for image in images[1:]:
+        assert torch.equal(image, images[0])  # was black (0..1 rounded) and turned
+
+
 def test_notebooks_execute_and_draw(sweep):
     nbformat = pytest.importorskip("nbformat")  # the dev extras: nbformat, nbclient, ipykernel
     pytest.importorskip("nbclient")
