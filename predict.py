@@ -34,7 +34,9 @@ USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLD
          "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ROW_SUFFIXES = (".csv", ".txt", ".tsv")  # .txt, .tsv: Kaggle's Criteo lines, tab-separated, no header
-CHUNK = 65536  # rows per forward pass: bounds memory on large tables
+# Rows per forward pass: bounds the network's activations. The table itself is read whole (as pandas strings,
+# ~2.4 KB a Criteo row): a file of millions of rows is predicted in parts (`split -l 1000000 test.txt part_`).
+CHUNK = 65536
 
 
 def image_files(path: Path) -> list[Path]:
