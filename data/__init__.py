@@ -9,11 +9,13 @@ class UserInputError(Exception):
     """Bad user input (missing file, wrong column, corrupt data): train.py prints it as one line."""
 
 
-def check_folder(setting: str, folder: Path) -> None:
-    """A folder that is there or can be made: a file in the way is a one-line error (not NotADirectoryError)."""
+def check_folder(setting: str, folder: Path) -> Path:
+    """A folder that is there or can be made: a file in the way is a one-line error (not NotADirectoryError).
+    Returns the deepest part of the path that exists: the folder, or where it would be made."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise UserInputError(f"{setting}={folder}: {existing} is a file, not a folder; give a folder")
+    return existing
 
 
 def class_names(datamodule, num_classes: int) -> list[str]:

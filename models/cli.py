@@ -116,8 +116,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
         if args.get(key):
-            check_folder(key, Path(args[key]))
-            existing = next(p for p in (Path(args[key]), *Path(args[key]).parents) if p.exists())
+            existing = check_folder(key, Path(args[key]))
             try:  # writable? (os.access says yes to root on a read-only or virtual file system)
                 os.rmdir(tempfile.mkdtemp(dir=existing))
             except OSError as err:
