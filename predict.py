@@ -8,16 +8,23 @@
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models:
                                data=csv, advertising, clicks or criteo), or `class` and `probability` (multi-class).
   input=FILE.txt or FILE.tsv   Kaggle's Criteo lines (tab-separated, no header; with or without the label) -> the
-                               same, for a data=criteo model. The run's DataModule turns rows into
-                               network inputs with its `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
+                               same, for a data=criteo model. The run's DataModule reads the file with its
+                               `read_frames(path, rows) -> Iterator[pandas.DataFrame]` (without one: as a CSV) and
+                               turns rows into network inputs with its
+                               `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
 Text prompts for the language model are generate.py's. The result is CSV, on stdout (numbers rounded to 4 decimals)
-or in `out=FILE` (full precision).
+or in `out=FILE` (full precision). Inputs are read and predicted CHUNK rows (IMAGE_CHUNK images) at a time, so a
+table of any size fits in memory; stdout gets each chunk as it is done; out=FILE is written whole or not at all (a
+temporary file beside it becomes FILE at the end), and bad input stops at the first bad row, named by row and line.
 The DataModule is rebuilt from the config stored in the checkpoint, with the normalization statistics, class names
 and encoders it fitted on the training split, which the checkpoint holds too: the training data is not read. (A
 DataModule that saves no state is set up on its training split instead, so that data must be readable then:
 `paths.data_dir=DIR` if it moved.)
 """
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +41,9 @@ USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLD
          "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ROW_SUFFIXES = (".csv", ".txt", ".tsv")  # .txt, .tsv: Kaggle's Criteo lines, tab-separated, no header
-# Rows per forward pass: bounds the network's activations. The table itself is read whole (as pandas strings,
-# ~2.4 KB a Criteo row): a file of millions of rows is predicted in parts (`split -l 1000000 test.txt part_`).
-CHUNK = 65536
+# Rows read, predicted and written at a time: memory is bounded by one chunk (Criteo rows: ~0.2 GB above the imports'
+# ~1 GB, measured), whatever the file's size. Images: files read at a time.
+CHUNK, IMAGE_CHUNK = 65536, 1024
 
 
 def image_files(path: Path) -> list[Path]:
@@ -111,24 +118,27 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def predict_rows(recipe, datamodule, path: Path) -> pd.DataFrame:
+def predict_rows(recipe, datamodule, path: Path) -> Iterator[pd.DataFrame]:
     if not hasattr(datamodule, "encode_frame"):
         raise UserInputError(f"input={path}: this run was trained on {type(datamodule).__name__} data, whose rows "
                              "predict.py cannot read: rows are for models trained with data=csv, advertising, "
                              "clicks or criteo")
-    # As its training data was read; a DataModule of the user's without read_frame: a CSV file.
-    frame = datamodule.read_frame(path) if hasattr(datamodule, "read_frame") else read_csv_rows(path)
-    inputs = datamodule.encode_frame(frame, where=f"input={path}")  # raises UserInputError naming a bad column or row
-    outputs = [recipe(*(x[start:start + CHUNK] for x in inputs)).float() for start in range(0, len(frame), CHUNK)]
-    logits = torch.cat(outputs) if outputs else torch.zeros(0, 1)
-    probs = probabilities(logits, recipe.hparams.task)  # (N,) click probabilities, or (N, classes)
-    if recipe.hparams.task == "binary":
-        return frame.assign(click_probability=probs.numpy())
-    classes = class_names(datamodule, probs.shape[1])
-    return frame.assign(**{"class": [classes[i] for i in probs.argmax(1)], "probability": probs.amax(1).numpy()})
+    # As its training data was read; a DataModule of the user's without read_frames: a CSV file.
+    reader = getattr(datamodule, "read_frames", read_csv_rows)
+    for frame in reader(path, CHUNK):
+        inputs = datamodule.encode_frame(frame, where=f"input={path}")  # raises UserInputError naming a bad row
+        logits = recipe(*inputs).float() if len(frame) else torch.zeros(0, 1)
+        probs = probabilities(logits, recipe.hparams.task)  # (N,) click probabilities, or (N, classes)
+        if recipe.hparams.task == "binary":
+            yield frame.assign(click_probability=probs.numpy())
+        else:
+            classes = class_names(datamodule, probs.shape[1])
+            yield frame.assign(**{"class": [classes[i] for i in probs.argmax(1)], "probability": probs.amax(1).numpy()})
 
 
-def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()) -> pd.DataFrame:
+def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()
+                   ) -> Iterator[pd.DataFrame]:
+    """The predictions, one table per CHUNK rows (IMAGE_CHUNK images) of the input, in its order."""
     checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     path = Path(input_path)
     if not path.exists():
@@ -141,24 +151,54 @@ def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[
         raise UserInputError("this checkpoint is a language model: sample text with generate.py")
     datamodule = fitted_datamodule(checkpoint, data_overrides)
     if path.suffix.lower() in ROW_SUFFIXES:
-        return predict_rows(recipe, datamodule, path)
-    return predict_images(recipe, datamodule, image_files(path))
+        yield from predict_rows(recipe, datamodule, path)
+        return
+    files = image_files(path)
+    for start in range(0, len(files), IMAGE_CHUNK):
+        yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK])
+
+
+def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()) -> pd.DataFrame:
+    """Every prediction in one table (for a notebook; main() writes them chunk by chunk)."""
+    return pd.concat(list(predict_chunks(ckpt_path, input_path, data_overrides)), ignore_index=True)
+
+
+@contextmanager
+def output(out: str | None):
+    """Where the CSV goes: stdout, or out=FILE written whole or not at all (into a temporary file beside it, which
+    replaces FILE at the end): an error or Ctrl-C halfway leaves an earlier FILE as it was."""
+    if not out:
+        yield sys.stdout
+        return
+    path = Path(out).expanduser()
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w", newline="") as f:
+            yield f
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
+    options, rows = {}, 0
     try:
         options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path", "input"), optional=("out",))
         if trainer:
             raise UserInputError(f"trainer.{next(iter(trainer))}: predict.py runs no Trainer; usage: {USAGE}")
-        table = predict(options["ckpt_path"], options["input"], data)
+        with output(options.get("out")) as f:
+            for i, table in enumerate(predict_chunks(options["ckpt_path"], options["input"], data)):
+                table.to_csv(f, index=False, header=i == 0, float_format=None if options.get("out") else "%.4f")
+                rows += len(table)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        printed = f" (the {rows} rows before it are printed above)" if rows and not options.get("out") else ""
+        print(f"error: {err}{printed}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if options.get("out"):
-        table.to_csv(options["out"], index=False)
-        print(f"{len(table)} predictions written to {options['out']}", file=sys.stderr)
-    else:
-        table.to_csv(sys.stdout, index=False, float_format="%.4f")
+        print(f"{rows} predictions written to {options['out']}", file=sys.stderr)
     return 0
 
 

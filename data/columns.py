@@ -10,6 +10,7 @@
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,19 +149,35 @@ def as_strings(column: pd.Series) -> pd.Series:
     return strings.where(column.notna())
 
 
-def read_csv_rows(path: Path) -> pd.DataFrame:
-    """A CSV file as training reads one (READ_CSV), or a one-line error."""
+def read_chunks(path: Path, rows: int, what: str = "a readable CSV file", **options) -> Iterator[pd.DataFrame]:
+    """A table `rows` rows at a time (pandas' chunked reader: memory bounded by one chunk), or a one-line error,
+    also for a line found broken halfway through the file. Each chunk's RangeIndex numbers its rows in the file
+    from 0 (the second chunk of 1000 starts at 1000), which is how errors name them."""
     try:
-        return pd.read_csv(path, **READ_CSV)
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+        with pd.read_csv(path, chunksize=rows, **options) as reader:
+            yield from reader
+    except (OSError, ValueError) as err:  # ValueError: pandas' ParserError, EmptyDataError, UnicodeDecodeError
+        raise UserInputError(f"input={path}: not {what} ({err})") from err
+
+
+def read_csv_rows(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV file as training reads one (READ_CSV), `rows` rows at a time."""
+    return read_chunks(path, rows, **READ_CSV)
+
+
+def numbered(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with an index that numbers its rows as errors name them: a chunk's RangeIndex (its rows' places in
+    the file) is kept; any other index becomes 0, 1, 2..."""
+    return frame if isinstance(frame.index, pd.RangeIndex) and frame.index.step == 1 else frame.reset_index(drop=True)
 
 
 def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: str) -> pd.Series:
-    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse."""
+    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse: `row R (line
+    R + 1)`, R counting from 1 from the column's RangeIndex start (a chunk's first row in its file)."""
     parsed = parser(column)
     if bad := np.flatnonzero(column.notna().to_numpy() & parsed.isna().to_numpy()).tolist():
-        raise UserInputError(f"{where}, column {name!r}, row {bad[0] + 1} (line {bad[0] + 2}): {column.iloc[bad[0]]!r} "
+        row = bad[0] + (column.index.start if isinstance(column.index, pd.RangeIndex) else 0) + 1
+        raise UserInputError(f"{where}, column {name!r}, row {row} (line {row + 1}): {column.iloc[bad[0]]!r} "
                              f"{problem}; {fix}")
     return parsed
 

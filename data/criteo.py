@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from torch import Tensor
 
 from data import UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
-from data.columns import FLOAT32_PROBLEM, NumericScaler, parse, stable_hash, to_finite
+from data.columns import FLOAT32_PROBLEM, NumericScaler, numbered, parse, stable_hash, to_finite
 from data.npy import NpyRows, NpyWriter
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -137,51 +138,90 @@ def convert(path: Path, sep: str, header: list[str] | None, out: Path, chunk_row
 
 
 def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows: int):
-    """pandas' frames of `chunk_rows` lines each. Every line is first checked for the file's number of fields
-    (pandas would pad a short row with missing values and hide the damage), labels are checked, and a value that
-    is not a number is named by row and column. Quotes are plain characters: Criteo quotes nothing."""
+    """pandas' frames of `chunk_rows` lines each, every line checked for the file's number of fields (line_blocks),
+    labels checked, and a value that is not a number named by row and column. Quotes are plain characters: Criteo
+    quotes nothing."""
     names = header or COLUMNS
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
     options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, **READ_TEXT)
-    lines_read, rows, separator = 0, 0, sep.encode()
-    if header:
-        lines_read += len(text.readline()) > 0
-    while lines := list(itertools.islice(text, chunk_rows)):
-        # 0 fields: a blank line, skipped
-        fields = np.array([line.count(separator) + 1 if line.rstrip(b"\r\n") else 0 for line in lines])
-        line_of_row = lines_read + 1 + np.flatnonzero(fields)  # 1-based line number of each row in the chunk
-        where = Rows(path, rows, line_of_row)
-        if bad := np.flatnonzero(fields[fields > 0] != len(names)).tolist():
-            raise UserInputError(f"data.path={path}, {where.name(bad[0])} has {fields[fields > 0][bad[0]]} "
-                                 f"{sep!r}-separated fields, not {len(names)} like row 1; fix or delete that row")
-        block, n_lines = io.BytesIO(b"".join(lines)), len(lines)
-        del lines  # the chunk is held once, as one bytes object, while pandas parses it
+    header_lines = int(bool(header) and len(text.readline()) > 0)
+    for block, where in line_blocks(text, f"data.path={path}", sep, len(names), chunk_rows, header_lines):
         try:
             chunk = pd.read_csv(block, dtype=dtypes, **options)
         except ValueError as err:  # a value the fast float parser refuses: find and name it
             block.seek(0)
-            locate_bad_value(pd.read_csv(block, dtype=str, **options), where)
-            raise UserInputError(f"data.path={path}, lines {line_of_row[0]}..{line_of_row[-1]}: {err}") from err
+            locate_bad_value(pd.read_csv(block, dtype=str, **options), where, [LABEL, *INTEGERS])
+            raise UserInputError(f"{where.file}, lines {where.line_of_row[0]}..{where.line_of_row[-1]}: {err}") from err
         del block
         check_labels(chunk[LABEL].to_numpy(), where)
         check_finite(chunk[INTEGERS].to_numpy(np.float32), where)
         yield chunk
-        lines_read, rows = lines_read + n_lines, rows + len(chunk)
 
 
-def read_tab_separated(path: Path) -> pd.DataFrame:
+def line_blocks(text, file: str, sep: str, width: int, chunk_rows: int, lines_read: int = 0):
+    """(block, Rows): `chunk_rows` lines of `text` (binary, read past its header: `lines_read` lines) at a time as one
+    bytes block for pandas, every line first checked for `width` fields (pandas would pad a short row with missing
+    values and hide the damage). Blank lines are skipped, as pandas skips them; Rows names the block's rows."""
+    rows, separator = 0, sep.encode()
+    while lines := list(itertools.islice(text, chunk_rows)):
+        fields = np.array([line.count(separator) + 1 if line.rstrip(b"\r\n") else 0 for line in lines])  # 0: blank
+        where = Rows(file, rows, lines_read + 1 + np.flatnonzero(fields))  # 1-based line number of each row
+        if bad := np.flatnonzero(fields[fields > 0] != width).tolist():
+            raise UserInputError(f"{file}, {where.name(bad[0])} has {fields[fields > 0][bad[0]]} {sep!r}-separated "
+                                 f"fields, not {width} like row 1; fix or delete that row")
+        block, lines_read = io.BytesIO(b"".join(lines)), lines_read + len(lines)
+        del lines  # the chunk is held once, as one bytes object, while pandas parses it
+        if len(where.line_of_row):  # (blank lines only: nothing for pandas to parse)
+            yield block, where
+        rows += len(where.line_of_row)
+
+
+def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """Kaggle's tab-separated lines, no header: label, I1..I13, C1..C26 (train.txt) or I1..I13, C1..C26 (test.txt,
-    no label); every cell as text, an empty one missing."""
+    no label), `rows` at a time; every cell as text, an empty one missing."""
     with open(path, "rb") as f:
         fields = f.readline().count(b"\t") + 1
     names = {len(COLUMNS): COLUMNS, len(COLUMNS) - 1: COLUMNS[1:]}.get(fields)
     if names is None:
         raise UserInputError(f"input={path}: row 1 has {fields} tab-separated fields; Kaggle's Criteo lines have "
                              f"{len(COLUMNS)} (label, I1..I13, C1..C26) or {len(COLUMNS) - 1} (no label)")
-    try:
-        return pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, **READ_TEXT)
-    except (OSError, ValueError) as err:  # a row with more fields than the first
-        raise UserInputError(f"input={path}: not readable as Criteo's tab-separated lines ({err})") from err
+    return text_rows(path, "\t", names, rows)
+
+
+def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV with Criteo's header (other columns may come too, in any order), `rows` at a time."""
+    with open(path, "rb") as f:
+        names = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise UserInputError(f"input={path}: the header (row 1) names column(s) {twice} twice; give every column its "
+                             "own name")
+    if missing := [c for c in (*INTEGERS, *CATEGORIES) if c not in names]:
+        raise UserInputError(f"input={path}: no column {missing[0]!r} in the header (row 1); Criteo rows have the "
+                             "columns I1..I13 and C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")
+    return text_rows(path, ",", names, rows, header=True)
+
+
+def text_rows(path: Path, sep: str, names: list[str], rows: int, header: bool = False) -> Iterator[pd.DataFrame]:
+    """predict.py's rows, `rows` at a time, every cell as the text it is (read as training reads it: a cell read
+    otherwise would hash to another id), each line checked for its number of fields and the integer columns for
+    numbers, named by row and line. Each chunk's RangeIndex numbers its rows in the file from 0; a file of no rows
+    gives one empty chunk."""
+    empty = True
+    with open(path, "rb") as text:
+        if header:
+            text.readline()
+        for block, where in line_blocks(text, f"input={path}", sep, len(names), rows, int(header)):
+            try:
+                chunk = pd.read_csv(block, sep=sep, header=None, names=names, dtype=str, **READ_TEXT)
+            except ValueError as err:  # not UTF-8
+                raise UserInputError(f"{where.file}, lines {where.line_of_row[0]}..{where.line_of_row[-1]}: {err}; "
+                                     "Criteo's lines are UTF-8 text") from err
+            locate_bad_value(chunk, where, INTEGERS)
+            chunk.index = pd.RangeIndex(where.first_row, where.first_row + len(chunk))
+            empty = False
+            yield chunk
+    if empty:
+        yield pd.DataFrame(columns=names, dtype=str)
 
 
 def hash_column(values: pd.Series) -> np.ndarray:
@@ -189,10 +229,11 @@ def hash_column(values: pd.Series) -> np.ndarray:
 
 
 class Rows:
-    """Names the rows of one chunk in errors: `row 7 (line 8)`, counting examples from 1 and lines of the file."""
+    """Names the rows of one chunk of `file` ("data.path=F", "input=F") in errors: `row 7 (line 8)`, counting
+    examples from 1 and lines of the file."""
 
-    def __init__(self, path: Path, first_row: int, line_of_row: np.ndarray) -> None:
-        self.path, self.first_row, self.line_of_row = path, first_row, line_of_row
+    def __init__(self, file: str, first_row: int, line_of_row: np.ndarray) -> None:
+        self.file, self.first_row, self.line_of_row = file, first_row, line_of_row
 
     def name(self, i: int) -> str:
         return f"row {self.first_row + i + 1} (line {self.line_of_row[i]})"
@@ -200,7 +241,7 @@ class Rows:
 
 def check_labels(labels: np.ndarray, where: Rows) -> None:
     if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():  # NaN (an empty label) fails both
-        raise UserInputError(f"data.path={where.path}, column {LABEL!r}, {where.name(bad[0])}: "
+        raise UserInputError(f"{where.file}, column {LABEL!r}, {where.name(bad[0])}: "
                              f"label {'(empty)' if np.isnan(labels[bad[0]]) else f'{labels[bad[0]]:g}'} is not 0 or 1")
 
 
@@ -208,15 +249,15 @@ def check_finite(integers: np.ndarray, where: Rows) -> None:
     """`inf`, or a number beyond float32's ±3.4e38 (which becomes inf when stored), in the integer columns."""
     if (bad := np.argwhere(np.isinf(integers))).size:
         row, column = bad[0]
-        raise UserInputError(f"data.path={where.path}, column {INTEGERS[column]!r}, {where.name(row)}: the value is "
+        raise UserInputError(f"{where.file}, column {INTEGERS[column]!r}, {where.name(row)}: the value is "
                              "infinite, or beyond float32's range (±3.4e38); fix or delete that row")
 
 
-def locate_bad_value(chunk: pd.DataFrame, where: Rows) -> None:
-    for column in [LABEL, *INTEGERS]:
+def locate_bad_value(chunk: pd.DataFrame, where: Rows, columns: list[str]) -> None:
+    for column in columns:
         if bad := np.flatnonzero(chunk[column].notna() & to_finite(chunk[column]).isna()).tolist():
-            raise UserInputError(f"data.path={where.path}, column {column!r}, {where.name(bad[0])}: "
-                                 f"{chunk[column].iloc[bad[0]]!r} is not a number; fix or delete that row")
+            raise UserInputError(f"{where.file}, column {column!r}, {where.name(bad[0])}: "
+                                 f"{chunk[column].iloc[bad[0]]!r} {FLOAT32_PROBLEM}; fix or delete that row")
 
 
 class CriteoDataModule(SplitLoaders, L.LightningDataModule):
@@ -287,15 +328,10 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         if self.train is None and state:  # set up on its data, it keeps what it fitted: the same
             self.scaler, self.buckets = NumericScaler.from_state(state["scaler"]), state["buckets"]
 
-    def read_frame(self, path: Path) -> pd.DataFrame:
-        """New rows to predict: Kaggle's tab-separated lines, or a CSV with Criteo's header, read as training reads
-        them (a cell read otherwise would hash to another id)."""
-        if path.suffix.lower() != ".csv":
-            return read_tab_separated(path)
-        try:
-            return pd.read_csv(path, dtype=str, **READ_TEXT)
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"input={path}: not a readable CSV file ({err})") from err
+    def read_frames(self, path: Path, rows: int) -> Iterator[pd.DataFrame]:
+        """New rows to predict, `rows` at a time: Kaggle's tab-separated lines, or a CSV with Criteo's header, read
+        as training reads them (a cell read otherwise would hash to another id)."""
+        return read_criteo_csv(path, rows) if path.suffix.lower() == ".csv" else read_tab_separated(path, rows)
 
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows with Criteo's columns I1..I13, C1..C26 (a label is not needed), every cell as text -> the
@@ -304,7 +340,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         if missing := [c for c in (*INTEGERS, *CATEGORIES) if c not in frame.columns]:
             raise UserInputError(f"{where}: no column {missing[0]!r}; Criteo rows have the columns I1..I13 and "
                                  "C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")
-        frame = frame.reset_index(drop=True)
+        frame = numbered(frame)
         integers = np.stack([parse(frame[c], to_finite, where, c, FLOAT32_PROBLEM, "fix or delete that row")
                              .to_numpy(np.float32) for c in INTEGERS], axis=1)
         categories = np.stack([hash_column(frame[c]) for c in CATEGORIES], axis=1)

@@ -12,6 +12,7 @@ DataModules (the `data=` choices):
   CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -22,8 +23,8 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, parse, read_csv_rows, to_datetime,
-                          to_finite)
+from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, numbered, parse, read_csv_rows,
+                          to_datetime, to_finite)
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -92,16 +93,16 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
 
-    def read_frame(self, path: Path) -> pd.DataFrame:
-        """New rows to predict, from a CSV file read as training reads one (every cell as text)."""
+    def read_frames(self, path: Path, rows: int) -> Iterator[pd.DataFrame]:
+        """New rows to predict, `rows` at a time, from a CSV file read as training reads one (every cell as text)."""
         if path.suffix.lower() != ".csv":
             raise UserInputError(f"input={path}: this model reads a .csv (tab-separated lines are Criteo's)")
-        return read_csv_rows(path)
+        return read_csv_rows(path, rows)
 
     def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
-        frame = self.parse_features(frame.reset_index(drop=True), where)
+        frame = self.parse_features(numbered(frame), where)
         return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical])
 
     @property

@@ -249,7 +249,7 @@ def test_criteo_tsv_without_header_equals_csv_with_header(tmp_path):
     assert np.array_equal(np.load(tsv / "labels.npy")[:, 0], rows["label"].to_numpy())
 
 
-def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_training_file(tmp_path):
+def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_training_file(tmp_path, monkeypatch):
     rows = criteo_rows(800, np.random.default_rng(5))
     # Criteo quotes nothing: a quote is part of a value, and so is a leading space (read otherwise, they would hash
     # to other embedding rows). pandas writes the value "ab" as """ab""", which training and predict.py read verbatim.
@@ -279,8 +279,23 @@ def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_trainin
     with pytest.raises(UserInputError, match="row 1 has 30 tab-separated fields; Kaggle's Criteo lines have 40"):
         predict_script.predict(ckpt, tmp_path / "short.tsv")
     test_rows.assign(I3="many").to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(UserInputError, match="column 'I3', row 1 .*'many' is not a finite number"):
+    with pytest.raises(UserInputError, match=r"bad.csv, column 'I3', row 1 \(line 2\): 'many' is not a finite number"):
         predict_script.predict(ckpt, tmp_path / "bad.csv")
+
+    # Read and predicted 16 rows at a time: the same probabilities. A bad line in a later chunk is named by its place
+    # in the file (no header in Kaggle's lines: row 50 is line 50), a short one too (pandas would pad it with
+    # missing values and predict it).
+    monkeypatch.setattr(predict_script, "CHUNK", 16)
+    for name in ("rows.csv", "test.txt"):
+        chunked = predict_script.predict(ckpt, tmp_path / name)
+        np.testing.assert_allclose(chunked["click_probability"], expected, rtol=1e-5, atol=1e-6)
+    lines = (tmp_path / "test.txt").read_text().splitlines(keepends=True)
+    (tmp_path / "late.txt").write_text("".join(lines[:49] + [lines[49].replace("\t", "\tx", 3)] + lines[50:]))
+    with pytest.raises(UserInputError, match=r"late.txt, column 'I\d+', row 50 \(line 50\): 'x.*' is not a finite"):
+        predict_script.predict(ckpt, tmp_path / "late.txt")
+    (tmp_path / "cut.txt").write_text("".join(lines[:60] + ["\n", lines[60].rsplit("\t", 5)[0] + "\n"]))
+    with pytest.raises(UserInputError, match=r"cut.txt, row 61 \(line 62\) has 34 '\\t'-separated fields, not 39"):
+        predict_script.predict(ckpt, tmp_path / "cut.txt")
 
 
 def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monkeypatch):
@@ -427,7 +442,7 @@ def criteo_text(change) -> str:
 CRITEO_CASES = {
     "missing column": (lambda r: r.drop(columns="C7"), "no column 'C7' in the header \\(row 1\\)"),
     "non-numeric": (lambda r: r.astype({"I3": object}).assign(I3=[1, 2, "x7", 4, 5]),
-                    r"column 'I3', row 3 \(line 4\): 'x7' is not a number"),
+                    r"column 'I3', row 3 \(line 4\): 'x7' is not a finite number"),
     "label not 0/1": (lambda r: r.assign(label=[0, 1, 0, 0, 3]), r"column 'label', row 5 \(line 6\): label 3 is not"),
     "infinite": (lambda r: r.astype({"I2": object}).assign(I2=[1, "inf", 3, 4, 5]),
                  r"column 'I2', row 2 \(line 3\): the value is infinite, or beyond float32"),
@@ -544,7 +559,7 @@ def test_train_on_generated_clicks_writes_test_and_bayes_auroc(tmp_path):
     assert saved["test/loss"] > saved["data/bayes_logloss"] - 0.01
 
 
-def test_train_on_a_csv_it_has_never_seen(tmp_path):
+def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     path = write_csv(tmp_path / "customers.csv", make_clicks(6000, seed=7).drop(columns="p_click"))
     cfg = make_config("model=dnn", "data=csv", f"data.path={path}", "data.label_column=clicked",
                       "data.numeric_columns=[age,salary,previous_spend,items_purchased,time_on_site]",
@@ -580,3 +595,26 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path):
     (tmp_path / "new.txt").write_text("\t".join(new.columns) + "\n")  # Criteo's tab-separated lines: not this model's
     with pytest.raises(UserInputError, match=r"new.txt: this model reads a .csv \(tab-separated lines are Criteo's\)"):
         predict_script.predict(tmp_path / "checkpoints" / "best.ckpt", tmp_path / "new.txt")
+
+    # Read, predicted and written 7 rows at a time: the same table. A bad row in a later chunk is named by its place
+    # in the file; out=FILE is written whole or not at all; stdout has had the chunks before it.
+    monkeypatch.setattr(predict_script, "CHUNK", 7)
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    pd.testing.assert_frame_equal(predict_script.predict(ckpt, tmp_path / "new.csv"), scored)
+    out = tmp_path / "scored.csv"
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'new.csv'}", f"out={out}"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out, **READ_CSV).astype({"click_probability": np.float32}), scored)
+    write_csv(tmp_path / "late.csv", new.astype({"age": object}).assign(age=["old" if i == 30 else a
+                                                                             for i, a in enumerate(new["age"])]))
+    with pytest.raises(UserInputError, match=r"late.csv, column 'age', row 31 \(line 32\): 'old' is not a finite"):
+        predict_script.predict(ckpt, tmp_path / "late.csv")
+    capsys.readouterr()
+    out.write_text("earlier\n")
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'late.csv'}", f"out={out}"]) == 2
+    assert out.read_text() == "earlier\n" and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'late.csv'}"]) == 2
+    printed = capsys.readouterr()
+    assert len(printed.out.splitlines()) == 1 + 28  # the header, then chunks 1..4 (rows 1..28); row 31 is in the 5th
+    assert printed.err.strip().endswith("row 31 (line 32): 'old' is not a finite number within float32's ±3.4e38; "
+                                        "fix it, or list 'age' under data.categorical_columns "
+                                        "(the 28 rows before it are printed above)")

@@ -142,7 +142,7 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
         assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'gpu'}: No supported gpu")
 
 
-def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
+def test_predict_classifies_a_folder_of_images(sweep, tmp_path, monkeypatch):
     folder = tmp_path / "images"
     folder.mkdir()
     images, labels = pattern_images(20, 28, 1, seed=7)  # clean labels
@@ -162,6 +162,9 @@ def test_predict_classifies_a_folder_of_images(sweep, tmp_path):
                                 f"paths.data_dir={tmp_path / 'nowhere'}"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(elsewhere), table)
     assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'rows.csv'}"]) == 2  # no such file
+    monkeypatch.setattr(predict_script, "IMAGE_CHUNK", 3)  # read and predicted 3 files at a time: the same table
+    assert predict_script.main([f"ckpt_path={ckpt}", f"input={folder}", f"out={elsewhere}"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(elsewhere), table)
 
 
 def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
