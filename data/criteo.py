@@ -180,7 +180,11 @@ def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """Kaggle's tab-separated lines, no header: label, I1..I13, C1..C26 (train.txt) or I1..I13, C1..C26 (test.txt,
     no label), `rows` at a time; every cell as text, an empty one missing."""
     with open(path, "rb") as f:
-        fields = f.readline().count(b"\t") + 1
+        first = f.readline()
+    if not first.strip():
+        raise UserInputError(f"input={path} is empty (or starts with a blank line): give Kaggle's tab-separated "
+                             "lines, one example a line")
+    fields = first.count(b"\t") + 1
     names = {len(COLUMNS): COLUMNS, len(COLUMNS) - 1: COLUMNS[1:]}.get(fields)
     if names is None:
         raise UserInputError(f"input={path}: row 1 has {fields} tab-separated fields; Kaggle's Criteo lines have "
@@ -192,6 +196,9 @@ def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """A CSV with Criteo's header (other columns may come too, in any order), `rows` at a time."""
     with open(path, "rb") as f:
         names = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
+    if names == [""]:
+        raise UserInputError(f"input={path} is empty: row 1 should be a header naming I1..I13 and C1..C26, then one "
+                             "row per example")
     if twice := sorted({name for name in names if names.count(name) > 1}):
         raise UserInputError(f"input={path}: the header (row 1) names column(s) {twice} twice; give every column its "
                              "own name")

@@ -296,6 +296,10 @@ def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_trainin
     (tmp_path / "cut.txt").write_text("".join(lines[:60] + ["\n", lines[60].rsplit("\t", 5)[0] + "\n"]))
     with pytest.raises(UserInputError, match=r"cut.txt, row 61 \(line 62\) has 34 '\\t'-separated fields, not 39"):
         predict_script.predict(ckpt, tmp_path / "cut.txt")
+    for empty in ("empty.txt", "empty.csv"):
+        (tmp_path / empty).write_text("")
+        with pytest.raises(UserInputError, match=f"input=.*{empty} is empty"):
+            predict_script.predict(ckpt, tmp_path / empty)
 
 
 def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monkeypatch):
