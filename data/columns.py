@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pandas.tseries.api import guess_datetime_format
 from torch import Tensor
 
 from data import UserInputError
@@ -192,12 +193,27 @@ def to_finite(column: pd.Series) -> pd.Series:
     return numbers.where(finite)  # "inf" or "1e39" is no more usable than "abc"
 
 
-def to_datetime(column: pd.Series) -> pd.Series:
-    """Date-times as naive local times: each value's hour and weekday are those written, whatever its UTC offset."""
+def date_format(column: pd.Series, sample: int = 10_000) -> str | None:
+    """The column's strptime format (`%d/%m/%Y %H:%M` for 13/02/2016 10:00), or None when pandas cannot guess one:
+    the guess from its first date, month first or day first, whichever reads more of its first `sample` dates (01/02
+    alone could be either). Fitted on the training file and kept, so that every later read parses as it did: pandas
+    otherwise guesses from each read's first value, and a file (or a chunk of one) starting with 01/02/2016 would
+    read every date month first where training read them day first, changing each weekday without a word."""
+    dates = column.dropna().astype(str).iloc[:sample]
+    if dates.empty:
+        return None
+    guesses = dict.fromkeys(guess_datetime_format(dates.iloc[0], dayfirst=first) for first in (False, True))
+    read = {written: to_datetime(dates, written).notna().sum() for written in guesses if written is not None}
+    return max(read, key=read.get) if read else None  # a tie: month first, pandas' default
+
+
+def to_datetime(column: pd.Series, format: str | None = None) -> pd.Series:
+    """Date-times in `format` (None: pandas' guess from the first value) as naive local times: each value's hour and
+    weekday are those written, whatever its UTC offset. A value in another format is NaT."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            stamps = pd.to_datetime(column, errors="coerce")
+            stamps = pd.to_datetime(column, errors="coerce", format=format)
         if pd.api.types.is_datetime64_any_dtype(stamps):
             return stamps
     except ValueError:

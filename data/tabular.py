@@ -13,6 +13,7 @@ DataModules (the `data=` choices):
 """
 import csv
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, numbered, parse, read_csv_rows,
-                          to_datetime, to_finite)
+from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, date_format, numbered, parse,
+                          read_csv_rows, to_datetime, to_finite)
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -46,6 +47,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         self.log_columns, self.min_count, self.hash_buckets = log_columns, min_count, hash_buckets
         self.batch_size, self.eval_batch_size, self.on_device = batch_size, eval_batch_size, on_device
         self.train = self.val = self.test = None  # (numeric (N, n), categorical (N, F), labels (N,))
+        self.time_formats: dict[str, str | None] = {}  # timestamp column -> its strptime format (date_format)
 
     def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
         raise NotImplementedError
@@ -88,8 +90,13 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             frame[column] = parse(frame[column], to_finite, where, column, FLOAT32_PROBLEM,
                                   f"fix it, or list {column!r} under data.categorical_columns")
         for column in self.timestamps:
-            stamps = parse(frame[column], to_datetime, where, column, "is not a date and time",
-                           "write it like 2016-03-27 00:53:11")
+            if column not in self.time_formats:  # fitted on the first rows read (the training file's), then kept
+                self.time_formats[column] = date_format(frame[column])
+            written = self.time_formats[column]
+            stamps = parse(frame[column], partial(to_datetime, format=written), where, column,
+                           f"is not a date and time in the column's format {written} (its training dates')"
+                           if written else "is not a date and time", "write every date of a column in one format, "
+                           "e.g. 2016-03-27 00:53:11")
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
 
@@ -114,11 +121,12 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def state_dict(self) -> dict:
         if self.train is None:
             return {}
-        return {"scaler": self.scaler.state_dict(), "ids": self.ids.state_dict()}
+        return {"scaler": self.scaler.state_dict(), "ids": self.ids.state_dict(), "time_formats": self.time_formats}
 
     def load_state_dict(self, state: dict) -> None:
         if self.train is None and state:  # set up on its data, it keeps the encoders it fitted: the same ones
             self.scaler, self.ids = NumericScaler.from_state(state["scaler"]), CategoryIds(**state["ids"])
+            self.time_formats = dict(state.get("time_formats", {}))  # (older checkpoints: fitted on the first chunk)
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, split: tuple[Tensor, ...], batch_size: int, train: bool) -> TensorBatches:

@@ -563,6 +563,26 @@ def test_train_on_generated_clicks_writes_test_and_bayes_auroc(tmp_path):
     assert saved["test/loss"] > saved["data/bayes_logloss"] - 0.01
 
 
+def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
+    # Day-first dates whose first one could be either (04/03/2016): the column's dates decide (pandas would guess
+    # month first from that one, and refuse 13/03). New rows are read in that format however their own first date
+    # looks: 01/02/2016 is Monday 1 February, where pandas' guess from it would make it Saturday 2 January.
+    stamps = pd.date_range("2016-03-04 10:00", periods=120, freq="7h")
+    frame = pd.DataFrame({"t": stamps.strftime("%d/%m/%Y %H:%M"), "x": np.arange(120.0), "y": np.arange(120) % 2})
+    path = write_csv(tmp_path / "a.csv", frame)
+    trained = CSVDataModule(str(path), "y", ["x"], [], ["t"])
+    trained.setup("fit")
+    assert trained.time_formats == {"t": "%d/%m/%Y %H:%M"}
+    restored = CSVDataModule(str(tmp_path / "moved.csv"), "y", ["x"], [], ["t"])  # from the checkpoint's state alone
+    restored.load_state_dict(trained.state_dict())
+    new = pd.DataFrame({"t": ["01/02/2016 10:00", "13/02/2016 23:00"], "x": ["0", "0"]})  # Monday, Saturday
+    expected = trained.ids(pd.DataFrame({"t hour": [10, 23], "t weekday": [0, 5]}))
+    assert torch.equal(restored.encode_frame(new)[1], expected)
+    with pytest.raises(UserInputError, match=r"row 1 \(line 2\): '2016-02-01 10:00' is not a date and time in the "
+                                             r"column's format %d/%m/%Y %H:%M \(its training dates'\)"):
+        restored.encode_frame(new.assign(t=["2016-02-01 10:00", "13/02/2016 23:00"]))
+
+
 def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     path = write_csv(tmp_path / "customers.csv", make_clicks(6000, seed=7).drop(columns="p_click"))
     cfg = make_config("model=dnn", "data=csv", f"data.path={path}", "data.label_column=clicked",
