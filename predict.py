@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
                 table.to_csv(f, index=False, header=i == 0, float_format=None if options.get("out") else "%.4f")
                 rows += len(table)
     except UserInputError as err:
-        printed = f" (the {rows} rows before it are printed above)" if rows and not options.get("out") else ""
+        printed = f" (the {rows} rows before it went to stdout)" if rows and not options.get("out") else ""
         print(f"error: {err}{printed}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do

@@ -641,4 +641,4 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     assert len(printed.out.splitlines()) == 1 + 28  # the header, then chunks 1..4 (rows 1..28); row 31 is in the 5th
     assert printed.err.strip().endswith("row 31 (line 32): 'old' is not a finite number within float32's ±3.4e38; "
                                         "fix it, or list 'age' under data.categorical_columns "
-                                        "(the 28 rows before it are printed above)")
+                                        "(the 28 rows before it went to stdout)")
