@@ -11,7 +11,8 @@
                                same, for a data=criteo model. The run's DataModule reads the file with its
                                `read_frames(path, rows) -> Iterator[pandas.DataFrame]` (without one: as a CSV) and
                                turns rows into network inputs with its
-                               `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]`.
+                               `encode_frame(pandas.DataFrame, where) -> tuple[Tensor, ...]` (`where`, whose str()
+                               names the input, goes into its errors).
 Text prompts for the language model are generate.py's. The result is CSV, on stdout (numbers rounded to 4 decimals)
 or in `out=FILE` (full precision). Inputs are read and predicted CHUNK rows (IMAGE_CHUNK images) at a time, so a
 table of any size fits in memory; stdout gets each chunk as it is done; out=FILE is written whole or not at all (a
@@ -33,7 +34,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data import UserInputError, class_names
-from data.columns import read_csv_rows
+from data.columns import CsvRows, read_csv_rows
 from models.recipe import load_recipe, probabilities
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
@@ -109,7 +110,7 @@ def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
     images = read_images(files, kwargs["in_channels"], tuple(kwargs["image_size"]))
     mean, std = datamodule.mean.view(1, -1, 1, 1), datamodule.std.view(1, -1, 1, 1)
     x = (images.float() / 255 - mean) / std  # (N, C, H, W), as data.images normalizes training batches
-    probs = torch.cat([recipe(chunk).float().softmax(-1) for chunk in x.split(1024)])  # (N, classes)
+    probs = recipe(x).float().softmax(-1)  # (N, classes); N <= IMAGE_CHUNK
     classes = class_names(datamodule, probs.shape[1])
     best = probs.argmax(1)
     table = pd.DataFrame({"file": [str(f) for f in files], "class": [classes[i] for i in best],
@@ -125,8 +126,9 @@ def predict_rows(recipe, datamodule, path: Path) -> Iterator[pd.DataFrame]:
                              "clicks or criteo")
     # As its training data was read; a DataModule of the user's without read_frames: a CSV file.
     reader = getattr(datamodule, "read_frames", read_csv_rows)
+    where = CsvRows("input", path) if path.suffix.lower() == ".csv" else f"input={path}"  # str(): the input's name
     for frame in reader(path, CHUNK):
-        inputs = datamodule.encode_frame(frame, where=f"input={path}")  # raises UserInputError naming a bad row
+        inputs = datamodule.encode_frame(frame, where=where)  # raises UserInputError naming a bad row
         logits = recipe(*inputs).float() if len(frame) else torch.zeros(0, 1)
         probs = probabilities(logits, recipe.hparams.task)  # (N,) click probabilities, or (N, classes)
         if recipe.hparams.task == "binary":
@@ -150,7 +152,7 @@ def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides
     if recipe.hparams.task == "lm":
         raise UserInputError("this checkpoint is a language model: sample text with generate.py")
     datamodule = fitted_datamodule(checkpoint, data_overrides)
-    if path.suffix.lower() in ROW_SUFFIXES:
+    if path.is_file() and path.suffix.lower() in ROW_SUFFIXES:
         yield from predict_rows(recipe, datamodule, path)
         return
     files = image_files(path)

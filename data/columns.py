@@ -9,6 +9,7 @@
                value in a field that had none in training is unseen too: id 0 would be an untrained vector.
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
+import csv
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,13 +173,44 @@ def numbered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame if isinstance(frame.index, pd.RangeIndex) and frame.index.step == 1 else frame.reset_index(drop=True)
 
 
-def parse(column: pd.Series, parser, where: str, name: str, problem: str, fix: str) -> pd.Series:
-    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse: `row R (line
-    R + 1)`, R counting from 1 from the column's RangeIndex start (a chunk's first row in its file)."""
+class CsvRows:
+    """Where errors about a CSV file's rows happen: str() names the file ("data.path=F", "input=F"), name(r) its row
+    r (from 0, after the header) as `row r+1 (line L)`. L, the line the row starts on, is found by reading the file
+    with the csv module up to that row, only when an error is named: a quoted value may span lines, and blank lines
+    are no rows."""
+
+    def __init__(self, key: str, path: Path) -> None:
+        self.key, self.path = key, path
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.path}"
+
+    def name(self, row: int) -> str:
+        try:
+            with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
+                reader, seen, start = csv.reader(f, skipinitialspace=True), -2, 1  # the header is row -1
+                for record in reader:
+                    seen += bool(record)  # [] : a blank line
+                    if record and seen == row:
+                        return f"row {row + 1} (line {start})"
+                    start = reader.line_num + 1
+        except (OSError, csv.Error):  # (a value beyond the csv module's field size limit)
+            pass
+        return f"row {row + 1}"
+
+
+def row_name(where, row: int) -> str:
+    """Row `row` (from 0) of a table, for errors: a CsvRows knows its line; a frame from elsewhere has a header line."""
+    return where.name(row) if isinstance(where, CsvRows) else f"row {row + 1} (line {row + 2})"
+
+
+def parse(column: pd.Series, parser, where, name: str, problem: str, fix: str) -> pd.Series:
+    """`parser(column)`, or a UserInputError naming the first present value that it cannot parse by its row (from the
+    column's RangeIndex start, a chunk's first row in its file) and line (row_name)."""
     parsed = parser(column)
     if bad := np.flatnonzero(column.notna().to_numpy() & parsed.isna().to_numpy()).tolist():
-        row = bad[0] + (column.index.start if isinstance(column.index, pd.RangeIndex) else 0) + 1
-        raise UserInputError(f"{where}, column {name!r}, row {row} (line {row + 1}): {column.iloc[bad[0]]!r} "
+        row = bad[0] + (column.index.start if isinstance(column.index, pd.RangeIndex) else 0)
+        raise UserInputError(f"{where}, column {name!r}, {row_name(where, row)}: {column.iloc[bad[0]]!r} "
                              f"{problem}; {fix}")
     return parsed
 
@@ -194,22 +226,32 @@ def to_finite(column: pd.Series) -> pd.Series:
 
 
 def date_format(column: pd.Series, sample: int = 10_000) -> str | None:
-    """The column's strptime format (`%d/%m/%Y %H:%M` for 13/02/2016 10:00), or None when pandas cannot guess one:
-    the guess from its first date, month first or day first, whichever reads more of its first `sample` dates (01/02
-    alone could be either). Fitted on the training file and kept, so that every later read parses as it did: pandas
-    otherwise guesses from each read's first value, and a file (or a chunk of one) starting with 01/02/2016 would
-    read every date month first where training read them day first, changing each weekday without a word."""
+    """The column's strptime format (`%d/%m/%Y %H:%M` for 13/02/2016 10:00), or None when it has no dates or pandas
+    cannot guess one: the guess from its first date, month first or day first, whichever reads more of its first
+    `sample` dates (01/02 alone could be either). Fitted on the training file and kept, so that every later read
+    parses as it did: pandas otherwise guesses from each read's first value, and a file (or a chunk of one) starting
+    with 01/02/2016 would read every date month first where training read them day first, changing each weekday
+    without a word."""
     dates = column.dropna().astype(str).iloc[:sample]
     if dates.empty:
         return None
-    guesses = dict.fromkeys(guess_datetime_format(dates.iloc[0], dayfirst=first) for first in (False, True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Parsing dates in %Y-%m-%d format when dayfirst=True..."
+        guesses = dict.fromkeys(guess_datetime_format(dates.iloc[0], dayfirst=first) for first in (False, True))
     read = {written: to_datetime(dates, written).notna().sum() for written in guesses if written is not None}
     return max(read, key=read.get) if read else None  # a tie: month first, pandas' default
 
 
+UTC_OFFSET = r"\s*(?:Z|[+-]\d{2}:?\d{2})$"  # 2016-03-27T00:53:11+01:00, ...Z, ... +0100
+
+
 def to_datetime(column: pd.Series, format: str | None = None) -> pd.Series:
     """Date-times in `format` (None: pandas' guess from the first value) as naive local times: each value's hour and
-    weekday are those written, whatever its UTC offset. A value in another format is NaT."""
+    weekday are those written, whatever its UTC offset (a format with %z reads the value without it: offsets differ
+    across a daylight-saving change). A value in another format is NaT."""
+    if format and "%z" in format:
+        written = column.dropna().astype(str).str.replace(UTC_OFFSET, "", regex=True)
+        column, format = written.reindex(column.index), format.replace("%z", "").strip()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -218,8 +260,8 @@ def to_datetime(column: pd.Series, format: str | None = None) -> pd.Series:
             return stamps
     except ValueError:
         pass
-    # Offsets that differ between rows (a daylight-saving change): pandas 3 refuses to mix them, pandas 2 gives
-    # plain objects. Each value is read on its own.
+    # Offsets that differ between rows (a daylight-saving change) without a format: pandas 3 refuses to mix them,
+    # pandas 2 gives plain objects. Each value is read on its own.
     return pd.to_datetime(column.map(local_time))
 
 

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from data import UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
-from data.columns import FLOAT32_PROBLEM, NumericScaler, numbered, parse, stable_hash, to_finite
+from data.columns import FLOAT32_PROBLEM, CsvRows, NumericScaler, numbered, parse, stable_hash, to_finite
 from data.npy import NpyRows, NpyWriter
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -176,11 +176,18 @@ def line_blocks(text, file: str, sep: str, width: int, chunk_rows: int, lines_re
         rows += len(where.line_of_row)
 
 
+def first_line(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.readline()
+    except OSError as err:  # a folder, no permission
+        raise UserInputError(f"input={path}: cannot be read ({err.strerror}); give a file of Criteo's rows") from None
+
+
 def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """Kaggle's tab-separated lines, no header: label, I1..I13, C1..C26 (train.txt) or I1..I13, C1..C26 (test.txt,
     no label), `rows` at a time; every cell as text, an empty one missing."""
-    with open(path, "rb") as f:
-        first = f.readline()
+    first = first_line(path)
     if not first.strip():
         raise UserInputError(f"input={path} is empty (or starts with a blank line): give Kaggle's tab-separated "
                              "lines, one example a line")
@@ -194,8 +201,7 @@ def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
 
 def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """A CSV with Criteo's header (other columns may come too, in any order), `rows` at a time."""
-    with open(path, "rb") as f:
-        names = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
+    names = first_line(path).decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
     if names == [""]:
         raise UserInputError(f"input={path} is empty: row 1 should be a header naming I1..I13 and C1..C26, then one "
                              "row per example")
@@ -340,7 +346,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         as training reads them (a cell read otherwise would hash to another id)."""
         return read_criteo_csv(path, rows) if path.suffix.lower() == ".csv" else read_tab_separated(path, rows)
 
-    def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
+    def encode_frame(self, frame: pd.DataFrame, where: str | CsvRows = "input") -> tuple[Tensor, Tensor]:
         """New rows with Criteo's columns I1..I13, C1..C26 (a label is not needed), every cell as text -> the
         network's inputs (numeric features, categorical ids) as training made them; predict.py's path. Call
         setup("fit") or load_state_dict(a checkpoint's state) first."""

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, NumericScaler, date_format, numbered, parse,
-                          read_csv_rows, to_datetime, to_finite)
+from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, CsvRows, NumericScaler, date_format, numbered,
+                          parse, read_csv_rows, row_name, to_datetime, to_finite)
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -48,6 +48,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.on_device = batch_size, eval_batch_size, on_device
         self.train = self.val = self.test = None  # (numeric (N, n), categorical (N, F), labels (N,))
         self.time_formats: dict[str, str | None] = {}  # timestamp column -> its strptime format (date_format)
+        self.timestamp_format = None  # the user's format for every timestamp column (CSVDataModule's argument)
 
     def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
         raise NotImplementedError
@@ -78,7 +79,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def derived(self) -> list[str]:
         return [f"{c} {part}" for c in self.timestamps for part in ("hour", "weekday")]
 
-    def parse_features(self, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    def parse_features(self, frame: pd.DataFrame, where: str | CsvRows) -> pd.DataFrame:
         """Raw rows (strings or numbers) checked and parsed: every feature column present, numbers finite (or
         empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row."""
         needed = [*self.numeric, *[c for c in self.categorical if c not in self.derived], *self.timestamps]
@@ -91,14 +92,21 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
                                   f"fix it, or list {column!r} under data.categorical_columns")
         for column in self.timestamps:
             if column not in self.time_formats:  # fitted on the first rows read (the training file's), then kept
-                self.time_formats[column] = date_format(frame[column])
+                self.time_formats[column] = self.fit_date_format(frame[column], where, column)
             written = self.time_formats[column]
             stamps = parse(frame[column], partial(to_datetime, format=written), where, column,
-                           f"is not a date and time in the column's format {written} (its training dates')"
-                           if written else "is not a date and time", "write every date of a column in one format, "
-                           "e.g. 2016-03-27 00:53:11")
+                           f"is not a date and time in the column's format {written}", "write every date of a "
+                           "column in one format (or give data.timestamp_format)")
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
+
+    def fit_date_format(self, dates: pd.Series, where: str | CsvRows, column: str) -> str | None:
+        written = self.timestamp_format or date_format(dates)
+        if written is None and dates.notna().any():
+            raise UserInputError(f"{where}, column {column!r}: pandas cannot tell the format of its dates (the first: "
+                                 f"{dates.dropna().iloc[0]!r}); give it, e.g. data.timestamp_format='%d/%m/%y %H:%M', "
+                                 "or write them like 2016-03-27 00:53:11")
+        return written
 
     def read_frames(self, path: Path, rows: int) -> Iterator[pd.DataFrame]:
         """New rows to predict, `rows` at a time, from a CSV file read as training reads one (every cell as text)."""
@@ -106,7 +114,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             raise UserInputError(f"input={path}: this model reads a .csv (tab-separated lines are Criteo's)")
         return read_csv_rows(path, rows)
 
-    def encode_frame(self, frame: pd.DataFrame, where: str = "input") -> tuple[Tensor, Tensor]:
+    def encode_frame(self, frame: pd.DataFrame, where: str | CsvRows = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
         frame = self.parse_features(numbered(frame), where)
@@ -139,12 +147,13 @@ class CSVDataModule(TabularDataModule):
     """Any CSV with a header and a 0/1 label column: rows split at random into train, validation and test."""
 
     def __init__(self, path: str, label_column: str, numeric_columns: list[str] = (),
-                 categorical_columns: list[str] = (), timestamp_columns: list[str] = (), val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, split_seed: int = 0, **encoding) -> None:
+                 categorical_columns: list[str] = (), timestamp_columns: list[str] = (),
+                 timestamp_format: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 split_seed: int = 0, **encoding) -> None:
         # each timestamp becomes two categorical fields: "<name> hour", "<name> weekday"
         self.timestamps = list(timestamp_columns)
         super().__init__(numeric_columns, [*categorical_columns, *self.derived], label_column, **encoding)
-        self.path, self.split_seed = Path(path).expanduser(), split_seed
+        self.path, self.split_seed, self.timestamp_format = Path(path).expanduser(), split_seed, timestamp_format
         self.fractions = {"val": val_fraction, "test": test_fraction}
         named = [label_column, *numeric_columns, *categorical_columns, *self.timestamps]
         if twice := sorted({c for c in named if named.count(c) > 1}):
@@ -157,7 +166,7 @@ class CSVDataModule(TabularDataModule):
 
     def read(self) -> pd.DataFrame:
         """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""
-        where = f"data.path={self.path}"
+        where = CsvRows("data.path", self.path)
         if not self.path.is_file():
             what = "a folder" if self.path.is_dir() else "no such file"
             raise UserInputError(f"{where}: {what}; give a CSV file with a header row")
@@ -185,7 +194,7 @@ class CSVDataModule(TabularDataModule):
                                  f"{self.label!r} and the others) is missing")
         labels = pd.to_numeric(frame[self.label], errors="coerce")
         if bad := np.flatnonzero(~labels.isin([0, 1])).tolist():
-            raise UserInputError(f"{where}, column {self.label!r}, row {bad[0] + 1} (line {bad[0] + 2}): label "
+            raise UserInputError(f"{where}, column {self.label!r}, {row_name(where, bad[0])}: label "
                                  f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such)")
         if labels.nunique() < 2:
             raise UserInputError(f"{where}, column {self.label!r}: every label is {int(labels.iloc[0])}; a click "

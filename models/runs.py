@@ -226,7 +226,7 @@ def instantiate_datamodule(data_config: dict, overrides: list[str] | tuple[str, 
 # checkpoint is scored on the split it was tested on, with what it was fitted with, so these cannot change there.
 SPLIT_SETTINGS = ("split_seed", "val_size", "train_size", "val_fraction", "test_fraction", "val_plays", "test_plays",
                   "rows", "seed", "name", "label_column", "numeric_columns", "categorical_columns",
-                  "timestamp_columns", "log_columns", "min_count", "hash_buckets")
+                  "timestamp_columns", "timestamp_format", "log_columns", "min_count", "hash_buckets")
 
 
 def refuse_split_settings(overrides: list[str] | tuple[str, ...]) -> None:
@@ -283,6 +283,8 @@ def fitted_differences(saved: dict, given: dict, prefix: str = "") -> str:
             differ.append("" if same else f"{prefix}{key}")
         elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and a != b:
             differ.append(f"{prefix}{key} {a} there, {b} here")
+        elif isinstance(a, str) and isinstance(b, str) and a != b:  # a date format
+            differ.append(f"{prefix}{key} {a!r} there, {b!r} here")
     differ = [d for d in differ if d]
     return f"{', '.join(differ)} fitted on the training split" if differ and not prefix else ", ".join(differ)
 

@@ -563,6 +563,15 @@ def test_train_on_generated_clicks_writes_test_and_bayes_auroc(tmp_path):
     assert saved["test/loss"] > saved["data/bayes_logloss"] - 0.01
 
 
+def test_a_bad_csv_value_is_named_by_the_line_it_is_on(tmp_path):
+    # A quoted value spanning two lines and a blank line come before the bad row: row 149, on line 152.
+    lines = ["x,c,y", *(f"{i},a,{i % 2}" for i in range(1, 149)), "abc,a,1"]
+    lines[10], lines[22:22] = '10,"two\nlines",0', [""]
+    (tmp_path / "q.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserInputError, match=r"q.csv, column 'x', row 149 \(line 152\): 'abc' is not a finite"):
+        CSVDataModule(str(tmp_path / "q.csv"), "y", ["x"], ["c"]).setup("fit")
+
+
 def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
     # Day-first dates whose first one could be either (04/03/2016): the column's dates decide (pandas would guess
     # month first from that one, and refuse 13/03). New rows are read in that format however their own first date
@@ -579,8 +588,23 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
     expected = trained.ids(pd.DataFrame({"t hour": [10, 23], "t weekday": [0, 5]}))
     assert torch.equal(restored.encode_frame(new)[1], expected)
     with pytest.raises(UserInputError, match=r"row 1 \(line 2\): '2016-02-01 10:00' is not a date and time in the "
-                                             r"column's format %d/%m/%Y %H:%M \(its training dates'\)"):
+                                             r"column's format %d/%m/%Y %H:%M; write every date"):
         restored.encode_frame(new.assign(t=["2016-02-01 10:00", "13/02/2016 23:00"]))
+
+    # UTC offsets that change (daylight saving) are dropped in that format too: each hour and weekday as written.
+    offsets = frame.assign(t=[f"{t} +0{1 + i % 2}:00" for i, t in enumerate(frame["t"])])
+    trained = CSVDataModule(str(write_csv(tmp_path / "b.csv", offsets)), "y", ["x"], [], ["t"])
+    trained.setup("fit")
+    assert trained.time_formats == {"t": "%d/%m/%Y %H:%M %z"}
+    assert torch.equal(trained.encode_frame(new.assign(t=[f"{t} +02:00" for t in new["t"]]))[1], expected)
+    # A format pandas cannot guess (two-digit years): refused, unless given.
+    short = frame.assign(t=stamps.strftime("%d/%m/%y %H:%M"))
+    with pytest.raises(UserInputError, match=r"column 't': pandas cannot tell the format of its dates \(the first: "
+                                             r"'04/03/16 10:00'\); give it, e.g. data.timestamp_format="):
+        CSVDataModule(str(write_csv(tmp_path / "c.csv", short)), "y", ["x"], [], ["t"]).setup("fit")
+    given = CSVDataModule(str(tmp_path / "c.csv"), "y", ["x"], [], ["t"], timestamp_format="%d/%m/%y %H:%M")
+    given.setup("fit")
+    assert torch.equal(given.encode_frame(new.assign(t=["01/02/16 10:00", "13/02/16 23:00"]))[1], expected)
 
 
 def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
