@@ -96,7 +96,8 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
             written = self.time_formats[column]
             stamps = parse(frame[column], partial(to_datetime, format=written), where, column,
                            f"is not a date and time in the column's format {written}", "write every date of a "
-                           "column in one format (or give data.timestamp_format)")
+                           "column in one format, " + ("or fix data.timestamp_format" if self.timestamp_format
+                                                      else "or give data.timestamp_format"))
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
 

@@ -605,6 +605,9 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
     given = CSVDataModule(str(tmp_path / "c.csv"), "y", ["x"], [], ["t"], timestamp_format="%d/%m/%y %H:%M")
     given.setup("fit")
     assert torch.equal(given.encode_frame(new.assign(t=["01/02/16 10:00", "13/02/16 23:00"]))[1], expected)
+    # eval.py refits on the data: a format other than the checkpoint's is a difference it refuses.
+    assert runs.fitted_differences(trained.state_dict(), given.state_dict()) == (
+        "time_formats.t '%d/%m/%Y %H:%M %z' there, '%d/%m/%y %H:%M' here fitted on the training split")
 
 
 def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
