@@ -172,7 +172,7 @@ def output(out: str | None):
     if not out:
         yield sys.stdout
         return
-    path = Path(out).expanduser()
+    path = Path(out).expanduser().resolve()  # a symlink's target is replaced, the link kept
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "w", newline="") as f:
