@@ -151,6 +151,21 @@ def as_strings(column: pd.Series) -> pd.Series:
     return strings.where(column.notna())
 
 
+def not_utf8(where, path: Path) -> UserInputError:
+    """The error for a file that is not UTF-8 text, naming its first line that is not (read again, from the start:
+    pandas' own message counts bytes within a buffer of its own)."""
+    place = "a byte pandas could not decode"
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                place = f"line {number}, byte {line[err.start]:#04x}"
+                break
+    return UserInputError(f"{where} is not UTF-8 text ({place}); convert it, e.g. iconv -f LATIN1 -t UTF-8 "
+                          f"{path.name} > utf8_{path.name}")
+
+
 def read_chunks(path: Path, rows: int, what: str = "a readable CSV file", **options) -> Iterator[pd.DataFrame]:
     """A table `rows` rows at a time (pandas' chunked reader: memory bounded by one chunk), or a one-line error,
     also for a line found broken halfway through the file. Each chunk's RangeIndex numbers its rows in the file
@@ -158,7 +173,9 @@ def read_chunks(path: Path, rows: int, what: str = "a readable CSV file", **opti
     try:
         with pd.read_csv(path, chunksize=rows, **options) as reader:
             yield from reader
-    except (OSError, ValueError) as err:  # ValueError: pandas' ParserError, EmptyDataError, UnicodeDecodeError
+    except UnicodeDecodeError:
+        raise not_utf8(f"input={path}", path) from None
+    except (OSError, ValueError) as err:  # ValueError: pandas' ParserError, EmptyDataError
         raise UserInputError(f"input={path}: not {what} ({err})") from err
 
 

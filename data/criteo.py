@@ -41,7 +41,7 @@ from torch import Tensor
 
 from data import UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
-from data.columns import FLOAT32_PROBLEM, CsvRows, NumericScaler, numbered, parse, stable_hash, to_finite
+from data.columns import FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, stable_hash, to_finite
 from data.npy import NpyRows, NpyWriter
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -147,11 +147,15 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     header_lines = int(bool(header) and len(text.readline()) > 0)
     for block, where in line_blocks(text, f"data.path={path}", sep, len(names), chunk_rows, header_lines):
         try:
-            chunk = pd.read_csv(block, dtype=dtypes, **options)
-        except ValueError as err:  # a value the fast float parser refuses: find and name it
-            block.seek(0)
-            locate_bad_value(pd.read_csv(block, dtype=str, **options), where, [LABEL, *INTEGERS])
-            raise UserInputError(f"{where.file}, lines {where.line_of_row[0]}..{where.line_of_row[-1]}: {err}") from err
+            try:
+                chunk = pd.read_csv(block, dtype=dtypes, **options)
+            except ValueError as err:  # a value the fast float parser refuses: find and name it
+                block.seek(0)
+                locate_bad_value(pd.read_csv(block, dtype=str, **options), where, [LABEL, *INTEGERS])
+                raise UserInputError(f"{where.file}, lines {where.line_of_row[0]}..{where.line_of_row[-1]}: "
+                                     f"{err}") from err
+        except UnicodeDecodeError:
+            raise not_utf8(where.file, path) from None
         del block
         check_labels(chunk[LABEL].to_numpy(), where)
         check_finite(chunk[INTEGERS].to_numpy(np.float32), where)
@@ -226,9 +230,8 @@ def text_rows(path: Path, sep: str, names: list[str], rows: int, header: bool = 
         for block, where in line_blocks(text, f"input={path}", sep, len(names), rows, int(header)):
             try:
                 chunk = pd.read_csv(block, sep=sep, header=None, names=names, dtype=str, **READ_TEXT)
-            except ValueError as err:  # not UTF-8
-                raise UserInputError(f"{where.file}, lines {where.line_of_row[0]}..{where.line_of_row[-1]}: {err}; "
-                                     "Criteo's lines are UTF-8 text") from err
+            except UnicodeDecodeError:
+                raise not_utf8(where.file, path) from None
             locate_bad_value(chunk, where, INTEGERS)
             chunk.index = pd.RangeIndex(where.first_row, where.first_row + len(chunk))
             empty = False

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
-from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, CsvRows, NumericScaler, date_format, numbered,
-                          parse, read_csv_rows, row_name, to_datetime, to_finite)
+from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, CsvRows, NumericScaler, date_format, not_utf8,
+                          numbered, parse, read_csv_rows, row_name, to_datetime, to_finite)
 
 
 class TabularDataModule(SplitLoaders, L.LightningDataModule):
@@ -176,9 +176,8 @@ class CSVDataModule(TabularDataModule):
         except pd.errors.EmptyDataError:
             raise UserInputError(f"{where} is empty: row 1 should be the header naming the columns "
                                  f"(label column {self.label!r}), then one row per example") from None
-        except UnicodeDecodeError as err:
-            raise UserInputError(f"{where} is not UTF-8 text ({err}); convert it, e.g. "
-                                 "iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8.csv") from None
+        except UnicodeDecodeError:
+            raise not_utf8(where, self.path) from None
         except pd.errors.ParserError as err:
             raise UserInputError(f"{where} is not a readable CSV ({err})") from None
         with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:

@@ -296,6 +296,9 @@ def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_trainin
     (tmp_path / "cut.txt").write_text("".join(lines[:60] + ["\n", lines[60].rsplit("\t", 5)[0] + "\n"]))
     with pytest.raises(UserInputError, match=r"cut.txt, row 61 \(line 62\) has 34 '\\t'-separated fields, not 39"):
         predict_script.predict(ckpt, tmp_path / "cut.txt")
+    (tmp_path / "latin.txt").write_bytes(b"".join(line.encode() for line in lines[:6]) + b"caf\xe9" + lines[6].encode())
+    with pytest.raises(UserInputError, match=r"latin.txt is not UTF-8 text \(line 7, byte 0xe9\)"):
+        predict_script.predict(ckpt, tmp_path / "latin.txt")
     for empty in ("empty.txt", "empty.csv"):
         (tmp_path / empty).write_text("")
         with pytest.raises(UserInputError, match=f"input=.*{empty} is empty"):
@@ -406,7 +409,8 @@ CSV_CASES = {
     "empty file": (None, "is empty: row 1 .*label column 'y'"),
     "one class": (GOOD.assign(y=[0, 0, 0]), "column 'y': every label is 0; a click model learns from both"),
     "a split of one class": (pd.concat([GOOD] * 7).assign(y=[1] + [0] * 20), "split's 3 rows all have one label"),
-    "not UTF-8": ("age,city,y\n30,caf\xe9,0\n", "is not UTF-8 text .*iconv -f LATIN1 -t UTF-8"),
+    "not UTF-8": ("age,city,y\n30,caf\xe9,0\n", r"is not UTF-8 text \(line 2, byte 0xe9\); convert it, e.g. iconv -f "
+                  "LATIN1 -t UTF-8"),
     "a column named twice": (GOOD.assign(extra=GOOD["age"]).rename(columns={"extra": "age"}),
                              r"the header \(row 1\) names column\(s\) \['age'\] twice"),
 }
@@ -473,6 +477,18 @@ def test_criteo_tsv_with_the_wrong_field_count_is_named(tmp_path):
     path.write_text("\t".join(["1"] * 39) + "\n")
     with pytest.raises(UserInputError, match=r"row 1 \(line 1\) has 39 .* a Criteo row has 40"):
         prepare(path, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("field", [1, -1])  # I1 (a number), C26 (a category)
+def test_criteo_file_not_utf8_names_its_line(field, tmp_path):
+    lines = criteo_text(lambda r: r).encode().split(b"\n")
+    cells = lines[3].split(b",")
+    cells[field] = b"caf\xe9" + cells[field]
+    lines[3] = b",".join(cells)
+    (tmp_path / "latin.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(UserInputError, match=r"latin.csv is not UTF-8 text \(line 4, byte 0xe9\); convert it, e.g. "
+                                             r"iconv -f LATIN1 -t UTF-8 latin.csv > utf8_latin.csv"):
+        prepare(tmp_path / "latin.csv", tmp_path / "cache")
 
 
 def test_timestamps_across_a_daylight_saving_change_keep_their_local_hour(tmp_path):
