@@ -267,8 +267,8 @@ def to_datetime(column: pd.Series, format: str | None = None) -> pd.Series:
     weekday are those written, whatever its UTC offset (a format with %z reads the value without it: offsets differ
     across a daylight-saving change). A value in another format is NaT."""
     if format and "%z" in format:
-        written = column.dropna().astype(str).str.replace(UTC_OFFSET, "", regex=True)
-        column, format = written.reindex(column.index), format.replace("%z", "").strip()
+        written = column.astype(str).str.replace(UTC_OFFSET, "", regex=True)
+        column, format = written.where(column.notna()), format.replace("%z", "").strip()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
