@@ -31,6 +31,7 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import TensorBatches, check_fractions, data_device, loader_args
+from data.columns import not_utf8
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -174,9 +175,8 @@ class TextFileDataModule(CharDataModule):
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UserInputError(f"data.path={self.path}: no such file; give a UTF-8 text file") from None
-        except UnicodeDecodeError as err:
-            raise UserInputError(f"data.path={self.path} is not UTF-8 (byte {err.start}); convert it, "
-                                 "e.g. iconv -t UTF-8") from None
+        except UnicodeDecodeError:
+            raise not_utf8(f"data.path={self.path}", self.path) from None
         except OSError as err:  # a folder, no permission
             raise UserInputError(f"data.path={self.path}: cannot read it ({err.strerror}); give a UTF-8 text "
                                  "file") from None

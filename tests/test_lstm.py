@@ -165,6 +165,9 @@ def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
         TextFileDataModule(str(tmp_path / "missing.txt")).setup("fit")
     with pytest.raises(UserInputError, match=r"cannot read it \(Is a directory\); give a UTF-8 text file"):
         TextFileDataModule(str(tmp_path)).setup("fit")
+    (tmp_path / "latin.txt").write_bytes(b"to be\nor not\nto b\xe9\n" * 50)
+    with pytest.raises(UserInputError, match=r"latin.txt is not UTF-8 text \(line 3, byte 0xe9\); convert it"):
+        TextFileDataModule(str(tmp_path / "latin.txt")).setup("fit")
 
 
 def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkeypatch):
