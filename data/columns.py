@@ -166,22 +166,21 @@ def not_utf8(where, path: Path) -> UserInputError:
                           f"{path.name} > utf8_{path.name}")
 
 
-def read_chunks(path: Path, rows: int, what: str = "a readable CSV file", **options) -> Iterator[pd.DataFrame]:
-    """A table `rows` rows at a time (pandas' chunked reader: memory bounded by one chunk), or a one-line error,
-    also for a line found broken halfway through the file. Each chunk's RangeIndex numbers its rows in the file
-    from 0 (the second chunk of 1000 starts at 1000), which is how errors name them."""
-    try:
-        with pd.read_csv(path, chunksize=rows, **options) as reader:
-            yield from reader
-    except UnicodeDecodeError:
-        raise not_utf8(f"input={path}", path) from None
-    except (OSError, ValueError) as err:  # ValueError: pandas' ParserError, EmptyDataError
-        raise UserInputError(f"input={path}: not {what} ({err})") from err
-
-
 def read_csv_rows(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    """A CSV file as training reads one (READ_CSV), `rows` rows at a time."""
-    return read_chunks(path, rows, **READ_CSV)
+    """A CSV file as training reads one (READ_CSV), `rows` rows at a time (pandas' chunked reader: memory bounded by
+    one chunk), each row checked for the header's number of fields (CsvRows.check); or a one-line error, also for a
+    line found broken halfway through the file. Each chunk's RangeIndex numbers its rows in the file from 0 (the
+    second chunk of 1000 starts at 1000), which is how errors name them."""
+    where = CsvRows("input", path)
+    try:
+        with pd.read_csv(path, chunksize=rows, **READ_CSV) as reader:
+            for chunk in reader:
+                where.check(chunk)
+                yield chunk
+    except UnicodeDecodeError:
+        raise not_utf8(where, path) from None
+    except (OSError, ValueError) as err:  # ValueError: pandas' ParserError, EmptyDataError
+        raise UserInputError(f"{where}: not a readable CSV file ({err})") from err
 
 
 def numbered(frame: pd.DataFrame) -> pd.DataFrame:
@@ -194,26 +193,63 @@ class CsvRows:
     """Where errors about a CSV file's rows happen: str() names the file ("data.path=F", "input=F"), name(r) its row
     r (from 0, after the header) as `row r+1 (line L)`. L, the line the row starts on, is found by reading the file
     with the csv module up to that row, only when an error is named: a quoted value may span lines, and blank lines
-    are no rows."""
+    are no rows. check(frame) refuses the rows pandas reads without a word but not as written."""
 
     def __init__(self, key: str, path: Path) -> None:
         self.key, self.path = key, path
+        self._records, self._row, self._width = None, -2, None  # check()'s reader, where the last check left it
 
     def __str__(self) -> str:
         return f"{self.key}={self.path}"
 
-    def name(self, row: int) -> str:
+    def records(self) -> Iterator[tuple[int, int, list[str]]]:
+        """(row, line, fields) of the header (row -1) and of every row, as pandas counts rows: a blank line, or one
+        of spaces, is none. `line` is where the row starts. Ends early on a value beyond the csv module's field
+        size limit (pandas has none)."""
         try:
             with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
-                reader, seen, start = csv.reader(f, skipinitialspace=True), -2, 1  # the header is row -1
-                for record in reader:
-                    seen += bool(record)  # [] : a blank line
-                    if record and seen == row:
-                        return f"row {row + 1} (line {start})"
+                reader, row, start = csv.reader(f, skipinitialspace=True), -1, 1
+                for fields in reader:
+                    if fields not in ([], [""]):
+                        yield row, start, fields
+                        row += 1
                     start = reader.line_num + 1
-        except (OSError, csv.Error):  # (a value beyond the csv module's field size limit)
-            pass
-        return f"row {row + 1}"
+        except (OSError, csv.Error):
+            return
+
+    def name(self, row: int) -> str:
+        line = next((line for r, line, _ in self.records() if r == row), None)
+        return f"row {row + 1}" if line is None else f"row {row + 1} (line {line})"
+
+    def check(self, frame: pd.DataFrame) -> None:
+        """A UserInputError for the first row of `frame` (the whole table, or one chunk of it as read_csv_rows reads
+        them, in order) that does not have the header's number of fields. pandas reads such rows without a word:
+        a row cut short (an interrupted copy) is padded with missing values, and rows with one field more than
+        the header (each line's trailing separator, or a header one name short) make the first column the rows'
+        index, every value one column to the left. Only a row whose last value is missing can be short: the file
+        is read again, with the csv module, only when there is such a row."""
+        if not isinstance(frame.index, pd.RangeIndex):
+            self._refuse(lambda fields, width: len(fields) > width, "a separator too many (one at the end of each "
+                         "line?), or a name missing from the header", start=0, stop=None)
+            raise UserInputError(f"{self}: its rows have more fields than the header (row 1) has names, and pandas "
+                                 "would take the first as the rows' names; give every column a name in the header")
+        if not frame.empty and (suspects := np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())).size:
+            first = frame.index.start
+            self._refuse(lambda fields, width: len(fields) < width, "a line cut short (an interrupted copy?), or a "
+                         "separator missing", first + suspects[0], first + suspects[-1])
+
+    def _refuse(self, wrong, why: str, start: int, stop: int | None) -> None:
+        if self._records is None or self._row >= start:
+            self._records, self._row = self.records(), -2
+        for row, line, fields in self._records:
+            self._row = row
+            if row == -1:
+                self._width = len(fields)
+            elif row >= start and wrong(fields, self._width):
+                raise UserInputError(f"{self}, row {row + 1} (line {line}) has {len(fields)} fields where the "
+                                     f"header (row 1) has {self._width}: {why}; fix or delete that row")
+            if row == stop:
+                return
 
 
 def row_name(where, row: int) -> str:

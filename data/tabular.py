@@ -185,6 +185,7 @@ class CSVDataModule(TabularDataModule):
         if twice := sorted({name for name in header if name and header.count(name) > 1}):  # "": pandas' "Unnamed: 3"
             raise UserInputError(f"{where}: the header (row 1) names column(s) {twice} twice; give every column its "
                                  "own name")
+        where.check(frame)
         if self.label not in frame.columns:
             raise UserInputError(f"{where}: no label column {self.label!r} in the header (row 1), which has "
                                  f"{list(frame.columns)}; fix data.label_column or the file")

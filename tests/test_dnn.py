@@ -413,6 +413,12 @@ CSV_CASES = {
                   "LATIN1 -t UTF-8"),
     "a column named twice": (GOOD.assign(extra=GOOD["age"]).rename(columns={"extra": "age"}),
                              r"the header \(row 1\) names column\(s\) \['age'\] twice"),
+    # pandas would pad the short row with missing values, and read every value one column to the left when the rows
+    # have a field more than the header (the first taken as the rows' names)
+    "a row cut short": ("age,city,y\n30,a,0\n\n40,b,1\n50,c\n60,d,1\n", r"row 3 \(line 5\) has 2 fields where the "
+                        r"header \(row 1\) has 3: a line cut short"),
+    "a field more than the header": ("age,city,y\n30,a,0,\n40,b,1,\n", r"row 1 \(line 2\) has 4 fields where the "
+                                     r"header \(row 1\) has 3: a separator too many"),
 }
 
 
@@ -685,3 +691,13 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     assert printed.err.strip().endswith("row 31 (line 32): 'old' is not a finite number within float32's ±3.4e38; "
                                         "fix it, or list 'age' under data.categorical_columns "
                                         "(the 28 rows before it went to stdout)")
+    # A row cut short in a later chunk (pandas would pad it), and rows of a field more than the header (pandas would
+    # shift every value one column to the left): named by row and line, as in training.
+    lines = (tmp_path / "new.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "cut.csv").write_text("".join(lines[:40]) + lines[40].rsplit(",", 2)[0] + "\n" + "".join(lines[41:]))
+    with pytest.raises(UserInputError, match=r"cut.csv, row 40 \(line 41\) has \d+ fields where the header \(row 1\) "
+                                             r"has \d+: a line cut short"):
+        predict_script.predict(ckpt, tmp_path / "cut.csv")
+    (tmp_path / "wide.csv").write_text(lines[0] + "".join(line.rstrip("\n") + ",\n" for line in lines[1:]))
+    with pytest.raises(UserInputError, match=r"wide.csv, row 1 \(line 2\) has \d+ fields .*: a separator too many"):
+        predict_script.predict(ckpt, tmp_path / "wide.csv")
