@@ -210,7 +210,7 @@ class CsvRows:
             with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
                 reader, row, start = csv.reader(f, skipinitialspace=True), -1, 1
                 for fields in reader:
-                    if fields not in ([], [""]):
+                    if len(fields) > 1 or fields and fields[0].strip(" \t"):  # not blank
                         yield row, start, fields
                         row += 1
                     start = reader.line_num + 1
@@ -246,8 +246,9 @@ class CsvRows:
             if row == -1:
                 self._width = len(fields)
             elif row >= start and wrong(fields, self._width):
-                raise UserInputError(f"{self}, row {row + 1} (line {line}) has {len(fields)} fields where the "
-                                     f"header (row 1) has {self._width}: {why}; fix or delete that row")
+                fields = f"{len(fields)} field" + "s" * (len(fields) != 1)
+                raise UserInputError(f"{self}, row {row + 1} (line {line}) has {fields} where the header (row 1) "
+                                     f"has {self._width}: {why}; fix or delete that row")
             if row == stop:
                 return
 

@@ -415,7 +415,7 @@ CSV_CASES = {
                              r"the header \(row 1\) names column\(s\) \['age'\] twice"),
     # pandas would pad the short row with missing values, and read every value one column to the left when the rows
     # have a field more than the header (the first taken as the rows' names)
-    "a row cut short": ("age,city,y\n30,a,0\n\n40,b,1\n50,c\n60,d,1\n", r"row 3 \(line 5\) has 2 fields where the "
+    "a row cut short": ("age,city,y\n30,a,0\n\n40,b,1\n \t\n50,c\n60,d,1\n", r"row 3 \(line 6\) has 2 fields where the "
                         r"header \(row 1\) has 3: a line cut short"),
     "a field more than the header": ("age,city,y\n30,a,0,\n40,b,1,\n", r"row 1 \(line 2\) has 4 fields where the "
                                      r"header \(row 1\) has 3: a separator too many"),
