@@ -173,6 +173,7 @@ def read_csv_rows(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     second chunk of 1000 starts at 1000), which is how errors name them."""
     where = CsvRows("input", path)
     try:
+        where.check_header()
         with pd.read_csv(path, chunksize=rows, **READ_CSV) as reader:
             for chunk in reader:
                 where.check(chunk)
@@ -187,6 +188,14 @@ def numbered(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with an index that numbers its rows as errors name them: a chunk's RangeIndex (its rows' places in
     the file) is kept; any other index becomes 0, 1, 2..."""
     return frame if isinstance(frame.index, pd.RangeIndex) and frame.index.step == 1 else frame.reset_index(drop=True)
+
+
+def refuse_repeated(names: list[str], where) -> None:
+    """A header naming a column twice is refused: pandas renames the second "a" to "a.1" without a word, and the
+    model would read the first. (Empty names are pandas' "Unnamed: 3", each its own.)"""
+    if twice := sorted({name for name in names if name and names.count(name) > 1}):
+        raise UserInputError(f"{where}: the header (row 1) names column(s) {twice} twice; give every column its own "
+                             "name")
 
 
 class CsvRows:
@@ -216,6 +225,11 @@ class CsvRows:
                     start = reader.line_num + 1
         except (OSError, csv.Error):
             return
+
+    def check_header(self) -> None:
+        """The header's names, as pandas reads them (stripped of the spaces after each comma): none twice."""
+        header = next((fields for _, _, fields in self.records()), [])
+        refuse_repeated([name.strip() for name in header], self)
 
     def name(self, row: int) -> str:
         line = next((line for r, line, _ in self.records() if r == row), None)

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from data import UserInputError, check_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
-from data.columns import FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, stable_hash, to_finite
+from data.columns import (FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, refuse_repeated,
+                          stable_hash, to_finite)
 from data.npy import NpyRows, NpyWriter
 
 LABEL, INTEGERS, CATEGORIES = "label", [f"I{i}" for i in range(1, 14)], [f"C{i}" for i in range(1, 27)]
@@ -72,9 +73,7 @@ def sniff(path: Path) -> tuple[str, list[str] | None]:
     if missing := [c for c in COLUMNS if c not in fields]:
         raise UserInputError(f"data.path={path}: no column {missing[0]!r} in the header (row 1), which has "
                              f"{fields[:5]}...; a Criteo file has {LABEL}, I1..I13, C1..C26")
-    if twice := sorted({f for f in fields if fields.count(f) > 1}):
-        raise UserInputError(f"data.path={path}: the header (row 1) names column(s) {twice} twice; "
-                             "give every column its own name")
+    refuse_repeated(fields, f"data.path={path}")
     return sep, fields
 
 
@@ -209,9 +208,7 @@ def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     if names == [""]:
         raise UserInputError(f"input={path} is empty: row 1 should be a header naming I1..I13 and C1..C26, then one "
                              "row per example")
-    if twice := sorted({name for name in names if names.count(name) > 1}):
-        raise UserInputError(f"input={path}: the header (row 1) names column(s) {twice} twice; give every column its "
-                             "own name")
+    refuse_repeated(names, f"input={path}")
     if missing := [c for c in (*INTEGERS, *CATEGORIES) if c not in names]:
         raise UserInputError(f"input={path}: no column {missing[0]!r} in the header (row 1); Criteo rows have the "
                              "columns I1..I13 and C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")

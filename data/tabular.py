@@ -11,7 +11,6 @@ DataModules (the `data=` choices):
                     data.timestamp_columns (each expanded to hour and weekday fields); data=advertising presets it
   CriteoDataModule  (data/criteo.py) the Criteo format, converted once to .npy files, streamed when large
 """
-import csv
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -180,11 +179,7 @@ class CSVDataModule(TabularDataModule):
             raise not_utf8(where, self.path) from None
         except pd.errors.ParserError as err:
             raise UserInputError(f"{where} is not a readable CSV ({err})") from None
-        with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            header = [name.strip() for name in next(csv.reader(f), [])]  # pandas renames a repeated "a" to "a.1"
-        if twice := sorted({name for name in header if name and header.count(name) > 1}):  # "": pandas' "Unnamed: 3"
-            raise UserInputError(f"{where}: the header (row 1) names column(s) {twice} twice; give every column its "
-                                 "own name")
+        where.check_header()
         where.check(frame)
         if self.label not in frame.columns:
             raise UserInputError(f"{where}: no label column {self.label!r} in the header (row 1), which has "

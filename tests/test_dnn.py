@@ -701,3 +701,6 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     (tmp_path / "wide.csv").write_text(lines[0] + "".join(line.rstrip("\n") + ",\n" for line in lines[1:]))
     with pytest.raises(UserInputError, match=r"wide.csv, row 1 \(line 2\) has \d+ fields .*: a separator too many"):
         predict_script.predict(ckpt, tmp_path / "wide.csv")
+    write_csv(tmp_path / "twice.csv", new.assign(again=new["age"]).rename(columns={"again": "age"}))  # pandas: age.1
+    with pytest.raises(UserInputError, match=r"twice.csv: the header \(row 1\) names column\(s\) \['age'\] twice"):
+        predict_script.predict(ckpt, tmp_path / "twice.csv")
