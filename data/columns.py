@@ -213,7 +213,7 @@ class CsvRows:
 
     def records(self) -> Iterator[tuple[int, int, list[str]]]:
         """(row, line, fields) of the header (row -1) and of every row, as pandas counts rows: a blank line, or one
-        of spaces, is none. `line` is where the row starts. Ends early on a value beyond the csv module's field
+        of spaces and tabs, is none. `line` is where the row starts. Ends early on a value beyond the csv module's field
         size limit (pandas has none)."""
         try:
             with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
