@@ -201,7 +201,7 @@ def mse(predicted: Tensor, targets: Tensor) -> Tensor:
 # models/recipe.py uses those two losses. (A Softmax layer before F.cross_entropy would apply softmax twice.)
 
 def binary_cross_entropy(probabilities: Tensor, targets: Tensor) -> Tensor:
-    p, y = probabilities, targets  # inf where p is exactly 0 or 1 and y disagrees
+    p, y = probabilities, targets  # p exactly 0 or 1: inf where y disagrees, NaN (0 * ln 0) where it agrees
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
 
 

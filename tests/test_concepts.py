@@ -178,6 +178,7 @@ def test_losses_from_logits_survive_confident_outputs():
 
     z, y = torch.tensor([20.0, -3.0, 0.5]), torch.tensor([0.0, 0.0, 1.0])  # sigmoid(20) is 1.0 in float32
     assert course.binary_cross_entropy(torch.sigmoid(z), y).item() == float("inf")  # ln(1 - 1) = -inf
+    assert course.binary_cross_entropy(torch.sigmoid(z[:1]), 1 - y[:1]).isnan()  # right, but 0 * ln(1 - 1) = NaN
     assert F.binary_cross_entropy(torch.sigmoid(z[:1]), y[:1]).item() == 100.0  # torch clamps ln at -100
     torch.testing.assert_close(course.binary_cross_entropy_from_logits(z[:1], y[:1]), torch.tensor(20.0))
     torch.testing.assert_close(course.binary_cross_entropy_from_logits(z, y), F.binary_cross_entropy_with_logits(z, y))
