@@ -22,8 +22,9 @@ from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import WholeSweepError, check_config, flatten
 from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, distributed_arguments, log,
                         log_to_run_file, resume_arguments, trainer_arguments)
-from models.recipe import NonFiniteLossError, stopped_early
+from models.recipe import NonFiniteLossError, stopped_by, stopped_early
 from models.runs import NOT_CHOICES, reference_metrics
+from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, write_sweep_summary
 
 
@@ -60,10 +61,13 @@ def train(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "stopped_early": stopped_early(trainer),
+        "stopped_by": stopped_by(trainer),
         "train_seconds": round(recipe.train_seconds(), 2),  # all segments of a resumed run; not the data's set-up
         "device": device_name(trainer),
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
     }
+    if fit["stopped_by"] == "max_time" and (warning := cut_short(trainer)):
+        log.warning(warning)
     # The official test split, once, on the best checkpoint.
     test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
     metrics = {**test, **reference_metrics(datamodule, trainer), **fit}

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -37,6 +38,21 @@ def stopped_early(trainer: L.Trainer) -> bool:
     stopper = trainer.early_stopping_callback
     return (stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
             and stopper.stopped_epoch == trainer.current_epoch - 1)
+
+
+def stopped_by(trainer: L.Trainer) -> str:
+    """What ended the training: "early_stopping", "max_steps", "max_epochs", or "max_time" (Lightning's Timer: the
+    run's time limit, which may cut a schedule before its end), else "a callback" (one that set should_stop)."""
+    if stopped_early(trainer):
+        return "early_stopping"
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs"
+    timers = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
+    if any(remaining is not None and remaining <= 0 for remaining in timers):
+        return "max_time"
+    return "a callback"
 
 
 class NonFiniteLossError(RuntimeError):

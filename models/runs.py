@@ -356,7 +356,7 @@ def compare(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         results = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
         rows.append({"run": str(run.relative_to(root)) if run != root else ".",
                      **{k: configs[run].get(k) for k in varying}, **results,
-                     **{k: metrics.get(k) for k in ("epochs", "stopped_early", "train_seconds")}})
+                     **{k: metrics.get(k) for k in ("epochs", "stopped_early", "stopped_by", "train_seconds")}})
     return pd.DataFrame(rows).set_index("run"), varying
 
 

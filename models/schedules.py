@@ -68,3 +68,16 @@ def check_resumed_length(saved: dict | None, scheduler: LRScheduler, name: str) 
             f"ckpt_path: the checkpoint's {name} schedule is {saved.get(key)} steps long, this run's "
             f"{getattr(scheduler, key)}: resume with the trainer.max_epochs, trainer.max_steps and data.batch_size "
             "the run started with (or scheduler=none to go on at a constant model.lr)")
+
+
+def cut_short(trainer: L.Trainer) -> str | None:
+    """One line saying that the run ended (trainer.max_time) before its cosine or one-cycle schedule did, so its
+    learning rate never came down and its metrics are those of a run cut short; None when it did end."""
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        length = getattr(scheduler, {OneCycleLR: "total_steps", CosineAnnealingLR: "T_max"}.get(type(scheduler), ""), 0)
+        if scheduler.last_epoch < length:
+            return (f"trainer.max_time ended the run after {scheduler.last_epoch} of the {length} steps its learning-"
+                    f"rate schedule spans: the rate was still {scheduler.get_last_lr()[0]:.2g}, not annealed, which "
+                    "costs accuracy; give more time (trainer.max_time) or fewer steps (trainer.max_steps)")
+    return None

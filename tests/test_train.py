@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 import train as train_module
 from data.images import ImageDataModule
 from models import runs
+from models.cnn import ConvNet
 from models.recipe import Recipe, load_recipe, stopped_early
 from tests.cli_process import run_cli
 from tests.conftest import make_config
@@ -38,7 +39,8 @@ def test_cnn_configs_compose_and_instantiate(data, tmp_path):
     cfg = make_config("model=cnn", f"data={data}", output_dir=tmp_path)
     assert cfg.data.name == data and cfg.monitor.metric == "val/acc"
     assert isinstance(instantiate(cfg.data), ImageDataModule)
-    assert instantiate(cfg.model.net)(in_channels=3, num_classes=10, image_size=(32, 32)) is not None
+    net = instantiate(cfg.model.net)(in_channels=3, num_classes=10, image_size=(32, 32))
+    assert isinstance(net, ConvNet) and net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("model, data, target", [
@@ -62,7 +64,8 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_p
     assert saved == metrics
     for key in ("test/loss", "val/acc_best", "epochs", "stopped_early", "train_seconds", "device"):
         assert key in saved
-    assert saved["epochs"] == 3 and (tmp_path / saved["best_checkpoint"]).is_file()
+    assert saved["epochs"] == 3 and saved["stopped_by"] == "max_epochs"
+    assert (tmp_path / saved["best_checkpoint"]).is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     recipe = load_recipe(str(tmp_path / saved["best_checkpoint"]))  # the checkpoint alone rebuilds the network
@@ -139,6 +142,17 @@ def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_steps=5"))  # an epoch is 15 steps
     assert metrics["steps"] == 5 and "val/acc_best" in metrics and "test/acc" in metrics
     assert (tmp_path / metrics["best_checkpoint"]).is_file() and not metrics["stopped_early"]
+    assert metrics["stopped_by"] == "max_steps"
+
+
+def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist_dir, tmp_path, caplog):
+    # A time limit is a guard: a run it stops has a one-cycle learning rate that never came down. It still
+    # validates and tests, and says what stopped it, in metrics.json and in a warning.
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=onecycle", "trainer.max_epochs=10000",
+                                              "trainer.max_time=00:00:00:02"))  # 150,000 steps: cut after 2 s
+    assert metrics["stopped_by"] == "max_time" and 0 < metrics["steps"] < 150_000 and "test/acc" in metrics
+    assert (f"trainer.max_time ended the run after {metrics['steps']} of the 150000 steps its learning-rate "
+            "schedule spans: the rate was still") in caplog.text
 
 
 def schedule(run) -> dict:
