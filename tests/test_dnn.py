@@ -351,12 +351,22 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
                                        eval_batch_size=50, block_rows=16) for gb in (1.0, 0.0))
     for dm in (held, streamed):
         dm.setup("fit")
+        dm.setup("test")
     assert isinstance(held.train[0], torch.Tensor) and streamed.train == (0, 800)  # rows, not tensors
-    for a, b in zip(held.val_dataloader(), streamed.val_dataloader()):
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+    def rows(batches) -> torch.Tensor:  # (N, numeric + ids + label) of every batch served, in order
+        return torch.cat([torch.cat([x.double(), ids.double(), y[:, None].double()], 1) for x, ids, y in batches])
+
+    for split in ("val", "test"):  # the whole split, in the same order, in batches of the same size
+        held_rows, streamed_rows = (getattr(dm, f"{split}_dataloader")() for dm in (held, streamed))
+        assert [len(b[2]) for b in held_rows] == [len(b[2]) for b in streamed_rows] == [50, 50]
+        assert torch.equal(rows(held_rows), rows(streamed_rows))
     batches = list(streamed.train_dataloader())
     assert len(batches) == 12 and all(len(b[2]) == 64 for b in batches)  # 50 blocks of 16 rows, 4 a batch
-    assert len(torch.cat([b[1] for b in batches]).unique(dim=0)) == 768  # distinct rows (hashed ids), none twice
+    served = rows(batches)
+    assert len(served.unique(dim=0)) == 768  # distinct rows, none twice: 48 of the 50 blocks
+    training = {tuple(row) for row in rows([held.features(*held.train)]).tolist()}  # (labels, integers, ids) read
+    assert all(tuple(row) in training for row in served.tolist())  # training rows, not the validation or test rows
 
 
 @pytest.mark.parametrize("batch_size, block_rows, batches", [
@@ -402,7 +412,7 @@ def test_criteo_streamed_rows_are_sharded_across_ranks(tmp_path):
 # -- bad input: one line naming the file, the column and the row --------------------------------------
 GOOD = pd.DataFrame({"age": [30, 40, 50], "city": ["a", "b", "c"], "y": [0, 1, 0]})
 CSV_CASES = {
-    "missing column": (GOOD.drop(columns="age"), "'age'.*row 1"),
+    "missing column": (GOOD.drop(columns="age"), r"no column 'age' in the header \(row 1\)"),
     "non-numeric": (GOOD.assign(age=["30", "forty", "50"]), r"'age', row 2 \(line 3\): 'forty' is not a"),
     "beyond float32": (GOOD.assign(age=["30", "40", "1e39"]), r"'age', row 3 \(line 4\): '1e39' is not a finite"),
     "label not 0/1": (GOOD.assign(y=[0, 1, 2]), r"'y', row 3 \(line 4\): label '2' is not 0 or 1"),

@@ -184,6 +184,7 @@ def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed", "deep_keyed")]
     images = predict_script.read_images(files, channels=1, size=(8, 8))
     assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
+    assert torch.equal(images[0, 0], torch.from_numpy(shape))  # 8x8 resized to 8x8: the square as drawn
     for image in images[1:]:
         assert torch.equal(image, images[0])
     rgb = predict_script.read_images(files, channels=3, size=(8, 8))
@@ -201,6 +202,7 @@ def test_read_images_scales_float_grey_and_turns_images_upright(tmp_path):
     Image.fromarray(np.rot90(shape).copy()).save(tmp_path / "phone.png", exif=exif)  # stored turned the other way
     files = [tmp_path / name for name in ("grey.png", "unit.tif", "bytes.tif", "phone.png")]
     images = predict_script.read_images(files, channels=1, size=(8, 8))
+    assert torch.equal(images[0, 0], torch.from_numpy(shape))  # the bar on the left, as drawn
     for image in images[1:]:
         assert torch.equal(image, images[0])  # was black (0..1 rounded) and turned
 
