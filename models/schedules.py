@@ -77,7 +77,8 @@ def cut_short(trainer: L.Trainer) -> str | None:
         scheduler = config.scheduler
         length = getattr(scheduler, {OneCycleLR: "total_steps", CosineAnnealingLR: "T_max"}.get(type(scheduler), ""), 0)
         if scheduler.last_epoch < length:
+            end = scheduler.optimizer.param_groups[0].get("min_lr", getattr(scheduler, "eta_min", 0.0))  # one-cycle's
             return (f"trainer.max_time ended the run after {scheduler.last_epoch} of the {length} steps its learning-"
-                    f"rate schedule spans: the rate was still {scheduler.get_last_lr()[0]:.2g}, not annealed, which "
-                    "costs accuracy; give more time (trainer.max_time) or fewer steps (trainer.max_steps)")
+                    f"rate schedule spans: the rate was {scheduler.get_last_lr()[0]:.2g}, not the {end:.2g} it ends "
+                    "at, which costs accuracy; give more time (trainer.max_time) or fewer steps (trainer.max_steps)")
     return None

@@ -152,7 +152,7 @@ def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist
                                               "trainer.max_time=00:00:00:02"))  # 150,000 steps: cut after 2 s
     assert metrics["stopped_by"] == "max_time" and 0 < metrics["steps"] < 150_000 and "test/acc" in metrics
     assert (f"trainer.max_time ended the run after {metrics['steps']} of the 150000 steps its learning-rate "
-            "schedule spans: the rate was still") in caplog.text
+            "schedule spans: the rate was ") in caplog.text and " it ends at, which costs accuracy" in caplog.text
 
 
 def schedule(run) -> dict:
