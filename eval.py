@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from data import UserInputError
 from models.checks import check_batch_limit
 from models.recipe import load_recipe
+from models.records import write_json
 from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics
 from models.signatures import check_trainer_args
 
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(options.get("out") or output_path(ckpt_path))
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
-    out.write_text(json.dumps(saved, indent=2) + "\n")
+    write_json(out, saved)
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
     print(f"written to {out}", file=sys.stderr)
     return 0

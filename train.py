@@ -23,6 +23,7 @@ from models.checks import WholeSweepError, check_config, flatten
 from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, distributed_arguments, log,
                         log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
+from models.records import write_json
 from models.runs import NOT_CHOICES, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, write_sweep_summary
@@ -77,7 +78,7 @@ def train(cfg: DictConfig) -> dict:
                    for k, v in settings.items() if not k.startswith(NOT_CHOICES)}
         logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))})
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out / "metrics.json", metrics)  # whole or not at all: its presence marks a finished run
     return metrics
 
 

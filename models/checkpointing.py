@@ -117,12 +117,17 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, net_target: str) 
         raise UserInputError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; "
                              "give an existing .ckpt, or `last` together with the run's hydra.run.dir")
     try:
-        trained = load_checkpoint(path)["hyper_parameters"]["config"]["model"]["net"]["_target_"]
+        checkpoint = load_checkpoint(path)
+        trained = checkpoint["hyper_parameters"]["config"]["model"]["net"]["_target_"]
     except UserInputError as err:
         raise UserInputError(f"ckpt_path={ckpt_path}: {err}") from err
     except (KeyError, TypeError) as err:  # another project's Lightning checkpoint, with a `config` of its own
         raise UserInputError(f"ckpt_path={ckpt_path}: {path} is not a checkpoint written by train.py (its config "
                              f"names no model.net)") from err
+    if not {"optimizer_states", "loops"} <= checkpoint.keys():  # Lightning would fail with a KeyError
+        raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds the network's weights only (saved with "
+                             "save_weights_only), not the optimizer, schedule and progress a run continues from; "
+                             "give a full checkpoint, such as the run's checkpoints/last.ckpt")
     if trained != net_target:
         raise UserInputError(f"ckpt_path={ckpt_path}: {path} holds a {trained}, not the {net_target} this run builds; "
                              "pick the model=... it was trained with")

@@ -4,7 +4,6 @@ a run's saved config kept when it fails, and the run's train.log. Checks of the 
 models/checks.py and models/signatures.py; sweeps' summaries in models/sweeps.py."""
 import inspect
 import itertools
-import json
 import logging
 import os
 import tempfile
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from data import UserInputError, check_folder
 from models.checks import CONFIGS, check_config, check_settings, check_sweep
+from models.records import read_metrics, read_overrides
 from models.signatures import not_a_trainer_argument
 
 
@@ -104,10 +104,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
         overrides = run / ".hydra" / "overrides.yaml"
         if not overrides.is_file():
             raise UserInputError(f"resume={run}: no {overrides}; resume takes a run directory made by train.py")
-        kept = [a for a in OmegaConf.load(overrides) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
+        kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
         extra = [a for a in argv if not a.startswith("resume=")]
         if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
-            if json.loads((run / "metrics.json").read_text()).get("stopped_early"):  # its patience is restored too
+            if read_metrics(run).get("stopped_early"):  # its patience is restored too
                 raise UserInputError(f"resume={run}: that run stopped early (metrics.json): there is nothing to "
                                      "continue; its best weights are in checkpoints/best.ckpt")
             raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "

@@ -33,11 +33,12 @@ PER_STEP = ("train/loss_step", "train/grad_norm")  # logged every log_every_n_st
 
 def stopped_early(trainer: L.Trainer) -> bool:
     """Whether early stopping ended the epochs trained so far: it said stop (patience run out, a threshold met, in
-    any epoch, the first too) after the last of them. With trainer.min_epochs it may have said so earlier and
-    training went on: its reason stays set, its stopped_epoch is not the last epoch's."""
+    any epoch, the first too) in the last of them: the epoch just ended (current_epoch - 1), or, in a checkpoint
+    written at a validation within an epoch (trainer.val_check_interval), the current one. With trainer.min_epochs
+    it may have said so earlier and training went on: its reason stays set, its stopped_epoch is an earlier one."""
     stopper = trainer.early_stopping_callback
     return (stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
-            and stopper.stopped_epoch == trainer.current_epoch - 1)
+            and stopper.stopped_epoch in (trainer.current_epoch - 1, trainer.current_epoch))
 
 
 def stopped_by(trainer: L.Trainer) -> str:

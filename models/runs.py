@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError, class_names
 from models.checks import check_data_settings, flatten
 from models.recipe import PER_STEP, load_recipe, probabilities
+from models.records import read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
 
 # Config keys that differ between runs without being a choice: where files went, what to log.
 NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.")
@@ -43,12 +44,6 @@ def failed_runs(root: str | Path) -> dict[str, list[str]]:
             for p in sorted(root.rglob(".hydra")) if not (p.parent / "metrics.json").exists()}
 
 
-def read_overrides(run: str | Path) -> list[str]:
-    """The run's command-line overrides as Hydra saved them (.hydra/overrides.yaml), e.g. ["model.lr=0.01"]."""
-    saved = Path(run) / ".hydra" / "overrides.yaml"
-    return [str(o) for o in yaml.safe_load(saved.read_text()) or []] if saved.exists() else []
-
-
 def newest_run(root: str | Path) -> Path:
     runs = find_runs(root)
     if not runs:
@@ -57,16 +52,9 @@ def newest_run(root: str | Path) -> Path:
     return max(runs, key=lambda run: (run / "metrics.json").stat().st_mtime)
 
 
-def read_metrics(run: str | Path) -> dict:
-    path = Path(run) / "metrics.json"
-    if not path.is_file():
-        raise UserInputError(f"{path} not found: give a run directory written by train.py")
-    return json.loads(path.read_text())
-
-
 def best_checkpoint(run: str | Path) -> Path:
     run = Path(run)
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    metrics = read_metrics(run) if (run / "metrics.json").is_file() else {}
     return run / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
 
 
@@ -111,6 +99,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserInputError(f"{path} is not a readable checkpoint ({why})") from err
     if not isinstance(checkpoint, dict) or "config" not in checkpoint.get("hyper_parameters", {}):
         raise UserInputError(f"{path} is not a checkpoint written by train.py (no config in its hyperparameters)")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserInputError(f"{path} is not a checkpoint written by train.py (no network weights: state_dict)")
     return checkpoint
 
 

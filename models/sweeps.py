@@ -1,7 +1,6 @@
 """`python train.py -m ...` sweeps: a summary of the jobs (summary.csv, summary.json) kept up to date in the sweep
 directory, and which sweeps go on past a failed job."""
 import csv
-import json
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -9,7 +8,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from models.runs import read_overrides
+from models.records import read_metrics, read_overrides, write_json
 
 
 class SweepSummary(Callback):
@@ -46,7 +45,7 @@ def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
             key, _, value = override.partition("=")
             overrides[key.lstrip("+")] = value
         if (job / "metrics.json").exists():
-            metrics = json.loads((job / "metrics.json").read_text())
+            metrics = read_metrics(job)
             rows.append({"job": job.name, "failed": False, **overrides, **metrics})
         else:
             failed.append({"job": job.name, "failed": True, **overrides})
@@ -55,7 +54,7 @@ def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
     key, mode = f"{monitor.metric}_best", monitor.mode
     rows.sort(key=lambda r: r.get(key, float("nan")), reverse=mode == "max")
     rows += failed  # listed last, with their overrides: what to fix or rerun
-    (sweep / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(sweep / "summary.json", rows)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(sweep / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)

@@ -21,7 +21,8 @@ from data import UserInputError
 from models.checkpointing import (AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path,
                                  validates_next)
 from models.recipe import NonFiniteLossError, Recipe
-from models.runs import instantiate_data
+from models.records import write_json
+from models.runs import instantiate_data, load_checkpoint
 from models.checks import check_model_reads_data, check_settings
 from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, resume_arguments, sweep_variants,
                         trainer_arguments)
@@ -289,13 +290,24 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
         resolve_ckpt_path(str(tmp_path / "other.ckpt"), tmp_path, "models.cnn.ConvNet")
     with pytest.raises(UserInputError, match="holds a models.cnn.ConvNet, not the models.dnn"):
         resolve_ckpt_path(str(tmp_path / "checkpoints" / "best.ckpt"), tmp_path, "models.dnn.ClickMLP")
+    # The weights alone (ModelCheckpoint's save_weights_only): scored and predicted with, but no run to continue.
+    full = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    torch.save({k: v for k, v in full.items() if k not in ("optimizer_states", "lr_schedulers")}, tmp_path / "w.ckpt")
+    with pytest.raises(UserInputError, match=r"w.ckpt holds the network's weights only .* such as the run's "
+                                             r"checkpoints/last.ckpt"):
+        resolve_ckpt_path(str(tmp_path / "w.ckpt"), tmp_path, "models.cnn.ConvNet")
+    torch.save({k: v for k, v in full.items() if k != "state_dict"}, tmp_path / "no_weights.ckpt")
+    with pytest.raises(UserInputError, match=r"no_weights.ckpt is not a checkpoint written by train.py \(no network "
+                                             r"weights"):
+        load_checkpoint(tmp_path / "no_weights.ckpt")  # what eval.py, predict.py and generate.py read first
     # The same network sized by other data: one line once the data is read (not a size-mismatch traceback).
     best = str(tmp_path / "checkpoints" / "best.ckpt")
     sized = torch.load(best, weights_only=True)["hyper_parameters"]["net_kwargs"]  # in_channels, image_size, ...
     check_checkpoint_fits(best, "best.ckpt", {**sized, "image_size": tuple(sized["image_size"])})  # it fits
     with pytest.raises(UserInputError, match=r"trained on other data \(in_channels 1 there, 3 here\)"):
         check_checkpoint_fits(best, "best.ckpt", {**sized, "in_channels": 3})
-    torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}}, tmp_path / "lm.ckpt")
+    torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}, "state_dict": {}},
+               tmp_path / "lm.ckpt")
     with pytest.raises(UserInputError, match=r"other data \(vocab with other entries\)"):  # same size: silent otherwise
         check_checkpoint_fits(str(tmp_path / "lm.ckpt"), "lm.ckpt", {"vocab": list("abcdeg")})
     # Other network settings or another optimizer: one line, not Lightning's size-mismatch page or a KeyError.
@@ -641,6 +653,25 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
     with pytest.raises(UserInputError, match="stopped early .* nothing to continue; its best weights are in"):
         resume_arguments([f"resume={tmp_path}"])  # its restored patience would stop it again at once
     assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-1] == "ckpt_path=last"
+    # A run directory's own files, damaged (a hand edit, a disk filled up): one line naming the file.
+    (tmp_path / "metrics.json").write_text('{"test/acc": 0.9')
+    with pytest.raises(UserInputError, match=r"metrics.json is not the JSON train.py writes \(Expecting"):
+        resume_arguments([f"resume={tmp_path}"])
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- debug: [fast\n")
+    with pytest.raises(UserInputError, match=r"overrides.yaml is not the list of overrides Hydra writes"):
+        resume_arguments([f"resume={tmp_path}"])
+
+
+def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    write_json(tmp_path / "metrics.json", {"test/acc": 0.5})
+
+    def killed(*args):  # the process dies between writing the new record and renaming it into place
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(tmp_path / "metrics.json", {"test/acc": 0.9})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/acc": 0.5}  # the earlier record, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
 
 
 def test_a_sweep_is_checked_once_per_value():

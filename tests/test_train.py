@@ -116,6 +116,19 @@ def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnis
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (1, metrics["steps"])
 
 
+def test_a_stop_within_an_epoch_stays_one_on_resume(mnist_dir, tmp_path):
+    # Validating 4 times an epoch, early stopping says stop at the second validation (step 2, epoch 0): last.ckpt,
+    # written there, is within epoch 0. Resumed from it, the run trains nothing more and tests the same weights.
+    stop_within = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "+trainer.val_check_interval=0.25",
+                   "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=100"]
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_within))
+    assert metrics["stopped_early"] and metrics["stopped_by"] == "early_stopping" and metrics["steps"] == 2
+    (tmp_path / "metrics.json").unlink()
+    again = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_within, "ckpt_path=last"))
+    assert again["stopped_early"] and again["steps"] == 2
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-6)
+
+
 def test_stopped_early_means_early_stopping_ended_the_last_epoch():
     stopper = EarlyStopping(monitor="val/loss")
     trainer = SimpleNamespace(early_stopping_callback=stopper, current_epoch=5)  # epochs 0-4 trained
@@ -124,6 +137,8 @@ def test_stopped_early_means_early_stopping_ended_the_last_epoch():
     assert stopped_early(trainer)
     stopper.stopped_epoch = 2  # it said stop after epoch 2, and trainer.min_epochs kept the run going
     assert not stopped_early(trainer)
+    stopper.stopped_epoch = 5  # within epoch 5, at a validation within it: a checkpoint written there
+    assert stopped_early(trainer)
     assert not stopped_early(SimpleNamespace(early_stopping_callback=None, current_epoch=5))
 
 

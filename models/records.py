@@ -1,0 +1,50 @@
+"""The files a run writes about itself, and reading them back: metrics.json (written whole or not at all, so a kill
+mid-write never leaves half a record) and Hydra's .hydra/overrides.yaml. A damaged one is a one-line error naming
+it, not a traceback."""
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from data import UserInputError
+
+
+def write_json(path: Path, data) -> None:
+    """`data` as indented JSON in `path`: into a temporary file beside it, renamed over `path` at the end."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_metrics(run: str | Path) -> dict:
+    """The run's metrics.json."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        raise UserInputError(f"{path} not found: give a run directory written by train.py")
+    try:
+        metrics = json.loads(path.read_text())
+    except (ValueError, OSError) as err:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise UserInputError(f"{path} is not the JSON train.py writes ({err}): restore it, or delete it and "
+                             f"score the run's best checkpoint again with `python eval.py ckpt_path=...`") from None
+    if not isinstance(metrics, dict):
+        raise UserInputError(f"{path} is not the JSON train.py writes (no mapping of metric names to values)")
+    return metrics
+
+
+def read_overrides(run: str | Path) -> list[str]:
+    """The run's command-line overrides as Hydra saved them (.hydra/overrides.yaml), e.g. ["model.lr=0.01"]."""
+    saved = Path(run) / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        return []
+    try:
+        overrides = yaml.safe_load(saved.read_text()) or []
+    except (yaml.YAMLError, ValueError, OSError) as err:
+        raise UserInputError(f"{saved} is not the list of overrides Hydra writes ({type(err).__name__}): restore "
+                             "it, or give the run's settings on the command line") from None
+    if not isinstance(overrides, list):
+        raise UserInputError(f"{saved} is not the list of overrides Hydra writes (a list of KEY=VALUE lines)")
+    return [str(o) for o in overrides]
