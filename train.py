@@ -59,7 +59,9 @@ def train(cfg: DictConfig) -> dict:
                              "validate more often (checkpoints/last.ckpt holds the trained weights)")
     fit = {  # read before trainer.test: restoring the best checkpoint rewinds the callbacks' state
         f"{checkpoint.monitor}_best": float(checkpoint.best_model_score),
-        "epochs": trainer.current_epoch,
+        # epochs begun (one ended early counts): current_epoch, but for a run resumed from a checkpoint written
+        # within its last epoch that stops at once (early stopping had said stop), where current_epoch is one less
+        "epochs": trainer.fit_loop.epoch_progress.current.started,
         "steps": trainer.global_step,
         "stopped_early": stopped_early(trainer),
         "stopped_by": stopped_by(trainer),

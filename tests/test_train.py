@@ -125,7 +125,7 @@ def test_a_stop_within_an_epoch_stays_one_on_resume(mnist_dir, tmp_path):
     assert metrics["stopped_early"] and metrics["stopped_by"] == "early_stopping" and metrics["steps"] == 2
     (tmp_path / "metrics.json").unlink()
     again = train_module.train(mnist_config(mnist_dir, tmp_path, *stop_within, "ckpt_path=last"))
-    assert again["stopped_early"] and again["steps"] == 2
+    assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], 2) == (1, 2)
     assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-6)
 
 
