@@ -41,6 +41,11 @@ def parse(argv: list[str]) -> dict:
         raise UserInputError(f"seed={options['seed']}: give a whole number >= 0 and < 2**63")
     if not options["prompt"]:
         raise UserInputError("prompt is empty: give at least one character (the default is a newline)")
+    try:
+        options["prompt"].encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes the shell passed that are no UTF-8 (Python keeps them as surrogates)
+        raise UserInputError(f"prompt holds bytes that are not UTF-8 text (at character {err.start + 1}); give the "
+                             "prompt in UTF-8") from None
     return options
 
 

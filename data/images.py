@@ -121,8 +121,13 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                     with gzip.open(gz) as src, open(part, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                     part.rename(target)
-        self._open(train=True, download=self.download)
-        self._open(train=False, download=False)  # checked now, not after training (read into the run only by test)
+        train = self._open(train=True, download=self.download)
+        test = self._open(train=False, download=False)  # checked now, not after training (read only by test)
+        if train.data.shape[1:] != test.data.shape[1:]:  # the network would fail on the first test batch
+            sizes = ["x".join(map(str, ds.data.shape[1:])) for ds in (test, train)]  # HxW, or HxWxC
+            raise UserInputError(f"{self.name} in {folder}/: the test images are {sizes[0]}, the training images "
+                                 f"{sizes[1]}: the files are from different datasets; put "
+                                 f"{DATASETS[self.name].offline_hint} there")
 
     def _open(self, train: bool, download: bool) -> datasets.VisionDataset:
         cls, subdir, what, files = DATASETS[self.name]
@@ -137,10 +142,20 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             else:
                 problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
             raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
-        labels = torch.as_tensor(ds.targets)
+        split = "training" if train else "test"
+        if torch.as_tensor(ds.data[:0]).dtype != torch.uint8:  # a CIFAR pickle of floats: scaled and read otherwise
+            raise UserInputError(f"{self.name} in {folder}/: the {split} images are {ds.data.dtype} numbers, not the "
+                                 f"0-255 bytes of the release: put {what} there")
+        try:
+            labels = torch.as_tensor(ds.targets)
+        except (TypeError, ValueError, RuntimeError):
+            labels = torch.zeros(0, dtype=torch.float32)  # refused below
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
+            raise UserInputError(f"{self.name} in {folder}/: the {split} labels are not whole class numbers (the "
+                                 f"first: {ds.targets[0]!r}); the labels file is corrupt: put {what} there")
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(ds.classes):  # corrupt: a crash mid-training
             bad = labels[(labels < 0) | (labels >= len(ds.classes))]
-            raise UserInputError(f"{self.name} in {folder}/: the {'training' if train else 'test'} labels hold "
+            raise UserInputError(f"{self.name} in {folder}/: the {split} labels hold "
                                  f"{bad[0].item()}, not a class 0-{len(ds.classes) - 1} ({len(bad)} such); the "
                                  f"labels file is corrupt: put {what} there")
         return ds
@@ -168,7 +183,7 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             train_idx = train_idx[: self.train_size]  # a small training set makes overfitting visible
             self.train, self.val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
             # Normalization statistics per channel, from the training split only.
-            x = self.train[0].float().div_(255)
+            x = self.train[0].float() / 255
             self.mean, self.std = x.mean((0, 2, 3)), x.std((0, 2, 3))
         if stage == "test" and self.test is None:  # the official test split is read only here
             self.test = self._load(train=False)

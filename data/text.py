@@ -154,7 +154,7 @@ class TextFileDataModule(CharDataModule):
         self.fractions = {"val": val_fraction, "test": test_fraction}
 
     def prepare_data(self) -> None:
-        if self.path.is_file() or not self.url:
+        if self.path.exists() or not self.url:  # (a folder: read() says so)
             return
         try:
             with tempfile.TemporaryDirectory() as folder:  # nothing is made at data.path until the file arrived whole
@@ -163,7 +163,7 @@ class TextFileDataModule(CharDataModule):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(downloaded, part)
                 part.replace(self.path)  # renamed when complete: an interrupted copy is never read
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: data.url is no URL
             shared = Path("../shared/datasets") / self.path.name  # a checkout beside the shared folder (README)
             copy = (f"data.path={shared}" if shared.is_file() and shared.resolve() != self.path.resolve() else
                     "data.path=FILE")

@@ -41,6 +41,8 @@ def admits(value, hint) -> bool:
         return isinstance(value, (dict, DictConfig))
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:  # true is no count (Python's bool is an int)
+        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, (dict, DictConfig))
     if isinstance(hint, type):
         return isinstance(value, hint) or isinstance(value, (dict, DictConfig))  # a dict: Hydra builds the object
     return True  # a hint we cannot judge

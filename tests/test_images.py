@@ -1,5 +1,6 @@
 """Image datasets: the real torchvision loaders on files in the exact on-disk formats, batching, augmentation."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,43 @@ def test_a_corrupt_cifar_batch_is_named(cifar_dir, tmp_path):
         dm = ImageDataModule("cifar10", str(tmp_path), val_size=100, download=False)
         dm.prepare_data()
         dm.setup("fit")
+
+
+def rewrite_cifar_batch(cifar_dir, tmp_path, name: str, change) -> Path:
+    """A copy of the CIFAR folder whose batch `name` is `change(batch)`; its data_dir."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in (cifar_dir / "cifar-10-batches-py").iterdir():
+        folder.joinpath(f.name).write_bytes(f.read_bytes())
+    with open(folder / name, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    with open(folder / name, "wb") as f:
+        pickle.dump(change(batch), f, protocol=2)
+    return tmp_path
+
+
+@pytest.mark.parametrize("change, message", [
+    # floats in 0..1 (a batch saved from a notebook): were divided by 255 again, in place, on every pass
+    (lambda b: {**b, "data": b["data"] / 255}, r"the test images are float64 numbers, not the 0-255 bytes"),
+    (lambda b: {**b, "labels": [str(y) for y in b["labels"]]}, r"the test labels are not whole class numbers \(the "
+                                                               r"first: '\d'\)"),
+])
+def test_a_cifar_batch_of_other_types_is_refused_before_training(change, message, cifar_dir, tmp_path):
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "test_batch", change)
+    with pytest.raises(UserInputError, match=message):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
+def test_test_images_of_another_size_are_refused_before_training(mnist_dir, tmp_path):
+    from conftest import pattern_images, write_idx
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        raw.joinpath(f.name).write_bytes(f.read_bytes())
+    write_idx(raw / "t10k-images-idx3-ubyte", pattern_images(300, 32, 1, seed=1)[0][..., 0])  # 32x32, not 28x28
+    with pytest.raises(UserInputError, match=r"the test images are 32x32, the training images 28x28: the files are "
+                                             r"from different datasets"):
+        ImageDataModule("mnist", str(tmp_path), download=False).prepare_data()
 
 
 def test_missing_files_give_one_clear_error(tmp_path):

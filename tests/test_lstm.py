@@ -16,6 +16,7 @@ from data import UserInputError
 from data.text import ShakespeareDataModule, TextFileDataModule, decode, encode, play_text
 import generate as generate_script
 from generate import generate, parse
+from models.signatures import admits
 from models.lstm import CharLM, SequenceClassifier, build
 from models.recipe import Recipe
 from tests.conftest import make_config
@@ -180,6 +181,14 @@ def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkey
                                              r"downloaded \(.*\); offline, point data.path at a copy: data.path="):
         TextFileDataModule(str(target), url="https://x/input.txt").prepare_data()
     assert not (tmp_path / "shared").exists()  # not even the folders it would have gone into
+    monkeypatch.undo()
+    with pytest.raises(UserInputError, match=r"tinyshakespeare.txt is missing and notaurl could not be downloaded "
+                                             r"\(unknown url type"):  # no network needed: urllib refuses it first
+        TextFileDataModule(str(target), url="notaurl").prepare_data()
+    folder = TextFileDataModule(str(tmp_path), url="https://x/input.txt")
+    folder.prepare_data()  # there, though no file: read() names it, nothing is downloaded over it
+    with pytest.raises(UserInputError, match=f"data.path={tmp_path}: cannot read it"):
+        folder.setup("fit")
 
 
 def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
@@ -315,6 +324,9 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse(["ckpt_path=x.ckpt", "seed=99999999999999999999"])  # was torch's overflow traceback
     with pytest.raises(UserInputError, match="length='abc': give a whole number"):
         parse(["ckpt_path=x.ckpt", "length=abc"])
+    with pytest.raises(UserInputError, match="prompt holds bytes that are not UTF-8 text \\(at character 3\\)"):
+        parse(["ckpt_path=x.ckpt", "prompt=ab\udcff"])  # how Python passes on a Latin-1 byte from the shell
+    assert not admits(True, int) and admits(3, int) and admits(True, bool)  # data.seq_len=true is no length
 
 
 def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
