@@ -48,6 +48,23 @@ DATASETS = {
 }
 
 
+def idx_problem(file: Path) -> str | None:
+    """What is wrong with an IDX file of bytes (MNIST's format: 0, 0, type 0x08, the number of dimensions, each
+    dimension as a big-endian int32, then the bytes), or None when its header and size agree."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+        if head[:2] == b"\x1f\x8b":
+            return "is still gzip-compressed: decompress it (gunzip)"
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+            return "does not start as an IDX file of bytes does (00 00 08)"
+        dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return "is shorter than its header"
+    expected = 4 + len(dims) + math.prod(int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4))
+    size = file.stat().st_size
+    return None if size == expected else f"is {size:,} bytes where its header says {expected:,}"
+
+
 AUGMENT_KINDS = {"enabled": (bool,), "degrees": (int, float), "translate": (int,), "hflip": (bool,)}
 
 
@@ -136,7 +153,14 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             ds = cls(self.root, train=train, download=download)  # torchvision decodes the files here
         except Exception as err:
             missing = [name for name in files if not (folder / name).is_file()]
-            if folder.is_dir() and len(missing) < len(files):  # some files there: name the others
+            broken = {} if missing or files is not IDX_FILES else {
+                name: why for name in files if (why := idx_problem(folder / name))}  # name the file that is wrong
+            if broken:
+                name, why = next(iter(broken.items()))
+                again = (" (delete it: it is copied again from the Debian package)"
+                         if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir() else "")
+                problem = f"could not read {self.name}: {folder / name} {why}{again}"
+            elif folder.is_dir() and len(missing) < len(files):  # some files there: name the others
                 problem = (f"{self.name} in {folder}/ lacks {', '.join(missing)}" if missing else
                            f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})")
             else:

@@ -1,4 +1,5 @@
 """Image datasets: the real torchvision loaders on files in the exact on-disk formats, batching, augmentation."""
+import gzip
 import pickle
 from pathlib import Path
 
@@ -128,8 +129,10 @@ def label_200(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("name, corrupt, message", [
-    ("train-images-idx3-ubyte", lambda data: data[:100], "could not read mnist from .*MNIST/raw/"),
-    ("t10k-images-idx3-ubyte", lambda data: data[:100], "could not read mnist"),  # before training, not after it
+    ("train-images-idx3-ubyte", lambda data: data[:100],
+     r"could not read mnist: .*MNIST/raw/train-images-idx3-ubyte is 100 bytes where its header says 940,816: put"),
+    ("t10k-images-idx3-ubyte", lambda data: data[:100], "t10k-images-idx3-ubyte is 100 bytes"),  # before training
+    ("train-labels-idx1-ubyte", gzip.compress, "train-labels-idx1-ubyte is still gzip-compressed: decompress it"),
     ("t10k-labels-idx1-ubyte", label_200, r"the test labels hold 200, not a class 0-9 \(1 such\); the labels file"),
 ])
 def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
@@ -149,7 +152,8 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     (raw / "train-images-idx3-ubyte").write_bytes(b"left by an interrupted copy")  # only the missing ones are copied
     (raw / "train-labels-idx1-ubyte.part").write_bytes(b"half")
     dm = ImageDataModule("fashion_mnist", str(tmp_path), download=False)
-    with pytest.raises(UserInputError, match="could not read fashion_mnist"):
+    with pytest.raises(UserInputError, match=r"could not read fashion_mnist: .*train-images-idx3-ubyte does not start "
+                                             r"as an IDX file .* \(delete it: it is copied again from the Debian"):
         dm.prepare_data()
     assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
                                                      "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
