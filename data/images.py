@@ -179,9 +179,10 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                                  f"first: {ds.targets[0]!r}); the labels file is corrupt: put {what} there")
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(ds.classes):  # corrupt: a crash mid-training
             bad = labels[(labels < 0) | (labels >= len(ds.classes))]
+            meta = f", or batches.meta names {len(ds.classes)} classes, too few" if self.name == "cifar10" else ""
             raise UserInputError(f"{self.name} in {folder}/: the {split} labels hold "
                                  f"{bad[0].item()}, not a class 0-{len(ds.classes) - 1} ({len(bad)} such); the "
-                                 f"labels file is corrupt: put {what} there")
+                                 f"labels file is corrupt{meta}: put {what} there")
         return ds
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:

@@ -94,6 +94,14 @@ def test_a_cifar_batch_of_other_types_is_refused_before_training(change, message
         ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
 
 
+def test_too_few_cifar_class_names_are_named_as_the_other_suspect(cifar_dir, tmp_path):
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "batches.meta",
+                                   lambda meta: {**meta, "label_names": meta["label_names"][:5]})
+    with pytest.raises(UserInputError, match=r"not a class 0-4 .*; the labels file is corrupt, or batches.meta names "
+                                             r"5 classes, too few"):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
 def test_test_images_of_another_size_are_refused_before_training(mnist_dir, tmp_path):
     from conftest import pattern_images, write_idx
     raw = tmp_path / "MNIST" / "raw"
