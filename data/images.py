@@ -6,6 +6,7 @@ comes from Debian's `dataset-fashion-mnist` package, decompressed into torchvisi
 """
 import gzip
 import math
+import pickle
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +30,29 @@ class _CIFAR10(datasets.CIFAR10):
     train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
     test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
     meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+def cifar_problem(file: Path) -> str | None:
+    """What is wrong with a CIFAR batch, or None when its images are the release's rows of 3072 bytes (1024 red,
+    1024 green, 1024 blue). torchvision reshapes any data to (N, 3, 32, 32): images saved as (N, 32, 32, 3), as
+    image libraries hold them, would be read with their channels and rows scrambled."""
+    try:
+        with open(file, "rb") as f:
+            data = pickle.load(f, encoding="latin1")["data"]
+    except Exception as err:
+        return f"does not unpickle to a batch with images ({type(err).__name__}): a cut-short copy?"
+    shape = tuple(getattr(data, "shape", ()))
+    if shape[1:] in ((3072,), (3, 32, 32)):  # (3, 32, 32) is the same bytes in the same order
+        return None
+    return (f"holds images shaped {'x'.join(map(str, shape[1:])) or type(data).__name__}, not rows of 3072 "
+            "(3x32x32): the batch was saved in another layout")
+
+
+def file_problem(file: Path) -> str | None:
+    """What is wrong with one of a dataset's files (named by `DATASETS`), or None."""
+    if file.name in IDX_FILES:
+        return idx_problem(file)
+    return cifar_problem(file) if file.name != "batches.meta" else None
 
 
 class Source(NamedTuple):
@@ -153,9 +177,8 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             ds = cls(self.root, train=train, download=download)  # torchvision decodes the files here
         except Exception as err:
             missing = [name for name in files if not (folder / name).is_file()]
-            broken = {} if missing or files is not IDX_FILES else {
-                name: why for name in files if (why := idx_problem(folder / name))}  # name the file that is wrong
-            if broken:
+            broken = {} if missing else {name: why for name in files if (why := file_problem(folder / name))}
+            if broken:  # name the file that is wrong
                 name, why = next(iter(broken.items()))
                 again = (" (delete it: it is copied again from the Debian package)"
                          if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir() else "")
@@ -167,6 +190,10 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                 problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
             raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
         split = "training" if train else "test"
+        if self.name == "cifar10":  # read without error even when scrambled: each batch's layout is checked
+            for name, _ in ds.train_list if train else ds.test_list:
+                if why := cifar_problem(folder / name):
+                    raise UserInputError(f"could not read {self.name}: {folder / name} {why}: put {what} there")
         if torch.as_tensor(ds.data[:0]).dtype != torch.uint8:  # a CIFAR pickle of floats: scaled and read otherwise
             raise UserInputError(f"{self.name} in {folder}/: the {split} images are {ds.data.dtype} numbers, not the "
                                  f"0-255 bytes of the release: put {what} there")

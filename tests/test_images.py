@@ -63,7 +63,8 @@ def test_a_corrupt_cifar_batch_is_named(cifar_dir, tmp_path):
     folder.mkdir()
     for f in (cifar_dir / "cifar-10-batches-py").iterdir():
         folder.joinpath(f.name).write_bytes(f.read_bytes()[: 1000] if f.name == "data_batch_3" else f.read_bytes())
-    with pytest.raises(UserInputError, match=r"could not read cifar10 from .*: put .* there, or set paths.data_dir"):
+    with pytest.raises(UserInputError, match=r"could not read cifar10: .*/data_batch_3 does not unpickle to a batch "
+                                             r"with images \(\w+\): a cut-short copy\?: put .* there, or set paths"):
         dm = ImageDataModule("cifar10", str(tmp_path), val_size=100, download=False)
         dm.prepare_data()
         dm.setup("fit")
@@ -92,6 +93,23 @@ def test_a_cifar_batch_of_other_types_is_refused_before_training(change, message
     data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "test_batch", change)
     with pytest.raises(UserInputError, match=message):
         ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
+@pytest.mark.parametrize("name", ["data_batch_2", "test_batch"])
+def test_a_cifar_batch_of_images_in_another_layout_is_refused(name, cifar_dir, tmp_path):
+    # images as (N, 32, 32, 3): torchvision reshaped them to (N, 3, 32, 32) and trained on the scrambled pixels
+    hwc = lambda b: {**b, "data": b["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()}  # noqa: E731
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, name, hwc)
+    with pytest.raises(UserInputError, match=rf"could not read cifar10: .*{name} holds images shaped 32x32x3, not "
+                                             r"rows of 3072 \(3x32x32\): the batch was saved in another layout: "):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
+def test_cifar_images_as_channels_first_arrays_read_as_the_rows_do(cifar_dir, tmp_path):
+    chw = lambda b: {**b, "data": b["data"].reshape(-1, 3, 32, 32)}  # noqa: E731
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "test_batch", chw)
+    expected, read = ImageDataModule("cifar10", str(cifar_dir)), ImageDataModule("cifar10", str(data_dir))
+    assert torch.equal(expected._load(train=False)[0], read._load(train=False)[0])
 
 
 def test_too_few_cifar_class_names_are_named_as_the_other_suspect(cifar_dir, tmp_path):
