@@ -4,6 +4,8 @@
   atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
 - `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume,
   and saves a step that a validation follows only after that validation, so a resume never skips one.
+- `EarlyStopping` keeps the patience a resumed run is given (Lightning's takes the checkpoint's): a run that
+  stopped early trains on when resumed with a larger `callbacks.early_stopping.patience`.
 - `resolve_ckpt_path` turns the `ckpt_path` setting into a checkpoint to resume from, refusing one that
   does not exist or was trained by another network; `check_checkpoint_fits`, once the data is read, one trained
   on other data, with other network settings or by another optimizer.
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
@@ -87,6 +91,17 @@ class RunCheckpoint(ModelCheckpoint):
                                  ("best_model_path", "kth_best_model_path", "last_model_path")},
                               "best_k_models": {here(p): v for p, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
+
+
+class EarlyStopping(callbacks.EarlyStopping):
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience  # this run's setting: Lightning would restore the checkpoint's, silently
+        super().load_state_dict(state_dict)
+        self.patience = patience
+        if self.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED and self.wait_count < patience:
+            # Stopped for want of patience, and given more: the epochs without improvement so far still count.
+            self.stopping_reason, self.stopping_reason_message, self.stopped_epoch = (
+                EarlyStoppingReason.NOT_STOPPED, None, 0)
 
 
 def validates_next(trainer, pl_module, batch_idx: int) -> bool:

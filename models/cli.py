@@ -107,9 +107,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
         kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
         extra = [a for a in argv if not a.startswith("resume=")]
         if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
-            if read_metrics(run).get("stopped_early"):  # its patience is restored too
+            if read_metrics(run).get("stopped_early"):  # with the same patience it stops again at once
                 raise UserInputError(f"resume={run}: that run stopped early (metrics.json): there is nothing to "
-                                     "continue; its best weights are in checkpoints/best.ckpt")
+                                     "continue; its best weights are in checkpoints/best.ckpt (to train on, add a "
+                                     "larger callbacks.early_stopping.patience=N)")
             raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
                                  "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
                                  "schedule's length was fixed when it started)")

@@ -651,7 +651,7 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=cnn\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"stopped_early": True}))
     with pytest.raises(UserInputError, match="stopped early .* nothing to continue; its best weights are in"):
-        resume_arguments([f"resume={tmp_path}"])  # its restored patience would stop it again at once
+        resume_arguments([f"resume={tmp_path}"])  # the same patience would stop it again at once
     assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-1] == "ckpt_path=last"
     # A run directory's own files, damaged (a hand edit, a disk filled up): one line naming the file.
     (tmp_path / "metrics.json").write_text('{"test/acc": 0.9')

@@ -104,6 +104,14 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
                                             "callbacks.early_stopping.min_delta=1.0",
                                             "callbacks.early_stopping.patience=2"))
     assert again["stopped_early"] and (again["epochs"], again["steps"]) == (metrics["epochs"], metrics["steps"])
+    # Resumed with more patience, it trains on: the 2 epochs without improvement count, 2 more make 4.
+    (tmp_path / "metrics.json").unlink()
+    longer = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=20", "ckpt_path=last",
+                                             "callbacks.early_stopping.min_delta=1.0",
+                                             "callbacks.early_stopping.patience=4"))
+    assert longer["stopped_early"] and longer["epochs"] == metrics["epochs"] + 2
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"][
+        "EarlyStopping{'monitor': 'val/acc', 'mode': 'max'}"]["patience"] == 4
 
 
 def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnist_dir, tmp_path):
