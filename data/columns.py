@@ -4,9 +4,12 @@
                plus a 1 in that column's "was missing" indicator (only columns with missing training values get one)
   categorical  per field: id 0 = missing; 1..V = the training values seen at least `min_count` times; then up
                to `hash_buckets` buckets that every other value (rare in training, or never seen) is hashed into.
-               Rare training values train those buckets, so an unseen value lands on a trained embedding (unless
-               the field had no rare training values: then its one bucket keeps its initial vector). A missing
-               value in a field that had none in training is unseen too: id 0 would be an untrained vector.
+               Rare training values train those buckets, as many as there are rare values (at most hash_buckets):
+               hashed at random, about a third of the buckets get none and keep their initial vectors, so an unseen
+               value lands on a trained embedding about two times in three. A missing value in a field that had
+               none in training is unseen too: id 0 would be an untrained vector. A whole number written with
+               zero decimals ("12.0", as pandas writes an integer column that has a missing value) is the level
+               "12".
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
 import csv
@@ -42,7 +45,10 @@ class NumericScaler:
     def __init__(self, log: Tensor) -> None:
         self.log = log  # (n,) bool: which columns get signed_log1p
         zeros = torch.zeros(len(log), dtype=torch.float64)
-        self.count, self.sum, self.sumsq = zeros.clone(), zeros.clone(), zeros.clone()  # per column, over the rows
+        # per column, over the rows: sums of (x - shift), shift a value of the column's own (its first): a constant
+        # column then sums exact zeros, where sum(x * x) / n - mean**2 would leave a rounding residue for a std
+        self.count, self.sum, self.sumsq = zeros.clone(), zeros.clone(), zeros.clone()
+        self.shift = torch.full_like(zeros, torch.nan)  # set by the first chunk with a value in the column
         self.rows = 0  # training rows seen, with or without a value
 
     def _logged(self, x: Tensor) -> Tensor:
@@ -51,6 +57,9 @@ class NumericScaler:
     def update(self, x: Tensor) -> "NumericScaler":  # one chunk of training rows at a time: bounded memory
         x = self._logged(x.double())
         seen = ~x.isnan()
+        first = x.gather(0, seen.double().argmax(0, keepdim=True)).squeeze(0) if len(x) else self.shift
+        self.shift = torch.where(self.shift.isnan(), first, self.shift)  # still NaN for a column with no value yet
+        x = x - self.shift
         self.count += seen.sum(0)
         self.sum += torch.where(seen, x, 0).sum(0)
         self.sumsq += torch.where(seen, x * x, 0).sum(0)
@@ -59,7 +68,7 @@ class NumericScaler:
 
     def finish(self) -> "NumericScaler":
         n = self.count.clamp(min=1)
-        self.mean = (self.sum / n).float()
+        self.mean = (self.shift.nan_to_num() + self.sum / n).float()
         std = (self.sumsq / n - (self.sum / n) ** 2).clamp(min=0).sqrt().float()
         self.std = torch.where(std > 1e-12, std, 1.0)  # a constant column stays 0 instead of dividing by 0
         self.indicated = self.count < self.rows        # (n,) columns with missing training values get an indicator
@@ -105,7 +114,7 @@ class CategoryIds:
 
     def __init__(self, vocab: dict[str, list[str]], buckets: dict[str, int], missing: dict[str, bool] | None = None
                  ) -> None:
-        self.vocab = {name: pd.Index(values, dtype=object) for name, values in vocab.items()}  # field -> sorted levels
+        self.vocab = {name: level_index(values) for name, values in vocab.items()}  # field -> sorted levels
         self.buckets = dict(buckets)  # field -> number of hashed buckets
         # field -> whether training had missing values there (id 0 trained); checkpoints before this: all did
         self.missing = {name: True for name in vocab} if missing is None else dict(missing)
@@ -115,6 +124,7 @@ class CategoryIds:
         vocab, buckets, missing = {}, {}, {}
         for name, column in train.items():
             counts = as_strings(column).value_counts()
+            counts = counts.groupby(whole_numbers(counts.index)).sum()  # "12" and "12.0": one level
             vocab[name] = sorted(counts.index[counts >= min_count])
             rare = int((counts < min_count).sum())  # no more buckets than there are rare values to fill them
             buckets[name] = max(1, min(hash_buckets, rare))
@@ -132,18 +142,34 @@ class CategoryIds:
     def __call__(self, frame: pd.DataFrame) -> Tensor:
         fields = []
         for name, vocab in self.vocab.items():
-            values = as_strings(frame[name])
-            known = vocab.get_indexer(values)  # -1 where not in the vocabulary
-            hashed = len(vocab) + 1 + stable_hash(values.to_numpy()) % self.buckets[name]
-            missing = 0 if self.missing[name] else hashed  # never missing in training: a missing value is unseen
-            fields.append(np.where(values.isna(), missing, np.where(known >= 0, known + 1, hashed)))
+            codes, values = pd.factorize(as_strings(frame[name]))  # each distinct value once; -1: missing
+            levels = whole_numbers(pd.Index(values, dtype=object))
+            known = vocab.get_indexer(levels)  # -1 where not in the vocabulary
+            hashed = len(vocab) + 1 + stable_hash(levels.to_numpy()) % self.buckets[name]
+            # never missing in training: a missing value is unseen too, hashed (id 0 would be an untrained vector)
+            missing = 0 if self.missing[name] else len(vocab) + 1 + stable_hash([np.nan])[0] % self.buckets[name]
+            ids = np.append(np.where(known >= 0, known + 1, hashed), missing)[codes]  # code -1 (missing): the last
+            fields.append(ids)
         return torch.as_tensor(np.stack(fields, axis=1) if fields else np.zeros((len(frame), 0)), dtype=torch.long)
+
+
+def whole_numbers(levels: pd.Index) -> pd.Index:
+    """Levels (text) with a whole number written with zero decimals as the integer: "12.0" -> "12", "-3.00" -> "-3"
+    (the text of an integer column that pandas turned to float for a missing value); any other text unchanged."""
+    return pd.Index(levels.astype(object).str.replace(r"^([+-]?\d+)\.0+$", r"\1", regex=True), dtype=object)
+
+
+def level_index(values: list[str]) -> pd.Index:
+    """A field's vocabulary as an index of its levels, their ids its positions. A checkpoint's levels written before
+    "12.0" meant "12" are read as whole numbers, unless two of them would then be one (each keeps its id)."""
+    levels = whole_numbers(pd.Index(values, dtype=object))
+    return levels if levels.is_unique else pd.Index(values, dtype=object)
 
 
 def as_strings(column: pd.Series) -> pd.Series:
     """A categorical column's values as the strings the vocabulary holds; missing values stay missing. A whole
-    float prints as the int: 3.0 and 3 are one level, whether or not the same column also holds a 2.5 (reading a
-    CSV, one value 2.5 makes the whole column float)."""
+    float prints as the int: 3.0 and 3 are one level, whether or not the same column also holds a 2.5 (a column of
+    floats from a DataFrame; CSV cells are read as text, which `whole_numbers` makes the same)."""
     strings = column.astype(str)
     if pd.api.types.is_float_dtype(column):
         whole = (column % 1 == 0) & (column.abs() < 2**53)  # exactly representable: int64 prints it in full

@@ -3,7 +3,7 @@
 Read: Kaggle's `train.txt` (tab-separated, no header: label, I1..I13, C1..C26) or a CSV with that header; an empty
 cell is a missing value. The text is converted ONCE, `chunk_rows` rows at a time, into three .npy files in
 `cache_dir/<name>-<bytes>-<mtime>/` (a changed file gets a new cache; the old one is deleted):
-  labels.npy      int8 (N,)
+  labels.npy      int8 (N, 1)
   integers.npy    float32 (N, 13), NaN where missing (exact up to 2**24; the model sees their log anyway)
   categories.npy  int32 (N, 26): a stable 31-bit hash of the string, 0 where missing
 Memory while converting is bounded by one chunk (its lines and pandas' frame of them: ~180 MiB for 100k rows,
@@ -20,6 +20,7 @@ The rows are read with positioned reads (`data/npy.py`), not through memmaps: th
 page cache, which the kernel reclaims as it likes, instead of piling up in this process's resident memory (every
 memmapped page ever touched counts in RSS, so a streamed epoch over a 100 GB file would show 100 GB of RSS).
 """
+import codecs
 import csv
 import io
 import itertools
@@ -59,13 +60,13 @@ def sniff(path: Path) -> tuple[str, list[str] | None]:
         what = "a folder" if path.is_dir() else "no such file"
         raise UserInputError(f"data.path={path}: {what}; give Criteo's train.txt or a CSV with its columns")
     with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+        first = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n")  # without a BOM (Excel writes one)
     if not first:
         raise UserInputError(f"data.path={path} is empty: row 1 should be a header ({','.join(COLUMNS[:3])},...) "
                              "or a first tab-separated example (label, I1..I13, C1..C26)")
     sep = "\t" if "\t" in first else ","
     fields = first.split(sep)
-    if fields[0].strip().lstrip("-").replace(".", "", 1).isdigit() or fields[0] == "":  # a data row: no header
+    if not is_header(fields):  # a data row
         if len(fields) != len(COLUMNS):
             raise UserInputError(f"data.path={path}, row 1 (line 1) has {len(fields)} {sep!r}-separated fields; a "
                                  f"Criteo row has {len(COLUMNS)}: label, I1..I13, C1..C26 (or add that header)")
@@ -75,6 +76,18 @@ def sniff(path: Path) -> tuple[str, list[str] | None]:
                              f"{fields[:5]}...; a Criteo file has {LABEL}, I1..I13, C1..C26")
     refuse_repeated(fields, f"data.path={path}")
     return sep, fields
+
+
+def is_header(fields: list[str]) -> bool:
+    """Whether the first line's fields (without a BOM) name columns: its first field is neither empty nor a number,
+    as a label or I1 would be."""
+    return not (fields[0].strip().lstrip("-").replace(".", "", 1).isdigit() or fields[0] == "")
+
+
+def skip_bom(text) -> None:
+    """Read past a UTF-8 byte order mark at the start of a binary file (so row 1's first cell is not '\ufeff0')."""
+    if text.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        text.seek(0)
 
 
 def cache_path(path: Path, cache_dir: Path) -> Path:
@@ -143,6 +156,7 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     names = header or COLUMNS
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
     options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, **READ_TEXT)
+    skip_bom(text)
     header_lines = int(bool(header) and len(text.readline()) > 0)
     for block, where in line_blocks(text, f"data.path={path}", sep, len(names), chunk_rows, header_lines):
         try:
@@ -189,11 +203,14 @@ def first_line(path: Path) -> bytes:
 
 def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """Kaggle's tab-separated lines, no header: label, I1..I13, C1..C26 (train.txt) or I1..I13, C1..C26 (test.txt,
-    no label), `rows` at a time; every cell as text, an empty one missing."""
+    no label), `rows` at a time; every cell as text, an empty one missing. Lines under a header naming Criteo's
+    columns (which training reads too) are read by it."""
     first = first_line(path)
     if not first.strip():
         raise UserInputError(f"input={path} is empty (or starts with a blank line): give Kaggle's tab-separated "
                              "lines, one example a line")
+    if is_header(first.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t")):
+        return read_with_header(path, "\t", rows)
     fields = first.count(b"\t") + 1
     names = {len(COLUMNS): COLUMNS, len(COLUMNS) - 1: COLUMNS[1:]}.get(fields)
     if names is None:
@@ -202,9 +219,10 @@ def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     return text_rows(path, "\t", names, rows)
 
 
-def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    """A CSV with Criteo's header (other columns may come too, in any order), `rows` at a time."""
-    names = first_line(path).decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
+def read_with_header(path: Path, sep: str, rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV (or tab-separated file) with Criteo's header (other columns may come too, in any order), `rows` at a
+    time."""
+    names = first_line(path).decode("utf-8-sig", "replace").rstrip("\r\n").split(sep)
     if names == [""]:
         raise UserInputError(f"input={path} is empty: row 1 should be a header naming I1..I13 and C1..C26, then one "
                              "row per example")
@@ -212,7 +230,7 @@ def read_criteo_csv(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     if missing := [c for c in (*INTEGERS, *CATEGORIES) if c not in names]:
         raise UserInputError(f"input={path}: no column {missing[0]!r} in the header (row 1); Criteo rows have the "
                              "columns I1..I13 and C1..C26 (a CSV with that header, or Kaggle's tab-separated lines)")
-    return text_rows(path, ",", names, rows, header=True)
+    return text_rows(path, sep, names, rows, header=True)
 
 
 def text_rows(path: Path, sep: str, names: list[str], rows: int, header: bool = False) -> Iterator[pd.DataFrame]:
@@ -222,6 +240,7 @@ def text_rows(path: Path, sep: str, names: list[str], rows: int, header: bool = 
     gives one empty chunk."""
     empty = True
     with open(path, "rb") as text:
+        skip_bom(text)
         if header:
             text.readline()
         for block, where in line_blocks(text, f"input={path}", sep, len(names), rows, int(header)):
@@ -344,7 +363,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     def read_frames(self, path: Path, rows: int) -> Iterator[pd.DataFrame]:
         """New rows to predict, `rows` at a time: Kaggle's tab-separated lines, or a CSV with Criteo's header, read
         as training reads them (a cell read otherwise would hash to another id)."""
-        return read_criteo_csv(path, rows) if path.suffix.lower() == ".csv" else read_tab_separated(path, rows)
+        return read_with_header(path, ",", rows) if path.suffix.lower() == ".csv" else read_tab_separated(path, rows)
 
     def encode_frame(self, frame: pd.DataFrame, where: str | CsvRows = "input") -> tuple[Tensor, Tensor]:
         """New rows with Criteo's columns I1..I13, C1..C26 (a label is not needed), every cell as text -> the

@@ -18,7 +18,7 @@ import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.clicks import ClicksDataModule, make_clicks
-from data.columns import READ_CSV, as_strings
+from data.columns import READ_CSV, CategoryIds, NumericScaler, as_strings
 from data.criteo import CriteoDataModule, prepare
 from data.npy import NpyRows
 from data.tabular import CSVDataModule
@@ -188,6 +188,30 @@ def test_a_whole_float_category_is_one_level_whatever_else_its_column_holds():
     assert as_strings(pd.Series(["2.0", None])).tolist() == ["2.0", np.nan]  # text (a CSV's cells) stays verbatim
 
 
+def test_a_whole_number_with_zero_decimals_is_the_same_level():
+    # pandas writes an integer column that has a missing value as floats: "12.0" in the CSV to predict on is "12"
+    train = pd.DataFrame({"hour": ["12"] * 6 + ["20"] * 6 + ["7", "8"], "zip": ["01"] * 7 + ["1"] * 7})
+    ids = CategoryIds.fit(train, min_count=5, hash_buckets=4)
+    assert list(ids.vocab["hour"]) == ["12", "20"] and list(ids.vocab["zip"]) == ["01", "1"]  # "01" stays "01"
+    written = pd.DataFrame({"hour": ["12.0", "20.00", "7.0", "12.5", None], "zip": ["01.0", "1.0", "01", "1", "1"]})
+    same = pd.DataFrame({"hour": ["12", "20", "7", "12.5", None], "zip": ["01", "1", "01", "1", "1"]})
+    assert torch.equal(ids(written), ids(same)) and ids(same)[:2, 0].tolist() == [1, 2]
+    # a checkpoint's vocabulary from before: its "12.0" is level "12", with the same id
+    old = CategoryIds({"hour": ["12.0", "20.0"]}, {"hour": 2}, {"hour": False})
+    assert old(pd.DataFrame({"hour": ["12", "20.0"]}))[:, 0].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("rows", [110, 126, 189])  # sizes where the old formula left a residue
+def test_a_constant_numeric_column_stays_at_zero_whatever_its_value_at_predict_time(rows):
+    # sum(x * x) / n - mean**2 left a rounding residue for a column of 0.1s (std 1.3e-9): predicting on 0.2 then
+    # gave a feature of 8e7, a saturated network. The std of a constant column is exactly 0 (then taken as 1).
+    x = torch.stack([torch.full((rows,), 0.1), torch.arange(rows) % 7.0], dim=1)
+    scaler = NumericScaler(torch.tensor([False, False])).update(x[:100]).update(x[100:]).finish()
+    assert scaler.std[0] == 1 and scaler.mean[0] == pytest.approx(0.1)
+    assert scaler.std[1] == pytest.approx(x[:, 1].double().std(unbiased=False).item(), rel=1e-6)
+    assert scaler(torch.tensor([[0.2, 3.0]]))[0, 0] == pytest.approx(0.1)
+
+
 def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_from_training(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100),
@@ -247,6 +271,12 @@ def test_criteo_tsv_without_header_equals_csv_with_header(tmp_path):
         a, b = np.load(tsv / f"{name}.npy"), np.load(csv / f"{name}.npy")
         assert a.shape[0] == 300 and np.array_equal(a, b, equal_nan=True)
     assert np.array_equal(np.load(tsv / "labels.npy")[:, 0], rows["label"].to_numpy())
+    # Saved with a byte order mark (Excel's "CSV UTF-8", Notepad): the same rows, header or none.
+    for name, options in (("bom.csv", {}), ("bom.txt", dict(sep="\t", header=False))):
+        rows.to_csv(tmp_path / name, index=False, encoding="utf-8-sig", **options)
+        bom = prepare(tmp_path / name, tmp_path / "cache")
+        for array in ("labels", "integers", "categories"):
+            assert np.array_equal(np.load(tsv / f"{array}.npy"), np.load(bom / f"{array}.npy"), equal_nan=True)
 
 
 def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_training_file(tmp_path, monkeypatch):
@@ -271,7 +301,9 @@ def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_trainin
     test_rows.to_csv(tmp_path / "rows.csv", index=False)  # a header; the label column is ignored
     test_rows.drop(columns="label").to_csv(tmp_path / "test.txt", sep="\t", header=False, index=False)  # Kaggle's
     test_rows.to_csv(tmp_path / "labelled.tsv", sep="\t", header=False, index=False)
-    for name in ("rows.csv", "test.txt", "labelled.tsv"):
+    test_rows.to_csv(tmp_path / "header.tsv", sep="\t", index=False)  # tabs under a header, as training reads too
+    test_rows.to_csv(tmp_path / "excel.csv", index=False, encoding="utf-8-sig")  # with a BOM
+    for name in ("rows.csv", "test.txt", "labelled.tsv", "header.tsv", "excel.csv"):
         scored = predict_script.predict(ckpt, tmp_path / name)
         assert len(scored) == len(expected) == 80
         np.testing.assert_allclose(scored["click_probability"], expected, rtol=1e-5, atol=1e-6)
