@@ -16,6 +16,7 @@ can use). Prints one JSON object: characters/s and both validation losses (nats 
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.arguments import at_least  # noqa: E402
 from data.text import UNK, encode  # noqa: E402
 from models.lstm import CharLM  # noqa: E402
+
+
+VALIDATION_WINDOW = 512  # characters
 
 
 def random_batches(ids: torch.Tensor, batch: int, length: int, generator: torch.Generator):
@@ -51,7 +55,7 @@ def carried_batches(ids: torch.Tensor, batch: int, length: int, generator: torch
 @torch.no_grad()
 def validation_losses(net: CharLM, ids: torch.Tensor) -> dict:
     net.eval()
-    window = 512
+    window = VALIDATION_WINDOW
     n = (len(ids) - 1) // window
     chunk = ids[:n * window + 1]
     x, y = chunk[:-1].view(n, window), chunk[1:].view(n, window)
@@ -101,8 +105,17 @@ def main() -> None:
     if not args.path.is_file():
         sys.exit(f"error: --path {args.path}: no such file; give a text file, e.g. the tinyshakespeare copy in "
                  "../shared/datasets/ of a checkout beside the shared folder")
-    text = args.path.read_text(encoding="utf-8")
+    try:
+        text = args.path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        sys.exit(f"error: --path {args.path} is not UTF-8 text (byte {err.start}); give a UTF-8 text file")
     n_train, n_val = round(len(text) * 0.9), round(len(text) * 0.05)
+    # carried mode reads --batch streams of at least one window; validation, windows of 512 characters
+    if n_train - 1 < args.batch * (args.seq_len + 1) or n_val < VALIDATION_WINDOW + 1:
+        least = math.ceil(max((args.batch * (args.seq_len + 1) + 1) / 0.9, (VALIDATION_WINDOW + 1) / 0.05))
+        sys.exit(f"error: --path {args.path} has {len(text):,} characters; it needs {least:,} at least (90% to train: "
+                 f"--batch {args.batch} streams of a --seq-len {args.seq_len} window; 5% to validate: a "
+                 f"{VALIDATION_WINDOW}-character window): give a longer text or smaller --batch/--seq-len")
     vocab = [UNK] + sorted(set(text[:n_train]))
     train_ids, val_ids = encode(text[:n_train], vocab), encode(text[n_train:n_train + n_val], vocab)
     results = [train(mode, train_ids, val_ids, len(vocab), args) for mode in ("random", "carried")]

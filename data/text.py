@@ -85,6 +85,8 @@ class CharDataModule(L.LightningDataModule):
             self.vocab = [UNK] + sorted(set(text))
             self.train, self.val = encode(text, self.vocab), self.encode_eval("val")
         if stage == "test" and self.test is None:  # the test split is read only here
+            if self.vocab is None:  # tested before any fit, nor a checkpoint's state (the Python API): the training
+                self.setup("fit")   # split's vocabulary, as in training
             self.test = self.encode_eval("test")
 
     def encode_eval(self, split: str) -> Tensor:

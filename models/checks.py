@@ -1,6 +1,7 @@
 """Checks of the composed config, before anything is built: each bad setting ends the command with one line naming
 it and the fix (train.py prints `error: ...`)."""
 import difflib
+import math
 import re
 from pathlib import Path
 
@@ -134,7 +135,7 @@ NUMBERS = {
     "data.batch_size": dict(least=1, whole=True), "data.eval_batch_size": dict(least=1, whole=True),
     "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
     "data.block_rows": dict(least=1, whole=True), "data.chunk_rows": dict(least=1, whole=True),
-    "data.max_in_memory_gb": dict(least=0),
+    "data.max_in_memory_gb": dict(least=0, finite=False),  # inf: always in memory
     "data.seed": dict(least=0, whole=True),  # numpy's default_rng: any whole number >= 0
     "data.split_seed": dict(least=0, most=2**63 - 1, whole=True),  # a torch.Generator's seed
     "callbacks.model_summary.max_depth": dict(least=-1, whole=True),  # -1: every layer, 0: none
@@ -150,12 +151,15 @@ TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", 
 
 
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
-                 inclusive: bool = True, most_inclusive: bool = True) -> None:
-    """`key=value` is a number (a whole one if `whole`) in [least, most] (ends open where not inclusive)."""
+                 inclusive: bool = True, most_inclusive: bool = True, finite: bool = True) -> None:
+    """`key=value` is a number (a whole one if `whole`; a finite one if `finite`) in [least, most] (ends open where
+    not inclusive)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
     if not number or not (value >= least if inclusive else value > least) or most is not None and not (
-            value <= most if most_inclusive else value < most):
-        kind, low = "a whole number" if whole else "a number", ">=" if inclusive else ">"
+            value <= most if most_inclusive else value < most) or finite and not math.isfinite(value):
+        infinite = finite and isinstance(value, float) and not math.isfinite(value)  # inf, or nan
+        kind = "a whole number" if whole else "a finite number" if infinite else "a number"
+        low = ">=" if inclusive else ">"
         upper = "" if most is None else f" and {'<=' if most_inclusive else '<'} {most}"
         raise UserInputError(f"{key}={value!r}: give {kind} {low} {least}{upper}")
 

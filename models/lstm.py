@@ -23,7 +23,8 @@ def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State |
     gradient scaler keeps small gradients representable). Under bf16 autocast (`bf16-mixed`) cuDNN's LSTM would
     run in float16 all the same (autocast casts its inputs and weights to float16 whatever the autocast dtype),
     with no gradient scaler: gradients below 6e-5 lose precision or vanish. On a CPU, oneDNN has a bf16 LSTM only
-    on CPUs with AVX512-BF16 and fails on the others. The matmuls around it (embedding, head) stay in bf16."""
+    on CPUs with AVX512-BF16 and fails on the others. The head's matmul runs in bf16 (autocast casts no embedding
+    lookup: it stays float32)."""
     device = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device.type
     cuda_float16 = device == "cuda" and torch.get_autocast_dtype(device) == torch.float16
     if not torch.is_autocast_enabled(device) or cuda_float16:

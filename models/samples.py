@@ -10,14 +10,18 @@ from data.text import UNK, decode, encode
 from models.lstm import CharLM
 
 
+def check_temperature(temperature: float) -> None:
+    if not 0 <= temperature < float("inf"):  # also NaN
+        raise ValueError(f"temperature={temperature}; use 0 (most likely character) or a finite number above it "
+                         "(1 = the model's own distribution)")
+
+
 def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature: float = 1.0,
            top_k: int | None = None, seed: int = 0) -> str:
     """`prompt` followed by `length` sampled characters; the same seed gives the same text."""
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
-    if not temperature >= 0 or temperature == float("inf"):  # also NaN
-        raise ValueError(f"temperature={temperature}; use 0 (most likely character) "
-                         "or more (1 = the model's own distribution)")
+    check_temperature(temperature)
     if unknown := sorted(set(prompt) - set(vocab)):
         warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}",
                       stacklevel=2)
@@ -42,6 +46,7 @@ class TextSamples(Callback):
                  seed: int = 0) -> None:
         if not prompt:  # generation continues a text: it needs one character at least
             raise ValueError(f"prompt={prompt!r}: give at least one character, e.g. a newline")
+        check_temperature(temperature)  # checked now, not at the first validation after an epoch of training
         self.options = dict(prompt=prompt, length=length, temperature=temperature, top_k=top_k, seed=seed)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -141,6 +141,10 @@ def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
     with pytest.warns(UserWarning, match="1 characters never seen in training are <unk>: 'z'"):
         dm.setup("test")
     assert dm.vocab == ["<unk>", "a", "b"] and dm.test[-1] == 0
+    fresh = TextFileDataModule(str(path), seq_len=16)  # tested first (the Python API): the same vocabulary
+    with pytest.warns(UserWarning, match="never seen in training"):
+        fresh.setup("test")
+    assert fresh.vocab == dm.vocab and torch.equal(fresh.test, dm.test)
 
 
 def test_the_unigram_reference_scores_the_characters_the_test_windows_predict(tmp_path):
@@ -279,11 +283,12 @@ def test_unknown_prompt_characters_warn_and_generation_goes_on(pattern_run):
 def test_samples_never_draw_the_unknown_character(temperature, top_k):
     from models.samples import sample
 
+    torch.manual_seed(0)  # (a greedy sample of another random network may repeat one character only)
     net = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.0).eval()
     with torch.no_grad():
         net.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # <unk> the most likely by far
     text = sample(net, ["<unk>", "a", "b"], "a", 200, temperature, top_k)
-    assert set(text) == {"a", "b"} and "\ufffd" not in text  # <unk> would print as the replacement character
+    assert set(text) <= {"a", "b"} and len(text) == 201  # <unk> would print as the replacement character
 
 
 def test_a_sample_leaves_the_network_training_with_dropout(tmp_path):

@@ -507,6 +507,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+logger.foo=1", "logger.foo is not an argument of TensorBoardLogger"),  # was SummaryWriter's, at the 1st log
     ("+logger.log_dir=x", "logger.log_dir is not an argument of TensorBoardLogger"),  # it sets log_dir itself
     ("model=lstm callbacks.text_samples.temperature=-1", "callbacks.text_samples.temperature=-1: give a number >= 0"),
+    # inf passed, trained an epoch, then failed in the first validation's sample, before any checkpoint
+    ("model=lstm callbacks.text_samples.temperature=inf", "text_samples.temperature=inf: give a finite number"),
+    ("model.lr=inf", "model.lr=inf: give a finite number > 0"),
     # Each of these was ignored (the first two: Hydra's own advice for a key it does not know), or failed in Lightning
     # with a hint at the hardware, after the run directory was written.
     ("+model.lrr=0.1", "model.lrr is not a setting train.py reads; did you mean model.lr?"),
