@@ -205,6 +205,8 @@ class ShakespeareDataModule(CharDataModule):
         for key, names in (("val_plays", val_plays), ("test_plays", test_plays)):
             if unknown := [name for name in names if name not in self.files]:
                 raise UserInputError(f"data.{key}: unknown play {unknown[0]!r}; choose from {sorted(self.files)}")
+            if twice := sorted({name for name in names if list(names).count(name) > 1}):  # its text read twice
+                raise UserInputError(f"data.{key}: {twice[0]!r} is named twice; name each play once")
         if set(val_plays) & set(test_plays) or not val_plays or not test_plays:
             raise UserInputError(f"val_plays={list(val_plays)}, test_plays={list(test_plays)}: "
                                  "give each at least one play, none in both")

@@ -360,6 +360,7 @@ def test_reading_a_checkpoints_settings_does_not_read_its_tensors(tmp_path):
     (["model=lstm", "data=tinyshakespeare", "data.path=x.txt", "data.val_fraction=0.9", "data.test_fraction=0.5"],
      "data.val_fraction=0.9, data.test_fraction=0.5"),
     (["model=lstm", "data.test_plays=[hamlett]"], "data.test_plays: unknown play 'hamlett'; choose from"),
+    (["model=lstm", "data.val_plays=[macbeth,macbeth]"], "data.val_plays: 'macbeth' is named twice; name each"),
     (["model=cnn", "data.train_size=0"], "data.train_size=0: give a number of training images >= 1"),
     (["model=lstm", "data=fashion_mnist_rows", "data.train_size=0"], "data.train_size=0: give a number of training"),
     (["model=cnn", "data.augment.translate=-2"], "data.augment.translate=-2: give whole pixels >= 0"),  # was torch's
