@@ -337,3 +337,15 @@ def check_config(cfg: DictConfig, choices: dict | None = None) -> None:
     check_model_reads_data(cfg, choices)
     check_monitors(cfg)
     check_settings(cfg)
+
+
+def fraction_too_small(err: Exception) -> UserInputError | None:
+    """Lightning's refusal of a trainer.limit_*_batches fraction that leaves no batch of a split (known only once
+    the data is read) as one line; None for its other errors."""
+    found = re.search(r"You requested to check (\S+) of the `(\w+)_dataloader` but \S+ \* (\d+) < 1", str(err))
+    if found is None:
+        return None
+    fraction, stage, batches = found.groups()
+    return UserInputError(f"trainer.limit_{stage}_batches={fraction} of the {stage} split's {batches} "
+                          f"batch{'es' if batches != '1' else ''} is less than one: give at least "
+                          f"{1 / int(batches):.3g}, or a whole number of batches")

@@ -50,10 +50,15 @@ def stopped_by(trainer: L.Trainer) -> str:
         return "max_steps"
     if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
         return "max_epochs"
-    timers = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
-    if any(remaining is not None and remaining <= 0 for remaining in timers):
+    if time_is_up(trainer):
         return "max_time"
     return "a callback"
+
+
+def time_is_up(trainer: L.Trainer) -> bool:
+    """Whether trainer.max_time (Lightning's Timer) has run out: the Timer stops the run after the current batch."""
+    timers = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
+    return any(remaining is not None and remaining <= 0 for remaining in timers)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,6 +153,7 @@ class Recipe(L.LightningModule):
         self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
         self._fit_started = time.perf_counter()
+        self._log_now = False  # whether this training step logs its per-step values (_logging_step)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -167,16 +173,18 @@ class Recipe(L.LightningModule):
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
         return loss
 
-    def _logging_step(self) -> bool:
+    def _logging_step(self, batch_idx: int) -> bool:
         """Whether Lightning sends this step's on_step values to the loggers: when (optimizer steps done + 1) is a
-        multiple of log_every_n_steps. Per-step values are logged only then: a self.log call costs ~1 ms of Python
-        (a sixth of the DNN's CPU step), and a value logged at any other step would reach TensorBoard stale."""
-        n = self.trainer.log_every_n_steps
-        return n > 0 and (self.trainer.global_step + 1) % n == 0
+        multiple of log_every_n_steps, and at the run's last step (asked to stop, Lightning sends that step too).
+        Per-step values are logged only then: a self.log call costs ~1 ms of Python (a sixth of the DNN's CPU
+        step), and at a step Lightning sends without new values it repeats the last ones, stale, under its number."""
+        n, steps = self.trainer.log_every_n_steps, self.trainer.global_step + 1  # with this batch's optimizer step
+        return n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps) or time_is_up(self.trainer))
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        if self._logging_step():
+        self._log_now = self._logging_step(batch_idx)  # (also read by on_before_optimizer_step)
+        if self._log_now:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
         # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
@@ -251,7 +259,7 @@ class Recipe(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The global gradient norm before clipping, every log interval only: the norm costs a pass over the grads.
-        if self._logging_step():
+        if self._log_now:
             norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
             if norms:
                 self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True, on_epoch=False)
@@ -265,10 +273,11 @@ class Recipe(L.LightningModule):
             # val_check_interval that spans epochs), in an epoch that check_val_every_n_epoch lets validate.
             self.trainer.should_stop = True
 
-    def ends_the_run(self, batch_idx: int) -> bool:
-        """This batch is the run's last: max_steps reached, or the last epoch's last batch."""
+    def ends_the_run(self, batch_idx: int, steps: int | None = None) -> bool:
+        """This batch is the run's last: max_steps reached (after `steps` optimizer steps, by default those done),
+        or the last epoch's last batch."""
         trainer = self.trainer
-        if 0 < trainer.max_steps <= trainer.global_step:
+        if 0 < trainer.max_steps <= (trainer.global_step if steps is None else steps):
             return True
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 == trainer.max_epochs
         return last_epoch and batch_idx + 1 >= trainer.num_training_batches

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 import train as train_module
+from data import UserInputError
 from data.images import ImageDataModule
 from models import runs
 from models.cnn import ConvNet
@@ -84,6 +85,34 @@ def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypat
     assert 0 < metrics["train_seconds"] < 4
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < last["train_seconds"] <= metrics["train_seconds"]
+
+
+@pytest.mark.parametrize("budget", [["trainer.max_epochs=2"], ["trainer.max_epochs=3", "trainer.max_steps=10"]])
+def test_the_last_step_logs_its_own_loss_and_gradient_norm(budget, mnist_dir, tmp_path):
+    # Lightning sends the run's last step to TensorBoard when asked to stop; with nothing logged there it repeated
+    # the last logging step's values under the last step's number.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, *budget, "trainer.limit_train_batches=7",
+                                              "trainer.log_every_n_steps=3"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    last = metrics["steps"] - 1  # Lightning numbers a step's values by the steps done before it
+    for tag in ("train/loss_step", "train/grad_norm"):
+        logged = {e.step: e.value for e in events.Scalars(tag)}
+        assert sorted(logged) == [*range(2, last, 3), last] and logged[last] != logged[last - last % 3 - 1], tag
+
+
+@pytest.mark.parametrize("limit, message", [
+    ("trainer.limit_train_batches=0.01", r"trainer.limit_train_batches=0.01 of the train split's \d+ batches is less "
+                                         r"than one: give at least 0.\d+, or a whole number of batches"),
+    ("trainer.limit_test_batches=0.01", r"trainer.limit_test_batches=0.01 of the test split's 2 batches is less than"),
+])
+def test_a_fraction_of_less_than_one_batch_is_one_line(limit, message, mnist_dir, tmp_path):
+    # Known only once the data is read: Lightning's MisconfigurationException was a traceback.
+    with pytest.raises(UserInputError, match=message):
+        train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+                                        limit))
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
