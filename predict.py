@@ -58,14 +58,18 @@ def image_files(path: Path) -> list[Path]:
 
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit greyscale (PNG, TIFF: PIL modes "I;16", "I") scaled to 0..255, as 8-bit images are; PIL's own
-    convert("L") clips every value above 255 to white. Floating-point grey (mode "F", a TIFF saved from numpy)
-    holding 0..1 is scaled to 0..255 too (convert("L") would round it to black); one holding 0..255 is kept."""
+    convert("L") clips every value above 255 to white. A 32-bit integer image (mode "I") holding 0..255 is kept.
+    Floating-point grey (mode "F", a TIFF saved from numpy) holding 0..1 is scaled to 0..255 too (convert("L")
+    would round it to black); one holding 0..255 is kept."""
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         values = values * 255 if values.max(initial=0) <= 1 else values
         return Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
     if image.mode.startswith("I"):
-        scaled = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit (I;16 always; I, a 16-bit PNG's mode, unless it holds no value above 255: a TIFF of int32 0..255)
+        wide = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        scaled = Image.fromarray((values / 257 if wide else values).round().clip(0, 255).astype(np.uint8))
         if isinstance(image.info.get("transparency"), int):  # a 16-bit transparent grey level: its 8-bit one
             scaled.info["transparency"] = round(image.info["transparency"] / 257)
         return scaled
@@ -92,8 +96,11 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torc
                 image = ImageOps.exif_transpose(image)  # upright as viewers show it (a phone's EXIF orientation)
                 image = opaque(eight_bit(image)).convert("L" if channels == 1 else "RGB")
                 image = image.resize(size[::-1], Image.BILINEAR)
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:  # (a bomb: > 179M pixels)
             raise UserInputError(f"input {file}: not a readable image ({err})") from err
+        except ValueError as err:  # a mode PIL cannot convert (CIELab, ...)
+            raise UserInputError(f"input {file}: a {image.mode} image, which predict.py cannot turn into "
+                                 f"{'grey' if channels == 1 else 'RGB'} ({err}); save it as grey or RGB") from err
         array = np.asarray(image, dtype=np.uint8).reshape(size[0], size[1], channels)
         images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))  # (C, H, W)
     return torch.stack(images)

@@ -112,7 +112,8 @@ def check_augment(augment: dict) -> None:
 
 def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
                   generator: torch.Generator | None = None) -> Tensor:
-    """Rotate by up to ±degrees, shift by up to ±translate whole pixels, mirror half the batch: one grid_sample."""
+    """Rotate by up to ±degrees, shift by up to ±translate whole pixels, mirror each image with probability 0.5:
+    one grid_sample."""
     b, _, h, w = images.shape
     rand = dict(device=images.device, generator=generator)
     angle = (torch.rand(b, **rand) * 2 - 1) * math.radians(degrees)

@@ -238,8 +238,11 @@ class Recipe(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
         self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
-        if self.hparams.channels_last:  # NHWC convolutions: faster with cuDNN tensor cores and with oneDNN on CPU
-            self.net.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        # Before the strategy wraps the network: DDP's gradient buckets take the parameters' strides when it is built.
+        if self.hparams.channels_last and self.trainer.state.fn == "fit":  # (testing keeps the layout it trained in)
+            self.net.to(memory_format=torch.channels_last)  # NHWC: faster with cuDNN tensor cores and oneDNN on CPU
 
     def on_train_start(self) -> None:
         # The training batches run so far: 0, or a resumed checkpoint's count (the counter is not in checkpoints).

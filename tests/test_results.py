@@ -191,6 +191,20 @@ def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     assert rgb.shape == (5, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
 
 
+def test_read_images_keeps_a_32_bit_grey_image_of_bytes_and_names_images_it_cannot_read(tmp_path, monkeypatch):
+    shape = np.zeros((8, 8), dtype=np.uint8)
+    shape[2:6, 2:6] = 200
+    Image.fromarray(shape.astype(np.int32)).save(tmp_path / "int32.tif")  # mode I, 0..255: was divided by 257
+    assert Image.open(tmp_path / "int32.tif").mode == "I"
+    assert torch.equal(predict_script.read_images([tmp_path / "int32.tif"], 1, (8, 8))[0, 0], torch.from_numpy(shape))
+    Image.new("LAB", (8, 8), (50, 0, 0)).save(tmp_path / "lab.tif")  # PIL's ValueError was a traceback
+    with pytest.raises(UserInputError, match=r"input .*lab.tif: a LAB image, which predict.py cannot turn into grey"):
+        predict_script.read_images([tmp_path / "lab.tif"], 1, (8, 8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # a decompression bomb: more than twice as many pixels
+    with pytest.raises(UserInputError, match=r"input .*int32.tif: not a readable image \(Image size"):
+        predict_script.read_images([tmp_path / "int32.tif"], 1, (8, 8))
+
+
 def test_read_images_scales_float_grey_and_turns_images_upright(tmp_path):
     shape = np.zeros((8, 8), dtype=np.uint8)
     shape[1:7, 1:3] = 200  # a bar on the left: not the same turned

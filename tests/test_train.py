@@ -115,6 +115,20 @@ def test_a_fraction_of_less_than_one_batch_is_one_line(limit, message, mnist_dir
                                         limit))
 
 
+def test_channels_last_is_set_before_the_strategy_wraps_the_network(mnist_dir, tmp_path, monkeypatch):
+    # Set in on_fit_start it came after DDP had built its gradient buckets ("Grad strides do not match bucket view
+    # strides ... may impair performance"): configure_model runs before the strategy's setup.
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    layouts = []
+    setup = SingleDeviceStrategy.setup
+    monkeypatch.setattr(SingleDeviceStrategy, "setup", lambda self, trainer: (layouts.append(
+        self.lightning_module.net.features[4].weight.is_contiguous(memory_format=torch.channels_last)),
+        setup(self, trainer))[1])
+    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                                    "model.channels_last=true"))
+    assert layouts[0]  # the fit's setup saw NHWC weights
+
+
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     # min_delta=1: no gain in accuracy can count as an improvement, so patience=2 stops after 3 epochs of 20.
     cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=20", "callbacks.early_stopping.min_delta=1.0",
