@@ -71,7 +71,7 @@ def eight_bit(image: Image.Image) -> Image.Image:
         wide = image.mode.startswith("I;16") or values.max(initial=0) > 255
         scaled = Image.fromarray((values / 257 if wide else values).round().clip(0, 255).astype(np.uint8))
         if isinstance(image.info.get("transparency"), int):  # a 16-bit transparent grey level: its 8-bit one
-            scaled.info["transparency"] = round(image.info["transparency"] / 257)
+            scaled.info["transparency"] = round(image.info["transparency"] / (257 if wide else 1))
         return scaled
     return image
 
