@@ -201,15 +201,16 @@ class Recipe(L.LightningModule):
 
     # -- the non-finite loss guard --------------------------------------------------------------
     def _record_non_finite(self, loss: Tensor) -> None:
-        """Remember the first step whose loss is not finite, on the device: no host sync."""
+        """Remember the first training batch whose loss is not finite, on the device: no host sync."""
         steps_seen, first_bad_step = self._guard()
         bad = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
         first_bad_step.copy_(torch.where(bad, steps_seen, first_bad_step))  # in place: no Module.__setattr__
         steps_seen.add_(1)
 
     def _guard(self, fresh: bool = False) -> tuple[Tensor, Tensor]:
-        """(steps seen, first bad step) on the module's device, made when first needed: callbacks such as
-        Lightning's learning-rate finder train inside their own on_fit_start, before this module's."""
+        """(training batches seen, the first with a non-finite loss) on the module's device, made when first
+        needed: callbacks such as Lightning's learning-rate finder train inside their own on_fit_start, before
+        this module's."""
         if fresh or self.first_bad_step is None or self.first_bad_step.device != self.device:
             self.steps_seen = torch.zeros((), dtype=torch.long, device=self.device)
             self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -225,7 +226,7 @@ class Recipe(L.LightningModule):
         if step >= 0:
             per_epoch = int(self.trainer.num_training_batches)
             raise NonFiniteLossError(
-                f"training loss became non-finite at step {step} "
+                f"training loss became non-finite at training batch {step} "
                 f"(epoch {step // per_epoch}, batch {step % per_epoch}); "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
 

@@ -197,7 +197,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(saving
 
     monkeypatch.setattr(Recipe, "loss", poisoned)
     cfg = mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=3", *saving)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 7 \(epoch 0, batch 7\)"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at training batch 7 \(epoch 0, batch 7\)"):
         train_module.train(cfg)
     for name in ("last.ckpt", "best.ckpt") if "+trainer.val_check_interval=5" in saving else ("last.ckpt",):
         good = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
@@ -240,7 +240,7 @@ def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp
         return (value * float("nan") if self.trainer.global_step >= 20 else value), preds, flat
 
     monkeypatch.setattr(Recipe, "loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 20 \(epoch 1, batch 5\)"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at training batch 20 \(epoch 1, batch 5\)"):
         train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=2", "ckpt_path=last"))
 
 
