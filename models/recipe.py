@@ -242,7 +242,8 @@ class Recipe(L.LightningModule):
 
     def configure_model(self) -> None:
         # Before the strategy wraps the network: DDP's gradient buckets take the parameters' strides when it is built.
-        if self.hparams.channels_last and self.trainer.state.fn == "fit":  # (testing keeps the layout it trained in)
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # (load_from_checkpoint calls it too)
+        if self.hparams.channels_last and fitting:  # (testing keeps the layout it trained in)
             self.net.to(memory_format=torch.channels_last)  # NHWC: faster with cuDNN tensor cores and oneDNN on CPU
 
     def on_train_start(self) -> None:
