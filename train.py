@@ -13,14 +13,13 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
-from models.checks import WholeSweepError, check_config, flatten, fraction_too_small
+from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_batch_refused
 from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, distributed_arguments, log,
                         log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
@@ -42,11 +41,8 @@ def train(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg)
 
     try:
-        trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    except MisconfigurationException as err:  # known only once the data is read: a fraction of under one batch
-        if (refusal := fraction_too_small(err)) is None:
-            raise
-        raise refusal from None
+        with fraction_of_a_batch_refused():
+            trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except ValueError as err:  # known only once the data is read: an interval longer than an epoch
         if "`val_check_interval`" not in str(err):
             raise
@@ -77,12 +73,8 @@ def train(cfg: DictConfig) -> dict:
     if fit["stopped_by"] == "max_time" and (warning := cut_short(trainer)):
         log.warning(warning)
     # The official test split, once, on the best checkpoint.
-    try:
+    with fraction_of_a_batch_refused():
         test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
-    except MisconfigurationException as err:
-        if (refusal := fraction_too_small(err)) is None:
-            raise
-        raise refusal from None
     metrics = {**test, **reference_metrics(datamodule, trainer), **fit}
     if logger := trainer.logger:  # fills TensorBoard's hparams tab, so runs can be compared there
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))

@@ -3,12 +3,14 @@ it and the fix (train.py prints `error: ...`)."""
 import difflib
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError, check_folder
@@ -339,13 +341,17 @@ def check_config(cfg: DictConfig, choices: dict | None = None) -> None:
     check_settings(cfg)
 
 
-def fraction_too_small(err: Exception) -> UserInputError | None:
+@contextmanager
+def fraction_of_a_batch_refused():
     """Lightning's refusal of a trainer.limit_*_batches fraction that leaves no batch of a split (known only once
-    the data is read) as one line; None for its other errors."""
-    found = re.search(r"You requested to check (\S+) of the `(\w+)_dataloader` but \S+ \* (\d+) < 1", str(err))
-    if found is None:
-        return None
-    fraction, stage, batches = found.groups()
-    return UserInputError(f"trainer.limit_{stage}_batches={fraction} of the {stage} split's {batches} "
-                          f"batch{'es' if batches != '1' else ''} is less than one: give at least "
-                          f"{1 / int(batches):.3g}, or a whole number of batches")
+    the data is read) as one line; its other errors pass through."""
+    try:
+        yield
+    except MisconfigurationException as err:
+        found = re.search(r"You requested to check (\S+) of the `(\w+)_dataloader` but \S+ \* (\d+) < 1", str(err))
+        if found is None:
+            raise
+        fraction, stage, batches = found.groups()
+        raise UserInputError(f"trainer.limit_{stage}_batches={fraction} of the {stage} split's {batches} "
+                             f"batch{'es' if batches != '1' else ''} is less than one: give at least "
+                             f"{1 / int(batches):.3g}, or a whole number of batches") from None
