@@ -80,7 +80,10 @@ def train(cfg: DictConfig) -> dict:
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                    for k, v in settings.items() if not k.startswith(NOT_CHOICES)}
-        logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))})
+        # at the step trainer.test logged its metrics at (Lightning's logger connector counts that), so that their
+        # charts get no second point at step 0
+        logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
+                               step=trainer.fit_loop.epoch_loop._batches_that_stepped)
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
         write_json(out / "metrics.json", metrics)  # whole or not at all: its presence marks a finished run
     return metrics

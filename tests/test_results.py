@@ -78,6 +78,9 @@ def test_tensorboard_holds_scalars_hyperparameters_and_figures(sweep):
         assert tag in tags["scalars"]
     assert any(tag.startswith("lr-") for tag in tags["scalars"]), tags["scalars"]
     assert "_hparams_/experiment" in tb.PluginTagToContent("hparams")  # train.py's hparams tab
+    # The hparams tab's metrics at the test's step: the test's charts had a second point at step 0.
+    assert {e.step for tag in ("test/acc", "test/loss", "val/acc_best") for e in tb.Scalars(tag)} == {
+        tb.Scalars("train/loss")[-1].step + 1}
     for tag in ("val/confusion_matrix", "test/confusion_matrix", "test/predictions", "test/confident_mistakes",
                 "test/first_conv_filters"):
         image = Image.open(io.BytesIO(tb.Images(tag)[-1].encoded_image_string))
