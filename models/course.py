@@ -163,7 +163,8 @@ def autograd_derivative(function, x: Tensor) -> Tensor:
 
 
 def softmax_by_hand(a: Tensor) -> tuple[Tensor, Tensor]:
-    # The notes' formula, literally. exp overflows float32 above a score of ~88: exp(1000) = inf, inf / inf = NaN.
+    # The notes' formula, literally. exp overflows float32 above a score of ~88 (exp(1000) = inf): the softmax of
+    # [1000, 0, 0] comes out [NaN, 0, 0] (inf / inf for the large score, 1 / inf for the others), not [1, 0, 0].
     exponentials = torch.exp(a)  # (..., K) scores
     total = exponentials.sum(-1, keepdim=True)  # (..., 1): the normaliser
     return total, exponentials / total
@@ -194,7 +195,7 @@ def mse(predicted: Tensor, targets: Tensor) -> Tensor:
 
 # The notes' formulas take probabilities; computed literally they break on confident outputs. A sigmoid of 20
 # is 1.0 in float32, so with y = 0 the term ln(1 - p) is ln 0 = -inf (F.binary_cross_entropy clamps each log at
-# -100 and says 100; the true loss is 20); a softmax of logits [1000, 0, 0] is NaN. The cure is to take logits
+# -100 and says 100; the true loss is 20); a softmax of logits [1000, 0, 0] is [NaN, 0, 0]. The cure is to take logits
 # and never form the probability: F.cross_entropy is log_softmax followed by nll_loss (the mean of minus the true
 # class's log-probability), and F.binary_cross_entropy_with_logits is the sigmoid and the BCE in one stable
 # formula. That is why networks here return logits, never end in a Softmax or Sigmoid layer, and why
@@ -436,9 +437,10 @@ def convolve(image: Tensor, kernel: Tensor, padding: int = 0, stride: int = 1) -
 
 def cross_correlate_by_hand(image: Tensor, kernel: Tensor) -> Tensor:
     # What conv2d computes: slide the (unflipped) filter and sum the elementwise products.
-    f, out = kernel.shape[-1], conv_output_size(image.shape[-1], kernel.shape[-1])
-    return torch.tensor([[(image[..., r:r + f, c:c + f] * kernel).sum().item() for c in range(out)]
-                         for r in range(out)])
+    f = kernel.shape[-1]
+    rows, cols = conv_output_size(image.shape[-2], f), conv_output_size(image.shape[-1], f)
+    return torch.tensor([[(image[..., r:r + f, c:c + f] * kernel).sum().item() for c in range(cols)]
+                         for r in range(rows)])
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:

@@ -121,7 +121,7 @@ def near_zero_fraction(w: torch.Tensor, threshold: float = 1e-3) -> float:
 
 
 def weight_norm(w: torch.Tensor) -> float:
-    return w.norm().item()  # sqrt of the sum of squares: the quantity L2 penalizes
+    return w.norm().item()  # the Euclidean norm ||w||; L2 penalizes its square, lambda/2 * ||w||^2
 
 
 def summary(runs_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:

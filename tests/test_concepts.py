@@ -310,6 +310,14 @@ def test_output_size_formula(n, padding, stride):
             assert out.shape[-2:] == (size, size)
 
 
+def test_cross_correlation_by_hand_on_a_non_square_image():
+    # Its output size came from the width alone: a tall image gave too few rows, a wide one a RuntimeError.
+    tall = torch.arange(35.0).reshape(7, 5)
+    for image in (tall, tall.T):
+        assert torch.equal(course.cross_correlate_by_hand(image, course.VERTICAL_EDGE_FILTER),
+                           course.convolve(image, course.VERTICAL_EDGE_FILTER))
+
+
 def test_rgb_filter_spans_the_channels():
     rgb, filter_3x3x3 = course.EDGE_IMAGE.expand(3, 6, 6), course.VERTICAL_EDGE_FILTER.expand(3, 3, 3)
     assert course.convolve(rgb, filter_3x3x3).tolist() == [[0.0, 90.0, 90.0, 0.0]] * 4  # 3 channels x 30
