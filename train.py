@@ -71,7 +71,8 @@ def train(cfg: DictConfig) -> dict:
         "best_checkpoint": os.path.relpath(checkpoint.best_model_path, out),
     }
     if fit["stopped_by"] == "max_time" and (warning := cut_short(trainer)):
-        log.warning(warning)
+        log.warning(warning)  # the run's train.log
+        rank_zero_only(print)(f"warning: {warning}", file=sys.stderr)  # and the console, where the run is watched
     # The official test split, once, on the best checkpoint.
     with fraction_of_a_batch_refused():
         test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]

@@ -211,7 +211,7 @@ def test_a_step_budget_ending_mid_epoch_still_validates_and_tests(mnist_dir, tmp
     assert metrics["stopped_by"] == "max_steps"
 
 
-def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist_dir, tmp_path, caplog):
+def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist_dir, tmp_path, caplog, capsys):
     # A time limit is a guard: a run it stops has a one-cycle learning rate that never came down. It still
     # validates and tests, and says what stopped it, in metrics.json and in a warning.
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=onecycle", "trainer.max_epochs=10000",
@@ -219,6 +219,7 @@ def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist
     assert metrics["stopped_by"] == "max_time" and 0 < metrics["steps"] < 150_000 and "test/acc" in metrics
     assert (f"trainer.max_time ended the run after {metrics['steps']} of the 150000 steps its learning-rate "
             "schedule spans: the rate was ") in caplog.text and " it ends at, which costs accuracy" in caplog.text
+    assert "warning: trainer.max_time ended the run after" in capsys.readouterr().err  # on the console too
 
 
 def schedule(run) -> dict:
