@@ -18,6 +18,7 @@ from models.samples import sample
 # option -> (type, default); given on the command line as key=value
 OPTIONS = {"ckpt_path": (str, None), "prompt": (str, "\n"), "length": (int, 500), "temperature": (float, 0.8),
            "top_k": (int, 0), "seed": (int, 0), "device": (str, "cpu")}
+MAX_LENGTH = 1_000_000  # ~6 min at 0.34 ms a character (a small model on CPU)
 
 
 def parse(argv: list[str]) -> dict:
@@ -37,6 +38,9 @@ def parse(argv: list[str]) -> dict:
         if not 0 <= options[key] < float("inf"):
             raise UserInputError(f"{key}={options[key]}: give a {'finite number' if key == 'temperature' else 'number'}"
                                  " >= 0")
+    if options["length"] > MAX_LENGTH:  # the text is printed once whole: a mistyped length would run for hours
+        raise UserInputError(f"length={options['length']}: give at most {MAX_LENGTH:,} characters (for more text, "
+                             "run it again with another seed=N)")
     if not 0 <= options["seed"] < 2**63:  # a torch.Generator's seed
         raise UserInputError(f"seed={options['seed']}: give a whole number >= 0 and < 2**63")
     if not options["prompt"]:

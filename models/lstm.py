@@ -91,10 +91,11 @@ class CharLM(nn.Module):
             if temperature == 0:
                 token = logits.argmax(-1, keepdim=True)  # (1, 1)
             else:
-                # < 1 sharpens the distribution, > 1 flattens it. From the max down, and at least the dtype's smallest
-                # normal number (5e-324 is 0 in float32): a tiny temperature gives -inf and 0 logits, never NaN.
-                tiny = torch.finfo(logits.dtype).tiny
-                logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, tiny)
+                # < 1 sharpens the distribution, > 1 flattens it. From the max down, and within the dtype's normal
+                # numbers (5e-324 is 0 in float32, 1e300 inf): a tiny temperature gives -inf and 0 logits, a huge one
+                # all 0 (uniform) but -inf for the characters never drawn, never NaN.
+                dtype = torch.finfo(logits.dtype)
+                logits = (logits - logits.amax(-1, keepdim=True)) / min(max(temperature, dtype.tiny), dtype.max)
                 if top_k:
                     kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]  # (1, 1)
                     logits = logits.masked_fill(logits < kth, float("-inf"))

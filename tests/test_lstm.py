@@ -279,7 +279,8 @@ def test_unknown_prompt_characters_warn_and_generation_goes_on(pattern_run):
     assert text.startswith("Zürich ☃ hello") and len(text) == len("Zürich ☃ hello") + 30
 
 
-@pytest.mark.parametrize("temperature, top_k", [(0, None), (1.0, None), (5.0, 2)])
+@pytest.mark.parametrize("temperature, top_k", [(0, None), (1.0, None), (5.0, 2), (1e300, None)])  # 1e300: inf in
+# float32, and -inf / inf was NaN, a traceback from torch.multinomial
 def test_samples_never_draw_the_unknown_character(temperature, top_k):
     from models.samples import sample
 
@@ -327,6 +328,8 @@ def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
         parse(["ckpt_path=x.ckpt", "length=-5"])
     with pytest.raises(UserInputError, match=r"seed=99999999999999999999: give a whole number >= 0 and < 2\*\*63"):
         parse(["ckpt_path=x.ckpt", "seed=99999999999999999999"])  # was torch's overflow traceback
+    with pytest.raises(UserInputError, match=r"length=100000000000000: give at most 1,000,000 characters"):
+        parse(["ckpt_path=x.ckpt", "length=100000000000000"])  # ran for hours, printing nothing till the end
     with pytest.raises(UserInputError, match="length='abc': give a whole number"):
         parse(["ckpt_path=x.ckpt", "length=abc"])
     with pytest.raises(UserInputError, match="prompt holds bytes that are not UTF-8 text \\(at character 3\\)"):
