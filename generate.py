@@ -6,6 +6,7 @@ Prints the prompt followed by `length` sampled characters. The same seed (defaul
 temperature=0 always takes the most likely character; top_k=0 (default) samples from the whole vocabulary.
 """
 import sys
+import warnings
 
 import torch
 
@@ -75,7 +76,12 @@ def generate(ckpt_path: str, prompt: str = "\n", length: int = 500, temperature:
 def main(argv: list[str]) -> None:
     try:
         options = parse(argv)
-        print(generate(**options))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            text = generate(**options)
+        for warning in caught:  # one line each, without Python's second line (the source that warned)
+            print(f"warning: {warning.message}", file=sys.stderr)
+        print(text)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -360,6 +360,9 @@ def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_pat
     with pytest.raises(SystemExit) as stopped:
         generate_script.main([f"ckpt_path={tmp_path / 'none.ckpt'}"])
     assert stopped.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+    generate_script.main([f"ckpt_path={ckpt}", "prompt=Zürich", "length=3"])  # a warning is one line, not two
+    err = capsys.readouterr().err
+    assert err.startswith("warning: prompt characters not in the training vocabulary") and err.count("\n") == 1
 
 
 # -- the row classifier end to end ------------------------------------------------------------------
