@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from data import UserInputError
 from models.checks import CONFIGS, check_number
-from models.cli import check_overrides
+from models.cli import check_overrides, trainer_arguments
 
 os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
 
@@ -48,7 +48,8 @@ def number_list(options: dict, key: str) -> list[float]:
 
 def train_config(overrides: list[str]) -> DictConfig:
     """train.py's config for these overrides, checked first as train.py checks them (an unknown choice, a misspelt
-    key, a bad value: one line)."""
+    key, a bad value: one line). `trainer.NAME=` sets any Trainer argument, as in train.py."""
+    overrides = trainer_arguments(overrides)
     check_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])

@@ -10,6 +10,7 @@ Validation, checkpoints, logging and the progress bar are off in both: this meas
 Samples are images, table rows or windows of text (and, for a language model, characters are counted too); peak
 GPU memory is each path's own (the dataset on the GPU included), peak RSS the process's.
 """
+import gc
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from data import UserInputError  # noqa: E402
 from models import assemble  # noqa: E402
 from benchmarks.arguments import run, split_options, train_config, whole_option  # noqa: E402
 from benchmarks.measure import autocast, peak_memory, sync  # noqa: E402
@@ -65,6 +67,8 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
                 start = time.perf_counter()
             if done == warmup + steps:
                 break
+            # as Lightning does with each batch (nothing to do for a dataset already on the device)
+            inputs, targets = [x.to(device, non_blocking=True) for x in inputs], targets.to(device, non_blocking=True)
             with forward:
                 loss = recipe.loss(net(*inputs), targets)[0]
             if l1:
@@ -113,12 +117,17 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     steps, warmup = whole_option(options, "steps", 200, least=1), whole_option(options, "warmup", 20, least=0)
     repeats = whole_option(options, "repeats", 3, least=1)
     cfg = train_config(overrides)
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:  # the plain loop steps after every batch
+        raise UserInputError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: throughput.py "
+                             "times optimizer steps of one batch each; leave it at 1 (or give a larger "
+                             "data.batch_size)")
     L.seed_everything(cfg.seed)
     datamodule, _ = assemble.build(cfg)  # the data once; every run below gets a fresh network
     seconds = {"lightning": [], "plain": []}
     peak_gpu_mb = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
         for path in ("lightning", "plain"):
+            gc.collect()  # the previous run's network, gradients and optimizer state: not in this path's peak
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             if path == "lightning":

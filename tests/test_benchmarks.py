@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -109,6 +110,24 @@ def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     assert [value for _, value in warmed["curve"]] == [value for _, value in result["curve"]]
 
 
+def test_time_to_accuracy_leaves_the_test_scoring_off_both_clocks(monkeypatch):
+    # Lightning's Timer (trainer.max_time) counted the scoring, so a benchmark stopped before train.py would.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+    timer = Timer(duration="00:01:00:00")
+    clock = time_to_accuracy.TestClock(SimpleNamespace(setup=lambda stage: None, test_dataloader=lambda: None),
+                                       "test/acc")
+    module = SimpleNamespace(device=torch.device("cpu"), eval=lambda: None, train=lambda: None,
+                             score=lambda loader: (time.sleep(0.3), {"test/acc": 0.5})[1])
+    trainer = SimpleNamespace(callbacks=[timer], precision="32-true")
+    timer.on_train_start(trainer, module)
+    clock.on_train_start(trainer, module)
+    clock.on_train_epoch_end(trainer, module)
+    clock.on_train_epoch_end(trainer, module)
+    assert timer.time_elapsed() < 0.1 and all(seconds < 0.1 for seconds, _ in clock.points)
+
+
 def test_the_gpu_script_runs_its_steps_and_gathers_their_results(tmp_path):
     # benchmarks/gpu.sh's plumbing, in SMOKE mode (the same commands, tiny and on the CPU): each step's exit code,
     # seconds and JSON (a benchmark's, or a run's metrics.json) in results.json, and a summary line each.
@@ -132,6 +151,8 @@ def test_the_gpu_script_runs_its_steps_and_gathers_their_results(tmp_path):
     ("throughput.py", ["model=cnn", "steps=abc"], "error: steps=abc: give a whole number >= 1"),
     ("time_to_accuracy.py", ["model=cnnn"], "error: In 'train': Could not find 'model/cnnn'"),
     ("time_to_accuracy.py", ["model=dnn", "targets=abc"], "error: targets=abc: give a list of numbers"),
+    ("throughput.py", ["model=dnn", "trainer.accumulate_grad_batches=4"],  # a Trainer argument configs/ lacks, as in
+     "error: trainer.accumulate_grad_batches=4: throughput.py times optimizer steps of one batch each"),  # train.py
     ("criteo_prepare.py", ["--gb", "-1"], "error: argument --gb: '-1': give a number > 0"),
     ("lstm_windows.py", ["--steps", "0"], "error: argument --steps: '0': give a whole number >= 1"),
 ])
