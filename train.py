@@ -100,8 +100,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:
-        log.error("error: %s", err)
-        print(f"error: {err}", file=sys.stderr)
+        log.error("error: %s", err)  # each process's train.log
+        if rank_zero_only.rank == 0:  # one line on the console, not one per DDP process
+            print(f"error: {err}", file=sys.stderr)
         if is_grid_sweep_job() and not isinstance(err, WholeSweepError):
             return float("nan")  # one job of a grid sweep: the sweep goes on with the next job
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # an Optuna study stops here: its summary, this trial last

@@ -26,8 +26,9 @@ from models.checks import check_data_settings, flatten
 from models.recipe import PER_STEP, load_recipe, probabilities
 from models.records import read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
 
-# Config keys that differ between runs without being a choice: where files went, what to log.
-NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.")
+# Config keys that differ between runs without being a choice: where files went, what to log, and the checkpoint a
+# resumed run (resume=RUN_DIR) went on from.
+NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.", "ckpt_path")
 
 
 def find_runs(root: str | Path) -> list[Path]:

@@ -244,6 +244,13 @@ def test_notebooks_execute_and_draw(sweep):
 
     table, varying = runs.compare(sweep)
     assert varying == ["model.lr"] and list(table["model.lr"]) == [0.003, 0.01]
+    config = sweep / "1" / ".hydra" / "config.yaml"
+    saved = config.read_text()
+    try:  # a job continued with resume=RUN_DIR has ckpt_path=last: no setting of its own ("2 settings vary")
+        config.write_text(saved.replace("ckpt_path: null", "ckpt_path: last"))
+        assert runs.compare(sweep)[1] == ["model.lr"]
+    finally:
+        config.write_text(saved)
     failed = sweep / "2" / ".hydra"  # a job that ended with an error: Hydra's folder, no metrics.json
     failed.mkdir(parents=True)
     (failed / "overrides.yaml").write_text("- model.lr=-1\n")

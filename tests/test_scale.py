@@ -106,6 +106,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert {k: parallel[k] for k in COMPARED} == pytest.approx({k: single[k] for k in COMPARED}, abs=3e-3)
 
 
+def test_an_error_under_ddp_is_one_line_not_one_per_process(tmp_path):
+    # Known only once each process has read the data: every rank raised it, and every rank printed it.
+    result = run_cli("model=dnn", "trainer=ddp_cpu", "data.rows=2000", "trainer.limit_train_batches=0.0001", *QUIET,
+                     f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.count("error: trainer.limit_train_batches=0.0001") == 1, \
+        result.stderr[-3000:]
+
+
 def test_a_sweep_refuses_ddp_processes(tmp_path):
     result = run_cli("-m", "model=dnn", "trainer=ddp_cpu", "data.rows=2000", "seed=0,1", *QUIET,
                      f"hydra.sweep.dir={tmp_path}")
