@@ -129,8 +129,9 @@ class MemoryCgroup:
             path = self.dir / self.files[key] if self.files[key] else None
             return int(path.read_text()) if path and path.is_file() else None
 
-        return {"memory_limit_mib": round(self.limit / 2**20), "cgroup_peak_mib": round((read("peak") or 0) / 2**20),
-                "limit_hits": read("hits")}
+        peak = read("peak")
+        return {"memory_limit_mib": round(self.limit / 2**20),
+                "cgroup_peak_mib": None if peak is None else round(peak / 2**20), "limit_hits": read("hits")}
 
     def remove(self) -> None:
         self.dir.rmdir()
@@ -140,6 +141,11 @@ def train_streamed(path: Path, args) -> dict:
     """train.py on the prepared file, streamed (max_in_memory_gb below its size), in a child process: its peak RSS."""
     run = args.dir / "run"
     shutil.rmtree(run, ignore_errors=True)
+    cache_bytes = sum(f.stat().st_size for f in (args.dir / "cache").glob("*/*.npy"))
+    if cache_bytes <= args.max_in_memory_gb * 2**30:  # the rows would be read into memory: nothing streamed
+        sys.exit(f"error: --max-in-memory-gb {args.max_in_memory_gb:g} holds the whole cache "
+                 f"({cache_bytes / 2**20:.0f} MiB), so training would not stream it: give a smaller "
+                 "--max-in-memory-gb or a larger --gb")
     command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo",
                f"data.path={path}",
                f"data.cache_dir={args.dir / 'cache'}", f"data.max_in_memory_gb={args.max_in_memory_gb}",
@@ -160,7 +166,6 @@ def train_streamed(path: Path, args) -> dict:
         sys.exit(f"training failed (exit {child.returncode}{killed}): {limits}\n{child.stderr[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     peak_kib = int(child.stderr.strip().splitlines()[-1].split()[-1])
-    cache_bytes = sum(f.stat().st_size for f in (args.dir / "cache").glob("*/*.npy"))
     return {"steps": metrics["steps"], "max_in_memory_gb": args.max_in_memory_gb, "hash_buckets": args.hash_buckets,
             "seconds": round(seconds, 1), "test/auroc": round(metrics["test/auroc"], 4),
             "peak_rss_mib": round(peak_kib / 1024), "cache_mib": round(cache_bytes / 2**20), **limits}

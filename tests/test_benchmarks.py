@@ -174,3 +174,12 @@ def test_lstm_windows_refuses_a_text_it_cannot_use_in_one_line(content, message,
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lstm_windows.py"), "--path", str(path),
                            "--steps", "1", "--hidden", "8"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr and message in done.stderr, done.stderr
+
+
+def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
+    # Its training is there to show streamed rows in bounded memory: a cache within --max-in-memory-gb was read
+    # whole, and the JSON did not say so.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.002",
+                           "--train-steps", "1", "--dir", str(tmp_path / "criteo")], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "holds the whole cache" in done.stderr.strip().splitlines()[-1]
