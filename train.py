@@ -23,8 +23,8 @@ from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_
 from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, distributed_arguments, log,
                         log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
-from models.records import write_json
-from models.runs import NOT_CHOICES, reference_metrics
+from models.records import log_hparams_tab, write_json
+from models.runs import NOT_CHOICES, load_checkpoint, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, write_sweep_summary
 
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule, recipe = build(cfg)
     if resume_from:
         check_checkpoint_fits(resume_from, cfg.ckpt_path, datamodule.net_kwargs, recipe, cfg)
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, resume_step=load_checkpoint(resume_from)["global_step"] if resume_from else None)
 
     try:
         with fraction_of_a_batch_refused():
@@ -81,10 +81,9 @@ def train(cfg: DictConfig) -> dict:
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                    for k, v in settings.items() if not k.startswith(NOT_CHOICES)}
-        # at the step trainer.test logged its metrics at (Lightning's logger connector counts that), so that their
-        # charts get no second point at step 0
-        logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
-                               step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+        # at the step trainer.test logged its metrics at (Lightning's logger connector counts that)
+        log_hparams_tab(logger, hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
+                        logged=set(test), step=trainer.fit_loop.epoch_loop._batches_that_stepped)
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
         write_json(out / "metrics.json", metrics)  # whole or not at all: its presence marks a finished run
     return metrics

@@ -56,17 +56,22 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
                   config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def instantiate_setting(key: str, node: DictConfig):
+def instantiate_setting(key: str, node: DictConfig, **kwargs):
     """A callback or the logger; one that refuses its settings (EarlyStopping(mode="maxx")) is a one-line error."""
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as err:
         raise UserInputError(f"{key}: {err.__cause__ or err}") from err
 
 
-def make_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger."""
-    logger = instantiate_setting("logger", cfg.logger) if cfg.get("logger") else False
+def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
+    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger. A run resumed from a checkpoint of
+    `resume_step` steps drops the TensorBoard points its killed predecessor logged at that step and after: it logs
+    them again (Lightning numbers a step's values, and an epoch's end, by the steps before it, so what a checkpoint
+    holds was logged before its step and stays)."""
+    purge = {"purge_step": resume_step} if resume_step is not None and str(cfg.get("logger", {}).get(
+        "_target_", "")).endswith("TensorBoardLogger") else {}
+    logger = instantiate_setting("logger", cfg.logger, **purge) if cfg.get("logger") else False
     # `callbacks.x=null` drops one
     callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
     if not logger:  # `~logger`: nowhere to write learning rates to

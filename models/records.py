@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from data import UserInputError
 
@@ -18,6 +20,23 @@ def write_json(path: Path, data) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@rank_zero_only
+def log_hparams_tab(logger: Logger, settings: dict, metrics: dict, logged: set, step: int) -> None:
+    """TensorBoard's hparams tab: the run's settings and `metrics`, so runs can be compared there. Those `logged`
+    already (the test's, at `step`) are only named, the others logged at `step`: Lightning's
+    log_hyperparams(settings, metrics) would log them all, a second point on each test chart."""
+    if not isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(settings)
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.hparams.update(settings)  # also in its hparams.yaml
+    logger.log_metrics({k: v for k, v in metrics.items() if k not in logged}, step)
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(settings, metrics):
+        writer.add_summary(summary, step)
 
 
 def read_metrics(run: str | Path) -> dict:

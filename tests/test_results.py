@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 import train as train_module
 from data import UserInputError
@@ -78,9 +79,12 @@ def test_tensorboard_holds_scalars_hyperparameters_and_figures(sweep):
         assert tag in tags["scalars"]
     assert any(tag.startswith("lr-") for tag in tags["scalars"]), tags["scalars"]
     assert "_hparams_/experiment" in tb.PluginTagToContent("hparams")  # train.py's hparams tab
-    # The hparams tab's metrics at the test's step: the test's charts had a second point at step 0.
-    assert {e.step for tag in ("test/acc", "test/loss", "val/acc_best") for e in tb.Scalars(tag)} == {
-        tb.Scalars("train/loss")[-1].step + 1}
+    # The hparams tab's metrics at the test's step, each test metric once: its chart had a second point at step 0.
+    assert [e.step for tag in ("test/acc", "test/loss", "val/acc_best") for e in tb.Scalars(tag)] == [
+        tb.Scalars("train/loss")[-1].step + 1] * 3
+    tab = HParamsPluginData.FromString(tb.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert {"test/acc", "test/loss", "val/acc_best"} <= {info.name.tag for info in tab.metric_infos}
+    assert "model.lr" in {info.name for info in tab.hparam_infos}
     for tag in ("val/confusion_matrix", "test/confusion_matrix", "test/predictions", "test/confident_mistakes",
                 "test/first_conv_filters"):
         image = Image.open(io.BytesIO(tb.Images(tag)[-1].encoded_image_string))

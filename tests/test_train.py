@@ -157,6 +157,24 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
         "EarlyStopping{'monitor': 'val/acc', 'mode': 'max'}"]["patience"] == 4
 
 
+def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
+    # A run killed after its last checkpoint had logged steps it trains again once resumed: TensorBoard kept both.
+    # Here last.ckpt comes from the step checkpoint alone, at step 14 of 20: what a kill after step 19 leaves.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
+                "trainer.log_every_n_steps=5", "callbacks.step_checkpoint.every_n_train_steps=7",
+                "callbacks.epoch_checkpoint=null"]
+    first = train_module.train(mnist_config(mnist_dir, tmp_path, *settings))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+    (tmp_path / "metrics.json").unlink()
+    again = train_module.train(mnist_config(mnist_dir, tmp_path, *settings, "ckpt_path=last"))
+    assert again["steps"] == first["steps"] == 20
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in ("train/loss_step", "val/acc", "test/acc")}
+    assert steps == {"train/loss_step": [4, 9, 14, 19], "val/acc": [9, 19], "test/acc": [20]}
+
+
 def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnist_dir, tmp_path):
     # A threshold met at once (any val/acc >= 0) stops after epoch 0, where Lightning's stopped_epoch stays 0.
     stop_at_once = ["trainer.max_epochs=5", "+callbacks.early_stopping.stopping_threshold=0.0"]
