@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, open_dict
@@ -115,6 +117,24 @@ def weights(run_dir: str | Path, checkpoint: str = "last") -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in decayed_parameters(recipe.net)])  # the recipe's own choice
 
 
+def training_images(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's 500 training images (500, 1, 28, 28) and labels (500,) as evaluation sees them: normalized, not
+    augmented. Every experiment trains on the same 500 (only data.augment differs), so any run gives them."""
+    config = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                        weights_only=True)["hyper_parameters"]["config"]
+    data = instantiate(config["data"])
+    data.setup("fit")
+    return next(iter(data._batches(data.train, len(data.train[1]), train=False)))  # one batch of all 500
+
+
+def training_fit(run_dir: str | Path, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The final weights' cross-entropy on the training images with dropout off: how closely they fit them. (The
+    logged train/loss has dropout and augmentation on, so for those two runs it is higher by construction.)"""
+    recipe = load_recipe(str(Path(run_dir) / "checkpoints" / "last.ckpt")).eval()
+    with torch.no_grad():
+        return F.cross_entropy(recipe(images), labels).item()
+
+
 def near_zero_fraction(w: torch.Tensor, threshold: float = 1e-3) -> float:
     # 1e-3 is ~1/20 of the median baseline weight here: such a weight changes no output that matters.
     return (w.abs() < threshold).float().mean().item()
@@ -125,13 +145,18 @@ def weight_norm(w: torch.Tensor) -> float:
 
 
 def summary(runs_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
-    """One row per finished experiment: where each curve ends, its best epoch, the weights, the time."""
-    rows = {}
+    """One row per finished experiment: where each curve ends (the logged train loss, with dropout and augmentation
+    on, and the final weights' fit to the training images without them), its best epoch, the weights, the time."""
+    rows, images = {}, None
     for name in names or EXPERIMENTS:
         metrics, curves = experiment(name, runs_dir)
         w = weights(Path(runs_dir) / name)
+        if images is None:  # the same 500 for every run
+            images = training_images(Path(runs_dir) / name)
         rows[name] = {
-            "train loss": curves["train/loss"].iloc[-1], "val loss": curves["val/loss"].iloc[-1],
+            "train loss": curves["train/loss"].iloc[-1],
+            "train loss, eval mode": training_fit(Path(runs_dir) / name, *images),
+            "val loss": curves["val/loss"].iloc[-1],
             "lowest val loss": curves["val/loss"].min(), "at epoch": int(curves["val/loss"].idxmin()),
             "val acc": curves["val/acc"].iloc[-1], "test acc (best epoch)": metrics["test/acc"],
             "weight norm": weight_norm(w), "|w| < 1e-3": near_zero_fraction(w),
