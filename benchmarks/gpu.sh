@@ -157,14 +157,14 @@ done
 import json, sys
 r = json.load(open(sys.argv[1]))
 def rate(j, key):
-    return f"{j[f'lightning_{key}']:,.0f} vs plain {j[f'plain_{key}']:,.0f} /s, ratio {j['ratio']}, peak GPU MB {j['peak_gpu_mb']}"
+    return f"{j[f'lightning_{key}']:,.0f} vs plain {j[f'plain_{key}']:,.0f} /s, ratio {j['ratio']}, peak GPU MiB {j['peak_gpu_mib']}"
 for step, e in r.items():
     line = f"{step}: exit {e['rc']}, {e['seconds']} s"
     for name, j in e.items():
         if not isinstance(j, dict):
             continue
         if "seconds_to_target" in j:
-            line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s, peak GPU MB {j.get('peak_gpu_mb')}"
+            line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s, peak GPU MiB {j.get('peak_gpu_mib')}"
         elif "ratio" in j:
             line += f" | {name} ({j['precision']}, batch {j['batch_size']}): " + rate(j, "chars_per_s" if "lightning_chars_per_s" in j else "samples_per_s")
         elif name == "env":

@@ -12,8 +12,8 @@ def sync(device: torch.device) -> None:
 def peak_memory() -> dict:
     """The process's peak resident memory so far, and the GPU memory PyTorch has allocated at most (since the last
     torch.cuda.reset_peak_memory_stats), in MiB."""
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}
+    return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:

@@ -124,7 +124,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     L.seed_everything(cfg.seed)
     datamodule, _ = assemble.build(cfg)  # the data once; every run below gets a fresh network
     seconds = {"lightning": [], "plain": []}
-    peak_gpu_mb = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
+    peak_gpu_mib = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
         for path in ("lightning", "plain"):
             gc.collect()  # the previous run's network, gradients and optimizer state: not in this path's peak
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
                 timed = plain_run(cfg, datamodule, trainer, steps, warmup)
             seconds[path].append(timed)
             if torch.cuda.is_available():
-                peak_gpu_mb[path] = max(peak_gpu_mb[path], peak_memory()["peak_gpu_mb"])
+                peak_gpu_mib[path] = max(peak_gpu_mib[path], peak_memory()["peak_gpu_mib"])
 
     # What one training batch holds, counted on a batch (a streamed loader's batch_size counts blocks of rows):
     # samples (images, rows, windows of text) and targets (characters, for a language model).
@@ -155,8 +155,8 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
         "plain_samples_per_s": rate(batch, min(seconds["plain"])),
         "lightning_runs": [rate(batch, s) for s in seconds["lightning"]],
         "plain_runs": [rate(batch, s) for s in seconds["plain"]],
-        "peak_rss_mb": peak_memory()["peak_rss_mb"],
-        "peak_gpu_mb": peak_gpu_mb if torch.cuda.is_available() else None,
+        "peak_rss_mib": peak_memory()["peak_rss_mib"],
+        "peak_gpu_mib": peak_gpu_mib if torch.cuda.is_available() else None,
     }
     if datamodule.task == "lm":
         result["lightning_chars_per_s"] = rate(targets.numel(), min(seconds["lightning"]))

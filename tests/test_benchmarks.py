@@ -31,7 +31,7 @@ def test_throughput_times_both_paths_and_reports_their_ratio(tmp_path, precision
     assert result["lightning_ms_per_step"] == pytest.approx(256e3 / result["lightning_samples_per_s"], rel=1e-2)
     assert result["overhead_ms_per_step"] == pytest.approx(
         result["lightning_ms_per_step"] - result["plain_ms_per_step"], abs=2e-3)
-    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None and result["precision"] == precision
+    assert result["peak_rss_mib"] > 100 and result["peak_gpu_mib"] is None and result["precision"] == precision
     assert "lightning_chars_per_s" not in result  # only for a language model
 
 
@@ -102,7 +102,7 @@ def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     assert result["seconds_to_target"] == {"0.0": seconds[0], "1.01": None}  # reached at once; never
     assert 0.5 < result["curve"][-1][1] <= 1  # learned something from 2,880 rows
     assert result["warmup_steps"] == 0 and result["warmup_seconds"] == 0
-    assert result["peak_rss_mb"] > 100 and result["peak_gpu_mb"] is None  # no GPU here
+    assert result["peak_rss_mib"] > 100 and result["peak_gpu_mib"] is None  # no GPU here
     json.dumps(result)  # what the command prints
     # A warm-up (where torch.compile would compile) trains a throwaway network: the timed one learns the same.
     warmed, _ = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0]", "warmup=3"])
