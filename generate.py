@@ -19,7 +19,7 @@ from models.samples import sample
 # option -> (type, default); given on the command line as key=value
 OPTIONS = {"ckpt_path": (str, None), "prompt": (str, "\n"), "length": (int, 500), "temperature": (float, 0.8),
            "top_k": (int, 0), "seed": (int, 0), "device": (str, "cpu")}
-MAX_LENGTH = 1_000_000  # ~6 min at 0.34 ms a character (a small model on CPU)
+MAX_LENGTH = 1_000_000  # minutes of sampling on a CPU (a character's cost: models/samples.py)
 
 
 def parse(argv: list[str]) -> dict:

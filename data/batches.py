@@ -147,8 +147,8 @@ def loader_args(trainer) -> dict:
 
 
 def data_device(trainer, on_device: bool) -> torch.device:
-    """Where a DataModule holds its splits: the training device (`data.on_device=true`, no copy per batch), or the
-    CPU (no trainer yet, or `data.on_device=false`)."""
+    """Where a DataModule holds its splits: the training device (the default, no copy per batch), or the CPU (no
+    trainer yet, or `+data.on_device=false`)."""
     return trainer.strategy.root_device if on_device and trainer else torch.device("cpu")
 
 

@@ -3,7 +3,8 @@
 Every row is a customer shown an ad. The click probability is a fixed function of the columns below, so the
 best any model can do (the Bayes-optimal AUC and log loss, scoring each test row by its true probability) is
 known and written into metrics.json next to the model's own figures. What makes a network worth it here:
-  - non-linear effects: clicks peak at age ~32 and saturate in salary, previous spend and items purchased;
+  - non-linear effects: clicks peak at age ~32, saturate in salary, rise ever more slowly with previous spend (log)
+    and fall with items purchased (square root);
   - an XOR-like interaction a linear model cannot represent: older customers who stay long on the site and
     young ones who leave quickly click more; old-and-brief or young-and-lingering customers click less;
   - a second interaction: phones in the evening;

@@ -9,9 +9,9 @@ cell is a missing value. The text is converted ONCE, `chunk_rows` rows at a time
 Memory while converting is bounded by one chunk (its lines and pandas' frame of them: ~180 MiB for 100k rows,
 measured), whatever the file size; later runs read the files and parse nothing.
 
-Rows keep the file's order (Criteo's is chronological): the first 80% train, the next 10% validate, the last 10%
-test. A hashed id becomes embedding row `1 + hash % buckets` (0: missing), buckets = min(hash_buckets, training
-rows). Numeric statistics come from the training rows, read in chunks.
+Rows keep the file's order (Criteo's is chronological): the first rows train, the next `val_fraction` validate, the
+last `test_fraction` test (10% each by default). A hashed id becomes embedding row `1 + hash % buckets` (0: missing),
+buckets = min(hash_buckets, training rows). Numeric statistics come from the training rows, read in chunks.
 Serving: when the rows of a stage (train + val, or test) take at most `max_in_memory_gb` (4 GB: ~27M rows at
 157 bytes each; the features are made per batch, so a batch is all that is added) they are copied into tensors
 on the device and served by index like every other dataset; larger ones are streamed from the files in
