@@ -17,6 +17,7 @@ limit proves the training never needs it whole, and the cgroup's peak usage and 
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -36,6 +37,8 @@ HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Per-column levels: a few columns with a handful of values, most with thousands to millions (as in Criteo).
 LEVELS = [1_400, 550, 1_000_000, 300_000, 300, 20, 12_000, 600, 3, 90_000, 5_000, 1_000_000, 3_000, 26, 11_000,
           800_000, 10, 4_000, 2_000, 4, 1_000_000, 15, 15, 100_000, 100, 50_000]
+# What a run writes into --dir (and, without --keep, deletes with it): the file, its cache, the training run.
+OWN_FILES = re.compile(r"criteo_.+gb\.txt(\.part)?|cache|run|result\.json")
 MISSING = [0.45, 0.0, 0.2, 0.2, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04, 0.77, 0.2]  # I1..I13
 
 
@@ -175,7 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=at_least(float, 0, inclusive=False), default=2.0,
                         help="size of the generated file in GB (default 2)")
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/criteo_bench"), help="where the file and cache go")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/criteo_bench"),
+                        help="where the file and cache go: a new folder, deleted when done unless --keep")
     parser.add_argument("--chunk-rows", type=at_least(int, 1), default=100_000, help="rows parsed at a time")
     parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
     parser.add_argument("--train-steps", type=at_least(int, 0), default=0,
@@ -190,6 +194,12 @@ def main() -> None:
     if args.measure:
         (args.dir / "result.json").write_text(json.dumps(measure(args.measure, args.dir / "cache", args.chunk_rows)))
         return
+    if args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir} is a file: give a folder")
+    others = sorted(p.name for p in args.dir.iterdir() if not OWN_FILES.fullmatch(p.name)) if args.dir.is_dir() else []
+    if others:  # the folder is deleted at the end: never with someone else's files in it
+        parser.error(f"--dir {args.dir} holds files this benchmark did not write ({', '.join(others[:3])}), and "
+                     "it deletes the folder when done: give a new or empty folder")
     args.dir.mkdir(parents=True, exist_ok=True)
     path = args.dir / f"criteo_{args.gb:g}gb.txt"
     if not path.is_file():

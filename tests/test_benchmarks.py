@@ -176,6 +176,19 @@ def test_lstm_windows_refuses_a_text_it_cannot_use_in_one_line(content, message,
     assert done.returncode == 1 and "Traceback" not in done.stderr and message in done.stderr, done.stderr
 
 
+def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
+    # Without --keep it deletes --dir when done: a folder holding anything else is refused, and so is a file.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    (tmp_path / "a_file").write_text("keep me too")
+    for folder, message in [("mine", "holds files this benchmark did not write (precious.txt)"),
+                            ("a_file", "is a file")]:
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001",
+                               "--dir", str(tmp_path / folder)], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me" and (tmp_path / "a_file").is_file()
+
+
 def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     # Its training is there to show streamed rows in bounded memory: a cache within --max-in-memory-gb was read
     # whole, and the JSON did not say so.
