@@ -14,6 +14,7 @@ import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf, open_dict
 
@@ -21,6 +22,27 @@ from data import UserInputError, check_folder
 from models.checks import CONFIGS, check_config, check_settings, check_sweep
 from models.records import read_metrics, read_overrides
 from models.signatures import not_a_trainer_argument
+
+
+GRAMMAR = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
+
+
+def check_syntax(argv: list[str]) -> None:
+    """Each `key=value` as Hydra's grammar reads it, `hydra.*` ones too (Hydra itself would print a page): an
+    unquoted character it does not take (a letter outside ASCII, as in a path) is one line that names it and
+    shows the quoting that works."""
+    for arg in (a for a in argv if not a.startswith("-")):
+        try:
+            OverridesParser.create().parse_overrides([arg])
+        except OverrideParseException as err:
+            first, *rest = str(err).splitlines()
+            lexer = "LexerNoViableAltException: "
+            at = rest[0].find("^") - len(lexer) if first.startswith(lexer) and rest else -1
+            if 0 <= at < len(arg):  # the caret under the first character the lexer refused
+                key, _, value = arg.partition("=")
+                raise UserInputError(f"{arg}: Hydra cannot read the unquoted {arg[at]!r}; quote the value, as in "
+                                     f"\'{key}=\"{value}\"\' (see {GRAMMAR})") from None
+            raise UserInputError(f"{arg}: {first} (see {GRAMMAR})") from None
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -95,10 +117,16 @@ def trainer_arguments(argv: list[str]) -> list[str]:
     return passed
 
 
+def unquoted(value: str) -> str:
+    """A value as Hydra reads it: `"/tmp/rün"` (quoted for its grammar) is the folder /tmp/rün."""
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
 def resume_arguments(argv: list[str]) -> list[str]:
     """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses to
     start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics)."""
-    args = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    args = {key: unquoted(value) for key, value in pairs}
     if "resume" in args:
         run = Path(args["resume"])
         overrides = run / ".hydra" / "overrides.yaml"
@@ -116,6 +144,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
                                  "schedule's length was fixed when it started)")
         return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
+        if args.get(key) == "":  # Hydra would take the working directory, the repository root
+            raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
         if args.get(key):
             existing = check_folder(key, Path(args[key]))
             try:  # writable? (os.access says yes to root on a read-only or virtual file system)

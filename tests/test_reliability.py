@@ -24,8 +24,8 @@ from models.recipe import NonFiniteLossError, Recipe
 from models.records import write_json
 from models.runs import instantiate_data, load_checkpoint
 from models.checks import check_model_reads_data, check_settings
-from models.cli import (check_overrides, claimed_run_dir, config_kept_on_failure, resume_arguments, sweep_variants,
-                        trainer_arguments)
+from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, resume_arguments,
+                        sweep_variants, trainer_arguments)
 from tests.conftest import make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config
@@ -616,6 +616,34 @@ def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_pat
         with pytest.raises(UserInputError, match="hydra.run.dir=/proc/run: cannot make folders in /proc"):
             resume_arguments(["hydra.run.dir=/proc/run"])
 
+
+
+def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
+    # Empty: Hydra would have written the run into the working directory, the repository root.
+    with pytest.raises(UserInputError, match="^hydra.run.dir= is empty: give a folder"):
+        resume_arguments(["hydra.run.dir="])
+    # Quoted for Hydra's grammar (a non-ASCII letter needs it): the folder is the one inside the quotes, so a
+    # finished run there is protected as an unquoted one is.
+    (tmp_path / "rün").mkdir()
+    write_json(tmp_path / "rün" / "metrics.json", {})
+    with pytest.raises(UserInputError, match="already holds a finished run"):
+        resume_arguments([f'hydra.run.dir="{tmp_path / "rün"}"'])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("hydra.run.dir=/tmp/rün", "hydra.run.dir=/tmp/rün: Hydra cannot read the unquoted 'ü'; quote the value, as in "
+                               "'hydra.run.dir=\"/tmp/rün\"'"),  # Hydra alone printed a page for hydra.* keys
+    ("data.path=data/été.csv", "data.path=data/été.csv: Hydra cannot read the unquoted 'é'"),
+    ("model.lr=[", "model.lr=[: no viable alternative at input '['"),
+])
+def test_an_override_hydra_cannot_parse_is_one_line_that_says_how_to_quote_it(arg, message):
+    with pytest.raises(UserInputError) as refused:
+        check_syntax(["model=dnn", arg])
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_a_quoted_value_passes_the_syntax_check():
+    check_syntax(['hydra.run.dir="/tmp/rün"', 'data.path="data/été.csv"', "trainer.max_epochs=1", "seed=1,2"])
 
 
 @pytest.fixture
