@@ -98,12 +98,19 @@ class ClicksDataModule(TabularDataModule):
 
     def frames(self, splits: tuple[str, ...]) -> list[pd.DataFrame]:
         if splits == ("test",):  # a stream of its own: the test rows never depend on how many rows train
-            test = make_clicks(self.sizes["test"], self.seed, "test")
+            test = self.both_labels("test", make_clicks(self.sizes["test"], self.seed, "test"))
             self.test_p_click = torch.tensor(test["p_click"].to_numpy())  # the truth, for reference_metrics
             return [test]
         rows = make_clicks(self.rows - self.sizes["test"], self.seed, "train")
         train, val = split_indices(len(rows), self.sizes["val"], self.split_seed)
-        return [rows.iloc[train.numpy()], rows.iloc[val.numpy()]]
+        return [self.both_labels(split, rows.iloc[i.numpy()]) for split, i in [("train", train), ("val", val)]]
+
+    def both_labels(self, split: str, rows: pd.DataFrame) -> pd.DataFrame:
+        """`rows`, which hold clicks and non-clicks: the AUROC of one class is undefined (0.0 and a warning)."""
+        if rows["clicked"].nunique() < 2:
+            raise UserInputError(f"data.rows={self.rows}: the {split} split's {len(rows)} rows all have one label; "
+                                 "generate more rows")
+        return rows
 
     def reference_metrics(self, batches: int | None = None) -> dict:
         """The Bayes-optimal test metrics: the test rows of the first `batches` test batches (None: every row; fewer

@@ -212,4 +212,8 @@ class CSVDataModule(TabularDataModule):
             if frame[self.label].iloc[rows[split].numpy()].nunique() < 2:
                 raise UserInputError(f"data.path={self.path}: the {split} split's {len(rows[split])} rows all have "
                                      f"one label: give more rows, or a larger data.val_fraction/test_fraction")
+        training = frame.iloc[rows["train"].numpy()]
+        if empty := [c for c in self.numeric if training[c].isna().all()]:  # every row "missing": nothing to learn
+            raise UserInputError(f"data.path={self.path}, column {empty[0]!r}: none of the {len(training)} training "
+                                 "rows has a value; fill it in, or leave it out of data.numeric_columns")
         return [frame.iloc[rows[s].numpy()] for s in splits]

@@ -98,6 +98,15 @@ def fit_auroc(net: torch.nn.Module, dm: ClicksDataModule, epochs: int) -> float:
     return best[1]
 
 
+def test_too_few_generated_rows_for_both_labels_in_a_split_is_refused():
+    # data.rows=10: 2 test rows, 1 validation row. The AUROC of one class is torchmetrics' 0.0 with a warning,
+    # which metrics.json would have carried as the run's result.
+    with pytest.raises(UserInputError, match=r"^data.rows=10: the val split's 1 rows all have one label"):
+        ClicksDataModule(rows=10).setup("fit")
+    with pytest.raises(UserInputError, match=r"^data.rows=10: the test split's 1 rows all have one label"):
+        ClicksDataModule(rows=10, test_fraction=0.1).frames(("test",))
+
+
 def test_the_bayes_reference_covers_the_test_rows_scored(clicks):
     p, y = clicks.test_p_click, clicks.test[2]
     assert clicks.reference_metrics()["data/bayes_auroc"] == pytest.approx(float(binary_auroc(p, y)), abs=1e-5)
@@ -158,6 +167,16 @@ def test_csv_splits_are_disjoint_and_the_scaler_sees_only_training_rows(tmp_path
     again = CSVDataModule(str(tmp_path / "t.csv"), "y", ["row"], ["city", "id"], log_columns=[], split_seed=1)
     again.setup("fit")
     assert not torch.equal(again.val[0], dm.val[0])  # data.split_seed draws another split
+
+
+def test_a_numeric_column_without_any_training_value_is_refused(tmp_path):
+    # Every row "missing": the column would be a constant 0 and an indicator always 1, with nothing said.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": np.full(100, np.nan), "b": rng.normal(size=100), "y": rng.integers(0, 2, 100)})
+    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["b", "a"], [])
+    with pytest.raises(UserInputError, match="column 'a': none of the 70 training rows has a value; fill it in, or "
+                                             "leave it out of data.numeric_columns"):
+        dm.setup("fit")
 
 
 def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
