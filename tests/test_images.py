@@ -266,3 +266,20 @@ def test_augmentation_translates_whole_pixels_and_mirrors():
     moved = random_affine(torch.arange(64.0).reshape(1, 1, 8, 8).expand(64, 1, 8, 8), 0, 2, hflip=False)
     inside = moved[..., 2:6, 2:6]  # away from the borders every pixel is some pixel of the original, exactly
     assert ((inside - inside.round()).abs() < 1e-4).all() and (inside.round() != moved[:1, ..., 2:6, 2:6]).any()
+
+
+def test_mirroring_with_a_rotation_mirrors_the_rotated_image():
+    images = torch.rand(64, 1, 8, 8)
+    draw = lambda hflip: random_affine(images, 30, 1, hflip, torch.Generator().manual_seed(0))  # noqa: E731
+    plain, mixed = draw(False), draw(True)  # the same angles and shifts: the mirror is drawn after them
+    is_flip = torch.isclose(mixed, plain.flip(3), atol=1e-5).flatten(1).all(1)
+    is_same = torch.isclose(mixed, plain, atol=1e-5).flatten(1).all(1)
+    assert (is_flip | is_same).all() and 10 < is_flip.sum() < 54  # never sheared
+
+
+def test_training_drops_the_last_short_batch_and_validation_serves_every_row(mnist_dir):
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, batch_size=64, eval_batch_size=64)
+    dm.setup("fit")
+    train = [len(y) for _, y in dm.train_dataloader()]  # 1000 images: 15 x 64 and 40 left over
+    val = [len(y) for _, y in dm.val_dataloader()]
+    assert train == [64] * 15 and val == [64, 64, 64, 8]

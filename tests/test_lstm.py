@@ -107,6 +107,15 @@ def test_packed_padded_batch_gives_each_sequence_its_own_final_state():
     assert not torch.allclose(net(padded), alone, atol=1e-3)  # without lengths the padding changes the answer
 
 
+def test_the_classifier_reads_the_last_layers_final_state():
+    torch.manual_seed(0)
+    net = SequenceClassifier(input_size=10, num_classes=3, hidden_size=8, num_layers=2).eval()
+    images = torch.randn(4, 2, 6, 5)
+    _, (h, _) = net.lstm(images.permute(0, 2, 1, 3).flatten(2))  # h: (2 layers, 4, 8)
+    torch.testing.assert_close(net(images), net.head(h[-1]))
+    assert not torch.allclose(net(images), net.head(h[0]), atol=1e-3)  # the first layer's state is another answer
+
+
 # -- text data ------------------------------------------------------------------------------------
 
 def test_vocabulary_encodes_unknown_characters_as_unk():
@@ -131,6 +140,17 @@ def test_training_windows_predict_the_next_character_and_evaluation_covers_the_s
     val = list(dm.val_dataloader())  # 100 characters: windows of 30 (+1 target) cover the first 91 in order
     inputs, targets = (torch.cat(part).flatten() for part in zip(*val))
     assert torch.equal(inputs, dm.val[:90]) and torch.equal(targets, dm.val[1:91])
+
+
+def test_training_windows_reach_the_end_of_the_training_split(tmp_path):
+    path = tmp_path / "positions.txt"
+    train = "".join(chr(0x4E00 + i) for i in range(1800))  # all distinct: id - 1 is the position
+    path.write_text(train + train[:200])  # validation and test repeat its characters: no <unk> warning
+    dm = TextFileDataModule(str(path), seq_len=16, batch_size=1)
+    dm.setup("fit")
+    read = torch.cat([torch.cat([x, y], 1) for x, y in dm.train_dataloader()]) - 1  # batch 1: every start served
+    # Starts 0, 16, ... below 1800 - 32 (111 of them), each moved 0..15: the last window ends at 1768 or beyond.
+    assert len(dm.train) == 1800 and len(read) == 111 and read.max() >= len(dm.train) - 2 * 16
 
 
 def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
@@ -293,7 +313,7 @@ def test_samples_never_draw_the_unknown_character(temperature, top_k):
     assert set(text) <= {"a", "b"} and len(text) == 201  # <unk> would print as the replacement character
 
 
-def test_a_sample_leaves_the_network_training_with_dropout(tmp_path):
+def test_a_sample_is_drawn_without_dropout_and_leaves_the_network_training(tmp_path):
     from types import SimpleNamespace
 
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -303,7 +323,10 @@ def test_a_sample_leaves_the_network_training_with_dropout(tmp_path):
     net = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.5)
     module = SimpleNamespace(net=net, hparams=SimpleNamespace(net_kwargs={"vocab": ["<unk>", "a", "b"]}))
     trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, global_step=1)
+    generate, drawn_training = net.generate, []
+    net.generate = lambda *args: drawn_training.append(net.training) or generate(*args)
     TextSamples(prompt="a", length=5).on_validation_epoch_end(trainer, module)
+    assert drawn_training == [False]  # drawn without dropout
     assert net.training  # validation ran mid-training: the next steps train with dropout again
 
 

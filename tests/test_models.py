@@ -112,6 +112,16 @@ def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
     assert torch.allclose(net.bias, bias - 0.1 * bias_gradient, atol=1e-6)  # the data's gradient alone
 
 
+def test_the_logged_gradient_norm_is_the_norm_of_all_gradients_together():
+    net = torch.nn.Linear(2, 1)
+    net.weight.grad, net.bias.grad = torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])  # norms 3 and 4
+    recipe, logged = recipe_for(net, "multiclass"), {}
+    recipe.log = lambda name, value, **kwargs: logged.update({name: value})
+    recipe._log_now = True  # a logging step
+    recipe.on_before_optimizer_step(None)
+    assert logged["train/grad_norm"].item() == pytest.approx(5.0)  # sqrt(3² + 4²), not 3 + 4
+
+
 @pytest.mark.parametrize("optimizer, momentum", [({"name": "adamw"}, lambda g: g["betas"][0]),
                                                  ({"name": "sgd", "momentum": 0.9}, lambda g: g["momentum"]),
                                                  ({"name": "rmsprop", "momentum": 0.0}, lambda g: g["momentum"])])

@@ -66,6 +66,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_p
     for key in ("test/loss", "val/acc_best", "epochs", "stopped_early", "train_seconds", "device"):
         assert key in saved
     assert saved["epochs"] == 3 and saved["stopped_by"] == "max_epochs"
+    assert saved["best_checkpoint"] == os.path.join("checkpoints", "best.ckpt")  # relative to the run directory
     assert (tmp_path / saved["best_checkpoint"]).is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
