@@ -81,6 +81,9 @@ def idx_problem(file: Path) -> str | None:
             return "is still gzip-compressed: decompress it (gunzip)"
         if len(head) < 4 or head[:3] != b"\x00\x00\x08":
             return "does not start as an IDX file of bytes does (00 00 08)"
+        kind, dimensions = ("labels", 1) if "idx1" in file.name else ("images", 3)  # as the file names say
+        if head[3] != dimensions:  # the images and labels files swapped, say: the sizes could still agree
+            return f"has {head[3]} dimensions where an IDX file of {kind} has {dimensions}: is it the other file?"
         dims = f.read(4 * head[3])
     if len(dims) < 4 * head[3]:
         return "is shorter than its header"

@@ -159,6 +159,8 @@ def label_200(data: bytes) -> bytes:
      r"could not read mnist: .*MNIST/raw/train-images-idx3-ubyte is 100 bytes where its header says 940,816: put"),
     ("t10k-images-idx3-ubyte", lambda data: data[:100], "t10k-images-idx3-ubyte is 100 bytes"),  # before training
     ("train-labels-idx1-ubyte", gzip.compress, "train-labels-idx1-ubyte is still gzip-compressed: decompress it"),
+    ("train-labels-idx1-ubyte", lambda data: data[:3] + bytes([3]) + data[4:],  # an images header (files swapped)
+     "train-labels-idx1-ubyte has 3 dimensions where an IDX file of labels has 1: is it the other file?"),
     ("t10k-labels-idx1-ubyte", label_200, r"the test labels hold 200, not a class 0-9 \(1 such\); the labels file"),
 ])
 def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
@@ -270,8 +272,8 @@ def test_augmentation_translates_whole_pixels_and_mirrors():
 
 def test_mirroring_with_a_rotation_mirrors_the_rotated_image():
     images = torch.rand(64, 1, 8, 8)
-    draw = lambda hflip: random_affine(images, 30, 1, hflip, torch.Generator().manual_seed(0))  # noqa: E731
-    plain, mixed = draw(False), draw(True)  # the same angles and shifts: the mirror is drawn after them
+    plain, mixed = (random_affine(images, 30, 1, hflip, torch.Generator().manual_seed(0)) for hflip in (False, True))
+    # The same angles and shifts (the mirror is drawn after them): a mirrored image is the rotated one, flipped.
     is_flip = torch.isclose(mixed, plain.flip(3), atol=1e-5).flatten(1).all(1)
     is_same = torch.isclose(mixed, plain, atol=1e-5).flatten(1).all(1)
     assert (is_flip | is_same).all() and 10 < is_flip.sum() < 54  # never sheared
