@@ -234,7 +234,8 @@ def test_a_run_cut_by_max_time_says_so_and_that_its_schedule_had_not_ended(mnist
     # A time limit is a guard: a run it stops has a one-cycle learning rate that never came down. It still
     # validates and tests, and says what stopped it, in metrics.json and in a warning.
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "scheduler=onecycle", "trainer.max_epochs=10000",
-                                              "trainer.max_time=00:00:00:02"))  # 150,000 steps: cut after 2 s
+                                              "trainer.max_time=00:00:00:02",  # 150,000 steps: cut after 2 s
+                                              "callbacks.early_stopping=null"))  # (a fast CPU got to patience first)
     assert metrics["stopped_by"] == "max_time" and 0 < metrics["steps"] < 150_000 and "test/acc" in metrics
     assert (f"trainer.max_time ended the run after {metrics['steps']} of the 150000 steps its learning-rate "
             "schedule spans: the rate was ") in caplog.text and " it ends at, which costs accuracy" in caplog.text
