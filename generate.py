@@ -4,7 +4,9 @@
 
 Prints the prompt followed by `length` sampled characters. The same seed (default 0) gives the same text.
 temperature=0 always takes the most likely character; top_k=0 (default) samples from the whole vocabulary.
+In the prompt, \\n is a newline and \\t a tab (a shell passes them as two characters), \\\\ a backslash.
 """
+import re
 import sys
 import warnings
 
@@ -19,6 +21,7 @@ from models.samples import sample
 # option -> (type, default); given on the command line as key=value
 OPTIONS = {"ckpt_path": (str, None), "prompt": (str, "\n"), "length": (int, 500), "temperature": (float, 0.8),
            "top_k": (int, 0), "seed": (int, 0), "device": (str, "cpu")}
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}  # prompt='KING:\n' ends with a newline, as in the plays
 MAX_LENGTH = 1_000_000  # minutes of sampling on a CPU (a character's cost: models/samples.py)
 
 
@@ -44,6 +47,7 @@ def parse(argv: list[str]) -> dict:
                              "run it again with another seed=N)")
     if not 0 <= options["seed"] < 2**63:  # a torch.Generator's seed
         raise UserInputError(f"seed={options['seed']}: give a whole number >= 0 and < 2**63")
+    options["prompt"] = re.sub(r"\\([nt\\])", lambda m: ESCAPES[m[1]], options["prompt"])
     if not options["prompt"]:
         raise UserInputError("prompt is empty: give at least one character (the default is a newline)")
     try:

@@ -339,9 +339,12 @@ def test_samples_are_logged_to_tensorboard_every_validation(pattern_run):
     assert "hello" in samples[-1].tensor_proto.string_val[0].decode()
 
 
-def test_generate_command_line_keeps_values_verbatim_and_rejects_unknown_keys():
+def test_generate_command_line_reads_values_escapes_and_rejects_unknown_keys():
     options = parse(["ckpt_path=x.ckpt", "prompt=ROMEO:", "length=20", "top_k=5", "temperature=0.5"])
     assert options["prompt"] == "ROMEO:" and options["length"] == 20 and options["top_k"] == 5
+    typed = (r"KING:\n", r"a\tb", r"a\\n", r"C:\x")
+    escaped = [parse(["ckpt_path=x.ckpt", f"prompt={prompt}"])["prompt"] for prompt in typed]
+    assert escaped == ["KING:\n", "a\tb", "a\\n", "C:\\x"]  # as a shell passes prompt='KING:\n': a newline
     with pytest.raises(UserInputError, match="prompt, length"):
         parse(["ckpt_path=x.ckpt", "lenght=20"])
     with pytest.raises(UserInputError, match="ckpt_path is required"):
