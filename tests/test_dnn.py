@@ -199,6 +199,16 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     assert torch.equal(restored.encode_frame(pd.DataFrame({"x": ["1"], "city": [None]}))[1], ids)
 
 
+def test_category_ids_known_then_hashed_with_no_more_buckets_than_rare_values():
+    train = pd.DataFrame({"c": ["a"] * 5 + ["b"] * 5 + ["r1", "r2", "r3"]})  # a, b known; three rare values
+    ids = CategoryIds.fit(train, min_count=2, hash_buckets=1000)
+    assert ids.buckets == {"c": 3} and ids.cardinalities == [1 + 2 + 3]  # id 0 missing, 1-2 known, 3-5 hashed
+    assert ids(pd.DataFrame({"c": ["a", "b"]}))[:, 0].tolist() == [1, 2]
+    unseen = ids(pd.DataFrame({"c": [f"new {i}" for i in range(200)]}))[:, 0]
+    assert set(unseen.tolist()) == {3, 4, 5}  # every bucket, none on a known id nor past the table
+    assert CategoryIds.fit(pd.DataFrame({"c": ["a"] * 5}), 2, 1000).buckets == {"c": 1}  # no rare value: one
+
+
 def test_a_whole_float_category_is_one_level_whatever_else_its_column_holds():
     # 2.0 is level "2" in a column of whole numbers and in one that also holds 2.5 (which makes pandas read floats)
     assert as_strings(pd.Series([2.0, 3.0, np.nan])).tolist() == ["2", "3", np.nan]
@@ -370,6 +380,14 @@ def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monk
     second = prepare(path, tmp_path / "cache")
     assert second != first and parses and not first.exists()  # re-parsed; the stale cache is gone
     assert len(np.load(second / "labels.npy", mmap_mode="r")) == 201
+    # An edit that keeps the size (one label flipped) is a new file too: the cache is named by size and mtime_ns.
+    text = path.read_text()
+    flipped = ("1" if text[0] == "0" else "0") + text[1:]
+    stat = path.stat()
+    path.write_text(flipped)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a second later, whatever the clock's grain
+    third = prepare(path, tmp_path / "cache")
+    assert third != second and np.load(third / "labels.npy")[0] == int(flipped[0])
 
 
 def test_npy_rows_reads_what_numpy_saved(tmp_path):

@@ -313,6 +313,25 @@ def test_samples_never_draw_the_unknown_character(temperature, top_k):
     assert set(text) <= {"a", "b"} and len(text) == 201  # <unk> would print as the replacement character
 
 
+def test_a_sample_on_cpu_uses_one_thread_and_gives_the_others_back():
+    from models.samples import sample
+
+    net, threads = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1).eval(), torch.get_num_threads()
+    drawn_with = []
+    generate = net.generate
+    net.generate = lambda *args: drawn_with.append(torch.get_num_threads()) or generate(*args)
+    try:
+        torch.set_num_threads(2)
+        sample(net, ["<unk>", "a", "b"], "a", 5)
+        assert drawn_with == [1] and torch.get_num_threads() == 2  # the training after it gets both threads back
+        net.generate = lambda *args: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            sample(net, ["<unk>", "a", "b"], "a", 5)
+        assert torch.get_num_threads() == 2  # also after a failure
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_sample_is_drawn_without_dropout_and_leaves_the_network_training(tmp_path):
     from types import SimpleNamespace
 
@@ -355,6 +374,9 @@ def test_generate_command_line_reads_values_escapes_and_rejects_unknown_keys():
         parse(["ckpt_path=x.ckpt", "length=-5"])
     with pytest.raises(UserInputError, match=r"seed=99999999999999999999: give a whole number >= 0 and < 2\*\*63"):
         parse(["ckpt_path=x.ckpt", "seed=99999999999999999999"])  # was torch's overflow traceback
+    assert parse(["ckpt_path=x.ckpt", "length=1000000"])["length"] == 1_000_000  # the bound itself is allowed
+    with pytest.raises(UserInputError, match=r"length=1000001: give at most 1,000,000 characters"):
+        parse(["ckpt_path=x.ckpt", "length=1000001"])
     with pytest.raises(UserInputError, match=r"length=100000000000000: give at most 1,000,000 characters"):
         parse(["ckpt_path=x.ckpt", "length=100000000000000"])  # ran for hours, printing nothing till the end
     with pytest.raises(UserInputError, match="length='abc': give a whole number"):
