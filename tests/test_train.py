@@ -76,14 +76,23 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_events(mnist_dir, tmp_p
 
 
 def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypatch):
-    # Data that takes 4 s to read, then a fit of 2 steps: the time is the fit's (training and validation), the same
-    # in metrics.json and the checkpoints, so runs on slow and fast disks compare.
-    setup = ImageDataModule.setup
-    monkeypatch.setattr(ImageDataModule, "setup",
-                        lambda self, stage=None: (stage == "fit" and time.sleep(4), setup(self, stage))[1])
+    # Data that takes 1000 s to read (on the recipe's clock, moved on while setup reads), then a fit of 2 steps: the
+    # time is the fit's (training and validation), the same in metrics.json and the checkpoints, so runs on slow and
+    # fast disks compare. (A real 4 s sleep made the bound depend on how fast a loaded machine fits: 4.4 s.)
+    import models.recipe
+
+    setup, skew = ImageDataModule.setup, [0.0]
+
+    def slow_setup(self, stage=None):
+        if stage == "fit":
+            skew[0] += 1000.0
+        setup(self, stage)
+
+    monkeypatch.setattr(models.recipe, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + skew[0]))
+    monkeypatch.setattr(ImageDataModule, "setup", slow_setup)
     metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1",
                                               "trainer.limit_train_batches=2"))
-    assert 0 < metrics["train_seconds"] < 4
+    assert skew[0] >= 1000 and 0 < metrics["train_seconds"] < 1000  # setup may run more than once
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < last["train_seconds"] <= metrics["train_seconds"]
 
@@ -168,6 +177,7 @@ def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
     first = train_module.train(mnist_config(mnist_dir, tmp_path, *settings))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
     (tmp_path / "metrics.json").unlink()
+    time.sleep(1 - time.time() % 1)  # the next second: TensorBoard orders event files by the second in their names
     again = train_module.train(mnist_config(mnist_dir, tmp_path, *settings, "ckpt_path=last"))
     assert again["steps"] == first["steps"] == 20
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
