@@ -55,8 +55,10 @@ class TextSamples(Callback):
             return
         was_training = pl_module.net.training
         pl_module.net.eval()  # no dropout while sampling
-        text = sample(pl_module.net, pl_module.hparams.net_kwargs["vocab"], **self.options)
-        pl_module.net.train(was_training)
+        try:
+            text = sample(pl_module.net, pl_module.hparams.net_kwargs["vocab"], **self.options)
+        finally:  # an interrupted sample must not leave the rest of training without dropout
+            pl_module.net.train(was_training)
         markdown = "\n".join("    " + line for line in text.splitlines())  # a code block keeps the line breaks
         for logger in loggers:
             logger.experiment.add_text("samples", markdown, global_step=trainer.global_step)
