@@ -37,11 +37,16 @@ def total_steps(trainer: L.Trainer, name: str) -> int:
 
 def one_cycle(optimizer: torch.optim.Optimizer, schedule: dict, lr: float, total: int) -> OneCycleLR:
     """Warm up to `lr` for pct_start of the run's `total` steps, then anneal to ~0; momentum (or Adam's beta1)
-    cycles the other way, for an optimizer that has some."""
+    cycles the other way, for an optimizer that has some. The warm-up is at least two steps (from lr / 25 at
+    step 0 to lr at step 1): a shorter one would start the run already annealing. A run of one or two steps has
+    no room for a cycle and trains at `lr` (a one-step cycle's only step is its last, at lr / 250000)."""
     has_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
-    pct_start = schedule["pct_start"]
-    if pct_start * total == 1:  # a one-step warm-up ends at step 0, and OneCycleLR divides by its length, 0
-        pct_start = 2 / total if total > 2 else 0.5 / total  # (debug=fast trainer.max_epochs=2: 4 steps)
+    if total <= 2:  # OneCycleLR with no warm-up (pct_start 0) and its start, peak and end all at lr: constant
+        return OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.0, div_factor=1.0,
+                          final_div_factor=1.0, cycle_momentum=False)
+    # OneCycleLR's warm-up ends at step pct_start * total - 1: below 1 it starts annealing at once, and at exactly
+    # 0 it divides by the warm-up's length, 0 (debug=fast trainer.max_epochs=2: 4 steps)
+    pct_start = max(schedule["pct_start"], 2 / total)
     return OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start,
                       cycle_momentum=schedule.get("cycle_momentum", True) and has_momentum,
                       base_momentum=schedule.get("base_momentum", 0.85),

@@ -147,6 +147,21 @@ def test_one_cycle_leaves_momentum_alone_when_told():
         assert adamw.param_groups[0]["betas"] == (0.8, 0.99)  # the optimizer's own, every step
 
 
+@pytest.mark.parametrize("total, expected", [(1, [0.1]), (2, [0.1, 0.1]), (3, [0.004, 0.1, 4e-7]),
+                                             (5, [0.004, 0.1, 0.075, 0.025, 4e-7])])
+def test_a_run_too_short_for_pct_start_still_warms_up_or_trains_at_the_learning_rate(total, expected):
+    # pct_start 0.25 of 1-7 steps ends the warm-up before step 1: the run would start annealing, and a one-step
+    # run (trainer.max_steps=1) would take its only step at lr / 250000, learning nothing
+    sgd = make_optimizer(torch.nn.Linear(3, 2).parameters(), "sgd", 0.1, {"momentum": 0.9})
+    scheduler = one_cycle(sgd, {"name": "onecycle", "pct_start": 0.25}, lr=0.1, total=total)
+    rates = []
+    for _ in range(total):
+        rates.append(sgd.param_groups[0]["lr"])
+        sgd.step()
+        scheduler.step()
+    assert rates == pytest.approx(expected, rel=1e-3)
+
+
 def test_l2_weight_decay_applies_to_weights_and_kernels_only():
     net = ConvNet(in_channels=1, num_classes=10, image_size=(8, 8), widths=(4,), batch_norm=True)
     recipe = Recipe(net, task="multiclass", lr=1e-3, weight_decay=0.05, optimizer={"name": "adamw"},
