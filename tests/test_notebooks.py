@@ -71,10 +71,10 @@ def test_text_generation_notebook(tmp_path, capsys):
     # From a zero state the first character is a guess among the sentence's letters; later ones are not
     # (measured: 0.68 nats, then 0.046 in the second half of the window).
     assert first > 5 * tail, (first, tail)
-    # The DNN's notebook on this LSTM run: one line saying why, and the executed copy to look at.
-    assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run")]) == 1
+    # The DNN's notebook on this LSTM run: bad input, one line saying why, and the executed copy to look at.
+    assert importlib.import_module("notebooks.run").main(["ad_click", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: notebook ad_click failed: ValueError:") and "model=dnn" in error
+    assert error.startswith(f"error: notebook ad_click on {tmp_path / 'run'}: ") and "reads model=dnn runs" in error
     assert error.count("\n") == 1 and (tmp_path / "run" / "ad_click.failed.ipynb").is_file()
     assert "ad_click.failed.ipynb shows the cell" in error
     # A misspelt parameter is refused (it would be set and never read); a list parameter given one value is a list.
@@ -95,3 +95,16 @@ def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
         cell = next(c for c in nbformat.read(run.NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
                     if "parameters" in c.metadata.get("tags", []))
         assert run.notebook_parameters(cell.source)["data_overrides"] == []
+
+
+@pytest.mark.parametrize("ename, evalue, code, line", [
+    ("UserInputError", "no checkpoint at R/checkpoints/best.ckpt: give a .ckpt", 2,
+     "error: notebook analyze_run on {run}: no checkpoint at R/checkpoints/best.ckpt: give a .ckpt"),
+    ("KeyError", "'test/acc'\nmore", 1, "error: notebook analyze_run failed: KeyError: 'test/acc'")])
+def test_a_cells_bad_input_exits_2_and_a_crash_1(ename, evalue, code, line, monkeypatch, capsys, tmp_path):
+    run = importlib.import_module("notebooks.run")
+    cell_error = importlib.import_module("nbclient.exceptions").CellExecutionError("traceback", ename, evalue)
+    monkeypatch.setattr(run, "execute", lambda *args, **kwargs: (_ for _ in ()).throw(cell_error))
+    assert run.main(["analyze_run", str(tmp_path)]) == code
+    copy = tmp_path / "analyze_run.failed.ipynb"
+    assert capsys.readouterr().err == line.format(run=tmp_path) + f" (the executed copy {copy} shows the cell)\n"
