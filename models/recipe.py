@@ -154,6 +154,7 @@ class Recipe(L.LightningModule):
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
         self._fit_started = time.perf_counter()
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
+        self._step_losses: list[Tensor] = []  # the losses of a logged optimizer step's accumulated batches
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -184,8 +185,9 @@ class Recipe(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         self._log_now = self._logging_step(batch_idx)  # (also read by on_before_optimizer_step)
-        if self._log_now:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        if self._log_now:  # with trainer.accumulate_grad_batches, the step's batches so far: Lightning sends the
+            self._step_losses.append(loss.detach())  # value logged at its last, the mean its gradient follows
+            self.log("train/loss_step", torch.stack(self._step_losses).mean(), on_step=True, on_epoch=False)
         # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
         # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
         if self.hparams.l1:
@@ -264,6 +266,7 @@ class Recipe(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The global gradient norm before clipping, every log interval only: the norm costs a pass over the grads.
+        self._step_losses.clear()  # the optimizer step's batches are done (their mean is logged)
         if self._log_now:
             norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
             if norms:

@@ -167,6 +167,21 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
         "EarlyStopping{'monitor': 'val/acc', 'mode': 'max'}"]["patience"] == 4
 
 
+def test_a_logged_step_loss_is_the_mean_over_its_accumulated_batches(mnist_dir, tmp_path):
+    # 6 batches, 2 to an optimizer step, every step logged: each train/loss_step is its two batches' mean (the
+    # loss its gradient follows), so their mean is the epoch's train/loss; one batch's loss each would not be.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=6",
+                                    "+trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1",
+                                    "scheduler=none", "callbacks.early_stopping=null"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = events.Scalars("train/loss_step")
+    assert [e.step for e in steps] == [0, 1, 2]
+    epoch = events.Scalars("train/loss")[0].value
+    assert sum(e.value for e in steps) / 3 == pytest.approx(epoch, rel=1e-5)
+
+
 def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
     # A run killed after its last checkpoint had logged steps it trains again once resumed: TensorBoard kept both.
     # Here last.ckpt comes from the step checkpoint alone, at step 14 of 20: what a kill after step 19 leaves.
