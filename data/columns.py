@@ -339,29 +339,13 @@ def date_format(column: pd.Series, sample: int = 10_000) -> str | None:
 UTC_OFFSET = r"\s*(?:Z|[+-]\d{2}:?\d{2})$"  # 2016-03-27T00:53:11+01:00, ...Z, ... +0100
 
 
-def to_datetime(column: pd.Series, format: str | None = None) -> pd.Series:
-    """Date-times in `format` (None: pandas' guess from the first value) as naive local times: each value's hour and
-    weekday are those written, whatever its UTC offset (a format with %z reads the value without it: offsets differ
-    across a daylight-saving change). A value in another format is NaT."""
+def to_datetime(column: pd.Series, format: str | None) -> pd.Series:
+    """Date-times in `format` (None: a column without dates) as naive local times: each value's hour and weekday
+    are those written, whatever its UTC offset (a format with %z reads the value without it: offsets differ across
+    a daylight-saving change, and pandas refuses to mix them). A value in another format is NaT."""
     if format and "%z" in format:
         written = column.astype(str).str.replace(UTC_OFFSET, "", regex=True)
         column, format = written.where(column.notna()), format.replace("%z", "").strip()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            stamps = pd.to_datetime(column, errors="coerce", format=format)
-        if pd.api.types.is_datetime64_any_dtype(stamps):
-            return stamps
-    except ValueError:
-        pass
-    # Offsets that differ between rows (a daylight-saving change) without a format: pandas 3 refuses to mix them,
-    # pandas 2 gives plain objects. Each value is read on its own.
-    return pd.to_datetime(column.map(local_time))
-
-
-def local_time(value) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        return pd.NaT
-    return stamp.tz_localize(None) if stamp is not pd.NaT and stamp.tzinfo else stamp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.to_datetime(column, errors="coerce", format=format)
