@@ -17,8 +17,9 @@ import predict as predict_script
 import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
+from data.batches import split_indices
 from data.clicks import ClicksDataModule, make_clicks
-from data.columns import READ_CSV, CategoryIds, NumericScaler, as_strings
+from data.columns import READ_CSV, CategoryIds, NumericScaler, as_strings, signed_log1p, stable_hash
 from data.criteo import CriteoDataModule, prepare
 from data.npy import NpyRows
 from data.tabular import CSVDataModule
@@ -177,6 +178,12 @@ def test_a_numeric_column_without_any_training_value_is_refused(tmp_path):
     with pytest.raises(UserInputError, match="column 'a': none of the 70 training rows has a value; fill it in, or "
                                              "leave it out of data.numeric_columns"):
         dm.setup("fit")
+    # A value in a validation or test row only: the training rows still have none.
+    _, test_rows = split_indices(100, 15, seed=dm.split_seed)
+    frame.loc[int(test_rows[0]), "a"] = 1.0
+    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["b", "a"], [])
+    with pytest.raises(UserInputError, match="column 'a': none of the 70 training rows has a value"):
+        dm.setup("fit")
 
 
 def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
@@ -228,6 +235,49 @@ def test_a_whole_number_with_zero_decimals_is_the_same_level():
     # a checkpoint's vocabulary from before: its "12.0" is level "12", with the same id
     old = CategoryIds({"hour": ["12.0", "20.0"]}, {"hour": 2}, {"hour": False})
     assert old(pd.DataFrame({"hour": ["12", "20.0"]}))[:, 0].tolist() == [1, 2]
+
+
+def test_feature_helpers_at_their_edges():
+    assert signed_log1p(torch.tensor([-1e6, 0.0, 1e6])).tolist() == pytest.approx([-13.8155, 0.0, 13.8155], abs=1e-4)
+    # The shift (the column's first value) skips a first row that is missing: mean 2 and std 1 of 1 and 3.
+    scaler = NumericScaler(torch.tensor([False])).update(torch.tensor([[float("nan")], [1.0], [3.0]])).finish()
+    assert (scaler.mean.item(), scaler.std.item()) == (2.0, 1.0) and scaler.indicated.tolist() == [True]
+    # A whole float too large for int64 to hold exactly keeps its float text; one that fits prints as the int.
+    assert as_strings(pd.Series([1e20, 2.0])).tolist() == ["1e+20", "2"]
+    # Hashed buckets are fixed across processes and versions: a checkpoint's unseen values must land where they did.
+    hashed = stable_hash(np.array(["a", "01", "Madrid"], dtype=object))
+    assert hashed.tolist() == [1186867441, 1899407356, 1444963114]
+    assert hashed.min() >= 1  # 0 is the missing value's id
+
+
+@pytest.mark.parametrize("values, logged", [
+    ([0.0] * 80 + [1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0] * 2, True),  # counts, zeros included
+    ([-5.0] + [0.0] * 79 + [1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0] * 2, False)])  # one negative
+def test_auto_log_scales_skewed_non_negative_columns_only(values, logged, tmp_path):
+    frame = pd.DataFrame({"n": values, "y": [0, 1] * 50})
+    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["n"], [], val_fraction=0.1, test_fraction=0.1)
+    dm.setup("fit")
+    assert dm.scaler.log.tolist() == [logged]
+
+
+def test_a_module_set_up_on_its_data_keeps_its_encoders_when_given_a_checkpoints(tmp_path):
+    frames = [pd.DataFrame({"x": np.arange(100.0) * scale, "y": [0, 1] * 50}) for scale in (1, 10)]
+    ours, other = (CSVDataModule(str(write_csv(tmp_path / f"{i}.csv", f)), "y", ["x"], [], log_columns=[])
+                   for i, f in enumerate(frames))
+    for dm in (ours, other):
+        dm.setup("fit")
+    mean = ours.scaler.mean.clone()
+    ours.load_state_dict(other.state_dict())  # Lightning restores a resumed run's state into a set-up module
+    assert torch.equal(ours.scaler.mean, mean) and not torch.equal(other.scaler.mean, mean)
+
+
+def test_a_short_row_after_a_full_one_with_an_empty_last_cell_is_named(tmp_path):
+    # Row 3 ends in an empty cell but has every field; row 6 is cut short: the check reads on past the first.
+    lines = ["y,a,b"] + [f"{i % 2},{i},{i}" for i in range(20)]
+    lines[3], lines[6] = "0,1,", "0,3"
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserInputError, match=r"row 6 \(line 7\) has 2 fields where the header \(row 1\) has 3"):
+        CSVDataModule(str(tmp_path / "t.csv"), "y", ["a", "b"], []).setup("fit")
 
 
 @pytest.mark.parametrize("rows", [110, 126, 189])  # sizes where the old formula left a residue
@@ -685,6 +735,10 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
     assert trained.time_formats == {"t": "%d/%m/%Y %H:%M"}
     restored = CSVDataModule(str(tmp_path / "moved.csv"), "y", ["x"], [], ["t"])  # from the checkpoint's state alone
     restored.load_state_dict(trained.state_dict())
+    assert restored.time_formats == trained.time_formats  # dates alike only 01..12/01..12 are read day first too:
+    ambiguous = pd.DataFrame({"t": ["01/02/2016 10:00", "03/02/2016 23:00"], "x": ["0", "0"]})  # Mon 1, Wed 3 Feb
+    days = trained.ids(pd.DataFrame({"t hour": [10, 23], "t weekday": [0, 2]}))  # (guessed anew: 2 Jan, 2 Mar)
+    assert torch.equal(restored.encode_frame(ambiguous)[1], days)
     new = pd.DataFrame({"t": ["01/02/2016 10:00", "13/02/2016 23:00"], "x": ["0", "0"]})  # Monday, Saturday
     expected = trained.ids(pd.DataFrame({"t hour": [10, 23], "t weekday": [0, 5]}))
     assert torch.equal(restored.encode_frame(new)[1], expected)

@@ -414,6 +414,13 @@ def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_pat
     assert err.startswith("warning: prompt characters not in the training vocabulary") and err.count("\n") == 1
 
 
+def test_predict_refuses_a_language_model_and_points_to_generate(pattern_run, tmp_path, capsys):
+    (tmp_path / "rows.csv").write_text("text\nhello\n")
+    ckpt = pattern_run[0] / "checkpoints" / "best.ckpt"
+    assert importlib.import_module("predict").main([f"ckpt_path={ckpt}", f"input={tmp_path / 'rows.csv'}"]) == 2
+    assert capsys.readouterr().err == "error: this checkpoint is a language model: sample text with generate.py\n"
+
+
 # -- the row classifier end to end ------------------------------------------------------------------
 
 def test_row_classifier_end_to_end(mnist_dir, tmp_path):

@@ -228,6 +228,37 @@ def test_read_images_scales_float_grey_and_turns_images_upright(tmp_path):
         assert torch.equal(image, images[0])  # was black (0..1 rounded) and turned
 
 
+def test_read_images_at_the_edges_of_each_format_and_of_another_shape(tmp_path):
+    wide = np.zeros((8, 16), dtype=np.uint8)  # 8 rows, 16 columns: a network of image_size (8, 16)
+    wide[2:6, 1:12] = 255  # white at full scale
+    Image.fromarray(wide).save(tmp_path / "A.PNG")  # a suffix in capitals is an image too
+    Image.fromarray(wide.astype(np.float32) / 255).save(tmp_path / "unit.tif")  # 0..1 floats reaching 1.0
+    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "int32.tif")  # 32-bit 0..255 reaching 255
+    files = predict_script.image_files(tmp_path)
+    assert [f.name for f in files] == ["A.PNG", "int32.tif", "unit.tif"]
+    images = predict_script.read_images(files, channels=1, size=(8, 16))
+    for image in images:
+        assert torch.equal(image[0], torch.from_numpy(wide))  # not 1/255 or 255/257 of it, nor turned on its side
+
+
+def test_predicted_rows_of_a_classifier_of_several_classes_name_the_most_likely(tmp_path):
+    # A DataModule of the user's that encodes rows for a three-class network: class and probability per row.
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0], [0.0, 1.0, 5.0]])
+
+    class ThreeClasses:  # a recipe whose row i gets logits[i]
+        hparams = SimpleNamespace(task="multiclass")
+
+        def __call__(self, rows):
+            return logits[rows[:, 0].long()]
+
+    rows = SimpleNamespace(classes=["cat", "dog", "bird"], read_frames=lambda path, n: iter([pd.read_csv(path)]),
+                           encode_frame=lambda frame, where: (torch.tensor(frame[["row"]].to_numpy()),))
+    (tmp_path / "rows.csv").write_text("row\n0\n1\n2\n")
+    table = next(predict_script.predict_rows(ThreeClasses(), rows, tmp_path / "rows.csv"))
+    assert table["class"].tolist() == ["dog", "cat", "bird"]
+    np.testing.assert_allclose(table["probability"], logits.softmax(-1).amax(1).numpy(), rtol=1e-6)
+
+
 def test_notebooks_execute_and_draw(sweep):
     nbformat = pytest.importorskip("nbformat")  # the dev extras: nbformat, nbclient, ipykernel
     pytest.importorskip("nbclient")
