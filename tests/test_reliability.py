@@ -127,6 +127,15 @@ def probed_saves(mnist_dir, out, *overrides) -> list[tuple[int, int]]:
     return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
 
 
+def test_a_step_checkpoint_a_validation_follows_is_written_after_it(mnist_dir, tmp_path):
+    # Validating every 5 steps, a step checkpoint every 5 steps of its own file: each waits for its validation,
+    # then is written (the last at step 15, after the epoch's last validation).
+    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "callbacks.early_stopping=null",
+                                    "+trainer.val_check_interval=5", "callbacks.step_checkpoint.every_n_train_steps=5",
+                                    "callbacks.step_checkpoint.filename=step", "callbacks.epoch_checkpoint=null"))
+    assert torch.load(tmp_path / "checkpoints" / "step.ckpt", weights_only=True)["global_step"] == 15
+
+
 def test_no_step_checkpoint_is_written_before_the_validation_that_follows_it(mnist_dir, tmp_path):
     # 15 steps an epoch and last.ckpt every 15 steps: Lightning would save at each epoch's last step, before that
     # epoch's validation, and a run killed during the validation would resume after it, never validating epoch 1.
@@ -296,6 +305,11 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     with pytest.raises(UserInputError, match=r"w.ckpt holds the network's weights only .* such as the run's "
                                              r"checkpoints/last.ckpt"):
         resolve_ckpt_path(str(tmp_path / "w.ckpt"), tmp_path, "models.cnn.ConvNet")
+    torch.save({k: v for k, v in full.items() if k != "loops"}, tmp_path / "no_loops.ckpt")  # no progress to go on
+    with pytest.raises(UserInputError, match=r"no_loops.ckpt holds the network's weights only"):
+        resolve_ckpt_path(str(tmp_path / "no_loops.ckpt"), tmp_path, "models.cnn.ConvNet")
+    # ckpt_path=last: this run directory's last.ckpt, not its best.ckpt.
+    assert resolve_ckpt_path("last", tmp_path, "models.cnn.ConvNet") == str(tmp_path / "checkpoints" / "last.ckpt")
     torch.save({k: v for k, v in full.items() if k != "state_dict"}, tmp_path / "no_weights.ckpt")
     with pytest.raises(UserInputError, match=r"no_weights.ckpt is not a checkpoint written by train.py \(no network "
                                              r"weights"):

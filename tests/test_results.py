@@ -3,6 +3,7 @@ import base64
 import importlib
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -147,6 +148,62 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
     if not torch.cuda.is_available():
         assert eval_script.main([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=gpu"]) == 2
         assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'gpu'}: No supported gpu")
+
+
+def test_eval_writes_out_file_with_the_checkpoint_and_overrides_and_tests_in_the_runs_precision(sweep, tmp_path,
+                                                                                                  monkeypatch):
+    ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
+    default = sweep / "0" / "metrics_eval.json"
+
+    def default_json():
+        return default.read_text() if default.exists() else None
+
+    before, out = default_json(), tmp_path / "m.json"
+    assert eval_script.main([f"ckpt_path={ckpt}", "data.eval_batch_size=50", f"out={out}"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["checkpoint"] == str(ckpt) and saved["data_overrides"] == ["data.eval_batch_size=50"]
+    assert "test/acc" in saved and default_json() == before  # out= instead of RUN/metrics_eval.json
+    # A run trained in bf16 is tested in bf16, as train.py tested it.
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["trainer"]["precision"] = "bf16-mixed"
+    torch.save(checkpoint, tmp_path / "bf16.ckpt")
+    built = {}
+
+    def no_trainer(**options):
+        built.update(options)
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(eval_script.L, "Trainer", no_trainer)
+    with pytest.raises(RuntimeError, match="built"):
+        eval_script.evaluate(tmp_path / "bf16.ckpt")
+    assert built["precision"] == "bf16-mixed"
+
+
+def test_runs_are_found_newest_first_and_data_overrides_are_data_settings_only(tmp_path):
+    for name, when in (("old", 1000), ("new", 2000), ("older", 500)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+        os.utime(tmp_path / name / "metrics.json", (when, when))
+    assert runs.newest_run(tmp_path) == tmp_path / "new"
+    config = {"_target_": "data.tabular.CSVDataModule", "path": str(tmp_path / "a.csv"), "label_column": "y"}
+    for override in ("model.lr=0.1", "data.path"):  # not data's; no value (it would set the path to None)
+        with pytest.raises(UserInputError, match=f"'{override}': only data.KEY=VALUE and paths.data_dir=DIR change"):
+            runs.instantiate_datamodule(config, [override])
+    assert runs.fitted_differences({"mean": torch.tensor([0.0])}, {"mean": torch.tensor([1.0])}) == (
+        "mean fitted on the training split")
+
+
+def test_a_checkpoints_fitted_encoders_are_used_without_reading_the_data(tmp_path):
+    from data.tabular import CSVDataModule
+    for name, cities in (("a", "abc"), ("b", "qrs")):
+        pd.DataFrame({"x": np.arange(60.0), "city": list(cities) * 20, "y": [0, 1] * 30}).to_csv(
+            tmp_path / f"{name}.csv", index=False)
+    trained = CSVDataModule(str(tmp_path / "b.csv"), "y", ["x"], ["city"], min_count=1)
+    trained.setup("fit")
+    config = {"_target_": "data.tabular.CSVDataModule", "path": str(tmp_path / "a.csv"), "label_column": "y",
+              "numeric_columns": ["x"], "categorical_columns": ["city"], "min_count": 1}
+    checkpoint = {"hyper_parameters": {"config": {"data": config}}, "CSVDataModule": trained.state_dict()}
+    assert sorted(runs.fitted_datamodule(checkpoint).ids.vocab["city"]) == ["q", "r", "s"]  # not a.csv's a, b, c
 
 
 def test_predict_classifies_a_folder_of_images(sweep, tmp_path, monkeypatch):
