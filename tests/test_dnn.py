@@ -440,6 +440,31 @@ def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monk
     assert third != second and np.load(third / "labels.npy")[0] == int(flipped[0])
 
 
+def test_criteo_converted_in_several_chunks_splits_fits_and_hashes_as_it_should(tmp_path):
+    # 1000 rows in chunks of 64 (the .npy files grow chunk by chunk); a second file of the same first 800 rows
+    # (training) with every later I1 a thousand times larger: the scaler is fitted on the training rows alone.
+    rows = criteo_rows(1000, np.random.default_rng(5))
+    rows.to_csv(tmp_path / "a.txt", sep="\t", header=False, index=False)
+    rows.assign(I1=[*rows["I1"][:800], *(rows["I1"][800:] * 1000)]).to_csv(tmp_path / "b.txt", sep="\t",
+                                                                           header=False, index=False)
+    modules = [CriteoDataModule(str(tmp_path / f"{n}.txt"), str(tmp_path / "cache"), chunk_rows=64,
+                                max_in_memory_gb=0.001) for n in "ab"]  # 1000 rows are ~0.2 MB: held
+    for dm in modules:
+        dm.setup("fit")
+    assert len(np.load(modules[0].cache / "labels.npy")) == 1000
+    assert np.array_equal(np.load(modules[0].cache / "labels.npy").ravel(), rows["label"].to_numpy())
+    assert isinstance(modules[0].train[0], torch.Tensor) and len(modules[0].train[0]) == 800
+    first, second = (dm.state_dict()["scaler"] for dm in modules)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # Category ids: 0 is missing, a hash h is bucket h % buckets + 1 (h = buckets lands on 1, not on missing).
+    dm = modules[0]
+    ids = dm.features(torch.zeros(1), torch.zeros(1, 13), torch.tensor([[0, dm.buckets, 1] + [5] * 23]))[1]
+    assert ids[0, :3].tolist() == [0, 1, 2]
+    with pytest.raises(UserInputError, match="has 5 rows: too few for training"):
+        CriteoDataModule(str(write_csv(tmp_path / "five.csv", criteo_rows(5, np.random.default_rng(0)))),
+                         str(tmp_path / "cache")).setup("fit")
+
+
 def test_npy_rows_reads_what_numpy_saved(tmp_path):
     array = np.arange(300, dtype=np.float32).reshape(100, 3)
     np.save(tmp_path / "a.npy", array)
@@ -587,6 +612,8 @@ CRITEO_CASES = {
     "non-numeric": (lambda r: r.astype({"I3": object}).assign(I3=[1, 2, "x7", 4, 5]),
                     r"column 'I3', row 3 \(line 4\): 'x7' is not a finite number"),
     "label not 0/1": (lambda r: r.assign(label=[0, 1, 0, 0, 3]), r"column 'label', row 5 \(line 6\): label 3 is not"),
+    "empty label": (lambda r: r.astype({"label": object}).assign(label=[0, 1, "", 0, 1]),
+                    r"column 'label', row 3 \(line 4\): label \(empty\) is not 0 or 1"),
     "infinite": (lambda r: r.astype({"I2": object}).assign(I2=[1, "inf", 3, 4, 5]),
                  r"column 'I2', row 2 \(line 3\): the value is infinite, or beyond float32"),
     "beyond float32": (lambda r: r.astype({"I2": object}).assign(I2=[1, 2, 3, "1e40", 5]),

@@ -162,6 +162,8 @@ def label_200(data: bytes) -> bytes:
     ("train-labels-idx1-ubyte", lambda data: data[:3] + bytes([3]) + data[4:],  # an images header (files swapped)
      "train-labels-idx1-ubyte has 3 dimensions where an IDX file of labels has 1: is it the other file?"),
     ("t10k-labels-idx1-ubyte", label_200, r"the test labels hold 200, not a class 0-9 \(1 such\); the labels file"),
+    ("t10k-labels-idx1-ubyte", lambda data: data[:8] + bytes([10]) + data[9:], r"the test labels hold 10, not a class"),
+    ("train-images-idx3-ubyte", lambda data: data[:10], r"train-images-idx3-ubyte is shorter than its header: put"),
 ])
 def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
@@ -171,6 +173,19 @@ def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
     dm = ImageDataModule("mnist", str(tmp_path), download=False)
     with pytest.raises(UserInputError, match=message):
         dm.prepare_data()
+
+
+def test_images_without_their_labels_or_an_empty_folder_are_named(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    with pytest.raises(UserInputError, match=r"mnist not found in .*MNIST/raw/ and not downloadable"):
+        ImageDataModule("mnist", str(tmp_path), download=False).prepare_data()
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():  # one label fewer than images, its header saying so
+        data = f.read_bytes()
+        raw.joinpath(f.name).write_bytes(data[:4] + (1199).to_bytes(4, "big") + data[8:-1]
+                                         if f.name == "train-labels-idx1-ubyte" else data)
+    with pytest.raises(UserInputError, match=r"has 1200 images but 1199 labels: the files are from different releases"):
+        ImageDataModule("mnist", str(tmp_path), download=False).setup("fit")
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs `apt-get install -y dataset-fashion-mnist`")
@@ -268,6 +283,22 @@ def test_augmentation_translates_whole_pixels_and_mirrors():
     moved = random_affine(torch.arange(64.0).reshape(1, 1, 8, 8).expand(64, 1, 8, 8), 0, 2, hflip=False)
     inside = moved[..., 2:6, 2:6]  # away from the borders every pixel is some pixel of the original, exactly
     assert ((inside - inside.round()).abs() < 1e-4).all() and (inside.round() != moved[:1, ..., 2:6, 2:6]).any()
+
+
+def test_augmentation_shifts_both_ways_and_rotates_both_ways_without_losing_the_image():
+    dot = torch.zeros(256, 1, 9, 9)
+    dot[..., 4, 4] = 1.0  # one pixel in the centre: where it lands is the shift
+    moved = random_affine(dot, 0, 2, hflip=False, generator=torch.Generator().manual_seed(0)).flatten(1).argmax(1)
+    assert set((moved % 9).tolist()) == set((moved // 9).tolist()) == {2, 3, 4, 5, 6}  # -2..+2, across and down
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    disk = (((y - 7.5) ** 2 + (x - 7.5) ** 2) <= 9).float().expand(64, 1, 16, 16)
+    turned = random_affine(disk, 30, 0, hflip=False, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(turned.sum((1, 2, 3)), disk.sum((1, 2, 3)), rtol=0.05)  # a rotation keeps the area
+    bar = torch.zeros(64, 1, 16, 16)
+    bar[..., 7:9, 9:16] = 1.0  # from the centre to the right: a turn moves it up or down
+    turned = random_affine(bar, 30, 0, hflip=False, generator=torch.Generator().manual_seed(0))
+    tilt = turned[..., :8, :].sum((1, 2, 3)) - turned[..., 8:, :].sum((1, 2, 3))
+    assert (tilt > 1).any() and (tilt < -1).any()  # both ways: angles of either sign
 
 
 def test_mirroring_with_a_rotation_mirrors_the_rotated_image():
