@@ -711,14 +711,15 @@ def tsv_lines(n: int = 5) -> list[str]:
     (lambda lines: lines.__setitem__(2, lines[2].rsplit("\t", 1)[0]) or lines.insert(1, ""),  # and a blank line
      r"row 3 \(line 4\) has 39 "),
 ])
-def test_a_later_criteo_row_with_another_field_count_is_named_not_padded(edit, message, tmp_path):
+@pytest.mark.parametrize("chunk_rows", [100_000, 2])  # in one chunk, and in chunks of 2 rows: a blank line no row
+def test_a_later_criteo_row_with_another_field_count_is_named_not_padded(edit, message, chunk_rows, tmp_path):
     lines = tsv_lines()
     lines[2] = lines[2].rsplit("\t", 1)[0] + "\t"  # an empty last field is a missing value, not a missing field
     edit(lines)
     path = tmp_path / "train.txt"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(UserInputError, match=message):
-        prepare(path, tmp_path / "cache")
+        prepare(path, tmp_path / "cache", chunk_rows=chunk_rows)
 
 
 def test_criteo_quotes_are_plain_characters(tmp_path):
