@@ -114,11 +114,13 @@ def main(argv: list[str]) -> int:
             return 2
         copy = failed_copy(Path(parameters.get("out") or Path(run_dir) / f"{name}.ipynb"))
         bad_input = getattr(err, "ename", None) == "UserInputError"  # the run, a data override: the user's to fix
-        reason = (err.evalue if bad_input else f"{err.ename}: {err.evalue}") if hasattr(err, "ename") \
-            else f"{type(err).__name__}: {err}"
+        if hasattr(err, "ename"):
+            reason = err.evalue if bad_input else f"{err.ename}: {err.evalue}"
+        else:
+            reason = f"{type(err).__name__}: {err}"
         reason = reason.strip().splitlines()[0] if reason.strip() else reason
-        print(f"error: notebook {name} {'on ' + str(run_dir) if bad_input else 'failed'}: {reason} (the executed copy "
-              f"{copy} shows the cell)", file=sys.stderr)
+        what = f"on {run_dir}" if bad_input else "failed"
+        print(f"error: notebook {name} {what}: {reason} (the executed copy {copy} shows the cell)", file=sys.stderr)
         return 2 if bad_input else 1
     print(f"executed {name} on {run_dir}: {out}")
     return 0
