@@ -513,6 +513,21 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     assert all(tuple(row) in training for row in served.tolist())  # training rows, not the validation or test rows
 
 
+
+def test_criteo_holds_a_stage_of_at_most_max_in_memory_gb(tmp_path):
+    # The limit is per stage and inclusive: train + val (900 rows of 157 bytes) held at exactly their size, streamed
+    # a byte below it, while the test split (100 rows) is still held.
+    path = tmp_path / "train.txt"
+    criteo_rows(1000, np.random.default_rng(2)).to_csv(path, sep="\t", header=False, index=False)
+    for limit, held in ((900 * 157, True), (900 * 157 - 1, False)):
+        dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=limit / 2**30, batch_size=64,
+                              block_rows=16)
+        dm.setup("fit")
+        dm.setup("test")
+        assert sum(a.row_bytes for a in dm.arrays.values()) == 157
+        assert isinstance(dm.train[0], torch.Tensor) == isinstance(dm.val[0], torch.Tensor) == held
+        assert isinstance(dm.test[0], torch.Tensor)
+
 @pytest.mark.parametrize("batch_size, block_rows, batches", [
     (48, 48, 16),  # 800 training rows: 16 whole blocks of 48; the last 32 rows would be a batch of another size
     (16, 48, 50),  # a batch smaller than a block: blocks of a batch's size

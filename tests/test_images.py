@@ -120,6 +120,14 @@ def test_too_few_cifar_class_names_are_named_as_the_other_suspect(cifar_dir, tmp
         ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
 
 
+def test_a_cifar_100_batches_meta_is_named_by_the_key_it_lacks(cifar_dir, tmp_path):
+    # batches.meta holds class names, not images: its problem is the KeyError, not "a batch without images"
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "batches.meta",
+                                   lambda meta: {"fine_label_names": meta["label_names"]})  # CIFAR-100's key
+    with pytest.raises(UserInputError, match=r"could not read cifar10 from .*cifar-10-batches-py/ "
+                                             r"\(KeyError: 'label_names'\): put data_batch_1..5"):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
 def test_test_images_of_another_size_are_refused_before_training(mnist_dir, tmp_path):
     from conftest import pattern_images, write_idx
     raw = tmp_path / "MNIST" / "raw"

@@ -245,14 +245,16 @@ def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     grey_with_key.save(tmp_path / "keyed.png", transparency=255)  # grey, one colour marked transparent
     Image.fromarray(np.where(shape > 0, 200 * 257, 65535).astype(np.uint16)).save(tmp_path / "deep_keyed.png",
                                                                                     transparency=65535)  # 16-bit too
-    files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed", "deep_keyed")]
+    Image.fromarray(np.where(shape > 0, 200 * 257, 1000).astype(np.uint16)).save(tmp_path / "deep_odd_key.png",
+                                                                                   transparency=1000)  # not v * 257
+    files = [tmp_path / f"{name}.png" for name in ("grey", "deep", "cutout", "keyed", "deep_keyed", "deep_odd_key")]
     images = predict_script.read_images(files, channels=1, size=(8, 8))
-    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
+    assert images.shape == (6, 1, 8, 8) and images.dtype == torch.uint8
     assert torch.equal(images[0, 0], torch.from_numpy(shape))  # 8x8 resized to 8x8: the square as drawn
     for image in images[1:]:
         assert torch.equal(image, images[0])
     rgb = predict_script.read_images(files, channels=3, size=(8, 8))
-    assert rgb.shape == (5, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
+    assert rgb.shape == (6, 3, 8, 8) and (rgb == images).all()  # grey made RGB: three equal channels
 
 
 def test_read_images_keeps_a_32_bit_grey_image_of_bytes_and_names_images_it_cannot_read(tmp_path, monkeypatch):
