@@ -11,7 +11,8 @@ from models import check_sizes
 
 
 def conv_output(size: tuple[int, ...], kernel_size: int, stride: int, padding: int | str) -> tuple[int, ...]:
-    """(H, W) after a convolution: (n + 2 * padding - kernel_size) // stride + 1; "same" keeps n, "valid" is 0."""
+    """(H, W) after a convolution: (n + 2 * padding - kernel_size) // stride + 1; "same" keeps n (PyTorch allows
+    it with stride 1 only), "valid" is padding 0. (With dilation d, kernel_size counts d * (kernel_size - 1) + 1.)"""
     if padding == "same":
         return size
     padding = 0 if padding == "valid" else padding

@@ -184,7 +184,7 @@ def log_softmax_by_hand(a: Tensor) -> Tensor:
 
 
 def stable_softmax(a: Tensor) -> Tensor:
-    return torch.exp(log_softmax_by_hand(a))  # what torch.softmax computes
+    return torch.exp(log_softmax_by_hand(a))  # equal to torch.softmax (to float rounding)
 
 
 # ---- 3. Losses, from the formula -----------------------------------------------------------------
@@ -359,7 +359,7 @@ def optimizer_path(loss_fn, start: tuple[float, float], optimizer_class, setting
 def update_rules_path(name: str, loss_fn, start: tuple[float, float], settings: dict, steps: int) -> Tensor:
     """optimizer_path with each optimizer's update written out (torch's defaults where `settings` names none):
       SGD        w -= lr g
-      momentum   v = mu v + g;                         w -= lr v        (v: a running sum of past gradients)
+      momentum   v = mu v + g;                         w -= lr v        (v: past gradients, summed with weights mu^k)
       Nesterov   v = mu v + g;                         w -= lr (g + mu v)  (a look one step ahead along v)
       RMSprop    s = alpha s + (1 - alpha) g^2;        w -= lr g / (sqrt(s) + eps)
       Adam       m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, bias-corrected m / (1 - b1^t), v / (1 - b2^t);

@@ -102,7 +102,8 @@ def roc_figure(probs: np.ndarray, targets: np.ndarray, title: str = "ROC") -> Fi
 
 def calibration_figure(probs: np.ndarray, targets: np.ndarray, bins: int = 10, title: str = "calibration") -> Figure:
     """Per equal-width probability bin: the mean predicted probability against the share of positives.
-    A calibrated model lies on the diagonal; below it, the model is over-confident about positives."""
+    A calibrated model lies on the diagonal; below it, the model overestimates the probability of a positive, above it
+    underestimates it."""
     probs, targets = np.asarray(probs, dtype=float), np.asarray(targets, dtype=float)
     which = np.minimum((probs * bins).astype(int), bins - 1)
     count = np.bincount(which, minlength=bins)

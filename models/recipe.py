@@ -1,4 +1,5 @@
-"""The one training recipe every redes network goes through: loss, metrics, optimizer, schedule, L1/L2.
+"""The one training recipe every redes network goes through: loss, metrics, optimizer, schedule, L1 and weight
+decay (AdamW's decoupled decay; an L2 term in the gradient under SGD, Adam and RMSprop).
 
 The network is a plain `nn.Module` returning logits; the task comes from the data:
   binary      one logit per row        -> sigmoid + binary cross-entropy   metrics: auroc, acc

@@ -111,7 +111,8 @@ def experiment(name: str, runs_dir: str | Path) -> tuple[dict, pd.DataFrame]:
 
 
 def weights(run_dir: str | Path, checkpoint: str = "last") -> torch.Tensor:
-    """Every conv kernel and linear weight as one vector: what L1 and L2 act on (not biases, not batch norm).
+    """Every conv kernel and linear weight as one vector: what L1 and weight decay act on (not biases, not batch
+    norm).
     `last`: the weights at the end of training, where the penalties have acted longest."""
     recipe = load_recipe(str(Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt"))
     return torch.cat([p.detach().flatten() for p in decayed_parameters(recipe.net)])  # the recipe's own choice
@@ -209,7 +210,8 @@ def curves_figure(curves: dict[str, pd.DataFrame], title: str, marks: dict[str, 
 
 
 def weights_figure(runs: dict[str, torch.Tensor], threshold: float = 1e-3) -> Figure:
-    """Histogram of log10 |w| per run: L1 piles weights up below `threshold`, L2 shifts the whole bulk left."""
+    """Histogram of log10 |w| per run: L1 piles weights up below `threshold`, weight decay
+    shifts the whole bulk left."""
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     for i, (label, w) in enumerate(runs.items()):

@@ -92,7 +92,7 @@ def test_l1_makes_the_weights_sparse(runs):
                  for name in ("baseline", "weight_decay", "l1")}
     assert near_zero["l1"] > 0.3  # 0.47-0.48
     assert near_zero["l1"] > 10 * near_zero["baseline"]  # baseline 0.026-0.027
-    assert near_zero["l1"] > 5 * near_zero["weight_decay"]  # L2 shrinks weights but does not zero them: 0.042-0.044
+    assert near_zero["l1"] > 5 * near_zero["weight_decay"]  # decay shrinks weights, does not zero them: 0.042-0.044
 
 
 @needs_fashion_mnist
