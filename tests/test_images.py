@@ -128,6 +128,7 @@ def test_a_cifar_100_batches_meta_is_named_by_the_key_it_lacks(cifar_dir, tmp_pa
                                              r"\(KeyError: 'label_names'\): put data_batch_1..5"):
         ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
 
+
 def test_test_images_of_another_size_are_refused_before_training(mnist_dir, tmp_path):
     from conftest import pattern_images, write_idx
     raw = tmp_path / "MNIST" / "raw"
@@ -252,6 +253,46 @@ def test_epochs_shortened_by_a_batch_limit_go_on_through_one_order():
     assert sorted(sum(shortened[10:20], [])) == list(range(100))
     assert served(3, start=2) == served(3)[2:]  # a resume mid-epoch goes on in the same order
     assert served(0, limit=float("inf")) == whole[0]  # Lightning's count before it has counted: whole epochs
+
+
+def test_a_saved_position_resumes_its_own_epoch_once():
+    # Pins state_dict (batches served mid-epoch; the next epoch after a whole one) and load_state_dict: the position
+    # applies to the epoch it was saved in, once, whether the epoch is counted here or read from the trainer.
+    rows, now = torch.arange(50), {"epoch": 1}
+
+    def loader(**kwargs):
+        return TensorBatches(rows, batch_size=10, shuffle=True, seed=7, **kwargs)
+
+    def served(batches):
+        return [b.tolist() for (b,) in batches]
+
+    counted = loader(epoch=lambda: now["epoch"])
+    whole, batches = served(counted), iter(counted)
+    next(batches), next(batches)
+    assert counted.state_dict() == {"epoch": 1, "batches": 2}
+    list(batches)
+    assert counted.state_dict() == {"epoch": 2, "batches": 0}
+    resumed = loader(epoch=lambda: now["epoch"])
+    resumed.load_state_dict({"epoch": 1, "batches": 2})
+    assert served(resumed) == whole[2:] and served(resumed) == whole  # once: the next pass serves all
+    other = loader(epoch=lambda: now["epoch"])
+    other.load_state_dict({"epoch": 0, "batches": 2})  # saved in another epoch than the one in progress
+    assert served(other) == whole
+    numbered = loader()  # epochs counted by the loader itself, from the saved one
+    numbered.load_state_dict({"epoch": 1, "batches": 2})
+    assert served(numbered) == whole[2:]
+
+
+def test_augmentation_draws_anew_every_pass_and_alike_in_every_run():
+    # Pins the transform's generator seed: it follows (seed, pass, batch), not (seed, batch) alone.
+    def draw(rows, generator):
+        return (torch.rand(len(rows), generator=generator),)
+
+    loader = TensorBatches(torch.arange(20), batch_size=10, seed=7, transform=draw)
+    first, second = (torch.cat([b for (b,) in loader]) for _ in range(2))
+    assert not torch.equal(first, second)
+    again = TensorBatches(torch.arange(20), batch_size=10, seed=7, transform=draw, epoch=1)
+    assert torch.equal(torch.cat([b for (b,) in again]), second)
 
 
 def test_validation_split_is_fixed_and_disjoint():

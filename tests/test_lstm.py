@@ -17,7 +17,7 @@ from data.text import ShakespeareDataModule, TextFileDataModule, decode, encode,
 import generate as generate_script
 from generate import generate, parse
 from models.signatures import admits
-from models.lstm import CharLM, SequenceClassifier, build
+from models.lstm import CharLM, SequenceClassifier, build, recur
 from models.recipe import Recipe
 from tests.conftest import make_config
 
@@ -43,6 +43,7 @@ def pattern_run(tmp_path_factory):
 
 
 # -- networks ---------------------------------------------------------------------------------------
+
 
 def test_shapes_and_the_data_picks_the_network():
     lm = build(vocab_size=30, vocab=["<unk>"] + list("abcdefghijklmnopqrstuvwxyz,.\n"), hidden_size=32)
@@ -118,6 +119,7 @@ def test_the_classifier_reads_the_last_layers_final_state():
 
 # -- text data ------------------------------------------------------------------------------------
 
+
 def test_vocabulary_encodes_unknown_characters_as_unk():
     vocab = ["<unk>", "\n", " ", "a", "b", "é"]
     ids = encode("ab é\nz☃", vocab)
@@ -178,6 +180,64 @@ def test_the_unigram_reference_scores_the_characters_the_test_windows_predict(tm
     assert dm.reference_metrics()["test/unigram_loss"] == pytest.approx(-math.log(301 / 903), abs=1e-4)
 
 
+def test_training_windows_shift_by_every_offset_below_seq_len_alike_in_every_loader(tmp_path):
+    # Pins the jitter (0..seq_len-1, drawn from the batch's own seed, so a rebuilt loader reads the same windows)
+    # and drop_last for training (every batch full).
+    path = tmp_path / "positions.txt"
+    train = "".join(chr(0x4E00 + i) for i in range(900))  # all distinct: id - 1 is the position
+    path.write_text(train + train[:100])
+    dm = TextFileDataModule(str(path), seq_len=4, batch_size=7)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())  # 223 starts: 31 batches of 7, 6 windows left over
+    assert [len(x) for x, _ in batches] == [7] * 31
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, dm.train_dataloader(), strict=True))
+    shifts = (torch.cat([x[:, 0] for x, _ in batches]) - 1) % 4  # the grid's starts are multiples of 4
+    assert set(shifts.tolist()) == {0, 1, 2, 3}  # 217 windows: an offset missing by chance has p < 1e-26
+
+
+def test_a_split_shorter_than_an_evaluation_window_is_one_window_over_all_of_it(tmp_path):
+    # Pins eval_windows' short split: one window of every character but the last, predicting every one but the first.
+    path = tmp_path / "abc.txt"
+    path.write_text("".join(chr(ord("a") + i % 26) for i in range(1000)))  # validation: 50 characters
+    dm = TextFileDataModule(str(path), seq_len=16, eval_seq_len=96)
+    dm.setup("fit")
+    (inputs, targets), = list(dm.val_dataloader())
+    assert torch.equal(inputs[0], dm.val[:49]) and torch.equal(targets[0], dm.val[1:])
+
+
+def test_the_unigram_reference_of_some_batches_scores_those_batches_windows(tmp_path):
+    # Pins reference_metrics(batches): the windows of that many test batches (batch_size windows each), not more.
+    path = tmp_path / "unigram.txt"
+    path.write_text("aab" * 300 + "b" * 50 + "a" + "b" * 10 + "a" * 10 + "b" * 29)  # test: four windows of 10
+    dm = TextFileDataModule(str(path), seq_len=16, eval_seq_len=10, eval_batch_size=2)
+    dm.setup("fit")
+    dm.setup("test")
+    a, b = -math.log(601 / 903), -math.log(301 / 903)  # add-one counts: a 601, b 301, <unk> 1
+    assert dm.reference_metrics(batches=1)["test/unigram_loss"] == pytest.approx((a + b) / 2, abs=1e-4)
+
+
+def test_the_shortest_training_split_is_two_windows_and_two_characters(tmp_path):
+    # Pins the boundary of the length check: 2 * seq_len + 2 training characters train, one fewer is refused.
+    for characters, refused in ((38, False), (37, True)):  # 34 and 33 training characters (90%)
+        (tmp_path / "short.txt").write_text(("ab" * 19)[:characters])
+        dm = TextFileDataModule(str(tmp_path / "short.txt"), seq_len=16)
+        if refused:
+            with pytest.raises(UserInputError, match="data.seq_len=16 needs at least 34"):
+                dm.setup("fit")
+        else:
+            dm.setup("fit")
+            assert len(dm.train) == 34 and next(iter(dm.train_dataloader()))[0].shape == (1, 16)
+
+
+def test_validating_alone_reads_the_training_vocabulary_and_the_validation_split(tmp_path):
+    # Pins setup("validate") (trainer.validate with the DataModule): it reads what validation needs.
+    path = tmp_path / "abc.txt"
+    path.write_text("".join(chr(ord("a") + i % 26) for i in range(1000)))
+    dm = TextFileDataModule(str(path), seq_len=16, eval_seq_len=10)
+    dm.setup("validate")
+    assert len(dm.vocab) == 27 and sum(len(x) for x, _ in dm.val_dataloader()) == 4
+
+
 def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
     for content in ("", "x"):
         (tmp_path / "tiny.txt").write_text(content)
@@ -229,6 +289,7 @@ def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
 
 
 # -- learning, checkpoint, generation ---------------------------------------------------------------
+
 
 def test_learns_a_repeating_sentence_to_near_zero_loss(pattern_run):
     run, metrics = pattern_run
@@ -423,6 +484,7 @@ def test_predict_refuses_a_language_model_and_points_to_generate(pattern_run, tm
 
 # -- the row classifier end to end ------------------------------------------------------------------
 
+
 def test_row_classifier_end_to_end(mnist_dir, tmp_path):
     cfg = make_config("model=lstm", "data=fashion_mnist_rows", "data.name=mnist", f"paths.data_dir={mnist_dir}",
                       "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=6",
@@ -455,3 +517,50 @@ def test_forget_bias_opens_every_layers_forget_gate(data):
         assert torch.equal(bias[8:16], torch.ones(8)) and not torch.equal(bias[:8], torch.ones(8))
     default = build(**data, hidden_size=8, num_layers=2).lstm  # PyTorch's init: uniform around 0
     assert (default.bias_ih_l0[8:16] + default.bias_hh_l0[8:16]).abs().max() < 0.71
+
+
+def test_the_recurrence_runs_in_float32_under_bf16_autocast():
+    # Pins recur: under bf16 autocast the LSTM leaves autocast (on the CPU it would otherwise run in bfloat16).
+    torch.manual_seed(0)
+    lstm, x = torch.nn.LSTM(4, 8, batch_first=True), torch.randn(2, 5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, _) = recur(lstm, x)
+    assert out.dtype == h.dtype == torch.float32
+    torch.testing.assert_close(out, lstm(x)[0])
+
+
+def test_top_k_draws_among_all_of_the_k_most_likely_characters():
+    # Pins top_k's threshold at the k-th best score: k candidates, not the best one alone.
+    torch.manual_seed(0)
+    net = CharLM(12, embedding_dim=8, hidden_size=16, num_layers=1).eval()
+    prompt = torch.tensor([1, 2, 3])
+    likely = set(net(prompt[None])[0, -1].topk(3).indices.tolist())
+    drawn = {net.generate(prompt, 1, temperature=100.0, top_k=3, generator=torch.Generator().manual_seed(seed))[-1]
+             .item() for seed in range(60)}  # near-uniform among 3: one missed in 60 draws has p < 1e-10
+    assert drawn == likely
+
+
+def test_dropout_acts_on_the_lstms_input_between_its_layers_and_on_what_the_head_reads():
+    # Pins where `dropout` applies: embeddings, between stacked layers (nn.LSTM's own), the head's input.
+    torch.manual_seed(0)
+    seen = {}
+    lm = CharLM(10, embedding_dim=8, hidden_size=8, num_layers=2, dropout=0.5).train()
+    lm.lstm.register_forward_hook(lambda module, inputs, output: seen.update(lstm=inputs[0], out=output[0]))
+    lm.head.register_forward_hook(lambda module, inputs, output: seen.update(head=inputs[0]))
+    lm(torch.randint(1, 10, (4, 20)))
+    assert (seen["lstm"] == 0).float().mean() > 0.3 and (seen["head"] == 0).float().mean() > 0.3
+    assert not (seen["out"] == 0).any() and lm.lstm.dropout == 0.5
+    classifier = SequenceClassifier(5, 3, hidden_size=32, num_layers=2, dropout=0.5).train()
+    classifier.head.register_forward_hook(lambda module, inputs, output: seen.update(head=inputs[0]))
+    classifier(torch.randn(8, 6, 5))
+    assert (seen["head"] == 0).float().mean() > 0.3 and classifier.lstm.dropout == 0.5
+
+
+def test_a_temperature_below_the_smallest_float_samples_the_most_likely_character():
+    # Pins generate's shift to the max before dividing: large logits over a tiny temperature give no inf - inf NaN.
+    torch.manual_seed(0)
+    net = CharLM(6, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.0).eval()
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([0.0, 10.0, 9.0, 0.0, 0.0, 0.0]))  # logits near 10: inf over 1e-38
+    prompt = torch.tensor([1, 2])
+    assert torch.equal(net.generate(prompt, 20, temperature=1e-320), net.generate(prompt, 20, temperature=0))
