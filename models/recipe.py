@@ -154,6 +154,7 @@ class Recipe(L.LightningModule):
         self._resumed_schedule: dict | None = None  # the scheduler state of the checkpoint a run resumes from
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
         self._fit_started = time.perf_counter()
+        self._fitting = False  # between this module's on_fit_start and on_fit_end (see check_finite)
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
         self._step_losses: list[Tensor] = []  # the losses of a logged optimizer step's accumulated batches
 
@@ -220,6 +221,8 @@ class Recipe(L.LightningModule):
         return self.steps_seen, self.first_bad_step
 
     def check_finite(self) -> None:
+        if not self._fitting:  # a callback's trial run before the fit (a learning-rate finder's, from its own
+            return  # on_fit_start): where the loss blows up is what that trial looks for; the fit starts clean
         first_bad = self._guard()[1]
         if self.trainer.world_size > 1:  # all ranks stop at the same check, on the earliest bad step of any rank
             never = torch.iinfo(torch.long).max
@@ -240,8 +243,11 @@ class Recipe(L.LightningModule):
 
     # -- lifecycle hooks ------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self._fit_started = time.perf_counter()
+        self._fit_started, self._fitting = time.perf_counter(), True
         self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
+
+    def on_fit_end(self) -> None:
+        self._fitting = False
 
     def configure_model(self) -> None:
         # Before the strategy wraps the network: DDP's gradient buckets take the parameters' strides when it is built.

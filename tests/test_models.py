@@ -1,4 +1,6 @@
 """Every network: output shapes, and it overfits one batch through the recipe's own loss."""
+import math
+
 import pytest
 import torch
 
@@ -212,6 +214,26 @@ def test_a_learning_rate_finder_trains_before_the_recipe_starts_its_fit(tmp_path
     assert trainer.global_step == 8 and int(recipe.first_bad_step) == -1
 
 
+def test_a_learning_rate_finder_trial_may_diverge_and_the_fit_goes_on(tmp_path):
+    # Finding where the loss blows up is the finder's job: a non-finite loss in its trial (learning rates near
+    # float32's largest) is its finding, not the run's failure; the fit then trains from the restored weights.
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    recipe = Recipe(torch.nn.Linear(4, 3), task="multiclass", lr=1e-3, optimizer={"name": "sgd"},  # (Adam refuses
+                    scheduler={"name": "none"}, net_kwargs={"num_classes": 10})  # such learning rates outright)
+    finder = LearningRateFinder(min_lr=1e37, max_lr=3e38, num_training_steps=5, early_stop_threshold=None)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[finder])
+    trainer.fit(recipe, TensorBatches(x, y, batch_size=8), TensorBatches(x, y, batch_size=32))
+    assert not all(math.isfinite(loss) for loss in finder.optimal_lr.results["loss"])  # the trial diverged
+    assert trainer.global_step == 8 and int(recipe.first_bad_step) == -1  # the fit did not
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: ConvNet(1, 10, (28, 28), kernel_size=0), "kernel_size=0: give a whole number >= 1"),
     (lambda: ConvNet(1, 10, (28, 28), stride=0), "stride=0: give a whole number >= 1"),  # was a ZeroDivisionError
@@ -244,6 +266,17 @@ def test_a_schedule_spans_the_steps_the_run_will_take(max_epochs, max_steps, acc
                               datamodule=SimpleNamespace(train_dataloader=lambda: range(15)))
     assert total_steps(trainer, "onecycle") == expected
 
+@pytest.mark.parametrize("limit, expected", [(100, 15), (4, 4), (0.5, 7)])
+def test_an_epoch_is_the_batches_limit_train_batches_lets_it_take(limit, expected):
+    # Pins steps_per_epoch's cap: a whole-number limit above the loader's length leaves the epoch whole.
+    from types import SimpleNamespace
+
+    from models.schedules import steps_per_epoch
+
+    trainer = SimpleNamespace(limit_train_batches=limit, accumulate_grad_batches=1,
+                              datamodule=SimpleNamespace(train_dataloader=lambda: range(15)))
+    assert steps_per_epoch(trainer) == expected
+
 
 def test_every_metric_a_monitor_can_watch_has_the_right_direction():
     from models.recipe import epoch_metric_names, metric_mode
@@ -253,3 +286,29 @@ def test_every_metric_a_monitor_can_watch_has_the_right_direction():
     assert {name.split("/")[1] for name in names} == falls | {"acc", "auroc"}
     for name in names:
         assert metric_mode(name) == ("min" if name.split("/")[1] in falls else "max"), name
+
+
+def test_the_non_finite_guard_keeps_the_first_bad_batch():
+    # Pins _record_non_finite: a later non-finite loss does not overwrite the first; every batch is counted.
+    recipe = recipe_for(torch.nn.Linear(2, 1), "multiclass")
+    for loss in (1.0, float("nan"), 2.0, float("inf")):
+        recipe._record_non_finite(torch.tensor(loss))
+    assert (int(recipe.steps_seen), int(recipe.first_bad_step)) == (4, 1)
+
+
+def test_a_schedule_is_cut_short_until_its_last_step_is_taken():
+    # Pins cut_short's boundary: a one-cycle schedule stepped through all its steps ended; one step fewer did not.
+    from types import SimpleNamespace
+
+    from models.schedules import cut_short
+
+    sgd = make_optimizer(torch.nn.Linear(3, 2).parameters(), "sgd", 0.1, {"momentum": 0.9})
+    scheduler = one_cycle(sgd, {"name": "onecycle", "pct_start": 0.25}, lr=0.1, total=8)
+    trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    for _ in range(7):
+        sgd.step()
+        scheduler.step()
+    assert "after 7 of the 8 steps" in cut_short(trainer)
+    sgd.step()
+    scheduler.step()
+    assert cut_short(trainer) is None
