@@ -319,6 +319,7 @@ def check_settings(cfg: DictConfig) -> None:
             check_object_args(f"callbacks.{name}", node)
     if cfg.get("logger"):
         check_object_args("logger", cfg.logger)
+    check_tuning_callbacks(cfg)
     trainer = cfg.trainer
     if trainer.get("limit_test_batches") == 0:
         raise UserInputError("trainer.limit_test_batches=0: the run ends by scoring the test split for metrics.json; "
@@ -330,6 +331,38 @@ def check_settings(cfg: DictConfig) -> None:
     if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
         raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
                              "validates: there would be no best checkpoint; lower it or train longer")
+
+
+def check_tuning_callbacks(cfg: DictConfig) -> None:
+    """Lightning callbacks that change the run from their own on_fit_start or an epoch's start, after the recipe
+    built its learning-rate schedule (sized by data.batch_size and trainer.accumulate_grad_batches, peaking at
+    model.lr), and finders that restore their own trial checkpoint over a resumed run's: each would go wrong
+    silently (a schedule of the wrong length, or that never reaches the found rate; a resume that restarts at
+    step 0), or fail mid-run (one-cycle stepped past its end)."""
+    from lightning.pytorch.callbacks import BatchSizeFinder, GradientAccumulationScheduler, LearningRateFinder
+
+    schedule = (cfg.get("scheduler") or {}).get("name", "none")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        target = node.get("_target_") if node else None
+        cls = get_object(target) if isinstance(target, str) else None
+        if not isinstance(cls, type):
+            continue
+        if issubclass(cls, (BatchSizeFinder, LearningRateFinder)) and cfg.get("ckpt_path") is not None:
+            raise UserInputError(f"callbacks.{name}: {cls.__name__} restores its own trial's checkpoint over the one a "
+                                 f"run resumes from, which would restart at step 0: resume without it "
+                                 f"(callbacks.{name}=null)")
+        if schedule == "none":
+            continue
+        if issubclass(cls, LearningRateFinder) and node.get("update_attr"):
+            raise UserInputError(f"callbacks.{name}: {cls.__name__} with update_attr=true sets model.lr after the "
+                                 f"scheduler={schedule} schedule was built from it (its peak and floor would stay "
+                                 "model.lr's): add scheduler=none, or give model.lr the rate it suggests")
+        sized_by = {BatchSizeFinder: "data.batch_size",
+                    GradientAccumulationScheduler: "trainer.accumulate_grad_batches"}
+        if changes := next((key for kind, key in sized_by.items() if issubclass(cls, kind)), None):
+            raise UserInputError(f"callbacks.{name}: {cls.__name__} changes {changes} after the scheduler={schedule} "
+                                 "schedule was sized by it (it would end at the wrong step, one-cycle fails past its "
+                                 f"end): add scheduler=none, or set {changes} yourself")
 
 
 def check_config(cfg: DictConfig, choices: dict | None = None) -> None:

@@ -282,7 +282,8 @@ class Recipe(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
             self.check_finite()  # (with log_every_n_steps=0: at epoch ends and checkpoints only)
-        if self.ends_the_run(batch_idx):
+        if self._fitting and self.ends_the_run(batch_idx):  # (not in a callback's trial: a batch-size finder's
+            # max_steps=3 would leave should_stop set, and the fit would end before its first step)
             # Asking to stop makes Lightning validate after this batch (it does so for max_time and early stopping,
             # not when max_steps ends a run mid-epoch, nor when the last epoch ends between two validations of a
             # val_check_interval that spans epochs), in an epoch that check_val_every_n_epoch lets validate.

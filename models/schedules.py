@@ -66,9 +66,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: dict, lr: float,
 
 def check_resumed_length(saved: dict | None, scheduler: LRScheduler, name: str) -> None:
     """A resumed run continues the checkpoint's schedule (`saved`, its state), whose length was the first run's: a
-    run of another length would leave it (OneCycleLR raises past its end) or stretch nothing."""
+    run of another length would leave it (OneCycleLR raises past its end) or stretch nothing. A saved state without
+    the length is another scheduler's (StochasticWeightAveraging puts its SWALR in the schedule's place): not
+    checked."""
     key = SCHEDULE_LENGTH[name]
-    if saved is not None and saved.get(key) != getattr(scheduler, key):
+    if saved is not None and key in saved and saved[key] != getattr(scheduler, key):
         raise UserInputError(
             f"ckpt_path: the checkpoint's {name} schedule is {saved.get(key)} steps long, this run's "
             f"{getattr(scheduler, key)}: resume with the trainer.max_epochs, trainer.max_steps and data.batch_size "

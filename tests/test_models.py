@@ -234,6 +234,34 @@ def test_a_learning_rate_finder_trial_may_diverge_and_the_fit_goes_on(tmp_path):
     assert trainer.global_step == 8 and int(recipe.first_bad_step) == -1  # the fit did not
 
 
+def test_a_batch_size_finder_trial_leaves_the_fit_to_train(tmp_path):
+    # The finder's trials end at their own max_steps (3): the recipe's end-of-run stop is for the fit alone, or the
+    # flag it leaves behind would end the fit before its first step.
+    import lightning as L
+    from lightning.pytorch.callbacks import BatchSizeFinder
+
+    from data.batches import TensorBatches
+
+    class Rows(L.LightningDataModule):
+        def __init__(self):
+            super().__init__()
+            self.batch_size, self.x, self.y = 4, torch.randn(64, 4), torch.randint(0, 3, (64,))
+
+        def train_dataloader(self):
+            return TensorBatches(self.x, self.y, batch_size=self.batch_size)
+
+        def val_dataloader(self):
+            return TensorBatches(self.x, self.y, batch_size=32)
+
+    torch.manual_seed(0)
+    recipe, rows = recipe_for(torch.nn.Linear(4, 3), "multiclass"), Rows()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[BatchSizeFinder(init_val=4, max_trials=2, steps_per_trial=3)])
+    trainer.fit(recipe, datamodule=rows)
+    assert rows.batch_size > 4 and trainer.global_step == 64 // rows.batch_size  # a whole epoch of the found size
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: ConvNet(1, 10, (28, 28), kernel_size=0), "kernel_size=0: give a whole number >= 1"),
     (lambda: ConvNet(1, 10, (28, 28), stride=0), "stride=0: give a whole number >= 1"),  # was a ZeroDivisionError
@@ -295,6 +323,22 @@ def test_the_non_finite_guard_keeps_the_first_bad_batch():
         recipe._record_non_finite(torch.tensor(loss))
     assert (int(recipe.steps_seen), int(recipe.first_bad_step)) == (4, 1)
 
+
+def test_a_resumed_schedule_is_checked_against_its_own_kind_of_state():
+    # A cosine schedule's saved length must match; StochasticWeightAveraging's SWALR, saved in the schedule's place
+    # once averaging began, has no length to compare (it was refused as "None steps long").
+    from torch.optim.swa_utils import SWALR
+
+    from data import UserInputError
+    from models.schedules import check_resumed_length
+
+    sgd = make_optimizer(torch.nn.Linear(3, 2).parameters(), "sgd", 0.1, {"momentum": 0.9})
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=40)
+    check_resumed_length(cosine.state_dict(), cosine, "cosine")
+    with pytest.raises(UserInputError, match="cosine schedule is 30 steps long, this run's 40"):
+        check_resumed_length({**cosine.state_dict(), "T_max": 30}, cosine, "cosine")
+    swa = SWALR(make_optimizer(torch.nn.Linear(3, 2).parameters(), "sgd", 0.1, {"momentum": 0.9}), swa_lr=1e-3)
+    check_resumed_length(swa.state_dict(), cosine, "cosine")
 
 def test_a_schedule_is_cut_short_until_its_last_step_is_taken():
     # Pins cut_short's boundary: a one-cycle schedule stepped through all its steps ended; one step fewer did not.

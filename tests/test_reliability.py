@@ -536,6 +536,17 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+trainer.fast_dev_run=true", "trainer.fast_dev_run=True turns checkpoints off, and a run ends by testing its "
                                    "best checkpoint: for a run of a couple of batches use debug=fast"),
     ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing=false: a run ends by testing its best"),
+    # Lightning callbacks that change what the schedule was built from, after it was built: a schedule of the wrong
+    # length (one-cycle failed past its end) or that never reached the found rate; a finder restarted a resumed run.
+    ("+callbacks.bsf._target_=lightning.pytorch.callbacks.BatchSizeFinder", "callbacks.bsf: BatchSizeFinder changes "
+     "data.batch_size after the scheduler=onecycle schedule was sized by it"),
+    ("+callbacks.gas._target_=lightning.pytorch.callbacks.GradientAccumulationScheduler "
+     "+callbacks.gas.scheduling={0:4} scheduler=cosine",
+     "GradientAccumulationScheduler changes trainer.accumulate_grad_batches after the scheduler=cosine schedule"),
+    ("+callbacks.lrf._target_=lightning.pytorch.callbacks.LearningRateFinder +callbacks.lrf.update_attr=true",
+     "LearningRateFinder with update_attr=true sets model.lr after the scheduler=onecycle schedule was built"),
+    ("+callbacks.lrf._target_=lightning.pytorch.callbacks.LearningRateFinder scheduler=none ckpt_path=last",
+     "callbacks.lrf: LearningRateFinder restores its own trial's checkpoint over the one a run resumes from"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
@@ -557,6 +568,13 @@ def test_a_validation_interval_longer_than_an_epoch_is_one_line(mnist_dir, tmp_p
                                                        "batches of an epoch: give at most that, a fraction")):
         train_module.train(mnist_config(mnist_dir, tmp_path, "+trainer.val_check_interval=50",
                                         "trainer.limit_train_batches=5"))
+
+def test_tuning_callbacks_run_where_nothing_was_built_from_what_they_change():
+    # Without a schedule (or a finder only reporting its suggestion), and not resuming: nothing to refuse.
+    for setting in ("+callbacks.bsf._target_=lightning.pytorch.callbacks.BatchSizeFinder scheduler=none",
+                    "+callbacks.lrf._target_=lightning.pytorch.callbacks.LearningRateFinder"):
+        check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
+
 
 def test_any_trainer_argument_is_set_without_a_plus():
     # Not in configs/trainer/: Hydra alone would want +trainer.NAME=; nested keys (a strategy's) stay Hydra's.
