@@ -97,20 +97,19 @@ def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypat
     assert 0 < last["train_seconds"] <= metrics["train_seconds"]
 
 
-@pytest.mark.parametrize("budget", [["trainer.max_epochs=2"], ["trainer.max_epochs=3", "trainer.max_steps=10"]])
-def test_the_last_step_logs_its_own_loss_and_gradient_norm(budget, mnist_dir, tmp_path):
-    # Lightning sends the run's last step to TensorBoard when asked to stop; with nothing logged there it repeated
-    # the last logging step's values under the last step's number.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, *budget, "trainer.limit_train_batches=7",
-                                              "trainer.log_every_n_steps=3"))
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    last = metrics["steps"] - 1  # Lightning numbers a step's values by the steps done before it
-    for tag in ("train/loss_step", "train/grad_norm"):
-        logged = {e.step: e.value for e in events.Scalars(tag)}
-        assert sorted(logged) == [*range(2, last, 3), last] and logged[last] != logged[last - last % 3 - 1], tag
+def test_a_run_trains_at_the_rate_a_learning_rate_finder_sets(tmp_path):
+    # Lightning's finder as a command line adds it: its trial (up to lr 1, where the loss may blow up) before the fit,
+    # then the whole run at the rate it found, from the weights the trial started with.
+    finder = ["+callbacks.lrf._target_=lightning.pytorch.callbacks.LearningRateFinder",
+              "+callbacks.lrf.update_attr=true", "+callbacks.lrf.num_training_steps=16",
+              "+callbacks.lrf.early_stop_threshold=null"]
+    metrics = train_module.train(make_config("model=dnn", "data.rows=3000", "data.batch_size=64", "scheduler=none",
+                                             "trainer.max_epochs=1", *FAST[3:], *finder, output_dir=tmp_path))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    found = last["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert metrics["steps"] == 33 and found != 1e-2  # 33: an epoch of 2,100 rows, 64 a batch
+    assert last["hyper_parameters"]["lr"] == found  # the rate the checkpoint records
 
 
 @pytest.mark.parametrize("limit, message", [
