@@ -18,7 +18,7 @@ import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.batches import split_indices
-from data.clicks import ClicksDataModule, make_clicks
+from data.clicks import ClicksDataModule, click_logit, make_clicks, world
 from data.columns import READ_CSV, CategoryIds, NumericScaler, as_strings, signed_log1p, stable_hash
 from data.criteo import CriteoDataModule, prepare
 from data.npy import NpyRows
@@ -61,6 +61,35 @@ def test_overfits_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2, losses[::10]
+
+
+def test_each_field_reads_its_own_rows_of_the_shared_table():
+    # Pins the fused lookup: field f's id i is row offsets[f] + i, so equal ids of two fields never share a row.
+    net = ClickMLP(num_numeric=2, cardinalities=[3, 50, 7], num_layers=0)
+    rows = []
+    net.embedding.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].tolist()))
+    net(torch.zeros(2, 2), torch.tensor([[0, 0, 0], [2, 49, 6]]))
+    assert rows == [[[0, 3, 53], [2, 52, 59]]]
+
+
+def test_mlp_layers_follow_batch_norm_activation_and_dropout_settings():
+    # Pins the MLP's blocks: linear (bias only without batch norm), batch norm, the chosen activation, dropout.
+    nn = torch.nn
+    for batch_norm, activation, block in [(True, "relu", [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout]),
+                                          (False, "tanh", [nn.Linear, nn.Tanh, nn.Dropout])]:
+        net = ClickMLP(num_numeric=2, cardinalities=[3], hidden_size=8, num_layers=2, dropout=0.3,
+                       activation=activation, batch_norm=batch_norm)
+        assert [type(m) for m in net.mlp] == block * 2 + [nn.Linear]
+        assert [m.bias is not None for m in net.mlp if isinstance(m, nn.Linear)] == [not batch_norm] * 2 + [True]
+        assert [m.p for m in net.mlp if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+
+
+def test_one_row_gives_one_logit_and_a_table_of_numbers_only_is_scored():
+    # Pins squeeze(-1) (a batch of one stays (1,), not a scalar) and a network without categorical fields.
+    net = ClickMLP(num_numeric=3, cardinalities=[4], num_layers=1).eval()
+    assert net(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long)).shape == (1,)
+    numeric_only = ClickMLP(num_numeric=3, cardinalities=[], num_layers=1).eval()
+    assert numeric_only(torch.zeros(5, 3), torch.zeros(5, 0, dtype=torch.long)).shape == (5,)
 
 
 # -- synthetic clicks -----------------------------------------------------------------------------
@@ -126,6 +155,58 @@ def test_dnn_beats_logistic_regression_and_nears_the_bayes_auroc(clicks):
     # At 144k training rows a city (3000 levels) is seen ~50 times: its effect is only partly learnable, so this
     # small run stays ~0.011 below the optimum (measured); the default 1M-row run gets within 0.005.
     assert bayes - 0.02 < mlp <= bayes + 0.005, (mlp, bayes)
+
+
+CUSTOMER = dict(age=32, salary=50_000.0, previous_spend=0.0, items_purchased=0, time_on_site=12.0, country="c0",
+                device="desktop", ad_topic="t0", hour=20, city="y0")
+
+
+def click_logits(*changes: dict) -> list[float]:
+    return click_logit(pd.DataFrame([{**CUSTOMER, **change} for change in changes]), world(0)).tolist()
+
+
+def test_clicks_peak_at_32_follow_the_age_by_time_on_site_xor_and_phones_in_the_evening():
+    # Pins the documented shape of the truth: the age bump, the XOR interaction, the evening phone effect.
+    young, peak, older = click_logits({"age": 20}, {"age": 32}, {"age": 44})
+    assert peak > young and peak > older
+    old_long, old_brief, young_long, young_brief = click_logits(
+        {"age": 65, "time_on_site": 30.0}, {"age": 65, "time_on_site": 2.0},
+        {"age": 25, "time_on_site": 30.0}, {"age": 25, "time_on_site": 2.0})
+    assert old_long > old_brief and young_brief > young_long
+    evening, morning, desktop_morning, unknown = click_logits(
+        {"device": "phone"}, {"device": "phone", "hour": 8}, {"hour": 8}, {"device": None})
+    assert evening > click_logits({})[0] > morning and desktop_morning == unknown == click_logits({})[0]
+
+
+def test_generated_labels_are_drawn_from_the_click_probability_and_some_devices_are_missing():
+    # Pins clicked ~ Bernoulli(p_click) (a Bayes AUROC well above chance) and the unrecorded devices.
+    rows = make_clicks(20_000, seed=0)
+    assert rows["clicked"].mean() == pytest.approx(rows["p_click"].mean(), abs=0.01)
+    assert float(binary_auroc(torch.tensor(rows["p_click"].to_numpy()), torch.tensor(rows["clicked"].to_numpy()))) > 0.7
+    assert rows["device"].isna().mean() == pytest.approx(0.04, abs=0.01)
+    assert set(rows["device"].dropna()) == {"phone", "desktop", "tablet"}
+
+
+def test_clicks_split_sizes_and_split_seed_moves_only_the_validation_rows():
+    # Pins the sizes (test of all rows, validation of the rest, none empty) and that split_seed picks validation.
+    train, val = ClicksDataModule(rows=1000).frames(("train", "val"))
+    other_train, other_val = ClicksDataModule(rows=1000, split_seed=1).frames(("train", "val"))
+    assert (len(train), len(val), ClicksDataModule(rows=1000).sizes["test"]) == (720, 80, 200)
+    assert set(val.index) != set(other_val.index)
+    assert sorted([*train.index, *val.index]) == sorted([*other_train.index, *other_val.index]) == list(range(800))
+    with pytest.raises(UserInputError, match="data.rows=4 with val_fraction=0.1, test_fraction=0.2 leaves a split"):
+        ClicksDataModule(rows=4)  # 1 test row, round(0.3) = 0 validation rows
+
+
+def test_the_bayes_log_loss_scores_the_test_stream_by_its_true_probabilities():
+    # Pins data/bayes_logloss: the mean log loss of p_click on the test split's own rows.
+    dm = ClicksDataModule(rows=5000)
+    dm.setup("fit")
+    dm.setup("test")
+    rows = make_clicks(1000, seed=0, split="test")
+    p, y = rows["p_click"].to_numpy(), rows["clicked"].to_numpy()
+    expected = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert dm.reference_metrics()["data/bayes_logloss"] == pytest.approx(expected, abs=1e-5)
 
 
 # -- CSV --------------------------------------------------------------------------------------------
@@ -511,7 +592,6 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     assert len(served.unique(dim=0)) == 768  # distinct rows, none twice: 48 of the 50 blocks
     training = {tuple(row) for row in rows([held.features(*held.train)]).tolist()}  # (labels, integers, ids) read
     assert all(tuple(row) in training for row in served.tolist())  # training rows, not the validation or test rows
-
 
 
 def test_criteo_holds_a_stage_of_at_most_max_in_memory_gb(tmp_path):

@@ -447,6 +447,19 @@ def test_generate_command_line_reads_values_escapes_and_rejects_unknown_keys():
     assert not admits(True, int) and admits(3, int) and admits(True, bool)  # data.seq_len=true is no length
 
 
+def test_generate_command_line_defaults_and_the_edges_of_each_setting():
+    # Pins parse's defaults, the seed's last value, and the refusals of a negative top_k, an empty prompt, a bare word.
+    assert parse(["ckpt_path=x.ckpt"]) == {"ckpt_path": "x.ckpt", "prompt": "\n", "length": 500, "temperature": 0.8,
+                                           "top_k": 0, "seed": 0, "device": "cpu"}
+    assert parse(["ckpt_path=x.ckpt", f"seed={2**63 - 1}", "length=0", "temperature=0"])["seed"] == 2**63 - 1
+    for arg, message in [(f"seed={2**63}", f"seed={2**63}: give a whole number >= 0 and < 2**63"),
+                         ("top_k=-1", "top_k=-1: give a number >= 0"),
+                         ("prompt=", "prompt is empty: give at least one character"),
+                         ("prompt", "'prompt': give key=value with key one of ckpt_path, prompt")]:
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            parse(["ckpt_path=x.ckpt", arg])
+
+
 def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     with pytest.raises(UserInputError, match=r"notes.ckpt is not a readable checkpoint \(not a file torch.save wrote"):

@@ -356,3 +356,22 @@ def test_a_schedule_is_cut_short_until_its_last_step_is_taken():
     sgd.step()
     scheduler.step()
     assert cut_short(trainer) is None
+
+
+def test_only_the_first_conv_of_a_block_strides_and_batch_norm_replaces_the_conv_bias():
+    # Pins the block's layers: stride on the first conv only, no conv bias before batch norm, a bias without it.
+    for batch_norm in (True, False):
+        net = ConvNet(in_channels=1, num_classes=10, image_size=(16, 16), widths=(4,), convs_per_block=2, stride=2,
+                      batch_norm=batch_norm)
+        convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+        assert [conv.stride for conv in convs] == [(2, 2), (1, 1)]
+        assert [conv.bias is None for conv in convs] == [batch_norm, batch_norm]
+        assert net.features(torch.zeros(1, 1, 16, 16)).shape == (1, 4, 4, 4)  # 16 -> 8 (stride) -> 8 -> 4 (pool)
+
+
+def test_the_cnn_head_drops_out_the_flattened_features_and_the_hidden_units():
+    # Pins the head: flatten, dropout, linear, ReLU, dropout, linear, with the configured dropout rate.
+    head = ConvNet(in_channels=1, num_classes=10, image_size=(8, 8), widths=(4,), dropout=0.3).head
+    nn = torch.nn
+    assert [type(m) for m in head] == [nn.Flatten, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert [m.p for m in head if isinstance(m, nn.Dropout)] == [0.3, 0.3]

@@ -161,7 +161,6 @@ def test_no_step_checkpoint_is_written_before_the_validation_that_follows_it(mni
     assert saved == ["3", "6", "9", "12"]
 
 
-
 def test_without_lightnings_internals_step_checkpoints_are_saved_as_lightning_saves_them():
     # validates_next asks Lightning's private should-validate test (2.6); were it renamed, step checkpoints are
     # written when Lightning writes them (a warning says what is lost), not a crash at the first save.
@@ -553,13 +552,32 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
+@pytest.mark.parametrize("setting", ["model.weight_decay=0", "scheduler=cosine scheduler.final_ratio=1",
+                                     "+trainer.check_val_every_n_epoch=2", "trainer.limit_val_batches=1.0",
+                                     "model.net.dropout=0"])
+def test_settings_at_the_edge_of_their_range_are_accepted(setting):
+    # Pins the closed ends of the ranges check_settings refuses past (>= 0, <= 1, validating in the last epoch).
+    check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.batch_size=true", "data.batch_size=True: give a whole number >= 1"),  # a bool is no number
+    ("model.lr=0", "model.lr=0: give a number > 0"),
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0: give a whole number > 0"),  # trains nothing
+    ("optimizer.betas=[0.9,0.99,0.9]", "optimizer.betas=[0.9, 0.99, 0.9]: give two numbers"),
+])
+def test_settings_just_past_their_range_are_refused(setting, message):
+    # Pins the open ends and the kinds check_number refuses, naming the setting.
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
+
+
 def test_an_extra_key_that_another_setting_interpolates_is_kept():
     # A user's own folder or shared number, read through ${...} by the settings train.py does read.
     cfg = make_config("model=cnn", "+paths.mine=/tmp/mine", "data.data_dir=${paths.mine}/images", "+batch=64",
                       "data.batch_size=${batch}")
     check_settings(cfg)
     assert cfg.data.data_dir == "/tmp/mine/images" and cfg.data.batch_size == 64
-
 
 
 def test_a_validation_interval_longer_than_an_epoch_is_one_line(mnist_dir, tmp_path):
@@ -647,7 +665,6 @@ def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_pat
     if Path("/proc/self").is_dir():  # Linux: nobody, root included, makes folders in /proc
         with pytest.raises(UserInputError, match="hydra.run.dir=/proc/run: cannot make folders in /proc"):
             resume_arguments(["hydra.run.dir=/proc/run"])
-
 
 
 def test_a_run_directory_that_is_empty_or_quoted(tmp_path):

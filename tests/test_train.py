@@ -97,7 +97,6 @@ def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypat
     assert 0 < last["train_seconds"] <= metrics["train_seconds"]
 
 
-
 def test_a_run_trains_at_the_rate_a_learning_rate_finder_sets(tmp_path):
     # Lightning's finder as a command line adds it: its trial (up to lr 1, where the loss may blow up) before the fit,
     # then the whole run at the rate it found, from the weights the trial started with.
@@ -481,3 +480,40 @@ def test_the_progress_bar_numbers_the_epochs_of_a_step_budget(budget, last_epoch
                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path, **budget)
     trainer.fit(BoringModel())
     assert Recorded.descriptions[0] == f"Epoch 0{last_epoch}" and "-" not in "".join(Recorded.descriptions)
+
+
+def test_the_device_line_names_the_threads_and_the_ddp_processes():
+    # Pins device_name: a single process is its device alone, several are counted as DDP processes.
+    from models.assemble import device_name
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), world_size=1)
+    assert device_name(trainer) == f"cpu ({torch.get_num_threads()} threads)"
+    trainer.world_size = 4
+    assert device_name(trainer) == f"cpu ({torch.get_num_threads()} threads) x 4 processes (DDP)"
+
+
+@pytest.mark.parametrize("setting, net_kwargs, message", [
+    ("model.net.activation=gelu", {}, "model.net: activation='gelu'; choose one of"),
+    ("model.net.hidden_size=8", {"vocab_size": 12}, "model.net: ClickMLP.__init__() got an unexpected keyword "
+                                                    "argument 'vocab_size' (set by the data's config"),
+    ("model.net.num_layers=[2]", {}, "model.net: a setting of the wrong kind"),
+])
+def test_a_network_refusing_its_settings_is_one_user_error(setting, net_kwargs, message):
+    # Pins build_recipe's wrapping of the network's ValueError and TypeError into one-line errors naming model.net.
+    from models.assemble import build_recipe
+
+    data = SimpleNamespace(net_kwargs={"num_numeric": 3, "cardinalities": [4], **net_kwargs}, task="binary")
+    with pytest.raises(UserInputError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        build_recipe(make_config("model=dnn", setting), data)
+
+
+def test_a_run_without_a_logger_drops_the_learning_rate_monitor_and_a_resume_purges_later_points(tmp_path):
+    # Pins make_trainer: LearningRateMonitor needs a logger; TensorBoard drops the points from the resumed step on.
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from models.assemble import make_trainer
+
+    trainer = make_trainer(make_config("model=cnn", "~logger", output_dir=tmp_path))
+    assert trainer.logger is None and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
+    assert make_trainer(make_config("model=cnn", output_dir=tmp_path), resume_step=5).logger._kwargs == {
+        "purge_step": 5}
