@@ -67,6 +67,14 @@ def sweep(noisy_mnist_dir, tmp_path_factory):
     return out
 
 
+def test_generate_refuses_a_checkpoint_of_another_model(sweep):
+    # generate.py samples characters: a CNN's checkpoint is named as what it is, in one line.
+    from generate import generate
+
+    with pytest.raises(UserInputError, match="holds a ConvNet, not a character language model; train one with"):
+        generate(str(sweep / "0" / "checkpoints" / "best.ckpt"))
+
+
 def events(folder) -> EventAccumulator:
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
