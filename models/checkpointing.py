@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checks import flatten
+from models.recipe import repeated_epoch_end
 from models.runs import data_differences, load_checkpoint
 
 
@@ -68,6 +69,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_pending(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the epoch's validation
+        if repeated_epoch_end(trainer):  # last.ckpt holds this very state
+            return
         super().on_train_epoch_end(trainer, pl_module)
         self._save_pending(trainer, pl_module)
 
@@ -94,6 +97,10 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class EarlyStopping(callbacks.EarlyStopping):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not repeated_epoch_end(trainer):  # (checked then, its state restored; the validation metrics are gone)
+            super().on_train_epoch_end(trainer, pl_module)
+
     def load_state_dict(self, state_dict: dict) -> None:
         patience = self.patience  # this run's setting: Lightning would restore the checkpoint's, silently
         super().load_state_dict(state_dict)

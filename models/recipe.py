@@ -62,6 +62,14 @@ def time_is_up(trainer: L.Trainer) -> bool:
     return any(remaining is not None and remaining <= 0 for remaining in timers)
 
 
+def repeated_epoch_end(trainer) -> bool:
+    """Lightning runs an epoch's end again on resuming from a checkpoint written there (on_train_epoch_end, where
+    last.ckpt is saved after the epoch's validation) when trainer.max_steps is set: the LSTM's budget. The
+    checkpoint already holds what that epoch end did (early stopping's count, the train metrics logged), and the
+    validation metrics it read are not there to read again."""
+    return trainer.fit_loop.restarted_on_epoch_end
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops before any checkpoint takes the bad weights."""
 
@@ -324,6 +332,10 @@ class Recipe(L.LightningModule):
         return {name: float(value) for name, value in self._epoch_values("test").items()}
 
     def on_train_epoch_end(self) -> None:
+        if repeated_epoch_end(self.trainer):  # done before the checkpoint this run resumed from
+            progress = self.trainer.fit_loop.epoch_progress  # Lightning counted the epoch processed again
+            progress.total.processed, progress.current.processed = progress.total.started, progress.current.started
+            return
         self.check_finite()
         self._log_epoch("train")
 
