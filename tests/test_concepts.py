@@ -30,6 +30,7 @@ def one_thread():
 
 # ---- 1. One neuron ----
 
+
 def test_rain_neuron_is_and_and_its_line_is_the_notes_line():
     x = course.BOOLEAN_INPUTS
     assert torch.equal(course.neuron(x, course.AND_WEIGHTS, course.AND_BIAS), course.AND_TARGETS)
@@ -72,6 +73,7 @@ def test_linear_layers_without_activation_collapse_to_one():
 
 
 # ---- 2. Activations ----
+
 
 @pytest.mark.parametrize("name", list(course.ACTIVATIONS))
 def test_notes_derivative_matches_autograd_and_finite_differences(name):
@@ -142,6 +144,7 @@ def test_softmax_derivative_and_the_cross_entropy_gradient():
 
 # ---- 3. Losses ----
 
+
 def test_losses_match_formula_and_torch():
     predicted, targets = torch.tensor([2.5, 0.0, 2.1]), torch.tensor([3.0, -0.5, 2.0])
     assert course.mse(predicted, targets).item() == pytest.approx(0.17)  # (0.25 + 0.25 + 0.01) / 3
@@ -185,6 +188,7 @@ def test_losses_from_logits_survive_confident_outputs():
 
 
 # ---- 4. Backpropagation ----
+
 
 @pytest.mark.parametrize("sizes", [(2, 3, 1), (2, 2, 2)])
 def test_backprop_by_hand_matches_autograd(sizes):
@@ -288,6 +292,7 @@ def test_momentum_and_adaptive_optimizers_beat_sgd_on_an_elongated_bowl():
 
 # ---- 7. Convolution ----
 
+
 def test_vertical_edge_filter_marks_the_edge():
     edges = course.convolve(course.EDGE_IMAGE, course.VERTICAL_EDGE_FILTER)
     assert edges.tolist() == [[0.0, 30.0, 30.0, 0.0]] * 4
@@ -341,7 +346,6 @@ def test_conv_parameter_count_formula():
     assert sum(counts) + (32 * 5 * 5 + 1) * 10 == course.count_parameters(course.small_cnn()) == 13_898
 
 
-
 def test_receptive_field_formula_matches_the_pixels_that_reach_a_unit():
     dilated = nn.Sequential(nn.Conv2d(1, 1, 3, padding=2, dilation=2), nn.ReLU(),
                             nn.Conv2d(1, 1, 3, padding=4, dilation=4))
@@ -356,6 +360,7 @@ def test_receptive_field_formula_matches_the_pixels_that_reach_a_unit():
     deep = ConvNet(1, 10, (28, 28), widths=(32, 64, 128), convs_per_block=2).features
     assert course.receptive_fields(deep)[-1][1] == 36  # wider than the image: the centre unit sees all of it
     assert course.measured_receptive_field(deep, 28) == (28, 28)
+
 
 def test_feature_maps_shrink_while_channels_grow():
     shapes = course.layer_shapes(course.small_cnn(), torch.zeros(1, 1, 28, 28))
@@ -374,6 +379,7 @@ def test_alexnet_and_vgg16_parameter_counts():
 
 
 # ---- 8. Width, depth and the LSTM ----
+
 
 @pytest.mark.parametrize("width, depth", [(2, 1), (16, 1), (16, 3), (64, 2), (16, 0)])
 def test_mlp_parameter_count_formula(width, depth):

@@ -608,6 +608,7 @@ def test_criteo_holds_a_stage_of_at_most_max_in_memory_gb(tmp_path):
         assert isinstance(dm.train[0], torch.Tensor) == isinstance(dm.val[0], torch.Tensor) == held
         assert isinstance(dm.test[0], torch.Tensor)
 
+
 @pytest.mark.parametrize("batch_size, block_rows, batches", [
     (48, 48, 16),  # 800 training rows: 16 whole blocks of 48; the last 32 rows would be a batch of another size
     (16, 48, 50),  # a batch smaller than a block: blocks of a batch's size

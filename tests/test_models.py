@@ -294,6 +294,7 @@ def test_a_schedule_spans_the_steps_the_run_will_take(max_epochs, max_steps, acc
                               datamodule=SimpleNamespace(train_dataloader=lambda: range(15)))
     assert total_steps(trainer, "onecycle") == expected
 
+
 @pytest.mark.parametrize("limit, expected", [(100, 15), (4, 4), (0.5, 7)])
 def test_an_epoch_is_the_batches_limit_train_batches_lets_it_take(limit, expected):
     # Pins steps_per_epoch's cap: a whole-number limit above the loader's length leaves the epoch whole.
@@ -339,6 +340,7 @@ def test_a_resumed_schedule_is_checked_against_its_own_kind_of_state():
         check_resumed_length({**cosine.state_dict(), "T_max": 30}, cosine, "cosine")
     swa = SWALR(make_optimizer(torch.nn.Linear(3, 2).parameters(), "sgd", 0.1, {"momentum": 0.9}), swa_lr=1e-3)
     check_resumed_length(swa.state_dict(), cosine, "cosine")
+
 
 def test_a_schedule_is_cut_short_until_its_last_step_is_taken():
     # Pins cut_short's boundary: a one-cycle schedule stepped through all its steps ended; one step fewer did not.

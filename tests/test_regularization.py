@@ -35,6 +35,7 @@ def final_val_loss(runs, name: str) -> float:
 
 # ---- Toy demonstrations, no training run ----
 
+
 def test_dropout_zeroes_or_doubles_in_training_and_is_the_identity_in_evaluation():
     x = torch.arange(1.0, 9.0)  # (8,)
     trained, evaluated = course.dropout_train_and_eval(x, p=0.5)  # (10000, 8) training-mode draws; (8,)

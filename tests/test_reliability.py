@@ -21,7 +21,7 @@ from data import UserInputError
 from models.checkpointing import (AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path,
                                  validates_next)
 from models.recipe import NonFiniteLossError, Recipe
-from models.records import write_json
+from models.records import read_metrics, read_overrides, write_json
 from models.runs import instantiate_data, load_checkpoint
 from models.checks import check_model_reads_data, check_settings
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, resume_arguments,
@@ -175,6 +175,7 @@ def test_without_lightnings_internals_step_checkpoints_are_saved_as_lightning_sa
     trainer = types.SimpleNamespace(fit_loop=types.SimpleNamespace(epoch_loop=epoch_loop, _data_fetcher=None))
     with pytest.warns(UserWarning, match="no _should_check_val_fx"):
         assert validates_next(trainer, pl_module=None, batch_idx=0) is False
+
 
 def test_resuming_with_another_run_length_than_the_schedule_is_one_clear_error(mnist_dir, tmp_path):
     fixed = ["callbacks.early_stopping=null", "callbacks.step_checkpoint=null", "scheduler=onecycle"]
@@ -594,6 +595,7 @@ def test_a_validation_interval_longer_than_an_epoch_is_one_line(mnist_dir, tmp_p
         train_module.train(mnist_config(mnist_dir, tmp_path, "+trainer.val_check_interval=50",
                                         "trainer.limit_train_batches=5"))
 
+
 def test_tuning_callbacks_run_where_nothing_was_built_from_what_they_change():
     # Without a schedule (or a finder only reporting its suggestion), and not resuming: nothing to refuse.
     for setting in ("+callbacks.bsf._target_=lightning.pytorch.callbacks.BatchSizeFinder scheduler=none",
@@ -699,7 +701,7 @@ def test_an_override_hydra_cannot_parse_is_one_line_that_says_how_to_quote_it(ar
 
 
 def test_a_quoted_value_passes_the_syntax_check():
-    check_syntax(['hydra.run.dir="/tmp/rün"', 'data.path="data/été.csv"', "trainer.max_epochs=1", "seed=1,2"])
+    check_syntax(["-m", 'hydra.run.dir="/tmp/rün"', 'data.path="data/été.csv"', "trainer.max_epochs=1", "seed=1,2"])
 
 
 @pytest.fixture
@@ -725,6 +727,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, fro
     for untouched in ([*command, f"hydra.run.dir={stamped}"], ["--cfg", "job", *command],
                       ["-m", *command, "hparams_search=dnn_optuna"]):  # the study's folder is fixed: its own
         assert claimed_run_dir(untouched) == untouched
+
 
 def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_path):
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
@@ -773,3 +776,50 @@ def test_a_sweep_is_checked_once_per_value():
         ["model=cnn", "seed=1", "model.lr=0.3", "~callbacks.progress_bar"]]
     with pytest.raises(UserInputError, match="model.lr='abc'"):  # not crowded out by 30 seeds
         check_overrides(["-m", "model=dnn", "seed=range(0,30)", "model.lr=0.1,abc"])
+
+
+def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint(tmp_path):
+    # resume=RUN: the saved overrides, then the typed ones, then RUN itself and ckpt_path=last (never the saved ones).
+    run = tmp_path / "rün"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- hydra.run.dir=/moved/away\n- ckpt_path=x.ckpt\n")
+    assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
+        "model=cnn", "trainer.max_epochs=9", f"hydra.run.dir={run}", "ckpt_path=last"]
+
+
+def test_a_run_directory_with_ckpt_path_is_continued_not_refused(tmp_path):
+    # ckpt_path= says "continue this run": neither a finished run's metrics.json nor its last.ckpt refuses it.
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    argv = [f"hydra.run.dir={tmp_path}", "ckpt_path=last"]
+    assert resume_arguments(argv) == argv
+    write_json(tmp_path / "metrics.json", {})
+    assert resume_arguments(argv) == argv
+
+
+@pytest.mark.parametrize("case", ["checkpoint written", "output_subdir=null", "exit without a code"])
+def test_the_config_is_put_back_only_when_the_command_failed_before_any_checkpoint(case, tmp_path):
+    # A failure after a checkpoint was written, a rank told not to write .hydra/, a clean exit: the new config stays.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    config = tmp_path / ".hydra" / "config.yaml"
+    config.write_text("before")
+    argv = [f"hydra.run.dir={tmp_path}"] + (["hydra.output_subdir=null"] if case == "output_subdir=null" else [])
+    with pytest.raises(SystemExit), config_kept_on_failure(argv):
+        config.write_text("new")
+        if case == "checkpoint written":
+            (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+        raise SystemExit() if case == "exit without a code" else SystemExit(2)
+    assert config.read_text() == "new"
+
+
+def test_a_finished_runs_damaged_records_are_one_line(tmp_path):
+    # metrics.json that is JSON but not a mapping, overrides.yaml that is YAML but not a list: one line naming them.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "metrics.json").write_text("[0.9]")
+    with pytest.raises(UserInputError, match=r"metrics.json is not the JSON train.py writes \(no mapping"):
+        read_metrics(tmp_path)
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("model: cnn\n")
+    with pytest.raises(UserInputError, match=r"overrides.yaml is not the list of overrides Hydra writes \(a list"):
+        read_overrides(tmp_path)
+    assert read_overrides(tmp_path / "elsewhere") == []  # no saved overrides: none

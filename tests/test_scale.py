@@ -224,3 +224,62 @@ def test_data_is_prepared_by_one_process_at_a_time(capsys):
 def test_debug_fast_wins_over_a_search_or_an_experiment(preset):
     trainer = make_config(preset, "debug=fast").trainer
     assert (trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches) == (1, 2, 2)
+
+
+def test_rank_0_and_srun_ranks_share_the_named_run_directory():
+    # Rank 0 writes .hydra/ (its command unchanged); srun's other ranks are told not to; one process needs no folder.
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}
+    with mock.patch.dict(os.environ, torchrun):
+        assert distributed_arguments(["model=dnn", "hydra.run.dir=r"]) == ["model=dnn", "hydra.run.dir=r"]
+    with mock.patch.dict(os.environ, {**torchrun, "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "1"}):
+        assert distributed_arguments(["model=dnn"]) == ["model=dnn"]
+    srun = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "0", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n1"}
+    with mock.patch.dict(os.environ, srun), mock.patch("shutil.which", return_value="/usr/bin/srun"):
+        with pytest.raises(UserInputError, match="the 2 processes that srun started need one run directory"):
+            distributed_arguments(["model=dnn"])
+        assert distributed_arguments(["hydra.run.dir=r"])[-2:] == [
+            "hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1"]
+
+
+def sweep_jobs(sweep, jobs: dict) -> None:
+    """Job directories as Hydra's sweeper leaves them: JOB/.hydra/overrides.yaml, and metrics.json if it finished."""
+    for job, (overrides, metrics) in jobs.items():
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        if metrics is not None:
+            (sweep / job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_sweep_end_line_counts_failed_jobs_in_job_order_and_names_the_best(tmp_path, capsys):
+    # Job 10 after job 2; `++trainer.x=` is the column trainer.x; the printed line counts the finished runs.
+    sweep_jobs(tmp_path, {"0": (["++trainer.max_epochs=1"], {"val/acc_best": 0.5}),
+                          "10": (["++trainer.max_epochs=3"], None), "2": (["++trainer.max_epochs=2"], None)})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                               "monitor": {"metric": "val/acc", "mode": "max"}})
+    SweepSummary().on_multirun_end(config)
+    assert capsys.readouterr().out == (f"1 runs (2 failed, no metrics.json: jobs 2, 10); summary: "
+                                       f"{tmp_path / 'summary.csv'}; best by val/acc_best: job 0\n")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["job"], r["trainer.max_epochs"]) for r in summary] == [("0", "1"), ("2", "2"), ("10", "3")]
+
+
+def test_a_sweep_whose_jobs_all_failed_still_has_a_summary_and_no_best(tmp_path, capsys):
+    # Every job failed: their overrides are still listed (what to fix), and no job is called the best.
+    sweep_jobs(tmp_path, {"0": (["seed=0"], None), "1": (["seed=1"], None)})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                               "monitor": {"metric": "val/acc", "mode": "max"}})
+    SweepSummary().on_multirun_end(config)
+    assert capsys.readouterr().out.endswith(f"0 runs (2 failed, no metrics.json: jobs 0, 1); summary: "
+                                            f"{tmp_path / 'summary.csv'}\n")
+    assert [r["seed"] for r in json.loads((tmp_path / "summary.json").read_text())] == ["0", "1"]
+
+
+def test_a_single_run_writes_no_sweep_summary(tmp_path):
+    # on_job_end also ends a plain `python train.py` run: no summary for it in the sweep folder.
+    sweep_jobs(tmp_path, {"0": (["seed=0"], {"val/acc_best": 0.5})})
+    config = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path)}},
+                               "monitor": {"metric": "val/acc", "mode": "max"}})
+    SweepSummary().on_job_end(config, job_return=None)
+    assert not list(tmp_path.glob("summary.*"))

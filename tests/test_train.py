@@ -382,6 +382,7 @@ def test_without_a_gpu_optimizer_steps_do_not_look_for_nvml(monkeypatch):
     assert steps(3) == 0 and os.environ.get(NVML_CHECK) != "1"  # ...and no longer: the CUDA runtime answers
     assert torch.cuda.is_available() is False
 
+
 def test_freed_memory_is_kept_for_reuse_on_linux():
     from models.host import keep_freed_memory
     applied = keep_freed_memory()
@@ -463,7 +464,11 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
 
 
 @pytest.mark.parametrize("budget, last_epoch", [({"max_epochs": -1, "max_steps": 10}, "/2"),  # 4 steps an epoch
-                                                ({"max_epochs": 3}, "/2"), ({"max_epochs": -1, "max_steps": -1,
+                                                ({"max_epochs": 3}, "/2"),
+                                                # 2 optimizer steps an epoch (the last accumulates 1 batch): 3 epochs
+                                                ({"max_epochs": -1, "max_steps": 6, "accumulate_grad_batches": 3},
+                                                 "/2"),
+                                                ({"max_epochs": -1, "max_steps": -1,
                                                                             "max_time": "00:00:00:02"}, "")])
 def test_the_progress_bar_numbers_the_epochs_of_a_step_budget(budget, last_epoch, tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
