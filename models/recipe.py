@@ -67,7 +67,7 @@ def repeated_epoch_end(trainer) -> bool:
     last.ckpt is saved after the epoch's validation) when trainer.max_steps is set: the LSTM's budget. The
     checkpoint already holds what that epoch end did (early stopping's count, the train metrics logged), and the
     validation metrics it read are not there to read again."""
-    return trainer.fit_loop.restarted_on_epoch_end
+    return getattr(trainer.fit_loop, "restarted_on_epoch_end", False)  # (a Lightning without restart stages: no)
 
 
 class NonFiniteLossError(RuntimeError):
