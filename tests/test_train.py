@@ -111,6 +111,19 @@ def test_a_run_trains_at_the_rate_a_learning_rate_finder_sets(tmp_path):
     assert last["hyper_parameters"]["lr"] == found  # the rate the checkpoint records
 
 
+def test_lightning_device_stats_monitor_logs_the_hosts_use(tmp_path):
+    # "Any Lightning callback joins a run": DeviceStatsMonitor needs psutil on a CPU (a dependency, for that).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_module.train(make_config("model=dnn", "data.rows=3000", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
+                                   "trainer.limit_train_batches=3", *FAST[3:],
+                                   "+callbacks.dsm._target_=lightning.pytorch.callbacks.DeviceStatsMonitor",
+                                   output_dir=tmp_path))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "DeviceStatsMonitor.on_train_batch_start/cpu_percent" in events.Tags()["scalars"]
+
+
 @pytest.mark.parametrize("limit, message", [
     ("trainer.limit_train_batches=0.01", r"trainer.limit_train_batches=0.01 of the train split's \d+ batches is less "
                                          r"than one: give at least 0.\d+, or a whole number of batches"),
@@ -318,7 +331,9 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
                      f"hydra.run.dir={out}", *FAST)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / ".hydra" / "config.yaml").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
-    assert "test/acc" in json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    printed = json.loads(result.stdout[result.stdout.rindex("{\n"):])  # the console's last lines: the test metrics
+    assert "test/acc" in printed and printed == {k: v for k, v in metrics.items() if k.startswith("test/")}
     log = (out / "train.log").read_text()  # Lightning's messages, the command and the metrics, not an empty file
     assert "python train.py model=cnn" in log and "Trainer.fit` stopped" in log and '"test/acc"' in log
     assert " trainer.max_epochs=1 " in log  # as typed (Hydra was given ++trainer.max_epochs=1)
@@ -469,10 +484,22 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
                                                 ({"max_epochs": -1, "max_steps": 6, "accumulate_grad_batches": 3},
                                                  "/2"),
                                                 ({"max_epochs": -1, "max_steps": -1,
-                                                                            "max_time": "00:00:00:02"}, "")])
+                                                                            "max_time": "00:00:00:02"}, ""),
+                                                # a stream of unknown length (Criteo's, streamed): no last epoch
+                                                ({"max_epochs": -1, "max_steps": 10, "stream": True}, ""),
+                                                ({"max_steps": 10, "stream": True}, ""),
+                                                ({"max_epochs": 2, "max_steps": 10, "stream": True}, "/1")])
 def test_the_progress_bar_numbers_the_epochs_of_a_step_budget(budget, last_epoch, tmp_path):
-    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.demos.boring_classes import BoringModel, RandomIterableDataset
     from models.progress import ProgressBar
+
+    class Stream(BoringModel):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(RandomIterableDataset(32, 4))  # no len(): inf batches an epoch
+
+    budget = dict(budget)
+    stream = budget.pop("stream", False)
+    model, length = (Stream(), {}) if stream else (BoringModel(), {"limit_train_batches": 4})
 
     class Recorded(ProgressBar):
         descriptions = []
@@ -481,9 +508,9 @@ def test_the_progress_bar_numbers_the_epochs_of_a_step_budget(budget, last_epoch
             self.descriptions.append(super()._get_train_description(current_epoch).strip())
             return self.descriptions[-1]
 
-    trainer = L.Trainer(callbacks=[Recorded()], limit_train_batches=4, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path, **budget)
-    trainer.fit(BoringModel())
+    trainer = L.Trainer(callbacks=[Recorded()], limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, **length, **budget)
+    trainer.fit(model)
     assert Recorded.descriptions[0] == f"Epoch 0{last_epoch}" and "-" not in "".join(Recorded.descriptions)
 
 
