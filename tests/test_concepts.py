@@ -109,6 +109,20 @@ def test_activation_values():
     assert course.step(torch.tensor([-1.0, 0.0, 2.0])).tolist() == [0.0, 0.0, 1.0]
 
 
+def test_the_leak_and_the_slope_at_the_kink_are_the_notes_values():
+    # Pinned: the leak is 0.1 (not torch's 0.01); at x = 0 ReLU and leaky ReLU take the left slope, as autograd does.
+    assert course.ACTIVATIONS["leaky_relu"][0](torch.tensor([-2.0])).item() == pytest.approx(-0.2)
+    zero = torch.zeros(1)
+    for name in ("relu", "leaky_relu"):
+        function, derivative = course.ACTIVATIONS[name]
+        assert derivative(zero).item() == course.autograd_derivative(function, zero).item() < 1, name
+
+
+def test_saturation_counts_outputs_within_one_percent_of_the_bound():
+    # Pinned: "saturated" is |a| > 0.99 (slope ~0): N(0, 1) weights and tanh leave 87% of the last layer there.
+    assert course.activation_scales(*course.INITIALISATIONS["N(0, 1), tanh"])[1] == pytest.approx(0.865, abs=0.01)
+
+
 def test_initialisation_keeps_or_loses_the_signal_through_20_layers():
     scales = {name: course.activation_scales(*spec) for name, spec in course.INITIALISATIONS.items()}
     assert scales["N(0, 1), tanh"][1] > 0.8  # 87% of the last layer's units saturated at +-1
@@ -212,6 +226,15 @@ def test_gradient_descent_reaches_least_squares_line():
     assert losses[-1] < 0.1 < losses[0]  # ends at the noise level, 0.3^2 = 0.09
 
 
+def test_one_gradient_descent_step_on_the_line_is_minus_lr_times_the_mse_gradient():
+    # Pinned: dL/dm = -2 mean(x r) and dL/db = -2 mean(r), the factor 2 included, as autograd computes them.
+    x, y = course.noisy_line()
+    m, b, _ = course.gradient_descent_line(x, y, lr=0.1, steps=1)
+    line = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # (m, b) at the start, 0 and 0
+    (gradient,) = torch.autograd.grad(((y - (line[0] * x + line[1])) ** 2).mean(), line)
+    assert [m, b] == pytest.approx((-0.1 * gradient).tolist(), abs=1e-12)
+
+
 def test_mini_batches_make_gradient_descent_noisy():
     x, y = course.noisy_line()
     full, mini = course.gradient_descent_line(x, y)[2], course.gradient_descent_line(x, y, batch_size=10)[2]
@@ -244,6 +267,13 @@ def test_learning_rate_too_small_good_too_large_on_fashion_mnist():
     model, _ = course.train_softmax_regression(images, labels, course.LEARNING_RATES["good"])
     test_images, test_labels = course.load_fashion_mnist(1000, split="test")
     assert course.accuracy(model(test_images).argmax(-1), test_labels) > 0.7  # chance is 0.1
+
+
+@needs_fashion_mnist
+def test_load_fashion_mnist_test_split_reads_the_t10k_files():
+    # Pinned: split="test" is the 10,000 test images, not the training ones (their first ten labels differ).
+    assert course.load_fashion_mnist(10, split="test")[1].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert course.load_fashion_mnist(10)[1].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 
 
 def test_load_fashion_mnist_rejects_unknown_split():

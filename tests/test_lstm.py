@@ -410,6 +410,45 @@ def test_a_sample_is_drawn_without_dropout_and_leaves_the_network_training(tmp_p
     assert net.training  # validation ran mid-training: the next steps train with dropout again
 
 
+def test_a_sample_keeps_its_prompt_warns_of_unknown_characters_and_follows_its_seed():
+    # Pinned: the prompt comes back verbatim (a character read as <unk> too, with a warning); the seed picks the draw;
+    # an empty prompt is refused.
+    from models.samples import sample
+
+    torch.manual_seed(0)
+    net, vocab = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.0).eval(), ["<unk>", "a", "b"]
+    with pytest.warns(UserWarning, match="not in the training vocabulary, read as <unk>: 'z'"):
+        assert sample(net, vocab, "az", 5).startswith("az")
+    draws = [sample(net, vocab, "a", 40, temperature=5.0, seed=seed) for seed in (0, 1, 2, 1)]
+    assert len(set(draws)) == 3 and draws[1] == draws[3]
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        sample(net, vocab, "", 5)
+
+
+def test_text_samples_checks_its_settings_when_built_and_skips_the_sanity_check(tmp_path):
+    # Pinned: the defaults of configs/model/lstm.yaml; an empty prompt or a temperature of inf, NaN or < 0 refused
+    # before training; no sample from the sanity check's untrained weights.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from models.samples import TextSamples, check_temperature
+
+    assert TextSamples().options == dict(prompt="\n", length=300, temperature=0.8, top_k=None, seed=0)
+    check_temperature(0)
+    for temperature in (-1e-9, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature="):
+            TextSamples(temperature=temperature)
+    with pytest.raises(ValueError, match="prompt=''"):
+        TextSamples(prompt="")
+    net, drawn = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1), []
+    net.generate = lambda *args: drawn.append(1)
+    module = SimpleNamespace(net=net, hparams=SimpleNamespace(net_kwargs={"vocab": ["<unk>", "a", "b"]}))
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=True, global_step=0)
+    TextSamples(prompt="a", length=5).on_validation_epoch_end(trainer, module)
+    assert drawn == []
+
+
 def test_samples_are_logged_to_tensorboard_every_validation(pattern_run):
     run, _ = pattern_run
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})

@@ -5,10 +5,14 @@ The margins below held for seeds 42, 0 and 1 with room to spare (the measured va
 The notebook's two toy demonstrations (dropout on a tensor, Adam's L2 against AdamW's decay) come first.
 """
 import importlib
+import io
+import logging
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from data import DEBIAN_FASHION_MNIST
 from models import course, regularization
@@ -54,6 +58,12 @@ def test_adamw_decays_every_weight_by_the_same_factor_and_adam_l2_does_not():
     large, small = final["Adam + L2"].tolist()
     assert large > 0.85 and small < 0.3  # 0.89 and 0.22: decay divided by each weight's gradient size
     torch.testing.assert_close(final["SGD + L2"], torch.full((2,), factor), atol=0.04, rtol=0)  # 0.398, 0.366
+
+
+def test_the_adamw_toy_shrinks_each_weight_by_0_99_a_step():
+    # Pinned: the notebook's numbers, lr 0.01 and decay 1.0: x 0.99 a step, ~0.366 after 100 steps (0.359 measured).
+    torch.testing.assert_close(course.weights_under_decay(torch.optim.AdamW)[-1], torch.full((2,), 0.99 ** 100),
+                               atol=0.02, rtol=0)
 
 
 def test_with_sgd_an_l2_term_and_weight_decay_are_the_same_update():
@@ -131,6 +141,31 @@ def test_weight_decay_l1_dropout_and_augmentation_lower_the_final_validation_los
 def test_unknown_experiment_lists_the_valid_ones():
     with pytest.raises(ValueError, match="choose one of .*'baseline'"):
         regularization.overrides("weight_decayy")
+
+
+def test_replay_early_stopping_needs_a_strictly_lower_loss_and_weight_norm_is_euclidean():
+    # Pinned: as Lightning's EarlyStopping (min_delta 0), a tie with the best loss is no improvement; ||w|| unsquared.
+    val_loss = pd.Series([1.0, 0.8, 0.8, 0.8], index=range(1, 5))
+    assert regularization.replay_early_stopping(val_loss, 2) == (4, 2)  # the ties at epochs 3 and 4 count as waits
+    assert regularization.weight_norm(torch.tensor([3.0, 4.0])) == pytest.approx(5.0)
+
+
+def test_quiet_puts_back_the_thread_count_and_the_log_levels():
+    # Pinned: _quiet's one thread and WARNING level last only while it runs, even when the run fails.
+    threads, logger = torch.get_num_threads(), logging.getLogger("lightning.pytorch")
+    level = logger.level
+    with pytest.raises(RuntimeError), regularization._quiet(io.StringIO()):
+        assert torch.get_num_threads() == 1 and logger.level == logging.WARNING
+        raise RuntimeError("training failed")
+    assert torch.get_num_threads() == threads and logger.level == level
+
+
+def test_weights_are_the_kernels_and_matrices_not_biases_or_batch_norm(monkeypatch):
+    # Pinned: weights() gathers what L1 and decay act on: the conv kernel (16) and linear matrix (24), nothing else.
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    monkeypatch.setattr(regularization, "load_recipe", lambda path: SimpleNamespace(net=net))
+    w = regularization.weights("run")
+    torch.testing.assert_close(w, torch.cat([net[0].weight.flatten(), net[3].weight.flatten()]).detach())
 
 
 def test_replay_early_stopping_rule():

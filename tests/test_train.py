@@ -415,6 +415,37 @@ def test_freed_memory_is_kept_for_reuse_on_linux():
         del buffer
 
 
+def test_keep_freed_memory_asks_mallopt_for_no_mmap_and_a_1_gib_trim_threshold(monkeypatch):
+    # Pinned: mallopt(M_MMAP_MAX=-4, 0) and mallopt(M_TRIM_THRESHOLD=-1, 1 GiB), both asked; applied only if both
+    # succeed; a libc without mallopt (musl) is no error; only on Linux.
+    from models import host
+    calls, answers = [], [1, 1]
+    libc = SimpleNamespace(mallopt=lambda param, value: calls.append((param, value)) or answers[len(calls) - 1])
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    assert host.keep_freed_memory() is True and calls == [(-4, 0), (-1, 1 << 30)]
+    calls.clear()
+    answers[:] = [0, 1]  # mmap could not be turned off: the trim threshold is still set, and it did not apply
+    assert host.keep_freed_memory() is False and len(calls) == 2
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: SimpleNamespace())
+    assert host.keep_freed_memory() is False
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(sys, "platform", "darwin")  # macOS has no glibc: nothing asked
+    assert host.keep_freed_memory() is False and len(calls) == 2
+
+
+def test_cheap_cuda_check_drops_the_nvml_setting_only_without_a_gpu(monkeypatch):
+    # Pinned: PYTORCH_NVML_BASED_CUDA_CHECK=1 is removed (True) only where no GPU is seen; kept with one, or if not 1.
+    from models.host import NVML_CHECK, cheap_cuda_check
+    monkeypatch.setenv(NVML_CHECK, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cheap_cuda_check() is False and os.environ[NVML_CHECK] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cheap_cuda_check() is True and os.environ.get(NVML_CHECK) != "1"
+    monkeypatch.setenv(NVML_CHECK, "0")
+    assert cheap_cuda_check() is False and os.environ[NVML_CHECK] == "0"
+
+
 @pytest.mark.parametrize("experiment, precision", [("cnn_gpu", "bf16-mixed"), ("lstm_gpu", "bf16-mixed")])
 def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnist_dir, tmp_path, monkeypatch):
     # Everything but the device: the preset's network, data and schedule, in bf16 autocast (the LSTM's recurrence
