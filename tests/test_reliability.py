@@ -249,6 +249,19 @@ def test_a_moved_run_directory_keeps_its_best_checkpoint_record_on_resume(tmp_pa
     assert moved.state_key == ModelCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max").state_key
 
 
+def test_a_step_save_waiting_for_a_validation_that_never_came_is_made_when_training_ends(tmp_path, monkeypatch):
+    # A step checkpoint deferred until the validation after its batch: if training ends first, it is saved then,
+    # once, with Lightning's own decision for that batch.
+    saves = []
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end",
+                        lambda self, trainer, module, outputs, batch, batch_idx: saves.append(batch_idx))
+    checkpoint = RunCheckpoint(dirpath=tmp_path, every_n_train_steps=5)
+    checkpoint._pending = 4
+    checkpoint.on_train_end(types.SimpleNamespace(), None)
+    checkpoint.on_train_end(types.SimpleNamespace(), None)
+    assert saves == [4] and checkpoint._pending is None
+
+
 def test_a_non_finite_loss_after_a_resume_names_the_runs_own_step(mnist_dir, tmp_path, monkeypatch):
     fixed = ["callbacks.step_checkpoint=null", "callbacks.early_stopping=null", "scheduler=none"]
     train_module.train(mnist_config(mnist_dir, tmp_path, *fixed, "trainer.max_epochs=1"))  # 15 steps
