@@ -161,7 +161,8 @@ def whole_numbers(levels: pd.Index) -> pd.Index:
 
 def level_index(values: list[str]) -> pd.Index:
     """A field's vocabulary as an index of its levels, their ids its positions. A checkpoint's levels written before
-    "12.0" meant "12" are read as whole numbers, unless two of them would then be one (each keeps its id)."""
+    "12.0" meant "12" are read as whole numbers, unless two of them would then be one: they stay as written, and
+    the values looked up, read as whole numbers, find "12" (the "12.0" level's embedding goes unused)."""
     levels = whole_numbers(pd.Index(values, dtype=object))
     return levels if levels.is_unique else pd.Index(values, dtype=object)
 

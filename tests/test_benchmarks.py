@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import torch
 from models import assemble
 from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
+from benchmarks.measure import autocast, peak_memory
 from conftest import ROOT, make_config
 
 SMALL_DNN = ["model=dnn", "data.rows=4000", "data.batch_size=256", "data.eval_batch_size=1000"]
@@ -44,6 +46,19 @@ def test_throughput_counts_a_language_models_characters(tmp_path):
     assert result["batch_size"] == 8  # windows of 16 characters
     for path in ("lightning", "plain"):  # both rates rounded to 0.1: 16 x the windows' within 16 x 0.05 + 0.05
         assert result[f"{path}_chars_per_s"] == pytest.approx(16 * result[f"{path}_samples_per_s"], abs=0.85)
+
+
+def test_measure_autocasts_as_lightning_does_and_reports_memory_in_mib():
+    # Pins benchmarks.measure: each mixed precision's dtype, no autocast for 32-true, the weight cache off, MiB.
+    cpu = torch.device("cpu")
+    with autocast("bf16-mixed", cpu):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.is_autocast_cache_enabled()
+    with autocast("32-true", cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    assert autocast("16-mixed", cpu).fast_dtype == torch.float16
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_memory()["peak_rss_mib"]
+    assert before - 0.1 <= peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 0.1
 
 
 def test_the_plain_loop_scales_float16_gradients_as_lightning_does(monkeypatch):

@@ -19,7 +19,8 @@ from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
 from data.batches import split_indices
 from data.clicks import ClicksDataModule, click_logit, make_clicks, world
-from data.columns import READ_CSV, CategoryIds, NumericScaler, as_strings, signed_log1p, stable_hash
+from data.columns import (READ_CSV, CategoryIds, CsvRows, NumericScaler, as_strings, date_format, signed_log1p,
+                          stable_hash)
 from data.criteo import CriteoDataModule, prepare
 from data.npy import NpyRows
 from data.tabular import CSVDataModule
@@ -316,6 +317,28 @@ def test_a_whole_number_with_zero_decimals_is_the_same_level():
     # a checkpoint's vocabulary from before: its "12.0" is level "12", with the same id
     old = CategoryIds({"hour": ["12.0", "20.0"]}, {"hour": 2}, {"hour": False})
     assert old(pd.DataFrame({"hour": ["12", "20.0"]}))[:, 0].tolist() == [1, 2]
+
+
+def test_a_level_written_both_ways_in_training_counts_once():
+    # "12" three times and "12.0" three times are one level seen six times: frequent, not two rare ones.
+    ids = CategoryIds.fit(pd.DataFrame({"h": ["12"] * 3 + ["12.0"] * 3 + ["7"]}), min_count=5, hash_buckets=4)
+    assert list(ids.vocab["h"]) == ["12"] and ids.buckets == {"h": 1}
+    # An old checkpoint holding both "12" and "12.0" keeps its levels and ids as written: no duplicate to look up in.
+    old = CategoryIds({"h": ["12", "12.0"]}, {"h": 1}, {"h": True})
+    assert list(old.vocab["h"]) == ["12", "12.0"] and old(pd.DataFrame({"h": ["12", None]}))[:, 0].tolist() == [1, 0]
+
+
+def test_column_helpers_keep_their_documented_defaults(tmp_path):
+    # A float past int64's exact range keeps its float text, not an overflowed integer.
+    assert as_strings(pd.Series([1e19, 2.0])).tolist() == ["1e+19", "2"]
+    # Dates both readings parse alike: month first, pandas' default.
+    assert date_format(pd.Series(["01/02/2016", "03/04/2016"])) == "%m/%d/%Y"
+    # The same CsvRows checking the table again reads the file again, and names the short row again.
+    (tmp_path / "t.csv").write_text("y,a,b\n0,1,2\n1,3\n0,4,5\n")
+    where, frame = CsvRows("input", tmp_path / "t.csv"), pd.read_csv(tmp_path / "t.csv", **READ_CSV)
+    for _ in range(2):
+        with pytest.raises(UserInputError, match=r"row 2 \(line 3\) has 2 fields"):
+            where.check(frame)
 
 
 def test_feature_helpers_at_their_edges():

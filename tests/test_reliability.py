@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 import train as train_module
-from data import UserInputError
+from data import UserInputError, check_folder, class_names
 from models.checkpointing import (AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, resolve_ckpt_path,
                                  validates_next)
 from models.recipe import NonFiniteLossError, Recipe
@@ -703,6 +703,14 @@ def test_a_run_directory_that_is_a_file_is_refused_before_hydra_makes_it(tmp_pat
     if Path("/proc/self").is_dir():  # Linux: nobody, root included, makes folders in /proc
         with pytest.raises(UserInputError, match="hydra.run.dir=/proc/run: cannot make folders in /proc"):
             resume_arguments(["hydra.run.dir=/proc/run"])
+
+
+def test_check_folder_returns_where_the_folder_would_be_made_and_classes_are_named_from_0(tmp_path):
+    # Pins data.check_folder (the deepest part that exists: cli.py tries making a folder there) and class_names.
+    assert check_folder("hydra.run.dir", tmp_path / "new" / "run") == tmp_path
+    assert check_folder("hydra.run.dir", tmp_path) == tmp_path
+    assert class_names(object(), 3) == ["0", "1", "2"]
+    assert class_names(types.SimpleNamespace(classes=[7, "cat"]), 2) == ["7", "cat"]
 
 
 def test_a_run_directory_that_is_empty_or_quoted(tmp_path):

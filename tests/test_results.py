@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
-from models import runs
+from models import plots, runs
 from models.figures import ResultFigures, gather_rows
 from models.recipe import Recipe, load_recipe
 from tests.conftest import make_config, pattern_images, write_idx
@@ -142,6 +142,88 @@ def test_figures_gather_every_ddp_ranks_rows():
     gathered = gather_rows(SimpleNamespace(world_size=2, strategy=TwoRanks()), mine)
     assert torch.equal(gathered, torch.cat([mine, theirs]))
     assert gather_rows(SimpleNamespace(world_size=1), mine) is mine
+
+
+def test_figures_count_rows_by_true_class_and_show_only_real_mistakes(monkeypatch):
+    # Pins ResultFigures' bookkeeping: confusion rows are the true class, the mistakes gallery holds wrong answers
+    # only, the validation epoch draws the confusion matrix alone, and the hook is gone after the epoch.
+    drawn = []
+    writer = SimpleNamespace(add_figure=lambda tag, figure, step: drawn.append(tag))
+    monkeypatch.setattr(ResultFigures, "_writer", staticmethod(lambda trainer: writer))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, global_step=0,
+                              sanity_checking=True, current_epoch=0)
+    module, figures = SimpleNamespace(net=torch.nn.Linear(2, 3)), ResultFigures(max_images=4)
+    figures.on_validation_epoch_start(trainer, module)
+    assert figures._hook is None  # not during Lightning's sanity check
+    trainer.sanity_checking = False
+    figures.on_validation_epoch_start(trainer, module)
+    figures._logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [4.0, 0.0, 0.0]])  # predicts 0, 1, 0
+    figures._update(trainer, (torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 2])), examples=True)
+    figures.on_validation_epoch_end(trainer, module)
+    assert drawn == ["val/confusion_matrix"] and not module.net._forward_hooks
+    assert figures.results["confusion"].tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]  # true 2 predicted as 0
+    figures._draw(trainer, module, "test")
+    images, targets, probs = figures.results["mistakes"]
+    assert targets.tolist() == [2] and probs.argmax(1).tolist() == [0]  # not the two right answers
+    assert drawn[1:] == ["test/confusion_matrix", "test/predictions", "test/confident_mistakes"]
+    with pytest.raises(ValueError, match="val_every_n_epochs=-1"):
+        ResultFigures(val_every_n_epochs=-1)
+
+
+def test_confusion_figure_colours_each_true_row_by_its_share():
+    # Pins plots.confusion_matrix_figure and per_class_accuracy: rows true, columns predicted, shares of the row.
+    confusion = np.array([[3, 1], [0, 4]])
+    ax = plots.confusion_matrix_figure(confusion, ["a", "b"], "test split").axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+    assert ax.get_title() == "test split: accuracy 87.50% of 8"
+    assert sorted(text.get_text() for text in ax.texts) == ["1", "3", "4"]  # counts, none for an empty cell
+    assert plots.per_class_accuracy(confusion).tolist() == [0.75, 1.0]
+
+
+def test_roc_and_calibration_figures_plot_what_they_name():
+    # Pins the curves' data: ROC x = false positive rate, calibration = mean probability vs share of positives.
+    probs, targets = np.array([0.05, 0.15, 0.9, 1.0]), np.array([0, 1, 1, 1])
+    roc = plots.roc_figure(probs, targets).axes[0]
+    fpr, tpr = roc.lines[0].get_data()
+    assert ((fpr == 0) & (tpr == 1)).any() and roc.get_xlabel() == "false positive rate"  # every positive first
+    top, bottom = plots.calibration_figure(probs, targets, bins=2).axes
+    x, y = top.lines[1].get_data()
+    np.testing.assert_allclose(x, [0.1, 0.95])
+    np.testing.assert_allclose(y, [0.5, 1.0])
+    assert [bar.get_height() for bar in bottom.patches] == [2, 2]  # a probability of 1 in the last bin
+
+
+def test_prediction_grid_titles_colours_and_every_image():
+    # Pins prediction_grid_figure: each image shown, titled by its predicted class, green right and red wrong.
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    fig = plots.prediction_grid_figure(np.zeros((3, 1, 4, 4)), np.array([0, 1, 1]), probs, ["a", "b"])
+    ax = fig.axes[0]
+    assert [(t.get_text(), t.get_color()) for t in ax.texts] == [
+        ("a (90%)", "tab:green"), ("a (80%)\ntrue: b", "tab:red"), ("b (70%)", "tab:green")]
+    assert (ax.images[0].get_array() == 0).sum() == 3 * 16  # every image drawn
+    two_columns = plots.image_grid_figure(np.zeros((3, 1, 4, 4)), ["a", "b", "c"], columns=2).axes[0]
+    assert (two_columns.images[0].get_array() == 0).sum() == 3 * 16  # the third one on a row of its own
+
+
+def test_filters_and_displayable_images_keep_their_colours_and_normalization():
+    # Pins filters_figure (an RGB kernel drawn in colour, each scaled to [0, 1]) and displayable (mean/std undone).
+    weight = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert plots.filters_figure(weight).axes[0].images[0].get_array().ndim == 3
+    grey = plots.filters_figure(weight[:, :1]).axes[0].images[0].get_array()  # grey: drawn as computed, unclipped
+    assert grey.ndim == 2 and grey.min() == 0 and grey.max() == 1
+    shown = plots.displayable(torch.tensor([[[[0.0, 4.0]]]]), torch.tensor([0.5]), torch.tensor([0.25]))
+    assert shown.tolist() == [[[[0.5, 1.0]]]]
+    assert plots.displayable(torch.tensor([[[[1.0, 3.0]]]]), None, None).tolist() == [[[[0.0, 1.0]]]]
+
+
+def test_figures_gather_a_shorter_ranks_rows_before_its_padding():
+    # Pins gather_rows on the rank that pads: its 2 rows first, then the padding that is dropped again.
+    mine, theirs = torch.tensor([[1.0], [2.0]]), torch.tensor([[7.0], [8.0], [9.0]])
+    # DDPStrategy.all_gather on rank 0 of two: the shard sizes (a long tensor), then the padded shards
+    strategy = SimpleNamespace(all_gather=lambda t: torch.tensor([[2], [3]]) if t.dtype == torch.long
+                               else torch.stack([t, theirs]))
+    assert gather_rows(SimpleNamespace(world_size=2, strategy=strategy), mine).tolist() == [[1], [2], [7], [8], [9]]
 
 
 def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
