@@ -325,6 +325,74 @@ def test_the_non_finite_guard_keeps_the_first_bad_batch():
     assert (int(recipe.steps_seen), int(recipe.first_bad_step)) == (4, 1)
 
 
+def fake_trainer(**settings):
+    """What Recipe's hooks read of a Trainer: a run of 2 epochs of 5 batches, logging every 2 steps."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"log_every_n_steps": 2, "global_step": 0, "max_steps": -1, "max_epochs": 2,
+                              "current_epoch": 0, "num_training_batches": 5, "callbacks": [], "world_size": 1,
+                              "should_stop": False, **settings})
+
+
+def test_the_non_finite_guard_looks_at_the_first_batch_and_every_log_interval():
+    # Pins check_finite, on_train_batch_end and on_train_epoch_end: a bad first batch (step 0) is caught at batch 0's
+    # check, a bad step is named by its epoch and batch, and with log_every_n_steps=0 an epoch's end still looks.
+    from types import SimpleNamespace
+
+    from models.recipe import NonFiniteLossError
+
+    recipe = recipe_for(torch.nn.Linear(2, 1), "multiclass")
+    recipe._trainer, recipe._fitting = fake_trainer(), True
+    recipe._record_non_finite(torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"at training batch 0 \(epoch 0, batch 0\)"):
+        recipe.on_train_batch_end(None, None, 0)
+    recipe._guard(fresh=True)
+    for loss in [1.0] * 7 + [float("inf")]:
+        recipe._record_non_finite(torch.tensor(loss))
+    with pytest.raises(NonFiniteLossError, match=r"at training batch 7 \(epoch 1, batch 2\)"):
+        recipe.on_train_batch_end(None, None, 2)
+    recipe._trainer = fake_trainer(log_every_n_steps=0, fit_loop=SimpleNamespace())  # checked at epoch ends only
+    recipe.log_dict = lambda values, **kwargs: None
+    recipe.on_train_batch_end(None, None, 2)
+    with pytest.raises(NonFiniteLossError, match="at training batch 7"):
+        recipe.on_train_epoch_end()  # before the epoch's metrics are logged and a checkpoint is written
+
+
+def test_per_step_values_are_logged_every_interval_and_at_the_runs_last_step():
+    # Pins _logging_step: (steps done + 1) a multiple of log_every_n_steps, the last batch of the last epoch, the
+    # step max_steps ends at, an expired max_time; never with log_every_n_steps=0.
+    from lightning.pytorch.callbacks import Timer
+
+    recipe = recipe_for(torch.nn.Linear(2, 1), "multiclass")
+    expired = Timer(duration={"seconds": 1})
+    expired._offset = 2
+    cases = [({"global_step": 1}, 1, True), ({"global_step": 2}, 2, False),
+             ({"global_step": 8, "current_epoch": 1}, 4, True),  # the last epoch's last batch: step 9, not even
+             ({"global_step": 2, "max_steps": 3}, 2, True), ({"global_step": 2, "callbacks": [expired]}, 2, True),
+             ({"global_step": 1, "log_every_n_steps": 0}, 1, False)]
+    for settings, batch_idx, logged in cases:
+        recipe._trainer = fake_trainer(**settings)
+        assert recipe._logging_step(batch_idx) == logged, settings
+
+
+def test_a_run_resumed_without_a_schedule_trains_at_the_configured_rate_and_momentum():
+    # Pins on_train_start's reset: the restored optimizer holds where a one-cycle schedule left lr and Adam's beta1.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    recipe = recipe_for(torch.nn.Linear(2, 1), "multiclass")  # adam, lr 1e-3, betas (0.9, 0.999)
+    adam = torch.optim.Adam(recipe.parameters(), lr=4e-9, betas=(0.95, 0.999))
+    progress = SimpleNamespace(batch_progress=SimpleNamespace(total=SimpleNamespace(completed=30)))
+    for ckpt_path, lr, betas in ((None, 4e-9, (0.95, 0.999)), ("last.ckpt", 1e-3, (0.9, 0.999))):
+        recipe._trainer = fake_trainer(ckpt_path=ckpt_path, fit_loop=SimpleNamespace(epoch_loop=progress),
+                                       early_stopping_callback=None,
+                                       strategy=SimpleNamespace(_lightning_optimizers=[LightningOptimizer(adam)]))
+        recipe.on_train_start()
+        assert (adam.param_groups[0]["lr"], adam.param_groups[0]["betas"]) == (lr, betas)
+    assert int(recipe.steps_seen) == 30  # the guard counts on from the checkpoint's batches
+
+
 def test_a_resumed_schedule_is_checked_against_its_own_kind_of_state():
     # A cosine schedule's saved length must match; StochasticWeightAveraging's SWALR, saved in the schedule's place
     # once averaging began, has no length to compare (it was refused as "None steps long").

@@ -248,6 +248,29 @@ def test_stopped_early_means_early_stopping_ended_the_last_epoch():
     assert not stopped_early(SimpleNamespace(early_stopping_callback=None, current_epoch=5))
 
 
+def test_stopped_by_names_the_budget_the_run_reached_and_a_callback_otherwise():
+    # Pins stopped_by's order and boundaries: a budget counts once reached; max_epochs=-1 is no budget; an expired
+    # Timer is max_time; early stopping comes first.
+    from lightning.pytorch.callbacks import Timer
+
+    from models.recipe import stopped_by
+
+    def trainer(**settings):
+        return SimpleNamespace(**{"early_stopping_callback": None, "max_steps": -1, "global_step": 40,
+                                  "max_epochs": 3, "current_epoch": 2, "callbacks": [], **settings})
+
+    expired = Timer(duration={"seconds": 1})
+    expired._offset = 2  # 2 s of training counted against a 1 s limit
+    assert stopped_by(trainer(max_steps=40)) == "max_steps" and stopped_by(trainer(max_steps=41)) == "a callback"
+    assert stopped_by(trainer(current_epoch=3)) == "max_epochs"
+    assert stopped_by(trainer(max_epochs=-1, current_epoch=5)) == "a callback"  # -1: no epoch budget (the LSTM's)
+    assert stopped_by(trainer(max_epochs=-1, callbacks=[expired])) == "max_time"
+    assert stopped_by(trainer(callbacks=[Timer(duration={"seconds": 1000})])) == "a callback"
+    stopper = EarlyStopping(monitor="val/loss")
+    stopper.stopping_reason, stopper.stopped_epoch = EarlyStoppingReason.PATIENCE_EXHAUSTED, 2
+    assert stopped_by(trainer(early_stopping_callback=stopper, current_epoch=3, max_steps=40)) == "early_stopping"
+
+
 def test_eval_scores_as_much_of_the_test_split_as_the_run_did(mnist_dir, tmp_path):
     # debug=fast or trainer.limit_test_batches score part of the test split; eval.py reproduces that figure, and
     # scores the whole split when asked.
