@@ -189,3 +189,26 @@ def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict, recipe: L
         raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained with scheduler={schedule}, whose "
                              f"state it restores, and this run builds scheduler={cfg.scheduler.name}: resume with "
                              f"scheduler={schedule} (or scheduler=none to go on at a constant model.lr)")
+    if changed := overridden_settings(trained, cfg, restored_schedule=schedule not in (None, "none") and
+                                      cfg.scheduler.name == schedule):
+        raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint's optimizer and schedule state, which a resume "
+                             f"restores, would keep what it was trained with ({changed}): resume with those values"
+                             + (" (or scheduler=none to go on at a new constant model.lr)" if "model.lr=" in changed
+                                else ""))
+
+
+def overridden_settings(trained: dict, cfg: DictConfig, restored_schedule: bool) -> str:
+    """The settings a resumed run gives that the restored optimizer (or schedule) state would silently override:
+    model.weight_decay and optimizer.* options, which Lightning restores with the optimizer's param groups (but the
+    momentum and betas a run without a schedule takes from its config, as model.lr); under the same schedule, whose
+    state holds its rates, also model.lr and scheduler.*."""
+    there, here = flatten(trained, ""), flatten(OmegaConf.to_container(cfg, resolve=True), "")
+    keys = ["model.weight_decay", *(f"optimizer.{k}" for k in cfg.optimizer if k != "name")]
+    keys += [f"optimizer.{k}" for k in trained.get("optimizer", {}) if k != "name" and f"optimizer.{k}" not in keys]
+    if cfg.scheduler.name == "none":  # on_train_start sets them from the config
+        keys = [k for k in keys if k not in ("optimizer.betas", "optimizer.momentum")]
+    if restored_schedule:
+        keys += ["model.lr", *(f"scheduler.{k}" for k in cfg.scheduler if k != "name")]
+    return ", ".join(f"{k}={there.get(k)!r} there, {here.get(k)!r} here" for k in keys  # (sections an older
+                     if k.split(".")[0] in trained and (k in there or k.startswith("optimizer."))  # config lacks)
+                     and there.get(k) != here.get(k))

@@ -358,6 +358,30 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     with pytest.raises(UserInputError, match="trained with scheduler=onecycle, whose state it restores, and this run "
                                              r"builds scheduler=cosine: resume with scheduler=onecycle \(or"):
         train_module.train(mnist_config(mnist_dir, tmp_path / "cosine", *resume, "scheduler=cosine"))
+    with pytest.raises(UserInputError, match=re.escape("would keep what it was trained with (model.weight_decay="
+                                                       "0.0005 there, 0.1 here): resume with those values")):
+        train_module.train(mnist_config(mnist_dir, tmp_path / "decay", *resume, "model.weight_decay=0.1"))
+
+
+def test_a_resume_refuses_settings_the_restored_optimizer_state_would_override(tmp_path):
+    # Lightning restores the optimizer's param groups (weight decay, eps, betas) and the schedule's state (its rates):
+    # a resume given other values trained with the old ones, silently. Without a schedule, model.lr, betas and
+    # momentum are the config's (on_train_start sets them); model.l1 and seed are read from the config anyway.
+    from models.checkpointing import overridden_settings
+
+    trained = OmegaConf.to_container(make_config("model=dnn", output_dir=tmp_path), resolve=True)
+
+    def changed(*overrides, restored=True):
+        return overridden_settings(trained, make_config("model=dnn", *overrides, output_dir=tmp_path), restored)
+
+    assert changed() == changed("model.l1=0.1", "seed=3") == "" and "scheduler" in trained
+    assert changed("model.weight_decay=0.5") == "model.weight_decay=0.01 there, 0.5 here"
+    assert changed("+optimizer.eps=1e-6") == "optimizer.eps=None there, 1e-06 here"
+    assert changed("model.lr=0.5", "scheduler.final_ratio=0.5") == (f"model.lr={trained['model']['lr']} there, 0.5 "
+                                                                    "here, scheduler.final_ratio=0.01 there, 0.5 here")
+    assert changed("model.lr=0.5", "scheduler=none", "optimizer.betas=[0.8,0.99]", restored=False) == ""
+    assert changed("optimizer.betas=[0.8,0.99]") == "optimizer.betas=[0.9, 0.999] there, [0.8, 0.99] here"
+    assert overridden_settings({"model": {}}, make_config("model=dnn", output_dir=tmp_path), True) == ""  # older
 
 
 MEMORY_AFTER_LOAD = """
