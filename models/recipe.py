@@ -238,10 +238,10 @@ class Recipe(L.LightningModule):
             first_bad = earliest.where(earliest < never, -1)
         step = int(first_bad)  # the one host sync, every log interval
         if step >= 0:
-            per_epoch = int(self.trainer.num_training_batches)
+            per_epoch = self.trainer.num_training_batches  # inf for a stream of unknown length: no epoch to name
+            where = f" (epoch {step // int(per_epoch)}, batch {step % int(per_epoch)})" if per_epoch < math.inf else ""
             raise NonFiniteLossError(
-                f"training loss became non-finite at training batch {step} "
-                f"(epoch {step // per_epoch}, batch {step % per_epoch}); "
+                f"training loss became non-finite at training batch {step}{where}; "
                 "the checkpoints written before it are intact: lower model.lr or set trainer.gradient_clip_val")
 
     def train_seconds(self) -> float:

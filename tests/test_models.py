@@ -356,6 +356,9 @@ def test_the_non_finite_guard_looks_at_the_first_batch_and_every_log_interval():
     recipe.on_train_batch_end(None, None, 2)
     with pytest.raises(NonFiniteLossError, match="at training batch 7"):
         recipe.on_train_epoch_end()  # before the epoch's metrics are logged and a checkpoint is written
+    recipe._trainer = fake_trainer(num_training_batches=float("inf"))  # a stream of unknown length: no epoch
+    with pytest.raises(NonFiniteLossError, match=r"at training batch 7; the checkpoints"):
+        recipe.check_finite()
 
 
 def test_per_step_values_are_logged_every_interval_and_at_the_runs_last_step():
