@@ -209,6 +209,8 @@ def overridden_settings(trained: dict, cfg: DictConfig, restored_schedule: bool)
         keys = [k for k in keys if k not in ("optimizer.betas", "optimizer.momentum")]
     if restored_schedule:
         keys += ["model.lr", *(f"scheduler.{k}" for k in cfg.scheduler if k != "name")]
-    return ", ".join(f"{k}={there.get(k)!r} there, {here.get(k)!r} here" for k in keys  # (sections an older
-                     if k.split(".")[0] in trained and (k in there or k.startswith("optimizer."))  # config lacks)
-                     and there.get(k) != here.get(k))
+    # Not what an older checkpoint's config lacks, but an optimizer option it did not set: the state holds torch's
+    # default, which +optimizer.eps=... given now would not change.
+    known = [k for k in keys if k.split(".")[0] in trained and (k in there or k.startswith("optimizer."))]
+    return ", ".join(f"{k}={there[k]!r} there, {here.get(k)!r} here" if k in there else
+                     f"{k} torch's default there, {here.get(k)!r} here" for k in known if there.get(k) != here.get(k))

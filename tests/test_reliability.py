@@ -376,7 +376,7 @@ def test_a_resume_refuses_settings_the_restored_optimizer_state_would_override(t
 
     assert changed() == changed("model.l1=0.1", "seed=3") == "" and "scheduler" in trained
     assert changed("model.weight_decay=0.5") == "model.weight_decay=0.01 there, 0.5 here"
-    assert changed("+optimizer.eps=1e-6") == "optimizer.eps=None there, 1e-06 here"
+    assert changed("+optimizer.eps=1e-6") == "optimizer.eps torch's default there, 1e-06 here"
     assert changed("model.lr=0.5", "scheduler.final_ratio=0.5") == (f"model.lr={trained['model']['lr']} there, 0.5 "
                                                                     "here, scheduler.final_ratio=0.01 there, 0.5 here")
     assert changed("model.lr=0.5", "scheduler=none", "optimizer.betas=[0.8,0.99]", restored=False) == ""
