@@ -21,7 +21,7 @@ from models.assemble import build, device_name, make_trainer
 from models.checkpointing import check_checkpoint_fits, resolve_ckpt_path
 from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_batch_refused
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, distributed_arguments,
-                        log, log_to_run_file, resume_arguments, trainer_arguments)
+                        flags_first, log, log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
 from models.records import log_hparams_tab, write_json
 from models.runs import NOT_CHOICES, load_checkpoint, reference_metrics
@@ -116,6 +116,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     try:
         check_syntax(sys.argv[1:])
+        sys.argv[1:] = flags_first(sys.argv[1:])
         sys.argv[1:] = distributed_arguments(resume_arguments(trainer_arguments(sys.argv[1:])))
         check_overrides(sys.argv[1:])
         sys.argv[1:] = claimed_run_dir(sys.argv[1:])

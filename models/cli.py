@@ -2,6 +2,7 @@
 (`trainer.NAME=` for any Trainer argument, `resume=RUN_DIR`, the ranks of a DDP run sharing one run directory),
 a run's saved config kept when it fails, and the run's train.log. Checks of the composed config are in
 models/checks.py and models/signatures.py; sweeps' summaries in models/sweeps.py."""
+import argparse
 import inspect
 import itertools
 import logging
@@ -9,9 +10,11 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import lightning as L
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
@@ -27,11 +30,38 @@ from models.signatures import not_a_trainer_argument
 GRAMMAR = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
 
 
+def hydra_overrides(argv: list[str]) -> list[str]:
+    """The overrides among the arguments, as Hydra's own parser tells them from its flags and their values (`--cfg
+    job`, `--info config`, `-cn NAME`); none where it refuses a flag (`--cfg jobs`): Hydra then says so."""
+    parser = get_args_parser()
+    parser.exit_on_error = False  # a bad flag raises here instead of printing usage and exiting
+
+    def refuse(message: str) -> NoReturn:
+        raise argparse.ArgumentError(None, message)
+
+    parser.error = refuse
+    try:
+        return list(parser.parse_args(argv).overrides)
+    except argparse.ArgumentError:
+        return []
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """Hydra's flags (with their values) before the overrides: its parser reads the overrides as one run of
+    arguments, so one added at the end (the run directory claimed below) must not follow a flag that came last
+    (`python train.py seed=1,2 -m`)."""
+    overrides = hydra_overrides(argv)
+    rest = list(argv)
+    for override in overrides:
+        rest.remove(override)
+    return rest + overrides
+
+
 def check_syntax(argv: list[str]) -> None:
     """Each `key=value` as Hydra's grammar reads it, `hydra.*` ones too (Hydra itself would print a page): an
     unquoted character it does not take (a letter outside ASCII, as in a path) is one line that names it and
     shows the quoting that works."""
-    for arg in (a for a in argv if not a.startswith("-")):
+    for arg in hydra_overrides(argv):
         try:
             OverridesParser.create().parse_overrides([arg])
         except OverrideParseException as err:

@@ -27,8 +27,8 @@ from models.records import read_metrics, read_overrides, write_json
 from models.runs import instantiate_data, load_checkpoint
 from models.checks import check_model_reads_data, check_settings
 from models.signatures import admits, check_trainer_args
-from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, resume_arguments,
-                        sweep_variants, trainer_arguments)
+from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, flags_first,
+                        hydra_overrides, resume_arguments, sweep_variants, trainer_arguments)
 from tests.conftest import make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config
@@ -759,6 +759,31 @@ def test_an_override_hydra_cannot_parse_is_one_line_that_says_how_to_quote_it(ar
     with pytest.raises(UserInputError) as refused:
         check_syntax(["model=dnn", arg])
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_hydras_flags_and_their_values_are_not_read_as_overrides():
+    # `python train.py model=cnn --cfg job` ended in "error: job: Error parsing override 'job'": the flag's value
+    # was checked as an override.
+    for argv in (["model=cnn", "--cfg", "job"], ["--info", "config", "model=dnn"], ["-cn", "train", "model=dnn"],
+                 ["-m", "-c", "hydra", "seed=1,2"]):
+        check_syntax(argv)
+    assert hydra_overrides(["--cfg", "job", "-p", "model", "model=cnn", "seed=1"]) == ["model=cnn", "seed=1"]
+    # What Hydra refuses, it says itself: a flag's unknown value, overrides on both sides of a flag.
+    assert hydra_overrides(["--cfg", "jobs", "model=cnn"]) == hydra_overrides(["a=1", "--cfg", "job", "b=2"]) == []
+    shown = run_cli("model=cnn", "data.batch_size=64", "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr
+    assert "batch_size: 64" in shown.stdout and "error" not in shown.stderr
+
+
+def test_a_sweep_with_its_flag_last_runs(tmp_path):
+    # `seed=1,2 -m` (Hydra takes flags after the overrides) failed: the sweep folder claimed for it was added after
+    # the flag, where Hydra's parser no longer reads overrides ("unrecognized arguments: hydra.sweep.dir=...").
+    assert flags_first(["model=dnn", "seed=1,2", "-m"]) == ["-m", "model=dnn", "seed=1,2"]
+    assert flags_first(["model=cnn", "--cfg", "job"]) == ["--cfg", "job", "model=cnn"]
+    swept = run_cli("model=dnn", "data.rows=20000", "debug=fast", "seed=1,2", f"paths.log_dir={tmp_path}", "-m")
+    assert swept.returncode == 0, swept.stderr
+    summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text().splitlines()
+    assert len(summary) == 3 and all(",False," in row for row in summary[1:])  # header + 2 jobs, none failed
 
 
 def test_a_quoted_value_passes_the_syntax_check():
