@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
@@ -76,6 +76,11 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
     if not logger:  # `~logger`: nowhere to write learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # The Trainer's own switches turn off the configured bar and summary too (Lightning refuses a bar it was told
+    # not to show, and would print a summary callback's summary anyway).
+    for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
+        if cfg.trainer.get(switch) is False:
+            callbacks = [c for c in callbacks if not isinstance(c, kind)]
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one

@@ -603,3 +603,20 @@ def test_a_run_without_a_logger_drops_the_learning_rate_monitor_and_a_resume_pur
     assert trainer.logger is None and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
     assert make_trainer(make_config("model=cnn", output_dir=tmp_path), resume_step=5).logger._kwargs == {
         "purge_step": 5}
+
+
+def test_the_trainers_switches_turn_off_the_configured_progress_bar_and_model_summary(tmp_path):
+    # trainer.enable_progress_bar=false ended in Lightning's "found ProgressBar in callbacks list", and
+    # trainer.enable_model_summary=false still printed the configured RichModelSummary's table.
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    from models.assemble import make_trainer
+
+    def kinds(*overrides):
+        trainer = make_trainer(make_config("model=cnn", *overrides, output_dir=tmp_path))
+        return {kind.__name__ for kind in (ProgressBar, ModelSummary)
+                if any(isinstance(c, kind) for c in trainer.callbacks)}
+
+    assert kinds() == {"ProgressBar", "ModelSummary"}
+    assert kinds("++trainer.enable_progress_bar=false") == {"ModelSummary"}
+    assert kinds("++trainer.enable_model_summary=false") == {"ProgressBar"}
