@@ -213,6 +213,9 @@ def check_run_settings(cfg: DictConfig) -> None:
     if trainer.get("enable_checkpointing") is False:
         raise UserInputError("trainer.enable_checkpointing=false: a run ends by testing its best checkpoint, and "
                              "resumes from last.ckpt: keep it true")
+    if not (cfg.get("callbacks") or {}).get("model_checkpoint"):  # (it trained to the end, then found no best)
+        raise UserInputError("callbacks.model_checkpoint=null: a run ends by testing its best checkpoint "
+                             "(checkpoints/best.ckpt), which that callback writes: keep it")
     if trainer.get("gradient_clip_algorithm") not in (None, "norm", "value"):
         raise UserInputError(f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm!r}: choose norm "
                              "(the global gradient norm, the default) or value (each gradient element)")

@@ -583,6 +583,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+trainer.fast_dev_run=true", "trainer.fast_dev_run=True turns checkpoints off, and a run ends by testing its "
                                    "best checkpoint: for a run of a couple of batches use debug=fast"),
     ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing=false: a run ends by testing its best"),
+    # trained to the end, then failed with "the run ended without validating (trainer.val_check_interval=None, ...)"
+    ("callbacks.model_checkpoint=null", "callbacks.model_checkpoint=null: a run ends by testing its best checkpoint"),
+    ("~callbacks.model_checkpoint", "callbacks.model_checkpoint=null: a run ends by testing its best checkpoint"),
     # Lightning callbacks that change what the schedule was built from, after it was built: a schedule of the wrong
     # length (one-cycle failed past its end) or that never reached the found rate; a finder restarted a resumed run.
     ("+callbacks.bsf._target_=lightning.pytorch.callbacks.BatchSizeFinder", "callbacks.bsf: BatchSizeFinder changes "
