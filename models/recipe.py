@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
+from torchmetrics.classification import BinaryAUROC, BinaryPrecisionRecallCurve, MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
 from data import UserInputError
 from models.schedules import SCHEDULERS, check_resumed_length, make_scheduler
@@ -74,11 +75,53 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops before any checkpoint takes the bad weights."""
 
 
+def exact_auroc(scores: Tensor, targets: Tensor) -> Tensor:
+    """The exact area under the ROC curve of scores in [0, 1] (NaN if any is NaN): the probability that a random
+    positive scores above a random negative, ties counting one half (Mann-Whitney). Non-negative floats order as
+    their bit patterns, and torch sorts integers with a radix sort: on CPU ~3x faster than torchmetrics' argsort of
+    the floats (25 against 70 ms for 720k scores), the same value to float rounding (tested)."""
+    bits = torch.int64 if scores.dtype == torch.float64 else torch.int32
+    keys, order = torch.sort((scores.to(torch.promote_types(scores.dtype, torch.float32)) + 0.0).view(bits))  # -0 -> +0
+    positive = targets[order].long()
+    last = torch.ones_like(keys, dtype=torch.bool)  # the last of each run of equal scores
+    torch.ne(keys[1:], keys[:-1], out=last[:-1])
+    pos_through = positive.cumsum(0)[last]  # positives scoring at most each distinct score
+    neg_through = torch.arange(1, len(keys) + 1, device=keys.device)[last] - pos_through
+    pos_at = pos_through.diff(prepend=pos_through.new_zeros(1))  # positives at each distinct score
+    neg_below = neg_through - neg_through.diff(prepend=neg_through.new_zeros(1))  # negatives strictly below it
+    twice_u = (pos_at * (neg_below + neg_through)).sum()  # 2 x (negatives below + half those tied), over positives
+    auroc = twice_u.float() / (2 * pos_through[-1] * neg_through[-1]).float()
+    return torch.where(scores.isnan().any(), torch.nan, auroc)
+
+
+class ExactAUROC(BinaryAUROC):
+    """torchmetrics' exact BinaryAUROC (each prediction of the epoch kept on the device, gathered over the DDP
+    ranks before compute), computed by `exact_auroc`: the DNN's train AUROC over 720k rows took 70 ms at each epoch
+    end, ~2 ms a step of its CPU training. A split of one class is left to torchmetrics (0, with its warning)."""
+
+    def compute(self) -> Tensor:
+        scores, targets = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        positives = int(targets.sum())  # one host sync an epoch
+        if positives in (0, len(targets)):
+            return super().compute()
+        return exact_auroc(scores, targets)
+
+
+class ScoresAccuracy(BinaryPrecisionRecallCurve):
+    """BinaryAccuracy's value (scores above 0.5 read as 1; tested) from the scores and targets an exact AUROC keeps:
+    in one MetricCollection the two hold the same state, which torchmetrics' compute groups then update once a step
+    for both, instead of also counting BinaryAccuracy's true and false positives and negatives (~0.1 ms a step)."""
+
+    def compute(self) -> Tensor:
+        scores, targets = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        return ((scores > 0.5) == targets.bool()).sum() / len(targets)
+
+
 def task_metrics(task: str, num_classes: int | None) -> MetricCollection:
     # validate_args=False: the checks of every update (are the targets 0/1? in range?) read the device, a host
     # sync per step; the targets come from our own DataModules, checked once when the data is read.
     if task == "binary":
-        return MetricCollection({"auroc": BinaryAUROC(validate_args=False), "acc": BinaryAccuracy(validate_args=False)})
+        return MetricCollection({"auroc": ExactAUROC(validate_args=False), "acc": ScoresAccuracy(validate_args=False)})
     return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)})
 
 

@@ -91,6 +91,57 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     assert metrics["val/acc"] == pytest.approx((net(x[:10]).argmax(1) == y[:10]).float().mean().item())
 
 
+@pytest.mark.parametrize("scores", ["distinct", "tied", "all_tied", "float64", "bfloat16"])
+def test_the_exact_auroc_is_torchmetrics_auroc(scores):
+    from torchmetrics.functional.classification import binary_auroc
+
+    from models.recipe import exact_auroc
+
+    torch.manual_seed(0)
+    for n in (2, 3, 17, 1000, 5000):
+        p = torch.rand(n)
+        p = {"tied": (p * 10).round() / 10, "all_tied": torch.full((n,), 0.5), "float64": p.double(),
+             "bfloat16": p.bfloat16()}.get(scores, p)
+        y = (torch.rand(n) < 0.1 + 0.8 * p.float()).long()
+        y[:2] = torch.tensor([0, 1])  # both classes
+        assert float(exact_auroc(p, y)) == pytest.approx(float(binary_auroc(p.float(), y)), abs=1e-6)
+
+
+def test_the_recipes_auroc_is_torchmetrics_auroc_and_says_nan_for_nan_scores():
+    from torchmetrics.classification import BinaryAUROC
+
+    from models.recipe import ExactAUROC
+
+    torch.manual_seed(1)
+    ours, theirs = ExactAUROC(validate_args=False), BinaryAUROC(validate_args=False)
+    for _ in range(3):  # batches of logits (outside [0, 1]: both apply the sigmoid) and of probabilities
+        for scores in (torch.randn(100), torch.rand(100)):
+            y = (torch.rand(100) < 0.5).long()
+            ours.update(scores, y), theirs.update(scores, y)
+    assert float(ours.compute()) == pytest.approx(float(theirs.compute()), abs=1e-6)
+    ours.reset()
+    ours.update(torch.tensor([0.2, float("nan"), 0.7]), torch.tensor([0, 1, 1]))
+    assert math.isnan(ours.compute())  # (torchmetrics says 1.0)
+    ours.reset()  # one class: torchmetrics' answer and warning
+    ours.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 0]))
+    with pytest.warns(UserWarning, match="No positive samples"):
+        assert float(ours.compute()) == 0.0
+
+
+def test_binary_accuracy_shares_the_auroc_state_and_is_torchmetrics_accuracy():
+    from torchmetrics.classification import BinaryAccuracy
+
+    from models.recipe import task_metrics
+
+    torch.manual_seed(2)
+    metrics, reference = task_metrics("binary", None), BinaryAccuracy(validate_args=False)
+    for scores in (torch.randn(100), torch.rand(100), torch.tensor([0.5, 0.5 + 1e-7, 0.0, 1.0])):
+        y = (torch.rand(len(scores)) < 0.5).long()
+        metrics.update(scores, y), reference.update(scores, y)
+    assert list(metrics.compute_groups.values()) == [["acc", "auroc"]]  # one state, updated once a step
+    assert float(metrics.compute()["acc"]) == float(reference.compute())
+
+
 def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
     import lightning as L
     import torch.nn.functional as F
