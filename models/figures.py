@@ -71,8 +71,10 @@ class ResultFigures(Callback):
         return getattr(trainer.datamodule, "task", None) if self._writer(trainer) is not None else None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every N-th epoch counted as Lightning counts trainer.check_val_every_n_epoch (epochs N, 2N, ... from 1):
+        # with both at 2 every validation draws, none did when epoch 0 was the first of each N.
         every = self.val_every_n_epochs
-        if (not trainer.sanity_checking and every and trainer.current_epoch % every == 0
+        if (not trainer.sanity_checking and every and (trainer.current_epoch + 1) % every == 0
                 and self._task(trainer) == "multiclass"):
             self._start(pl_module)
 

@@ -77,6 +77,26 @@ def test_the_plain_loop_scales_float16_gradients_as_lightning_does(monkeypatch):
     assert scaled == [True] * 3  # every step's loss went through an enabled scaler
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_plain_loop_runs_the_memory_layout_the_lightning_path_ran(channels_last, mnist_dir, monkeypatch):
+    # model.channels_last: Lightning's fit converts the CNN to NHWC (Recipe.configure_model); the plain path must
+    # too, or the ratio compares two layouts. Each path's second conv weight (C > 1), as its loop starts.
+    cfg = make_config("model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", "model.net.widths=[8,16]",
+                      "model.net.hidden_size=32", "data.val_size=100", "data.batch_size=64",
+                      f"model.channels_last={str(channels_last).lower()}",
+                      "paths.output_dir=/tmp/redes-benchmark")
+    datamodule, _ = assemble.build(cfg)
+    seen = {}
+
+    def nhwc(recipe):
+        return recipe.net.features[4].weight.is_contiguous(memory_format=torch.channels_last)
+
+    monkeypatch.setattr(throughput, "plain_loop", lambda recipe, *args: seen.update(plain=nhwc(recipe)) or 0.0)
+    _, trainer = throughput.lightning_run(cfg, datamodule, steps=1, warmup=0)
+    throughput.plain_run(cfg, datamodule, trainer, steps=1, warmup=0)
+    assert nhwc(trainer.lightning_module) == seen["plain"] == channels_last
+
+
 @pytest.mark.parametrize("overrides", [
     [*SMALL_DNN, "model.l1=1e-4"],  # 11 batches an epoch: the 14 steps cross into the second epoch
     ["model=lstm", "data=text", "model.net.hidden_size=32", "model.net.embedding_dim=16", "data.seq_len=16",

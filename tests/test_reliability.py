@@ -542,6 +542,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("model.net.dropout=1.0", "model.net.dropout=1.0: give a number >= 0 and < 1"),
     ("model.weight_decay=null", "model.weight_decay=None: give a number >= 0"),
     ("model.compile=abc", "model.compile='abc': give true or false"),
+    ("model.channels_last=abc", "model.channels_last='abc': give true or false"),  # 'abc' counted as true
     ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
     ("ckpt_path=[]", "ckpt_path=[]: give a checkpoint file, or `last`"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off

@@ -170,6 +170,64 @@ def test_figures_count_rows_by_true_class_and_show_only_real_mistakes(monkeypatc
         ResultFigures(val_every_n_epochs=-1)
 
 
+def test_figures_keep_the_first_examples_across_batches_and_validate_every_nth_epoch(monkeypatch):
+    # Batches smaller than max_images: the predictions grid holds the split's first max_images examples, in order,
+    # not the last batch's. val_every_n_epochs=2 draws the confusion matrix at epochs 1 and 3 (the 2nd and 4th:
+    # Lightning's count, as check_val_every_n_epoch=2 validates there), not 0 and 2.
+    # The default grid size is the one configs/callbacks/default.yaml asks for, and a negative size is refused.
+    writer = SimpleNamespace(add_figure=lambda tag, figure, step: None)
+    monkeypatch.setattr(ResultFigures, "_writer", staticmethod(lambda trainer: writer))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, global_step=0,
+                              sanity_checking=False, current_epoch=0)
+    module, figures = SimpleNamespace(net=torch.nn.Linear(2, 3)), ResultFigures(max_images=5, val_every_n_epochs=2)
+    figures.on_test_epoch_start(trainer, module)
+    for start in range(0, 9, 3):  # three batches of 3 images, numbered 0..8 by their pixels
+        images = torch.arange(start, start + 3.0).view(3, 1, 1, 1).expand(3, 1, 4, 4)
+        figures._logits = torch.zeros(3, 3)
+        figures._update(trainer, (images, torch.tensor([0, 1, 2])), examples=True)
+    figures.on_test_epoch_end(trainer, module)
+    images, targets, _ = figures.results["samples"]
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4] and targets.tolist() == [0, 1, 2, 0, 1]
+    drawn = []
+    for epoch in range(4):
+        trainer.current_epoch = epoch
+        figures.on_validation_epoch_start(trainer, module)
+        drawn.append(figures._hook is not None)
+        figures.on_validation_epoch_end(trainer, module)
+    assert drawn == [False, True, False, True]
+    configured = OmegaConf.load(Path(__file__).parents[1] / "configs" / "callbacks" / "default.yaml").result_figures
+    assert ResultFigures().max_images == configured.max_images == 32
+    with pytest.raises(ValueError, match="max_images=-1"):
+        ResultFigures(max_images=-1)
+
+
+def test_figures_under_ddp_show_the_most_confident_mistakes_of_every_rank(monkeypatch):
+    # Two ranks, each with its own top max_images mistakes: rank 0's gallery is the top max_images of both, and its
+    # confusion matrix the sum. The second rank's rows come from a second callback run on its own shard.
+    writer = SimpleNamespace(add_figure=lambda tag, figure, step: None)
+    monkeypatch.setattr(ResultFigures, "_writer", staticmethod(lambda trainer: writer))
+    ranks = []
+    for logits, targets in (([[5.0, 0, 0], [2.0, 0, 0]], [1, 1]), ([[4.0, 0, 0], [0.0, 0, 3]], [2, 1])):
+        figures = ResultFigures(max_images=2)
+        figures._acc, figures._logits = {}, torch.tensor(logits)
+        figures._update(SimpleNamespace(datamodule=SimpleNamespace(task="multiclass")),
+                        (torch.zeros(2, 1, 4, 4), torch.tensor(targets)), examples=True)
+        ranks.append(figures)
+    rank0, rank1 = ranks
+    theirs = iter(t for rows in rank1._acc["mistakes"] for t in (torch.tensor([len(rows)]), rows))
+
+    class TwoRanks:
+        all_gather = staticmethod(lambda tensor: torch.stack([tensor, next(theirs)]))
+        reduce = staticmethod(lambda tensor, reduce_op: tensor + rank1._acc["confusion"])
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=2, global_step=0,
+                              strategy=TwoRanks())
+    rank0._draw(trainer, SimpleNamespace(net=torch.nn.Linear(2, 3)), "test")
+    _, targets, probs = rank0.results["mistakes"]
+    assert targets.tolist() == [1, 2] and probs.argmax(1).tolist() == [0, 0]  # logits 5 (rank 0), then 4 (rank 1)
+    assert rank0.results["confusion"].sum() == 4
+
+
 def test_confusion_figure_colours_each_true_row_by_its_share():
     # Pins plots.confusion_matrix_figure and per_class_accuracy: rows true, columns predicted, shares of the row.
     confusion = np.array([[3, 1], [0, 4]])

@@ -136,9 +136,10 @@ def test_a_fraction_of_less_than_one_batch_is_one_line(limit, message, mnist_dir
                                         limit))
 
 
-def test_channels_last_is_set_before_the_strategy_wraps_the_network(mnist_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_is_set_before_the_strategy_wraps_the_network(channels_last, mnist_dir, tmp_path, monkeypatch):
     # Set in on_fit_start it came after DDP had built its gradient buckets ("Grad strides do not match bucket view
-    # strides ... may impair performance"): configure_model runs before the strategy's setup.
+    # strides ... may impair performance"): configure_model runs before the strategy's setup. false keeps NCHW.
     from lightning.pytorch.strategies import SingleDeviceStrategy
     layouts = []
     setup = SingleDeviceStrategy.setup
@@ -146,8 +147,8 @@ def test_channels_last_is_set_before_the_strategy_wraps_the_network(mnist_dir, t
         self.lightning_module.net.features[4].weight.is_contiguous(memory_format=torch.channels_last)),
         setup(self, trainer))[1])
     train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                                    "model.channels_last=true"))
-    assert layouts[0]  # the fit's setup saw NHWC weights
+                                    f"model.channels_last={str(channels_last).lower()}"))
+    assert layouts[0] == channels_last  # the fit's setup saw NHWC weights, and only when asked for
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
