@@ -303,8 +303,9 @@ class Recipe(L.LightningModule):
 
     def configure_model(self) -> None:
         # Before the strategy wraps the network: DDP's gradient buckets take the parameters' strides when it is built.
-        fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # (load_from_checkpoint calls it too)
-        if self.hparams.channels_last and fitting:  # (testing keeps the layout it trained in)
+        # load_from_checkpoint calls it too, before loading the weights (which keep the layout they are copied into):
+        # a checkpoint used outside the fit (eval.py, predict.py, load_recipe) runs in the layout it trained in.
+        if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)  # NHWC: faster with cuDNN tensor cores and oneDNN on CPU
 
     def on_train_start(self) -> None:

@@ -146,9 +146,17 @@ def test_channels_last_is_set_before_the_strategy_wraps_the_network(channels_las
     monkeypatch.setattr(SingleDeviceStrategy, "setup", lambda self, trainer: (layouts.append(
         self.lightning_module.net.features[4].weight.is_contiguous(memory_format=torch.channels_last)),
         setup(self, trainer))[1])
-    train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                                    f"model.channels_last={str(channels_last).lower()}"))
+    metrics = train_module.train(mnist_config(mnist_dir, tmp_path, "trainer.max_epochs=1",
+                                              "trainer.limit_train_batches=1",
+                                              f"model.channels_last={str(channels_last).lower()}"))
     assert layouts[0] == channels_last  # the fit's setup saw NHWC weights, and only when asked for
+    # Outside the fit (load_recipe: eval.py, predict.py, the notebooks) the checkpoint runs in the layout it trained
+    # in, with the weights it saved, and scores what the run's test did.
+    recipe = load_recipe(str(tmp_path / metrics["best_checkpoint"]))
+    assert recipe.net.features[4].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    saved = torch.load(tmp_path / metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(value, saved[name]) for name, value in recipe.state_dict().items() if name in saved)
+    assert eval_script.evaluate(tmp_path / metrics["best_checkpoint"])["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
