@@ -78,13 +78,14 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def derived(self) -> list[str]:
         return [f"{c} {part}" for c in self.timestamps for part in ("hour", "weekday")]
 
-    def parse_features(self, frame: pd.DataFrame, where: str | CsvRows) -> pd.DataFrame:
+    def parse_features(self, frame: pd.DataFrame, where: str | CsvRows,
+                       fix: str = "fix the column name in the config or the file") -> pd.DataFrame:
         """Raw rows (strings or numbers) checked and parsed: every feature column present, numbers finite (or
         empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row."""
         needed = [*self.numeric, *[c for c in self.categorical if c not in self.derived], *self.timestamps]
         if missing := [c for c in needed if c not in frame.columns]:
             raise UserInputError(f"{where}: no column {missing[0]!r} in the header (row 1), which has "
-                                 f"{list(frame.columns)}; fix the column name in the config or the file")
+                                 f"{list(frame.columns)}; {fix}")
         frame = frame.copy()
         for column in self.numeric:
             frame[column] = parse(frame[column], to_finite, where, column, FLOAT32_PROBLEM,
@@ -117,7 +118,8 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def encode_frame(self, frame: pd.DataFrame, where: str | CsvRows = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
-        frame = self.parse_features(numbered(frame), where)
+        fix = "the model was trained on this column: add it to the file (other columns are ignored)"
+        frame = self.parse_features(numbered(frame), where, fix)
         return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical])
 
     @property

@@ -286,6 +286,10 @@ def test_csv_values_missing_and_unseen_get_their_own_ids(tmp_path):
     restored = CSVDataModule(str(tmp_path / "u.csv"), "y", ["x"], ["city"])
     restored.load_state_dict(dm.state_dict())  # as predict.py encodes new rows: alike
     assert torch.equal(restored.encode_frame(pd.DataFrame({"x": ["1"], "city": [None]}))[1], ids)
+    # At prediction time the columns are the checkpoint's: the fix is in the file, not in a config.
+    with pytest.raises(UserInputError, match=r"no column 'city' in the header \(row 1\), which has \['x'\]; the model "
+                       "was trained on this column: add it to the file"):
+        restored.encode_frame(pd.DataFrame({"x": ["1"]}))
 
 
 def test_category_ids_known_then_hashed_with_no_more_buckets_than_rare_values():
