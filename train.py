@@ -75,7 +75,8 @@ def train(cfg: DictConfig) -> dict:
         rank_zero_only(print)(f"warning: {warning}", file=sys.stderr)  # and the console, where the run is watched
     # The official test split, once, on the best checkpoint.
     with fraction_of_a_batch_refused():
-        test = trainer.test(recipe, datamodule=datamodule, ckpt_path="best", weights_only=True)[0]
+        # (its path, as ckpt_path="best" would take, without the warning that three ModelCheckpoints draw)
+        test = trainer.test(recipe, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, weights_only=True)[0]
     metrics = {**test, **reference_metrics(datamodule, trainer), **fit}
     if logger := trainer.logger:  # fills TensorBoard's hparams tab, so runs can be compared there
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))

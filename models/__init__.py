@@ -1,5 +1,17 @@
 """The networks (plain nn.Modules returning logits) and the one recipe that trains them all."""
+import logging
+import warnings
 from collections.abc import Sequence
+
+# Console lines that ask nothing of whoever reads them, dropped wherever `models` is imported (train.py, eval.py,
+# the benchmarks, the notebooks): Lightning's advertisement for its cloud logger, which every Trainer prints, and
+# torch 2.14's FutureWarning at each LeafSpec() Lightning 2.6 builds (lightning/pytorch/utilities/_pytree.py),
+# Lightning's to change. Lightning's other lines (devices, checkpoints restored, why fit stopped) stay.
+UNACTIONABLE_LOG_LINES = ("💡 Tip: For seamless cloud logging",)
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+# (the logger Lightning's rank_zero_info writes to: the same object before and after Lightning's import)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith(UNACTIONABLE_LOG_LINES))
 
 
 def check_sizes(least: int = 1, **sizes) -> None:

@@ -81,8 +81,10 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
         if cfg.trainer.get(switch) is False:
             callbacks = [c for c in callbacks if not isinstance(c, kind)]
+    # A configured summary prints itself: Lightning's default one would only announce that it skips itself.
+    summary = {"enable_model_summary": False} if any(isinstance(c, ModelSummary) for c in callbacks) else {}
     try:
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **summary)
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
         message = str(err.__cause__ or err)
         hardware = any(word in message.lower() for word in ("gpu", "cuda", "accelerator", "device", "precision",

@@ -371,6 +371,19 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
     assert " trainer.max_epochs=1 " in log  # as typed (Hydra was given ++trainer.max_epochs=1)
 
 
+def test_cli_console_holds_no_line_that_asks_nothing(tmp_path):
+    """The default trainer settings, whole epochs: Lightning's devices, checkpoint restores and reason for stopping
+    stay; its cloud-logger advertisement, torch's LeafSpec deprecation (Lightning's to fix), the announcements of
+    limits at 1.0 and of a skipped default summary, and ckpt_path="best"'s warning about three ModelCheckpoints go."""
+    result = run_cli("model=dnn", "data.rows=3000", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert "GPU available" in console and "Trainer.fit` stopped" in console and "Restoring states" in console
+    assert "ClickMLP" in console  # the configured RichModelSummary still prints its table
+    for line in ("Tip:", "LeafSpec", "was configured so", "Skipping setting a default", "multiple `ModelCheckpoint`"):
+        assert line not in console, line
+
+
 def test_cli_unknown_choice_lists_the_options(tmp_path):
     result = run_cli("model=cnnn", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Could not find 'model/cnnn'" in result.stderr and "cnn" in result.stderr
