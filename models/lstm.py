@@ -10,12 +10,39 @@ read in one place, `build`. Both share the knob names hidden_size, num_layers, d
 Left out on purpose: bidirectional layers (a language model must not see the next character), attention,
 and layer norm inside the cell (nn.LSTM keeps cuDNN's fused kernel on a GPU and oneDNN's on the CPU).
 """
+import math
+
 import torch
 from torch import Tensor, nn
+from torch.utils import flop_counter
 
 from models import check_sizes
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, hidden_size)
+
+
+def recurrent_flops(input_shape, weight_shapes) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products of a fused LSTM/GRU/RNN kernel: each step of the input
+    (B*T positions, or a packed sequence's rows) meets each layer's W_ih and W_hh once: 2 * B*T * 4h * (in + h) a
+    layer for an LSTM. torch's FlopCounterMode, which fills the FLOPs column of Lightning's model summary, counts
+    the products of convolutions and linear layers but not these kernels (its LSTM rows read 0)."""
+    return 2 * math.prod(input_shape[:-1]) * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
+
+
+def _counted(weights_of):
+    def formula(input_shape, *args, **kwargs) -> int:
+        try:
+            return recurrent_flops(input_shape, weights_of(*args))
+        except Exception:  # a signature this torch does not have: the summary's FLOPs are not worth a failed run
+            return 0
+    return formula
+
+
+# oneDNN's CPU kernel runs one layer a call (input, w_ih, w_hh, b_ih, b_hh, ...); cuDNN's all layers (input, [weights])
+for _op, _weights in ((torch.ops.aten.mkldnn_rnn_layer, lambda *args: args[:2]),
+                      (torch.ops.aten._cudnn_rnn, lambda weights, *_: weights)):
+    if _op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(_op)(_counted(_weights))
 
 
 def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State | None = None):

@@ -1,7 +1,9 @@
-"""The progress bar of every run: Lightning's RichProgressBar, numbering the epochs of a step budget."""
+"""The console of every run: Lightning's RichProgressBar, numbering the epochs of a step budget, and its
+RichModelSummary, of the network's layers only."""
 import math
 
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+from rich import get_console
 
 
 class ProgressBar(RichProgressBar):
@@ -19,3 +21,24 @@ class ProgressBar(RichProgressBar):
             steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
             description += f"/{math.ceil(trainer.max_steps / steps_per_epoch) - 1}"
         return f"{description:{len(self.validation_description)}}"
+
+
+class NetSummary(RichModelSummary):
+    """Lightning's table of the LightningModule's modules, the network's rows only (not the loss and metric objects
+    the recipe also holds), with each layer's In sizes, Out sizes and FLOPs for one validation example (the recipe's
+    `example_input_array`): 28x28 images keep their size through a padded 3x3 convolution, a 2x2 max-pool halves it.
+    Written to a pipe or a file, where Rich assumes 80 columns, the table is not squeezed into them."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], *args, **kwargs) -> None:
+        names = dict(summary_data)["Name"]
+        rows = [i for i, name in enumerate(names) if name == "net" or name.startswith("net.")]
+        summary_data = [(column, [values[i] for i in rows]) for column, values in summary_data]
+        console = get_console()
+        width = console.width
+        if not console.is_terminal:
+            console.width = max(width, 120)
+        try:
+            RichModelSummary.summarize(summary_data, *args, **kwargs)
+        finally:
+            console.width = width

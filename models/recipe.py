@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import ModelSummary, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -163,6 +163,12 @@ def decayed_parameters(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.ndim >= 2]
 
 
+def is_compiled(net: nn.Module) -> bool:
+    """Whether `net.compile()` (models/assemble.py, `model.compile=true`) was called: nn.Module.compile keeps the
+    compiled forward in `_compiled_call_impl`."""
+    return getattr(net, "_compiled_call_impl", None) is not None
+
+
 def probabilities(logits: Tensor, task: str) -> Tensor:
     """What the logits say as probabilities: (B,) of the positive class for binary, (B, C) for classes."""
     return logits.reshape(-1).sigmoid() if task == "binary" else logits.softmax(-1)
@@ -294,6 +300,15 @@ class Recipe(L.LightningModule):
         return self.seconds_before + time.perf_counter() - self._fit_started
 
     # -- lifecycle hooks ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # One validation example for the model summary's In sizes, Out sizes and FLOPs columns: the shape each layer
+        # gives (a convolution's padding and stride, a pooling's halving). Not for a compiled network: the summary's
+        # forward would compile it once more, for that example's shapes.
+        summarized = any(isinstance(c, ModelSummary) for c in self.trainer.callbacks)
+        if stage == "fit" and summarized and self.example_input_array is None and not is_compiled(self.net):
+            if (batch := next(iter(self.trainer.datamodule.val_dataloader()), None)) is not None:
+                self.example_input_array = tuple(t[:1] for t in batch[:-1])  # (inputs..., targets)
+
     def on_fit_start(self) -> None:
         self._fit_started, self._fitting = time.perf_counter(), True
         self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)

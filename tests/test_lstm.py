@@ -616,3 +616,19 @@ def test_a_temperature_below_the_smallest_float_samples_the_most_likely_characte
         net.head.bias.copy_(torch.tensor([0.0, 10.0, 9.0, 0.0, 0.0, 0.0]))  # logits near 10: inf over 1e-38
     prompt = torch.tensor([1, 2])
     assert torch.equal(net.generate(prompt, 20, temperature=1e-320), net.generate(prompt, 20, temperature=0))
+
+
+def test_model_summary_counts_the_fused_lstm_kernels_flops():
+    """torch's FlopCounterMode (the model summary's FLOPs) counts matrix products, not oneDNN's or cuDNN's fused LSTM
+    kernels: models/lstm.py registers 2 * B*T * 4h * (in + h) a layer for both."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+    lstm = torch.nn.LSTM(64, 256, num_layers=2, batch_first=True).eval()
+    x = torch.randn(3, 10, 64)
+    expected = 2 * 3 * 10 * (4 * 256 * (64 + 256) + 4 * 256 * (256 + 256))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        lstm(x)
+    assert counter.get_total_flops() == expected
+    # cuDNN's call, as a GPU makes it: the input and every layer's weights (and biases) at once
+    cudnn = flop_registry[torch.ops.aten._cudnn_rnn]
+    assert cudnn(x, list(lstm._flat_weights), 4, None, torch.zeros(2, 3, 256), torch.zeros(2, 3, 256), 2, 256, 0, 2,
+                 True, 0.0, False, False, [], None, out_val=None) == expected

@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from types import SimpleNamespace
@@ -371,17 +372,44 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
     assert " trainer.max_epochs=1 " in log  # as typed (Hydra was given ++trainer.max_epochs=1)
 
 
-def test_cli_console_holds_no_line_that_asks_nothing(tmp_path):
+def test_cli_console_holds_no_line_that_asks_nothing(mnist_dir, tmp_path):
     """The default trainer settings, whole epochs: Lightning's devices, checkpoint restores and reason for stopping
     stay; its cloud-logger advertisement, torch's LeafSpec deprecation (Lightning's to fix), the announcements of
-    limits at 1.0 and of a skipped default summary, and ckpt_path="best"'s warning about three ModelCheckpoints go."""
-    result = run_cli("model=dnn", "data.rows=3000", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/run")
+    limits at 1.0 and of a skipped default summary, and ckpt_path="best"'s warning about three ModelCheckpoints go.
+    The model summary lists the network's layers with the shapes one validation example takes through them."""
+    result = run_cli("model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", "data.val_size=200",
+                     "data.batch_size=64", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                     "callbacks.result_figures=null", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-2000:]
     console = result.stdout + result.stderr
     assert "GPU available" in console and "Trainer.fit` stopped" in console and "Restoring states" in console
-    assert "ClickMLP" in console  # the configured RichModelSummary still prints its table
     for line in ("Tip:", "LeafSpec", "was configured so", "Skipping setting a default", "multiple `ModelCheckpoint`"):
         assert line not in console, line
+    # A padded 3x3 convolution keeps 28x28, the 2x2 max-pool halves it; the FLOPs are counted, not 0.
+    assert re.search(r"net\.features\.0 +│ Conv2d .*│ +\[1, 1, 28, 28\] │ +\[1, (\d+), 28, 28\] │", console)
+    assert re.search(r"MaxPool2d .*│ +\[1, (\d+), 28, 28\] │ +\[1, \1, 14, 14\] │", console)
+    assert "Total FLOPs: 0 " not in console and re.search(r"Total FLOPs: [\d.]+ [KM]", console)
+    assert "metrics." not in console and "losses." not in console  # the recipe's metric objects are not layers
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_model_summary_example_is_one_validation_row_unless_the_network_is_compiled(compiled):
+    """The summary's forward of a compiled network would compile it again for that example's shapes: none then."""
+    from models.progress import NetSummary
+    net = ConvNet(in_channels=1, num_classes=10, image_size=(28, 28))
+    if compiled:
+        net.compile()  # (compiles at its first call, which does not come)
+    recipe = Recipe(net, task="multiclass", lr=0.1, optimizer={"name": "sgd"}, scheduler={"name": "none"},
+                    net_kwargs={"num_classes": 10})
+    images, labels = torch.randn(5, 1, 28, 28), torch.arange(5)
+    recipe._trainer = SimpleNamespace(callbacks=[NetSummary()],
+                                      datamodule=SimpleNamespace(val_dataloader=lambda: iter([(images, labels)])))
+    recipe.setup("fit")
+    if compiled:
+        assert recipe.example_input_array is None
+    else:
+        (example,) = recipe.example_input_array
+        assert torch.equal(example, images[:1])
 
 
 def test_cli_unknown_choice_lists_the_options(tmp_path):
