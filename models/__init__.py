@@ -5,10 +5,14 @@ from collections.abc import Sequence
 
 # Console lines that ask nothing of whoever reads them, dropped wherever `models` is imported (train.py, eval.py,
 # the benchmarks, the notebooks): Lightning's advertisement for its cloud logger, which every Trainer prints, and
-# torch 2.14's FutureWarning at each LeafSpec() Lightning 2.6 builds (lightning/pytorch/utilities/_pytree.py),
-# Lightning's to change. Lightning's other lines (devices, checkpoints restored, why fit stopped) stay.
+# torch 2.14's FutureWarnings at calls inside Lightning 2.6 (a LeafSpec() in lightning/pytorch/utilities/_pytree.py,
+# torch.distributed.nn's all_gather under DDP), Lightning's to change. Its other lines (devices, checkpoints
+# restored, why fit stopped) stay.
 UNACTIONABLE_LOG_LINES = ("💡 Tip: For seamless cloud logging",)
-warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+UNACTIONABLE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                         r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+for _message in UNACTIONABLE_WARNINGS:
+    warnings.filterwarnings("ignore", _message, FutureWarning)
 # (the logger Lightning's rank_zero_info writes to: the same object before and after Lightning's import)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith(UNACTIONABLE_LOG_LINES))

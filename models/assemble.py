@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, Progr
 from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
+from models.checkpointing import RunCheckpoint
 from models.checks import check_single_process_sweep
 from models.host import cheap_cuda_check, keep_freed_memory
 from models.recipe import Recipe
@@ -81,6 +82,9 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
         if cfg.trainer.get(switch) is False:
             callbacks = [c for c in callbacks if not isinstance(c, kind)]
+    for callback in callbacks:
+        if isinstance(callback, RunCheckpoint):
+            callback.resuming = resume_step is not None
     # A configured summary prints itself: Lightning's default one would only announce that it skips itself.
     summary = {"enable_model_summary": False} if any(isinstance(c, ModelSummary) for c in callbacks) else {}
     try:

@@ -12,6 +12,7 @@
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
 """
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -51,6 +52,13 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._pending: int | None = None  # the batch_idx of a step save that waits for a validation
+        self.resuming = False  # set by make_trainer for a resumed run
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        with warnings.catch_warnings():
+            if self.resuming:  # the folder holds what the run resumes from (train.py refuses a fresh run there)
+                warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         every = self._every_n_train_steps  # a step Lightning saves at, and a validation follows: wait for it
