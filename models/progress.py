@@ -1,6 +1,7 @@
 """The console of every run: Lightning's RichProgressBar, numbering the epochs of a step budget, and its
 RichModelSummary, of the network's layers only."""
 import math
+import warnings
 
 from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from rich import get_console
@@ -28,6 +29,11 @@ class NetSummary(RichModelSummary):
     the recipe also holds), with each layer's In sizes, Out sizes and FLOPs for one validation example (the recipe's
     `example_input_array`): 28x28 images keep their size through a padded 3x3 convolution, a 2x2 max-pool halves it.
     Written to a pipe or a file, where Rich assumes 80 columns, the table is not squeezed into them."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        with warnings.catch_warnings():  # mixed precision keeps float32 weights: the 32 bits it falls back to are right
+            warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model summary")
+            super().on_fit_start(trainer, pl_module)
 
     @staticmethod
     def summarize(summary_data: list[tuple[str, list[str]]], *args, **kwargs) -> None:

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelSummary, Timer
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -301,12 +301,13 @@ class Recipe(L.LightningModule):
 
     # -- lifecycle hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # One validation example for the model summary's In sizes, Out sizes and FLOPs columns: the shape each layer
-        # gives (a convolution's padding and stride, a pooling's halving). Not for a compiled network: the summary's
-        # forward would compile it once more, for that example's shapes.
-        summarized = any(isinstance(c, ModelSummary) for c in self.trainer.callbacks)
-        if stage == "fit" and summarized and self.example_input_array is None and not is_compiled(self.net):
-            if (batch := next(iter(self.trainer.datamodule.val_dataloader()), None)) is not None:
+        # One validation example for the model summary's In sizes, Out sizes and FLOPs columns (the shape each layer
+        # gives: a convolution's padding and stride, a pooling's halving) and TensorBoard's graph
+        # (+logger.log_graph=true). Not for a compiled network: a forward of it would compile it once more, for that
+        # example's shapes.
+        datamodule = self.trainer.datamodule  # (None when fit was given loaders, as some tests do)
+        if stage == "fit" and datamodule is not None and self.example_input_array is None and not is_compiled(self.net):
+            if (batch := next(iter(datamodule.val_dataloader()), None)) is not None:
                 self.example_input_array = tuple(t[:1] for t in batch[:-1])  # (inputs..., targets)
 
     def on_fit_start(self) -> None:
