@@ -85,10 +85,16 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     for callback in callbacks:
         if isinstance(callback, RunCheckpoint):
             callback.resuming = resume_step is not None
-    # A configured summary prints itself: Lightning's default one would only announce that it skips itself.
-    summary = {"enable_model_summary": False} if any(isinstance(c, ModelSummary) for c in callbacks) else {}
+    # A bar or summary taken out of the callbacks (`callbacks.progress_bar=null`) is off, not replaced by Lightning's
+    # default (`trainer.enable_progress_bar=true` asks for that one); a configured summary prints itself, and
+    # Lightning's default one would only announce that it skips itself.
+    switches = {}
+    for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
+        configured = any(isinstance(c, kind) for c in callbacks)
+        if (configured and kind is ModelSummary) or (not configured and cfg.trainer.get(switch) is not True):
+            switches[switch] = False
     try:
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **summary)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **switches)
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
         message = str(err.__cause__ or err)
         hardware = any(word in message.lower() for word in ("gpu", "cuda", "accelerator", "device", "precision",

@@ -40,7 +40,6 @@ BASELINE = [
     "trainer.max_epochs=30",
     "monitor.metric=val/loss", "monitor.mode=min",  # overfitting shows first, and most, in the validation loss
     "callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null",
-    "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",  # nor Lightning's own defaults
 ]
 NO_EARLY_STOPPING = "callbacks.early_stopping=null"  # so the curves go on past the best epoch
 

@@ -683,3 +683,11 @@ def test_the_trainers_switches_turn_off_the_configured_progress_bar_and_model_su
     assert kinds() == {"ProgressBar", "ModelSummary"}
     assert kinds("++trainer.enable_progress_bar=false") == {"ModelSummary"}
     assert kinds("++trainer.enable_model_summary=false") == {"ProgressBar"}
+    # Taken out of the callbacks, they are off: Lightning's own bar and summary took their place, so a "quiet" run
+    # (tests, benchmarks/gpu.sh's logs) printed a TQDM bar and a summary table.
+    assert kinds("callbacks.progress_bar=null", "callbacks.model_summary=null") == set()
+    assert kinds("~callbacks.progress_bar") == {"ModelSummary"}
+    assert kinds("callbacks.model_summary=null") == {"ProgressBar"}
+    # Lightning's defaults stay one switch away.
+    assert kinds("callbacks.progress_bar=null", "callbacks.model_summary=null", "++trainer.enable_progress_bar=true",
+                 "++trainer.enable_model_summary=true") == {"ProgressBar", "ModelSummary"}
