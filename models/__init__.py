@@ -6,11 +6,13 @@ from collections.abc import Sequence
 # Console lines that ask nothing of whoever reads them, dropped wherever `models` is imported (train.py, eval.py,
 # the benchmarks, the notebooks): Lightning's advertisement for its cloud logger, which every Trainer prints, and
 # torch 2.14's FutureWarnings at calls inside Lightning 2.6 (a LeafSpec() in lightning/pytorch/utilities/_pytree.py,
-# torch.distributed.nn's all_gather under DDP), Lightning's to change. Its other lines (devices, checkpoints
-# restored, why fit stopped) stay.
+# torch.distributed.nn's all_gather under DDP, and torch.jit.trace, which TensorBoard's graph is drawn with under
+# `+logger.log_graph=true`), Lightning's to change. Its other lines (devices, checkpoints restored, why fit stopped)
+# stay.
 UNACTIONABLE_LOG_LINES = ("💡 Tip: For seamless cloud logging",)
 UNACTIONABLE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                         r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+                         r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                         r"`torch\.jit\.trace(_method)?` is deprecated")
 for _message in UNACTIONABLE_WARNINGS:
     warnings.filterwarnings("ignore", _message, FutureWarning)
 # (the logger Lightning's rank_zero_info writes to: the same object before and after Lightning's import)

@@ -376,16 +376,18 @@ def test_cli_run_directory_holds_config_checkpoints_events_and_metrics(mnist_dir
 
 def test_cli_console_holds_no_line_that_asks_nothing(mnist_dir, tmp_path):
     """The default trainer settings, whole epochs: Lightning's devices, checkpoint restores and reason for stopping
-    stay; its cloud-logger advertisement, torch's LeafSpec deprecation (Lightning's to fix), the announcements of
-    limits at 1.0 and of a skipped default summary, and ckpt_path="best"'s warning about three ModelCheckpoints go.
-    The model summary lists the network's layers with the shapes one validation example takes through them."""
+    stay; its cloud-logger advertisement, torch's deprecations of what Lightning calls (LeafSpec; torch.jit.trace,
+    which draws TensorBoard's graph), the announcements of limits at 1.0 and of a skipped default summary, and
+    ckpt_path="best"'s warning about three ModelCheckpoints go. The model summary lists the network's layers with
+    the shapes one validation example takes through them."""
     result = run_cli("model=cnn", "data=mnist", f"paths.data_dir={mnist_dir}", "data.val_size=200",
                      "data.batch_size=64", "trainer.max_epochs=1", "callbacks.progress_bar=null",
-                     "callbacks.result_figures=null", f"hydra.run.dir={tmp_path}/run")
+                     "callbacks.result_figures=null", "+logger.log_graph=true", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-2000:]
     console = result.stdout + result.stderr
     assert "GPU available" in console and "Trainer.fit` stopped" in console and "Restoring states" in console
-    for line in ("Tip:", "LeafSpec", "was configured so", "Skipping setting a default", "multiple `ModelCheckpoint`"):
+    for line in ("Tip:", "is deprecated", "was configured so", "Skipping setting a default",
+                 "multiple `ModelCheckpoint`"):
         assert line not in console, line
     # A padded 3x3 convolution keeps 28x28, the 2x2 max-pool halves it; the FLOPs are counted, not 0.
     assert re.search(r"net\.features\.0 +│ Conv2d .*│ +\[1, 1, 28, 28\] │ +\[1, (\d+), 28, 28\] │", console)
