@@ -78,21 +78,20 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     if not logger:  # `~logger`: nowhere to write learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # The Trainer's own switches turn off the configured bar and summary too (Lightning refuses a bar it was told
-    # not to show, and would print a summary callback's summary anyway).
+    # not to show, and would print a summary callback's summary anyway). A bar or summary taken out of the callbacks
+    # (`callbacks.progress_bar=null`) is off, not replaced by Lightning's default (`trainer.enable_progress_bar=true`
+    # asks for that one). A configured summary prints itself: Lightning's default one would only announce that it
+    # skips itself.
+    switches = {}
     for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
         if cfg.trainer.get(switch) is False:
             callbacks = [c for c in callbacks if not isinstance(c, kind)]
-    for callback in callbacks:
-        if isinstance(callback, RunCheckpoint):
-            callback.resuming = resume_step is not None
-    # A bar or summary taken out of the callbacks (`callbacks.progress_bar=null`) is off, not replaced by Lightning's
-    # default (`trainer.enable_progress_bar=true` asks for that one); a configured summary prints itself, and
-    # Lightning's default one would only announce that it skips itself.
-    switches = {}
-    for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
         configured = any(isinstance(c, kind) for c in callbacks)
         if (configured and kind is ModelSummary) or (not configured and cfg.trainer.get(switch) is not True):
             switches[switch] = False
+    for callback in callbacks:
+        if isinstance(callback, RunCheckpoint):
+            callback.resuming = resume_step is not None
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **switches)
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
