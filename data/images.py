@@ -34,25 +34,43 @@ class _CIFAR10(datasets.CIFAR10):
 
 def cifar_problem(file: Path) -> str | None:
     """What is wrong with a CIFAR batch, or None when its images are the release's rows of 3072 bytes (1024 red,
-    1024 green, 1024 blue). torchvision reshapes any data to (N, 3, 32, 32): images saved as (N, 32, 32, 3), as
-    image libraries hold them, would be read with their channels and rows scrambled."""
+    1024 green, 1024 blue), one label each. torchvision reshapes any data to (N, 3, 32, 32): images saved as
+    (N, 32, 32, 3), as image libraries hold them, would be read with their channels and rows scrambled."""
     try:
         with open(file, "rb") as f:
-            data = pickle.load(f, encoding="latin1")["data"]
+            batch = pickle.load(f, encoding="latin1")
+        data = batch["data"]
     except Exception as err:
         return f"does not unpickle to a batch with images ({type(err).__name__}): a cut-short copy?"
     shape = tuple(getattr(data, "shape", ()))
-    if shape[1:] in ((3072,), (3, 32, 32)):  # (3, 32, 32) is the same bytes in the same order
-        return None
-    return (f"holds images shaped {'x'.join(map(str, shape[1:])) or type(data).__name__}, not rows of 3072 "
-            "(3x32x32): the batch was saved in another layout")
+    if shape[1:] not in ((3072,), (3, 32, 32)):  # (3, 32, 32) is the same bytes in the same order
+        return (f"holds images shaped {'x'.join(map(str, shape[1:])) or type(data).__name__}, not rows of 3072 "
+                "(3x32x32): the batch was saved in another layout")
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    if not hasattr(labels, "__len__"):
+        return "holds images but no labels (CIFAR-10's key \"labels\"): is it another dataset's batch?"
+    if len(labels) != shape[0]:  # torchvision would pair the first labels with the first images, silently
+        return f"holds {shape[0]:,} images but {len(labels):,} labels: a damaged copy?"
+    return None
+
+
+def cifar_meta_problem(file: Path) -> str | None:
+    """What is wrong with CIFAR-10's batches.meta (its class names), or None."""
+    try:
+        with open(file, "rb") as f:
+            names = pickle.load(f, encoding="latin1")["label_names"]
+    except KeyError:
+        return "holds no label_names, CIFAR-10's class names: is it another dataset's (CIFAR-100's)?"
+    except Exception as err:
+        return f"does not unpickle to the class names ({type(err).__name__}): a cut-short copy?"
+    return None if isinstance(names, (list, tuple)) else f"holds class names as {type(names).__name__}, not a list"
 
 
 def file_problem(file: Path) -> str | None:
     """What is wrong with one of a dataset's files (named by `DATASETS`), or None."""
     if file.name in IDX_FILES:
         return idx_problem(file)
-    return cifar_problem(file) if file.name != "batches.meta" else None
+    return cifar_problem(file) if file.name != "batches.meta" else cifar_meta_problem(file)
 
 
 class Source(NamedTuple):
@@ -208,6 +226,11 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
             raise UserInputError(f"{self.name} in {folder}/: the {split} labels are not whole class numbers (the "
                                  f"first: {ds.targets[0]!r}); the labels file is corrupt: put {what} there")
+        if len(labels) != len(ds.data):  # CIFAR's batches are checked one by one above: an IDX pair disagrees
+            images_file, labels_file = IDX_FILES[:2] if train else IDX_FILES[2:]
+            raise UserInputError(f"{self.name} in {folder}/: {images_file} holds {len(ds.data):,} images but "
+                                 f"{labels_file} {len(labels):,} labels: the two files are from different releases; "
+                                 f"put {what} there")
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(ds.classes):  # corrupt: a crash mid-training
             bad = labels[(labels < 0) | (labels >= len(ds.classes))]
             meta = f", or batches.meta names {len(ds.classes)} classes, too few" if self.name == "cifar10" else ""
@@ -221,9 +244,6 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         images = torch.as_tensor(ds.data)  # MNIST-like: (N, H, W) tensor; CIFAR: (N, H, W, C) numpy
         labels = torch.as_tensor(ds.targets, dtype=torch.long)
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
-        if len(images) != len(labels):
-            raise UserInputError(f"{self.name} in {self.root}/ has {len(images)} images but {len(labels)} labels: "
-                                 "the files are from different releases; replace them")
         self.classes = list(ds.classes)
         return images, labels
 

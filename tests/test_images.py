@@ -121,11 +121,34 @@ def test_too_few_cifar_class_names_are_named_as_the_other_suspect(cifar_dir, tmp
 
 
 def test_a_cifar_100_batches_meta_is_named_by_the_key_it_lacks(cifar_dir, tmp_path):
-    # batches.meta holds class names, not images: its problem is the KeyError, not "a batch without images"
+    # batches.meta holds class names, not images: its problem is the key it lacks, not "a batch without images"
     data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "batches.meta",
                                    lambda meta: {"fine_label_names": meta["label_names"]})  # CIFAR-100's key
-    with pytest.raises(UserInputError, match=r"could not read cifar10 from .*cifar-10-batches-py/ "
-                                             r"\(KeyError: 'label_names'\): put data_batch_1..5"):
+    with pytest.raises(UserInputError, match=r"could not read cifar10: .*cifar-10-batches-py/batches.meta holds no "
+                                             r"label_names, CIFAR-10's class names: .*: put data_batch_1..5"):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
+def test_a_cut_short_batches_meta_is_named(cifar_dir, tmp_path):
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, "data_batch_1", lambda batch: batch)  # a copy
+    meta = data_dir / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(meta.read_bytes()[:20])
+    with pytest.raises(UserInputError, match=r"could not read cifar10: .*/batches.meta does not unpickle to the class "
+                                             r"names \(\w+\): a cut-short copy\?: put"):
+        ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
+
+
+@pytest.mark.parametrize("name", ["data_batch_4", "test_batch"])
+@pytest.mark.parametrize("change, message", [
+    (lambda b: {**b, "labels": b["labels"][:-1]}, r"holds 100 images but 99 labels: a damaged copy\?"),
+    (lambda b: {"data": b["data"], "fine_labels": b["labels"]},  # CIFAR-100's key
+     r"holds images but no labels \(CIFAR-10's key \"labels\"\): is it another dataset's batch\?"),
+])
+def test_a_cifar_batch_without_a_label_for_each_image_is_named_before_training(name, change, message, cifar_dir,
+                                                                              tmp_path):
+    # torchvision reads one label fewer without a word: the test batch's was found only after training
+    data_dir = rewrite_cifar_batch(cifar_dir, tmp_path, name, change)
+    with pytest.raises(UserInputError, match=rf"could not read cifar10: .*/{name} {message}: put data_batch_1..5"):
         ImageDataModule("cifar10", str(data_dir), val_size=100, download=False).prepare_data()
 
 
@@ -184,17 +207,22 @@ def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
         dm.prepare_data()
 
 
-def test_images_without_their_labels_or_an_empty_folder_are_named(mnist_dir, tmp_path):
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_images_without_their_labels_or_an_empty_folder_are_named_before_training(split, mnist_dir, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     with pytest.raises(UserInputError, match=r"mnist not found in .*MNIST/raw/ and not downloadable"):
         ImageDataModule("mnist", str(tmp_path), download=False).prepare_data()
     for f in (mnist_dir / "MNIST" / "raw").iterdir():  # one label fewer than images, its header saying so
         data = f.read_bytes()
-        raw.joinpath(f.name).write_bytes(data[:4] + (1199).to_bytes(4, "big") + data[8:-1]
-                                         if f.name == "train-labels-idx1-ubyte" else data)
-    with pytest.raises(UserInputError, match=r"has 1200 images but 1199 labels: the files are from different releases"):
-        ImageDataModule("mnist", str(tmp_path), download=False).setup("fit")
+        n = int.from_bytes(data[4:8], "big")
+        raw.joinpath(f.name).write_bytes(data[:4] + (n - 1).to_bytes(4, "big") + data[8:-1]
+                                         if f.name == f"{split}-labels-idx1-ubyte" else data)
+    n = {"train": 1200, "t10k": 300}[split]
+    with pytest.raises(UserInputError, match=rf"mnist in .*MNIST/raw/: {split}-images-idx3-ubyte holds {n:,} images "
+                                             rf"but {split}-labels-idx1-ubyte {n - 1:,} labels: the two files are "
+                                             r"from different releases; put the four"):
+        ImageDataModule("mnist", str(tmp_path), download=False).prepare_data()  # the test files too: not after fit
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs `apt-get install -y dataset-fashion-mnist`")
