@@ -10,8 +10,10 @@ Memory while converting is bounded by one chunk (its lines and pandas' frame of 
 measured), whatever the file size; later runs read the files and parse nothing.
 
 Rows keep the file's order (Criteo's is chronological): the first rows train, the next `val_fraction` validate, the
-last `test_fraction` test (10% each by default). A hashed id becomes embedding row `1 + hash % buckets` (0: missing),
-buckets = min(hash_buckets, training rows). Numeric statistics come from the training rows, read in chunks.
+last `test_fraction` test (10% each by default). A hashed id becomes embedding row `1 + hash % buckets` (0: missing;
+in a field never missing in the training rows, row 0 would stay untrained: there a missing value is hashed too, as
+an unseen value), buckets = min(hash_buckets, training rows). Numeric statistics, and which fields had missing
+values, come from the training rows, read in chunks.
 Serving: when the rows of a stage (train + val, or test) take at most `max_in_memory_gb` (4 GB: ~27M rows at
 157 bytes each; the features are made per batch, so a batch is all that is added) they are copied into tensors
 on the device and served by index like every other dataset; larger ones are streamed from the files in
@@ -328,7 +330,11 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             for lo in range(start, stop, 1 << 20):  # a million rows (52 MB) at a time
                 self.scaler.update(torch.from_numpy(self.arrays["integers"].read(lo, min(lo + (1 << 20), stop))))
             self.scaler.finish()
+            missing = np.zeros(len(CATEGORIES), dtype=bool)  # per field: any missing value (id 0) in training
+            for lo in range(start, stop, 1 << 16):  # 65,536 rows (7 MB) at a time: no lasting mark on the heap
+                missing |= (self.arrays["categories"].read(lo, min(lo + (1 << 16), stop)) == 0).any(0)
             self.buckets = max(1, min(self.hash_buckets, int(stop - start)))  # no more than training rows can fill
+            self.set_missing(missing.tolist())
             self.train, self.val = self.load("train", "val")
             if not isinstance(self.train[0], Tensor) and self.batch_size % min(self.block_rows, self.batch_size):
                 multiple = max(1, round(self.batch_size / self.block_rows)) * self.block_rows
@@ -354,11 +360,20 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     # What was fitted on the training rows travels in every checkpoint (Lightning saves a DataModule's state_dict
     # beside the weights), so predict.py encodes new rows as in training without the (large) training file.
     def state_dict(self) -> dict:
-        return {} if self.train is None else {"scaler": self.scaler.state_dict(), "buckets": self.buckets}
+        return {} if self.train is None else {"scaler": self.scaler.state_dict(), "buckets": self.buckets,
+                                              "missing": self.missing}
 
     def load_state_dict(self, state: dict) -> None:
         if self.train is None and state:  # set up on its data, it keeps what it fitted: the same
             self.scaler, self.buckets = NumericScaler.from_state(state["scaler"]), state["buckets"]
+            self.set_missing(state.get("missing", [True] * len(CATEGORIES)))  # checkpoints before it: id 0 for all
+
+    def set_missing(self, missing: list[bool]) -> None:
+        """Which fields had missing values in training, and the id a missing value gets in each: 0 where it did
+        (row 0 trained), else the hashed bucket of an unseen value (row 0 would be an untrained vector)."""
+        self.missing = [bool(m) for m in missing]
+        unseen = 1 + int(stable_hash([np.nan])[0]) % self.buckets
+        self.missing_ids = torch.tensor([0 if m else unseen for m in self.missing], dtype=torch.int32)  # as the ids
 
     def read_frames(self, path: Path, rows: int) -> Iterator[pd.DataFrame]:
         """New rows to predict, `rows` at a time: Kaggle's tab-separated lines, or a CSV with Criteo's header, read
@@ -381,13 +396,14 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
         return numeric, ids
 
     def features(self, labels: Tensor, integers: Tensor, categories: Tensor, generator=None) -> tuple[Tensor, ...]:
-        ids = torch.where(categories == 0, 0, categories % self.buckets + 1)  # (B, 26); 0: missing
+        ids = torch.where(categories == 0, self.missing_ids.to(categories.device), categories % self.buckets + 1)
         return self.scaler(integers), ids, labels.reshape(-1).long()
 
     # -- batches ----------------------------------------------------------------------------------
     def _batches(self, split, batch_size: int, train: bool) -> TensorBatches:
         device = data_device(self.trainer, self.on_device)
         self.scaler.to(device)
+        self.missing_ids = self.missing_ids.to(device)  # once: a copy from the CPU on every batch would wait
         common = dict(shuffle=train, **loader_args(self.trainer))
         if isinstance(split, tuple) and isinstance(split[0], Tensor):  # in memory: index slices on the device
             return TensorBatches(*(t.to(device) for t in split), batch_size=batch_size, transform=self.features,

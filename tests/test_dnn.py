@@ -573,6 +573,32 @@ def test_criteo_converted_in_several_chunks_splits_fits_and_hashes_as_it_should(
                          str(tmp_path / "cache")).setup("fit")
 
 
+def test_a_criteo_field_never_missing_in_training_hashes_a_later_missing_value_to_a_trained_row(tmp_path):
+    # C3 is never missing in the generated rows (C1 is, 5% of them): empty in the last 150 (validation, test), its
+    # id 0 would read an embedding row no training batch updated. It gets an unseen value's hashed bucket instead.
+    rows = criteo_rows(1000, np.random.default_rng(5))
+    assert rows["C3"][:800].notna().all() and rows["C1"][:800].isna().any()
+    rows.loc[850:, "C3"] = None
+    rows.to_csv(tmp_path / "train.txt", sep="\t", header=False, index=False)
+    dm = CriteoDataModule(str(tmp_path / "train.txt"), str(tmp_path / "cache"), chunk_rows=64)
+    dm.setup("fit")
+    dm.setup("test")
+    assert [dm.missing[i] for i in (0, 2)] == [True, False]
+    unseen = 1 + stable_hash([np.nan])[0] % dm.buckets
+    _, ids, _ = dm.features(*dm.test)
+    assert (ids[:, 2] == unseen).sum() == 100 and unseen > 0  # all 100 test rows
+    assert torch.equal(ids[:, 0] == 0, torch.tensor(rows["C1"][900:].isna().to_numpy()))  # trained row 0 still
+    # predict.py: the checkpoint's state encodes new rows alike; one saved before the state had it keeps id 0
+    served = CriteoDataModule(str(tmp_path / "gone.txt"), str(tmp_path / "cache"))
+    served.load_state_dict(dm.state_dict())
+    rows[900:].to_csv(tmp_path / "new.csv", index=False)
+    frame, = served.read_frames(tmp_path / "new.csv", 1000)
+    assert torch.equal(served.encode_frame(frame)[1], ids.long())
+    old = CriteoDataModule(str(tmp_path / "gone.txt"), str(tmp_path / "cache"))
+    old.load_state_dict({k: v for k, v in dm.state_dict().items() if k != "missing"})
+    assert (old.encode_frame(frame)[1][:, 2] == 0).all()
+
+
 def test_npy_rows_reads_what_numpy_saved(tmp_path):
     array = np.arange(300, dtype=np.float32).reshape(100, 3)
     np.save(tmp_path / "a.npy", array)
