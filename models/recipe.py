@@ -50,17 +50,19 @@ def stopped_by(trainer: L.Trainer) -> str:
         return "early_stopping"
     if 0 < trainer.max_steps <= trainer.global_step:
         return "max_steps"
-    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
-        return "max_epochs"
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs and (
+            trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches):
+        return "max_epochs"  # (current_epoch counts an epoch that a stop cut short: not all its batches ran)
     if time_is_up(trainer):
         return "max_time"
     return "a callback"
 
 
-def time_is_up(trainer: L.Trainer) -> bool:
-    """Whether trainer.max_time (Lightning's Timer) has run out: the Timer stops the run after the current batch."""
+def time_is_up(trainer: L.Trainer, within: float = 0.0) -> bool:
+    """Whether trainer.max_time (Lightning's Timer) has run out, or will within `within` seconds: the Timer stops
+    the run after the batch during which it ran out."""
     timers = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
-    return any(remaining is not None and remaining <= 0 for remaining in timers)
+    return any(remaining is not None and remaining <= within for remaining in timers)
 
 
 def repeated_epoch_end(trainer) -> bool:
@@ -214,7 +216,8 @@ class Recipe(L.LightningModule):
         self._fit_started = time.perf_counter()
         self._fitting = False  # between this module's on_fit_start and on_fit_end (see check_finite)
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
-        self._step_losses: list[Tensor] = []  # the losses of a logged optimizer step's accumulated batches
+        self._step_losses: list[Tensor] = []  # the losses of the optimizer step's accumulated batches so far
+        self._batch_started: float | None = None  # when the last training batch began (_logging_step)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.net(*inputs)
@@ -238,15 +241,20 @@ class Recipe(L.LightningModule):
         """Whether Lightning sends this step's on_step values to the loggers: when (optimizer steps done + 1) is a
         multiple of log_every_n_steps, and at the run's last step (asked to stop, Lightning sends that step too).
         Per-step values are logged only then: a self.log call costs ~1 ms of Python (a sixth of the DNN's CPU
-        step), and at a step Lightning sends without new values it repeats the last ones, stale, under its number."""
+        step), and at a step Lightning sends without new values it repeats the last ones, stale, under its number.
+        trainer.max_time's Timer decides after a batch whether the time ran out during it: a batch that begins
+        within twice the previous batch's duration of the limit logs its step."""
         n, steps = self.trainer.log_every_n_steps, self.trainer.global_step + 1  # with this batch's optimizer step
-        return n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps) or time_is_up(self.trainer))
+        now, before = time.perf_counter(), self._batch_started
+        self._batch_started = now
+        return n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps)
+                          or time_is_up(self.trainer, within=2 * (now - before) if before is not None else 0.0))
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
+        self._step_losses.append(loss.detach())  # with trainer.accumulate_grad_batches, the step's batches so far
         self._log_now = self._logging_step(batch_idx)  # (also read by on_before_optimizer_step)
-        if self._log_now:  # with trainer.accumulate_grad_batches, the step's batches so far: Lightning sends the
-            self._step_losses.append(loss.detach())  # value logged at its last, the mean its gradient follows
+        if self._log_now:  # Lightning sends the value logged at the step's last batch: the mean its gradient follows
             self.log("train/loss_step", torch.stack(self._step_losses).mean(), on_step=True, on_epoch=False)
         # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
         # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
@@ -410,7 +418,9 @@ class Recipe(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.state.fn == "fit":  # every checkpoint of a fit, also those written after a validation
             self.check_finite()
-        checkpoint["train_seconds"] = self.train_seconds()
+        # Outside the fit (a learning-rate finder's trial checkpoint, from its on_fit_start before this module's) the
+        # clock has not started: the time since this module was built is the data's set-up, not training.
+        checkpoint["train_seconds"] = self.train_seconds() if self._fitting else self.seconds_before
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -426,7 +426,33 @@ def test_per_step_values_are_logged_every_interval_and_at_the_runs_last_step():
              ({"global_step": 1, "log_every_n_steps": 0}, 1, False)]
     for settings, batch_idx, logged in cases:
         recipe._trainer = fake_trainer(**settings)
+        recipe._batch_started = None  # the fit's first batch
         assert recipe._logging_step(batch_idx) == logged, settings
+    # The Timer decides after a batch whether the time ran out during it, and Lightning then sends that step's
+    # values: the batches of the last two batches' time before the limit log theirs (else stale ones are sent).
+    import time
+    ending = Timer(duration={"seconds": 10})
+    ending._offset = 9.5  # 0.5 s left
+    recipe._trainer = fake_trainer(global_step=2, callbacks=[ending])
+    for batch_seconds, logged in ((0.1, False), (0.3, True)):
+        recipe._batch_started = time.perf_counter() - batch_seconds  # when the previous batch began
+        assert recipe._logging_step(2) == logged, batch_seconds
+
+
+def test_a_checkpoint_written_before_the_fit_starts_counts_no_training_time():
+    # Lightning's learning-rate finder writes (and restores) a checkpoint in its on_fit_start, before this module's:
+    # the time since the module was built, the data's set-up, was counted as training and carried into the fit.
+    from types import SimpleNamespace
+
+    recipe = recipe_for(torch.nn.Linear(2, 1), "multiclass")
+    recipe._trainer = fake_trainer(state=SimpleNamespace(fn="fit"))
+    recipe._fit_started -= 100  # built 100 s ago
+    checkpoint = {}
+    recipe.on_save_checkpoint(checkpoint)
+    assert checkpoint["train_seconds"] == 0.0
+    recipe.on_fit_start()
+    recipe.on_save_checkpoint(checkpoint)
+    assert 0 < checkpoint["train_seconds"] < 10
 
 
 def test_a_run_resumed_without_a_schedule_trains_at_the_configured_rate_and_momentum():

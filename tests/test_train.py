@@ -203,6 +203,14 @@ def test_a_logged_step_loss_is_the_mean_over_its_accumulated_batches(mnist_dir, 
     assert [e.step for e in steps] == [0, 1, 2]
     epoch = events.Scalars("train/loss")[0].value
     assert sum(e.value for e in steps) / 3 == pytest.approx(epoch, rel=1e-5)
+    # Logged at the run's last step alone (log_every_n_steps 100): the same mean of its two batches, not the last's.
+    train_module.train(mnist_config(mnist_dir, tmp_path / "once", "trainer.max_epochs=1",
+                                    "trainer.limit_train_batches=6", "+trainer.accumulate_grad_batches=2",
+                                    "trainer.log_every_n_steps=100", "scheduler=none", "callbacks.early_stopping=null"))
+    events = EventAccumulator(str(tmp_path / "once" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    last, = events.Scalars("train/loss_step")
+    assert last.step == 2 and last.value == pytest.approx(steps[-1].value, rel=1e-5)
 
 
 def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
@@ -267,9 +275,12 @@ def test_stopped_by_names_the_budget_the_run_reached_and_a_callback_otherwise():
 
     from models.recipe import stopped_by
 
-    def trainer(**settings):
+    def trainer(batches_run=20, **settings):  # of the epoch's 20 (Lightning counts an epoch cut short as done)
+        fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(
+            current=SimpleNamespace(completed=batches_run))))
         return SimpleNamespace(**{"early_stopping_callback": None, "max_steps": -1, "global_step": 40,
-                                  "max_epochs": 3, "current_epoch": 2, "callbacks": [], **settings})
+                                  "max_epochs": 3, "current_epoch": 2, "callbacks": [], "fit_loop": fit_loop,
+                                  "num_training_batches": 20, **settings})
 
     expired = Timer(duration={"seconds": 1})
     expired._offset = 2  # 2 s of training counted against a 1 s limit
@@ -277,6 +288,8 @@ def test_stopped_by_names_the_budget_the_run_reached_and_a_callback_otherwise():
     assert stopped_by(trainer(current_epoch=3)) == "max_epochs"
     assert stopped_by(trainer(max_epochs=-1, current_epoch=5)) == "a callback"  # -1: no epoch budget (the LSTM's)
     assert stopped_by(trainer(max_epochs=-1, callbacks=[expired])) == "max_time"
+    assert stopped_by(trainer(current_epoch=3, batches_run=7, callbacks=[expired])) == "max_time"  # the last cut
+    assert stopped_by(trainer(current_epoch=3, batches_run=7)) == "a callback"
     assert stopped_by(trainer(callbacks=[Timer(duration={"seconds": 1000})])) == "a callback"
     stopper = EarlyStopping(monitor="val/loss")
     stopper.stopping_reason, stopper.stopped_epoch = EarlyStoppingReason.PATIENCE_EXHAUSTED, 2
