@@ -46,9 +46,9 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
                **({"limit_test_batches": limit} if limit else {}),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
                "enable_progress_bar": False, **trainer_options}
-    try:
+    try:  # fails e.g. for accelerator=gpu without a GPU, or accelerator=tpu without torch_xla (an ImportError)
         trainer = L.Trainer(**options)
-    except (TypeError, ValueError, MisconfigurationException) as err:  # e.g. accelerator=gpu without a GPU
+    except (TypeError, ValueError, MisconfigurationException, ImportError) as err:
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
     metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
     return {**metrics, **reference_metrics(datamodule, trainer)}
@@ -68,10 +68,10 @@ def main(argv: list[str]) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(options.get("out") or output_path(ckpt_path))
+    out = Path(options.get("out") or output_path(ckpt_path)).expanduser()
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))  # first: out= may fail
     write_json(out, saved)
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))
     print(f"written to {out}", file=sys.stderr)
     return 0
 

@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from data import UserInputError, class_names
 from data.columns import CsvRows, read_csv_rows
 from models.recipe import load_recipe, probabilities
+from models.records import written_whole
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
@@ -174,19 +175,13 @@ def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[
 
 @contextmanager
 def output(out: str | None):
-    """Where the CSV goes: stdout, or out=FILE written whole or not at all (into a temporary file beside it, which
-    replaces FILE at the end): an error or Ctrl-C halfway leaves an earlier FILE as it was."""
+    """Where the CSV goes: stdout, or out=FILE written whole or not at all (`written_whole`): an error or Ctrl-C
+    halfway leaves an earlier FILE as it was."""
     if not out:
         yield sys.stdout
         return
-    path = Path(out).expanduser().resolve()  # a symlink's target is replaced, the link kept
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "w", newline="") as f:
-            yield f
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with written_whole(out, newline="") as f:
+        yield f
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,10 @@ mid-write never leaves half a record) and Hydra's .hydra/overrides.yaml. A damag
 it, not a traceback."""
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -12,14 +15,31 @@ from lightning.pytorch.utilities import rank_zero_only
 from data import UserInputError
 
 
-def write_json(path: Path, data) -> None:
-    """`data` as indented JSON in `path`: into a temporary file beside it, renamed over `path` at the end."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextmanager
+def written_whole(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A text file to write `path` through, whole or not at all: a temporary file beside it, renamed over it when the
+    block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was). A symlink's target is
+    replaced, the link kept. What is not a regular file (/dev/stdout, a pipe, a device) is written to directly:
+    renaming over it would put a file in its place."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        with open(path, "w", newline=newline) as f:
+            yield f
+        return
+    path = path.resolve()
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        with open(partial, "w", newline=newline) as f:
+            yield f
+        os.replace(partial, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data) -> None:
+    """`data` as indented JSON in `path`, whole or not at all (`written_whole`)."""
+    with written_whole(path) as f:
+        f.write(json.dumps(data, indent=2) + "\n")
 
 
 @rank_zero_only

@@ -399,12 +399,17 @@ def check_out(out: str, read: dict[str, Path]) -> None:
                     raise UserInputError(f"out={out} is a file train.py wrote for the run in {run} ({part}): give "
                                          "another file name, e.g. out=" + str(run / "metrics_eval.json"))
                 break
-    existed = path.exists()
+    if path.exists() and not path.is_file():  # /dev/stdout, a pipe, a device: written to directly (opening a pipe
+        if not os.access(path, os.W_OK):      # now would end its reader's input before the output came)
+            raise UserInputError(f"out={out}: cannot write there; give a file you can write")
+        return
+    target = path.resolve()  # what is written: a symlink's target (a link to no file yet too), the link kept
+    existed = target.exists()
     try:  # writable? (found out now, not after the work)
-        with open(path, "a"):
+        with open(target, "a"):
             pass
     except OSError as err:
         raise UserInputError(f"out={out}: cannot write there ({err.strerror}); give a file you can write") from None
     finally:
         if not existed:
-            path.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)

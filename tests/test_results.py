@@ -296,6 +296,9 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
     if not torch.cuda.is_available():
         assert eval_script.main([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=gpu"]) == 2
         assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'gpu'}: No supported gpu")
+    if importlib.util.find_spec("torch_xla") is None:  # Lightning's ImportError for a package it lacks: one line
+        assert eval_script.main([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=tpu"]) == 2
+        assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'tpu'}: ")
 
 
 def test_eval_writes_out_file_with_the_checkpoint_and_overrides_and_tests_in_the_runs_precision(sweep, tmp_path,
@@ -311,6 +314,13 @@ def test_eval_writes_out_file_with_the_checkpoint_and_overrides_and_tests_in_the
     saved = json.loads(out.read_text())
     assert saved["checkpoint"] == str(ckpt) and saved["data_overrides"] == ["data.eval_batch_size=50"]
     assert "test/acc" in saved and default_json() == before  # out= instead of RUN/metrics_eval.json
+    # out= as zsh passes ~ (unexpanded), and a symlink: its target written, the link kept
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    for given, written in (("~/home.json", tmp_path / "home.json"), (tmp_path / "link.json", tmp_path / "target.json")):
+        assert eval_script.main([f"ckpt_path={ckpt}", "data.eval_batch_size=50", f"out={given}"]) == 0
+        assert json.loads(written.read_text())["test/acc"] == saved["test/acc"]
+    assert (tmp_path / "link.json").is_symlink()
     # A run trained in bf16 is tested in bf16, as train.py tested it.
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["hyper_parameters"]["config"]["trainer"]["precision"] = "bf16-mixed"
@@ -569,6 +579,24 @@ def test_predict_appends_a_click_probability_to_csv_rows(tmp_path):
     expected = recipe.net(torch.tensor(rows[["a", "b", "c"]].to_numpy(), dtype=torch.float32)).sigmoid().view(-1)
     np.testing.assert_allclose(scored["click_probability"], expected.detach().numpy(), rtol=1e-5)
     assert scored["click_probability"][0] > 0.9 > 0.1 > scored["click_probability"][1]  # it learned the sign
+
+
+def test_out_that_is_a_pipe_is_written_to_not_replaced(tmp_path):
+    # out=/dev/stdout, a named pipe or a device: renamed over, a temporary file took its place (a pipe's reader got
+    # nothing, /dev/null became a file), and checking it before the work ended the reader's input.
+    import threading
+
+    from models.records import write_json
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    runs.parse_arguments(["ckpt_path=x.ckpt", f"out={fifo}"], "usage", required=("ckpt_path",), optional=("out",))
+    write_json(fifo, {"test/acc": 0.5})
+    reader.join(timeout=10)
+    assert received == ['{\n  "test/acc": 0.5\n}\n'] and fifo.is_fifo()
 
 
 def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path):
