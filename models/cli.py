@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,9 +148,18 @@ def trainer_arguments(argv: list[str]) -> list[str]:
     return passed
 
 
+def quoted(value: str) -> str:
+    """`value` quoted for Hydra's grammar, which takes no letter outside ASCII unquoted (a folder /tmp/josé): in its
+    quoted strings a backslash is itself but before the closing quote or a quote, where it is doubled."""
+    return '"' + re.sub(r'(\\*)("|$)', lambda m: 2 * m[1] + ("\\" + m[2] if m[2] else ""), value) + '"'
+
+
 def unquoted(value: str) -> str:
     """A value as Hydra reads it: `"/tmp/rün"` (quoted for its grammar) is the folder /tmp/rün."""
-    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    if len(value) < 2 or value[0] != value[-1] or value[0] not in "'\"":
+        return value
+    quote = value[0]  # each backslash run before a quote or the end stands for half as many; then the quote
+    return re.sub(rf"(\\+)({quote}|$)", lambda m: m[1][: len(m[1]) // 2] + m[2], value[1:-1])
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -172,7 +182,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
             raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
                                  "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
                                  "schedule's length was fixed when it started)")
-        return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={run}", "ckpt_path=last"]
+        return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={quoted(str(run))}",
+                                                                           "ckpt_path=last"]
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
         if args.get(key) == "":  # Hydra would take the working directory, the repository root
             raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
@@ -225,7 +236,7 @@ def claimed_run_dir(argv: list[str]) -> list[str]:
             folder.mkdir()  # atomic: of two processes, one makes it
         except FileExistsError:
             continue
-        return argv + [f"{key}={folder}"]
+        return argv + [f"{key}={quoted(str(folder))}"]
 
 
 @contextmanager
@@ -234,7 +245,7 @@ def config_kept_on_failure(argv: list[str]):
     writes a checkpoint (a resume refused because its schedule differs, a bad path), the run directory's earlier
     .hydra/ files are put back: its saved config stays the one its checkpoints were trained with, and
     `resume=RUN` keeps working."""
-    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    run_dir = next((unquoted(a.split("=", 1)[1]) for a in argv if a.startswith("hydra.run.dir=")), None)
     folder = Path(run_dir) / ".hydra" if run_dir else None
     # Only the process that writes .hydra/ puts it back: DDP's other ranks (started after rank 0 wrote the new
     # config, or told hydra.output_subdir=null) would put back rank 0's new files.

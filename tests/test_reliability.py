@@ -669,8 +669,8 @@ def test_any_trainer_argument_is_set_without_a_plus():
                                                                                  *passed]
 
 
-@pytest.mark.parametrize("rank", [None, "1"])
-def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rank, run_dir", [(None, "{}"), ("1", "{}"), (None, '"{}"')])  # quoted: found as well
+def test_only_the_process_that_wrote_the_config_puts_it_back(rank, run_dir, tmp_path, monkeypatch):
     # DDP's other ranks start after rank 0 wrote the new config: putting back what they found would undo rank 0's.
     for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
@@ -679,7 +679,7 @@ def test_only_the_process_that_wrote_the_config_puts_it_back(rank, tmp_path, mon
     (tmp_path / ".hydra").mkdir()
     config = tmp_path / ".hydra" / "config.yaml"
     config.write_text("before")
-    with pytest.raises(SystemExit), config_kept_on_failure([f"hydra.run.dir={tmp_path}"]):
+    with pytest.raises(SystemExit), config_kept_on_failure([f"hydra.run.dir={run_dir.format(tmp_path)}"]):
         config.write_text("the refused command's")  # as Hydra writes it, then the command fails
         (tmp_path / ".hydra" / "new.yaml").write_text("written by the refused command")
         raise SystemExit(2)
@@ -754,6 +754,19 @@ def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
         resume_arguments([f'hydra.run.dir="{tmp_path / "rün"}"'])
 
 
+def test_a_run_under_a_folder_named_outside_ascii_trains_and_is_resumed(tmp_path):
+    # The run directory train.py adds (stamped under paths.log_dir, or resume's) went to Hydra unquoted: a folder
+    # under /home/josé/ was a page of Hydra's lexer error, and its run could never be resumed.
+    log_dir = tmp_path / "josé"
+    trained = run_cli("model=dnn", "data.rows=3000", "debug=fast", f'paths.log_dir="{log_dir}"')
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run, = log_dir.glob("dnn/*")
+    assert (run / "metrics.json").is_file()
+    resumed = run_cli(f'resume="{run}"', "model.net.hidden_size=7")  # refused: the checkpoint's network is another
+    assert resumed.returncode == 2 and "Lexer" not in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.stderr.strip().splitlines()[-1].startswith("error: ") and "hidden_size" in resumed.stderr
+
+
 @pytest.mark.parametrize("arg, message", [
     ("hydra.run.dir=/tmp/rün", "hydra.run.dir=/tmp/rün: Hydra cannot read the unquoted 'ü'; quote the value, as in "
                                "'hydra.run.dir=\"/tmp/rün\"'"),  # Hydra alone printed a page for hydra.* keys
@@ -811,10 +824,11 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, fro
     command = ["model=dnn", f"paths.log_dir={log_dir}"]
     stamped = log_dir / "dnn" / "2026-01-01_00-00-00"
     claimed = [claimed_run_dir(command)[-1] for _ in range(3)]
-    assert claimed == [f"hydra.run.dir={stamped}", f"hydra.run.dir={stamped}_1", f"hydra.run.dir={stamped}_2"]
+    # quoted for Hydra's grammar: a folder under /home/josé/ was a page of Hydra's lexer error
+    assert claimed == [f'hydra.run.dir="{stamped}"', f'hydra.run.dir="{stamped}_1"', f'hydra.run.dir="{stamped}_2"']
     assert all(folder.is_dir() for folder in (stamped, log_dir / "dnn" / "2026-01-01_00-00-00_1"))
     sweep = claimed_run_dir(["-m", *command, "seed=1,2"])[-1]  # a sweep's folder, as two sweeps started together
-    assert sweep == f"hydra.sweep.dir={log_dir / 'multirun' / '2026-01-01_00-00-00'}"
+    assert sweep == f'hydra.sweep.dir="{log_dir / "multirun" / "2026-01-01_00-00-00"}"'
     for untouched in ([*command, f"hydra.run.dir={stamped}"], ["--cfg", "job", *command],
                       ["-m", *command, "hparams_search=dnn_optuna"]):  # the study's folder is fixed: its own
         assert claimed_run_dir(untouched) == untouched
@@ -875,7 +889,7 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- hydra.run.dir=/moved/away\n- ckpt_path=x.ckpt\n")
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
-        "model=cnn", "trainer.max_epochs=9", f"hydra.run.dir={run}", "ckpt_path=last"]
+        "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last"]  # quoted: Hydra reads ü so
 
 
 def test_a_run_directory_with_ckpt_path_is_continued_not_refused(tmp_path):
