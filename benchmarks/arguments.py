@@ -18,10 +18,18 @@ from models.checks import CONFIGS, check_number
 from models.cli import check_overrides, trainer_arguments
 
 os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
+# trainer.precision's short names, as Lightning reads them; what measure.autocast does in the plain loop (bf16-true
+# would train bfloat16 weights in one path and float32 ones in the other)
+LIGHTNING_PRECISION = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+PLAIN_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[str]]:
     """(the benchmark's own `name=value` options, the train.py overrides)."""
+    for arg in argv:
+        if arg.startswith("-") or arg in names:  # (`--help` is run's)
+            raise UserInputError(f"{arg}: give key=value arguments, the benchmark's own ({', '.join(names)}) and "
+                                 "train.py's overrides; --help shows the usage")
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in names)
     return options, [a for a in argv if a.split("=", 1)[0] not in options]
 
@@ -52,12 +60,20 @@ def train_config(overrides: list[str]) -> DictConfig:
     overrides = trainer_arguments(overrides)
     check_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+        cfg = compose("train", overrides=overrides + ["paths.output_dir=/tmp/redes-benchmark"])
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if LIGHTNING_PRECISION.get(precision, precision) not in PLAIN_PRECISIONS:
+        raise UserInputError(f"trainer.precision={precision}: the benchmarks' plain-PyTorch loop runs "
+                             f"{', '.join(PLAIN_PRECISIONS)} as Lightning does; give one of those")
+    return cfg
 
 
 def run(main: Callable[[list[str]], tuple[dict, str | None]]) -> None:
     """Run a benchmark's `main(argv) -> (result, out)`: print its JSON and save it to `out`, or print the error line
     of bad input and exit 2."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(sys.modules[main.__module__].__doc__)
+        return
     try:
         result, out = main(sys.argv[1:])
     except UserInputError as err:

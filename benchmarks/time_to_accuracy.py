@@ -12,7 +12,8 @@ The metric is test/acc for images, test/loss (nats/char, lower is better) for te
 This benchmark alone scores the test split after every epoch, with the clock stopped: it measures speed and
 chooses nothing (training still early-stops on validation only; the clock counts training, the validation after each
 epoch that early stopping needs and the epoch-end metrics, as train.py's train_seconds does; not checkpoints, which are
-not written, nor the test scoring, which trainer.max_time does not count either).
+not written, nor the test scoring, which trainer.max_time does not count either). Lightning runs the recipe's and early
+stopping's epoch ends after this benchmark's: each point counts those of the epochs before it (milliseconds).
 """
 import sys
 import time
@@ -36,8 +37,9 @@ METRIC = {"multiclass": ("test/acc", "max"), "binary": ("test/auroc", "max"), "l
 class TestClock(L.Callback):
     """After each training epoch: stop the clock, score the test split, record (train seconds, metric). One clock
     from the start of training, less the scoring: what happens between epochs (the recipe's epoch-end metrics,
-    early stopping) counts, as in train.py's train_seconds. A Lightning Timer (trainer.max_time) does not count the
-    scoring either: the benchmark stops where a run of train.py would."""
+    early stopping) counts, as in train.py's train_seconds (in the next point: Lightning runs them after this).
+    A Lightning Timer (trainer.max_time) does not count the scoring either: the benchmark stops where a run of
+    train.py would."""
 
     def __init__(self, datamodule, metric: str) -> None:
         self.datamodule, self.metric, self.points = datamodule, metric, []

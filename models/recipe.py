@@ -316,7 +316,9 @@ class Recipe(L.LightningModule):
         datamodule = self.trainer.datamodule  # (None when fit was given loaders, as some tests do)
         if stage == "fit" and datamodule is not None and self.example_input_array is None and not is_compiled(self.net):
             if (batch := next(iter(datamodule.val_dataloader()), None)) is not None:
-                self.example_input_array = tuple(t[:1] for t in batch[:-1])  # (inputs..., targets)
+                # (inputs..., targets); in the precision's dtype, as Lightning converts each batch (bf16-true's:
+                # its summary and graph forward the example as it is, into bf16 weights)
+                self.example_input_array = self.trainer.precision_plugin.convert_input(tuple(t[:1] for t in batch[:-1]))
 
     def on_fit_start(self) -> None:
         self._fit_started, self._fitting = time.perf_counter(), True

@@ -95,6 +95,10 @@ def main(argv: list[str]) -> int:
         if not sep:
             print(f"error: {arg!r} is not name=value; usage: {USAGE}", file=sys.stderr)
             return 2
+        if key in ("name", "run_dir"):  # given as the first two arguments
+            print(f"error: {arg}: the notebook and the run directory are the first two arguments, not name=value; "
+                  f"usage: {USAGE}", file=sys.stderr)
+            return 2
         try:
             parameters[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

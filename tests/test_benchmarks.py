@@ -188,6 +188,11 @@ def test_the_gpu_script_runs_its_steps_and_gathers_their_results(tmp_path):
     ("time_to_accuracy.py", ["model=dnn", "targets=abc"], "error: targets=abc: give a list of numbers"),
     ("throughput.py", ["model=dnn", "trainer.accumulate_grad_batches=4"],  # a Trainer argument configs/ lacks, as in
      "error: trainer.accumulate_grad_batches=4: throughput.py times optimizer steps of one batch each"),  # train.py
+    ("throughput.py", ["model=dnn", "steps"], "error: steps: give key=value arguments, the benchmark's own"),
+    ("time_to_accuracy.py", ["model=dnn", "-x"], "error: -x: give key=value arguments"),  # (Hydra's page)
+    # bf16-true: Lightning trains bfloat16 weights, the plain loop would run float32 ones (time_to_accuracy crashed)
+    ("throughput.py", ["model=dnn", "trainer.precision=bf16-true"], "error: trainer.precision=bf16-true: the "
+     "benchmarks' plain-PyTorch loop runs 32-true, bf16-mixed, 16-mixed as Lightning does; give one of those"),
     ("criteo_prepare.py", ["--gb", "-1"], "error: argument --gb: '-1': give a number > 0"),
     ("lstm_windows.py", ["--steps", "0"], "error: argument --steps: '0': give a whole number >= 1"),
 ])
@@ -197,6 +202,13 @@ def test_a_bad_benchmark_argument_is_one_error_line(script, args, message, tmp_p
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert message in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "criteo").exists()  # refused before any file is written
+
+
+@pytest.mark.parametrize("script", ["throughput.py", "time_to_accuracy.py"])
+def test_a_benchmarks_help_is_its_usage(script):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and f"python benchmarks/{script}" in done.stdout and not done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("content, message", [

@@ -86,6 +86,14 @@ def test_text_generation_notebook(tmp_path, capsys):
         assert "cannot write the executed notebook" in capsys.readouterr().err
 
 
+def test_the_run_directory_given_again_as_a_parameter_is_one_line(capsys, tmp_path):
+    run = importlib.import_module("notebooks.run")
+    assert run.main(["analyze_run", str(tmp_path), f"run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: run_dir={tmp_path}: the notebook and the run directory are the first two") and \
+        "TypeError" not in err
+
+
 def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
     run = importlib.import_module("notebooks.run")
     source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'

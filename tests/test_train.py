@@ -100,6 +100,18 @@ def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypat
     assert 0 < last["train_seconds"] <= metrics["train_seconds"]
 
 
+def test_bfloat16_weights_train_and_unscaled_float16_ones_are_refused(tmp_path):
+    # bf16-true: the model summary forwarded its float32 example into bfloat16 weights (a traceback); 16-true gave
+    # NaN from the DNN's raw features (float16 ends at 65,504) and a traceback in the test figures.
+    metrics = train_module.train(make_config("model=dnn", "data.rows=3000", "trainer.max_epochs=1",
+                                             "trainer.precision=bf16-true", "callbacks.progress_bar=null",
+                                             output_dir=tmp_path / "bf16"))  # the summary and figures on
+    assert metrics["test/auroc"] > 0.5
+    with pytest.raises(UserInputError, match="trainer.precision=16-true trains float16 weights without loss scaling"):
+        train_module.train(make_config("model=dnn", "data.rows=3000", "trainer.precision=16-true", *FAST[3:],
+                                       output_dir=tmp_path / "fp16"))
+
+
 def test_a_run_trains_at_the_rate_a_learning_rate_finder_sets(tmp_path):
     # Lightning's finder as a command line adds it: its trial (up to lr 1, where the loss may blow up) before the fit,
     # then the whole run at the rate it found, from the weights the trial started with.
