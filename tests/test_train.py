@@ -429,14 +429,19 @@ def test_model_summary_example_is_one_validation_row_unless_the_network_is_compi
         net.compile()  # (compiles at its first call, which does not come)
     recipe = Recipe(net, task="multiclass", lr=0.1, optimizer={"name": "sgd"}, scheduler={"name": "none"},
                     net_kwargs={"num_classes": 10})
+    from lightning.pytorch.plugins.precision import HalfPrecision, Precision
+
     images, labels = torch.randn(5, 1, 28, 28), torch.arange(5)
-    recipe._trainer = SimpleNamespace(datamodule=SimpleNamespace(val_dataloader=lambda: iter([(images, labels)])))
-    recipe.setup("fit")
-    if compiled:
-        assert recipe.example_input_array is None
-    else:
-        (example,) = recipe.example_input_array
-        assert torch.equal(example, images[:1])
+    for plugin, dtype in ((Precision(), torch.float32), (HalfPrecision("bf16-true"), torch.bfloat16)):
+        recipe.example_input_array = None
+        recipe._trainer = SimpleNamespace(datamodule=SimpleNamespace(val_dataloader=lambda: iter([(images, labels)])),
+                                          precision_plugin=plugin)  # bf16-true: as Lightning converts each batch
+        recipe.setup("fit")
+        if compiled:
+            assert recipe.example_input_array is None
+        else:
+            (example,) = recipe.example_input_array
+            assert torch.equal(example, images[:1].to(dtype)) and example.dtype == dtype
 
 
 def test_log_graph_writes_the_networks_graph_to_tensorboard(tmp_path):
