@@ -251,7 +251,7 @@ def check_optimization(cfg: DictConfig) -> None:
         betas = options.get("betas", [0.9, 0.999])
         if not isinstance(betas, list) or len(betas) != 2:
             raise UserInputError(f"optimizer.betas={betas!r}: give two numbers, [beta1, beta2], e.g. [0.9, 0.999]")
-        for i, beta in enumerate(betas):  # running averages' decay: 1 would never forget, torch allows it
+        for i, beta in enumerate(betas):  # running averages' decay: 1 would never forget (torch refuses it too)
             check_number(f"optimizer.betas[{i}]", beta, 0, 1, most_inclusive=False)
         if "alpha" in options:  # RMSprop's decay of the squared-gradient average
             check_number("optimizer.alpha", options["alpha"], 0, 1, most_inclusive=False)

@@ -385,8 +385,9 @@ def update_rules_path(name: str, loss_fn, start: tuple[float, float], settings: 
 
 
 # Weight decay under Adam. Two weights start at 1; the data's gradient on them flips sign every step (what
-# mini-batch noise does near a minimum) and is 10,000 times larger on the first. On average only the decay moves
-# them. Adam(weight_decay=...) adds the L2 gradient wd * w to the data's before Adam divides by the gradients'
+# mini-batch noise does near a minimum) and is 10,000 times larger on the first. On average almost only the decay
+# moves them (under SGD the decay also acts between each push and the pull after it, a net lr * lr * wd * 10 per
+# pair). Adam(weight_decay=...) adds the L2 gradient wd * w to the data's before Adam divides by the gradients'
 # running RMS, so the weight with large gradients is barely decayed; AdamW multiplies each weight by
 # (1 - lr * wd) every step, outside Adam's scaling. With plain SGD the two are the same update.
 NOISE_GRADIENT_SCALES = torch.tensor([10.0, 0.001])
