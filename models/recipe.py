@@ -423,6 +423,8 @@ class Recipe(L.LightningModule):
         # Outside the fit (a learning-rate finder's trial checkpoint, from its on_fit_start before this module's) the
         # clock has not started: the time since this module was built is the data's set-up, not training.
         checkpoint["train_seconds"] = self.train_seconds() if self._fitting else self.seconds_before
+        # Under DDP a count of test batches (trainer.limit_test_batches) is per process: eval.py scores as many.
+        checkpoint["world_size"] = self.trainer.world_size
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -1,4 +1,5 @@
 """Scaling out and searching: DDP shards, two CPU processes against one, sweeps (a grid and an Optuna study)."""
+import importlib
 import json
 import os
 import threading
@@ -21,6 +22,8 @@ from models.sweeps import SweepSummary
 from models.runs import prepare_data_once
 from tests.conftest import make_config
 from tests.cli_process import run_cli
+
+eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.result_figures=null"]
 COMPARED = ("test/auroc", "test/acc", "test/loss", "val/auroc_best")
@@ -86,7 +89,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     common = ["model=dnn", "data.rows=20007", "data.eval_batch_size=400", "trainer.max_epochs=2",
               "model.net.dropout=0", "model.net.batch_norm=false", *QUIET]
     figures_on = [a for a in common if a != "callbacks.result_figures=null"]  # ROC and calibration: gathered shards
-    ddp = run_cli(*figures_on, "trainer=ddp_cpu", "data.batch_size=128", f"paths.log_dir={tmp_path}")
+    # Each rank tests 2 batches of its shard, interleaved by batch: the split's first 4 batches, as one process's 4.
+    ddp = run_cli(*figures_on, "trainer=ddp_cpu", "data.batch_size=128", "trainer.limit_test_batches=2",
+                  f"paths.log_dir={tmp_path}")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     runs = list((tmp_path / "dnn").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a timestamped one of its own
@@ -100,7 +105,13 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     parallel = json.loads((run / "metrics.json").read_text())
     assert parallel["device"].endswith("x 2 processes (DDP)")
 
-    single = train_module.train(make_config(*common, "data.batch_size=256", output_dir=tmp_path / "one"))
+    # eval.py, one process, scores as many test batches as the run's two did (the Bayes figure: of the same rows).
+    rescored = eval_script.evaluate(run / parallel["best_checkpoint"])
+    assert rescored["data/bayes_auroc"] == parallel["data/bayes_auroc"]
+    assert {k: rescored[k] for k in COMPARED[:3]} == pytest.approx({k: parallel[k] for k in COMPARED[:3]}, abs=1e-3)
+
+    single = train_module.train(make_config(*common, "data.batch_size=256", "trainer.limit_test_batches=4",
+                                            output_dir=tmp_path / "one"))
     assert (parallel["steps"], parallel["epochs"]) == (single["steps"], single["epochs"]) == (112, 2)
     assert parallel["test/auroc"] > 0.74  # learned: 0.5 is chance, the Bayes optimum of this data 0.81
     # Measured: differences of at most 8e-4; 2e-2 when both ranks trained on the same shard.
