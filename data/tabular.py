@@ -79,9 +79,12 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         return [f"{c} {part}" for c in self.timestamps for part in ("hour", "weekday")]
 
     def parse_features(self, frame: pd.DataFrame, where: str | CsvRows,
-                       fix: str = "fix the column name in the config or the file") -> pd.DataFrame:
+                       fix: str = "fix the column name in the config or the file", dates_fix: str | None = None
+                       ) -> pd.DataFrame:
         """Raw rows (strings or numbers) checked and parsed: every feature column present, numbers finite (or
         empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row."""
+        dates_fix = dates_fix or "write every date of a column in one format, " + (
+            "or fix data.timestamp_format" if self.timestamp_format else "or give data.timestamp_format")
         needed = [*self.numeric, *[c for c in self.categorical if c not in self.derived], *self.timestamps]
         if missing := [c for c in needed if c not in frame.columns]:
             raise UserInputError(f"{where}: no column {missing[0]!r} in the header (row 1), which has "
@@ -95,9 +98,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
                 self.time_formats[column] = self.fit_date_format(frame[column], where, column)
             written = self.time_formats[column]
             stamps = parse(frame[column], partial(to_datetime, format=written), where, column,
-                           f"is not a date and time in the column's format {written}", "write every date of a "
-                           "column in one format, " + ("or fix data.timestamp_format" if self.timestamp_format
-                                                      else "or give data.timestamp_format"))
+                           f"is not a date and time in the column's format {written}", dates_fix)
             frame[f"{column} hour"], frame[f"{column} weekday"] = stamps.dt.hour, stamps.dt.weekday
         return frame
 
@@ -119,7 +120,8 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
         fix = "the model was trained on this column: add it to the file (other columns are ignored)"
-        frame = self.parse_features(numbered(frame), where, fix)
+        # (the format was fitted on the training file and travels in the checkpoint: data.timestamp_format is refused)
+        frame = self.parse_features(numbered(frame), where, fix, "write the dates as the training file did")
         return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical])
 
     @property

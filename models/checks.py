@@ -323,6 +323,7 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.get("logger"):
         check_object_args("logger", cfg.logger)
     check_tuning_callbacks(cfg)
+    check_batch_norm_rows(cfg)
     trainer = cfg.trainer
     if trainer.get("limit_test_batches") == 0:
         raise UserInputError("trainer.limit_test_batches=0: the run ends by scoring the test split for metrics.json; "
@@ -334,6 +335,15 @@ def check_settings(cfg: DictConfig) -> None:
     if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
         raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
                              "validates: there would be no best checkpoint; lower it or train longer")
+
+
+def check_batch_norm_rows(cfg: DictConfig) -> None:
+    """The DNN's BatchNorm1d normalizes each feature over a training batch's rows: one row has no spread, and torch
+    raises mid-run. (The CNN's BatchNorm2d also averages over a feature map's pixels: it trains on single images.)"""
+    net, batch_size = OmegaConf.select(cfg, "model.net"), OmegaConf.select(cfg, "data.batch_size")
+    if net and net.get("_target_") == "models.dnn.ClickMLP" and net.get("batch_norm") is True and batch_size == 1:
+        raise UserInputError("data.batch_size=1 with model.net.batch_norm=true: batch norm needs at least 2 rows a "
+                             "batch; give data.batch_size=2 or more, or model.net.batch_norm=false")
 
 
 def check_tuning_callbacks(cfg: DictConfig) -> None:

@@ -919,9 +919,17 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
     new = pd.DataFrame({"t": ["01/02/2016 10:00", "13/02/2016 23:00"], "x": ["0", "0"]})  # Monday, Saturday
     expected = trained.ids(pd.DataFrame({"t hour": [10, 23], "t weekday": [0, 5]}))
     assert torch.equal(restored.encode_frame(new)[1], expected)
+    # (predict.py refuses data.timestamp_format, which decides the split: the fix is in the file)
     with pytest.raises(UserInputError, match=r"row 1 \(line 2\): '2016-02-01 10:00' is not a date and time in the "
-                                             r"column's format %d/%m/%Y %H:%M; write every date"):
+                                             r"column's format %d/%m/%Y %H:%M; write the dates as the training "
+                                             r"file did$"):
         restored.encode_frame(new.assign(t=["2016-02-01 10:00", "13/02/2016 23:00"]))
+    # In the training file itself, one date in another format: one format for the column, or the user's.
+    mixed = write_csv(tmp_path / "mixed.csv", frame.assign(t=[*frame["t"][:-1], "2016-04-08 10:00"]))
+    with pytest.raises(UserInputError, match=r"row 120 \(line 121\): '2016-04-08 10:00' is not a date and time in "
+                                             r"the column's format %d/%m/%Y %H:%M; write every date of a column in "
+                                             r"one format, or give data.timestamp_format$"):
+        CSVDataModule(str(mixed), "y", ["x"], [], ["t"]).setup("fit")
 
     # UTC offsets that change (daylight saving) are dropped in that format too: each hour and weekday as written.
     offsets = frame.assign(t=[f"{t} +0{1 + i % 2}:00" for i, t in enumerate(frame["t"])])

@@ -625,6 +625,15 @@ def test_settings_just_past_their_range_are_refused(setting, message):
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
+def test_a_batch_of_one_row_is_refused_only_where_batch_norm_needs_two():
+    # The DNN's BatchNorm1d normalizes each feature over a batch's rows: torch raised mid-run, after the data was read.
+    with pytest.raises(UserInputError, match=re.escape("data.batch_size=1 with model.net.batch_norm=true: batch norm "
+                                                       "needs at least 2 rows a batch; give data.batch_size=2 or")):
+        check_settings(make_config("model=dnn", "data.batch_size=1"))
+    check_settings(make_config("model=dnn", "data.batch_size=1", "model.net.batch_norm=false"))  # plain SGD, a row
+    check_settings(make_config("model=cnn", "data.batch_size=1"))  # BatchNorm2d: over a feature map's pixels too
+
+
 def test_admits_none_only_where_the_hint_allows_it_and_takes_anything_for_any_or_a_hint_it_cannot_judge():
     # Pinned: None, a bool for a float, a string for a dict are refused; typing.Any and a Callable take anything.
     assert admits(None, int | None) and not admits(None, int) and not admits(None, bool)
