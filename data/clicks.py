@@ -87,8 +87,11 @@ class ClicksDataModule(TabularDataModule):
     """`rows` generated customers: (1 - test_fraction) of them train and validate, test_fraction test."""
 
     def __init__(self, rows: int = 300_000, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 split_seed: int = 0, **encoding) -> None:
-        super().__init__(NUMERIC, CATEGORICAL, "clicked", log_columns=HEAVY_TAILED, **encoding)
+                 split_seed: int = 0, log_columns: list[str] | str | None = tuple(HEAVY_TAILED), **encoding) -> None:
+        super().__init__(NUMERIC, CATEGORICAL, "clicked", log_columns=log_columns, **encoding)
+        for name, fraction in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
+            if not 0 < fraction < 1:  # (val_fraction: a share of the rows the test split leaves)
+                raise UserInputError(f"data.{name}={fraction}: give a number > 0 and < 1")
         self.rows, self.seed, self.split_seed = rows, seed, split_seed
         self.sizes = {"test": round(rows * test_fraction)}
         self.sizes["val"] = round((rows - self.sizes["test"]) * val_fraction)

@@ -78,13 +78,18 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def derived(self) -> list[str]:
         return [f"{c} {part}" for c in self.timestamps for part in ("hour", "weekday")]
 
-    def parse_features(self, frame: pd.DataFrame, where: str | CsvRows,
-                       fix: str = "fix the column name in the config or the file", dates_fix: str | None = None
-                       ) -> pd.DataFrame:
+    def parse_features(self, frame: pd.DataFrame, where: str | CsvRows, new_rows: bool = False) -> pd.DataFrame:
         """Raw rows (strings or numbers) checked and parsed: every feature column present, numbers finite (or
-        empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row."""
-        dates_fix = dates_fix or "write every date of a column in one format, " + (
-            "or fix data.timestamp_format" if self.timestamp_format else "or give data.timestamp_format")
+        empty), timestamps parsed and expanded. The first problem is a UserInputError naming column and row, and
+        the fix: in the config for a training file; in the file for `new_rows` (predict.py, whose model was trained
+        on these columns and date formats: a data.* setting that changes them is refused)."""
+        if new_rows:
+            fix = "the model was trained on this column: add it to the file (other columns are ignored)"
+            dates_fix = "write the dates as the training file did"
+        else:
+            fix = "fix the column name in the config or the file"
+            dates_fix = "write every date of a column in one format, " + (
+                "or fix data.timestamp_format" if self.timestamp_format else "or give data.timestamp_format")
         needed = [*self.numeric, *[c for c in self.categorical if c not in self.derived], *self.timestamps]
         if missing := [c for c in needed if c not in frame.columns]:
             raise UserInputError(f"{where}: no column {missing[0]!r} in the header (row 1), which has "
@@ -92,7 +97,8 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
         frame = frame.copy()
         for column in self.numeric:
             frame[column] = parse(frame[column], to_finite, where, column, FLOAT32_PROBLEM,
-                                  f"fix it, or list {column!r} under data.categorical_columns")
+                                  "fix it (a missing value is an empty cell)" + (
+                                      "" if new_rows else f", or list {column!r} under data.categorical_columns"))
         for column in self.timestamps:
             if column not in self.time_formats:  # fitted on the first rows read (the training file's), then kept
                 self.time_formats[column] = self.fit_date_format(frame[column], where, column)
@@ -119,9 +125,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
     def encode_frame(self, frame: pd.DataFrame, where: str | CsvRows = "input") -> tuple[Tensor, Tensor]:
         """New rows (no label needed) -> the network's inputs (numeric, categorical), with the encoders fitted on
         the training split; predict.py's CSV path. Call setup("fit") or load_state_dict(a checkpoint's state) first."""
-        fix = "the model was trained on this column: add it to the file (other columns are ignored)"
-        # (the format was fitted on the training file and travels in the checkpoint: data.timestamp_format is refused)
-        frame = self.parse_features(numbered(frame), where, fix, "write the dates as the training file did")
+        frame = self.parse_features(numbered(frame), where, new_rows=True)
         return self.scaler(self.numbers(frame)), self.ids(frame[self.categorical])
 
     @property
@@ -194,8 +198,9 @@ class CSVDataModule(TabularDataModule):
                                  f"{self.label!r} and the others) is missing")
         labels = pd.to_numeric(frame[self.label], errors="coerce")
         if bad := np.flatnonzero(~labels.isin([0, 1])).tolist():
+            label = frame[self.label].iloc[bad[0]]  # (an empty cell: NaN, as in data/criteo.py's message)
             raise UserInputError(f"{where}, column {self.label!r}, {row_name(where, bad[0])}: label "
-                                 f"{frame[self.label].iloc[bad[0]]!r} is not 0 or 1 ({len(bad)} such)")
+                                 f"{'(empty)' if pd.isna(label) else repr(label)} is not 0 or 1 ({len(bad)} such)")
         if labels.nunique() < 2:
             raise UserInputError(f"{where}, column {self.label!r}: every label is {int(labels.iloc[0])}; a click "
                                  "model learns from both 0 and 1 rows")

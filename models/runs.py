@@ -169,6 +169,9 @@ def instantiate_data(config: DictConfig):
         if isinstance(err.__cause__, TypeError) and "unexpected keyword argument" in str(err.__cause__):
             raise UserInputError(f"data: {err.__cause__}: drop that setting ({config.get('_target_')} takes the "
                                  "ones in its configs/data/ file)") from None
+        if isinstance(err.__cause__, TypeError) and "got multiple values" in str(err.__cause__):  # label_column
+            raise UserInputError(f"data: {err.__cause__}: drop that setting ({config.get('_target_')} sets it "
+                                 "itself)") from None
         raise
 
 

@@ -199,6 +199,14 @@ def test_clicks_split_sizes_and_split_seed_moves_only_the_validation_rows():
         ClicksDataModule(rows=4)  # 1 test row, round(0.3) = 0 validation rows
 
 
+def test_clicks_log_their_heavy_tailed_columns_unless_told_otherwise():
+    # +data.log_columns=[] (the README's knob beside data=clicks) was Hydra's page: the class passed its own list.
+    default = runs.instantiate_data(make_config("model=dnn").data)
+    assert [c for c, logged in zip(default.numeric, default.heavy_tailed(None)) if logged] == [
+        "salary", "previous_spend", "items_purchased", "time_on_site"]
+    assert not runs.instantiate_data(make_config("model=dnn", "+data.log_columns=[]").data).heavy_tailed(None).any()
+
+
 def test_the_bayes_log_loss_scores_the_test_stream_by_its_true_probabilities():
     # Pins data/bayes_logloss: the mean log loss of p_click on the test split's own rows.
     dm = ClicksDataModule(rows=5000)
@@ -707,8 +715,11 @@ GOOD = pd.DataFrame({"age": [30, 40, 50], "city": ["a", "b", "c"], "y": [0, 1, 0
 CSV_CASES = {
     "missing column": (GOOD.drop(columns="age"), r"no column 'age' in the header \(row 1\)"),
     "non-numeric": (GOOD.assign(age=["30", "forty", "50"]), r"'age', row 2 \(line 3\): 'forty' is not a"),
+    "missing as text": (GOOD.assign(age=["30", "NA", "50"]), r"'NA' is not a finite number within float32's "
+                        r"±3.4e38; fix it \(a missing value is an empty cell\), or list 'age' under"),  # R's write.csv
     "beyond float32": (GOOD.assign(age=["30", "40", "1e39"]), r"'age', row 3 \(line 4\): '1e39' is not a finite"),
     "label not 0/1": (GOOD.assign(y=[0, 1, 2]), r"'y', row 3 \(line 4\): label '2' is not 0 or 1"),
+    "empty label": (GOOD.assign(y=["0", "1", ""]), r"'y', row 3 \(line 4\): label \(empty\) is not 0 or 1"),  # nan
     "empty file": (None, "is empty: row 1 .*label column 'y'"),
     "one class": (GOOD.assign(y=[0, 0, 0]), "column 'y': every label is 0; a click model learns from both"),
     "a split of one class": (pd.concat([GOOD] * 7).assign(y=[1] + [0] * 20), "split's 3 rows all have one label"),
@@ -1007,7 +1018,7 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr()
     assert len(printed.out.splitlines()) == 1 + 28  # the header, then chunks 1..4 (rows 1..28); row 31 is in the 5th
     assert printed.err.strip().endswith("row 31 (line 32): 'old' is not a finite number within float32's ±3.4e38; "
-                                        "fix it, or list 'age' under data.categorical_columns "
+                                        "fix it (a missing value is an empty cell) "  # (its columns are the model's)
                                         "(the 28 rows before it went to stdout)")
     # A row cut short in a later chunk (pandas would pad it), and rows of a field more than the header (pandas would
     # shift every value one column to the left): named by row and line, as in training.
