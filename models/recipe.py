@@ -143,7 +143,8 @@ class WeightedMean(Metric):
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")  # items
 
     def update(self, mean: Tensor, items: int) -> None:  # `items` a Python int: no host-to-device copy per step
-        self.total += mean.float() * items
+        # float32 even where trainer.precision=bf16-true made the state bfloat16 (module.to(dtype) converts it)
+        self.total = self.total.float() + mean.float() * items
         self.count += items
 
     def compute(self) -> Tensor:
@@ -224,6 +225,9 @@ class Recipe(L.LightningModule):
 
     def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean loss, plus (predictions, targets) flattened the way the metrics want them."""
+        # In float32 (a no-op unless trainer.precision=bf16-true): a bfloat16 loss keeps 8 bits, steps of 1/128 at
+        # 1.5 nats, coarser than the differences between runs, and bfloat16 probabilities tie in the AUROC.
+        logits = logits.float()
         if self.hparams.task == "binary":
             logits = logits.reshape(-1)  # (B,) one logit per row
             return F.binary_cross_entropy_with_logits(logits, targets.float()), logits.sigmoid(), targets

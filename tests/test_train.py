@@ -22,7 +22,7 @@ from data import UserInputError
 from data.images import ImageDataModule
 from models import runs
 from models.cnn import ConvNet
-from models.recipe import Recipe, load_recipe, stopped_early
+from models.recipe import Recipe, WeightedMean, load_recipe, stopped_early
 from tests.cli_process import run_cli
 from tests.conftest import make_config
 
@@ -107,6 +107,12 @@ def test_bfloat16_weights_train_and_unscaled_float16_ones_are_refused(tmp_path):
                                              "trainer.precision=bf16-true", "callbacks.progress_bar=null",
                                              output_dir=tmp_path / "bf16"))  # the summary and figures on
     assert metrics["test/auroc"] > 0.5
+    # The losses in float32: bfloat16 ones (its 8 bits, steps of 1/256 at 0.5) were what metrics.json reported.
+    assert metrics["test/loss"] != torch.tensor(metrics["test/loss"]).bfloat16().item()
+    mean = WeightedMean().to(torch.bfloat16)  # as bf16-true converts the recipe's modules, its metrics' states too
+    for _ in range(3):
+        mean.update(torch.tensor(1 / 3, dtype=torch.bfloat16), 1000)
+    assert mean.compute().dtype == torch.float32 and mean.compute().item() == pytest.approx(0.33398, abs=1e-5)
     with pytest.raises(UserInputError, match="trainer.precision=16-true trains float16 weights without loss scaling"):
         train_module.train(make_config("model=dnn", "data.rows=3000", "trainer.precision=16-true", *FAST[3:],
                                        output_dir=tmp_path / "fp16"))
