@@ -13,6 +13,7 @@
 Used by data/tabular.py (CSV files, the synthetic clicks) and data/criteo.py (the Criteo format).
 """
 import csv
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,8 +190,28 @@ def not_utf8(where, path: Path) -> UserInputError:
             except UnicodeDecodeError as err:
                 place = f"line {number}, byte {line[err.start]:#04x}"
                 break
-    return UserInputError(f"{where} is not UTF-8 text ({place}); convert it, e.g. iconv -f LATIN1 -t UTF-8 "
-                          f"{path.name} > utf8_{path.name}")
+    return UserInputError(f"{where} is not UTF-8 text ({place}); {conversion(path)}")
+
+
+def conversion(path: Path) -> str:
+    """The advice to convert a file to UTF-8, from the encoding its first MiB suggests."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    head = head[:-3] if len(head) == 1 << 20 else head  # (less a character the cut may have split)
+    return f"convert it, e.g. iconv -f {encoding_of(head)} -t UTF-8 {path.name} > utf8_{path.name}"
+
+
+def encoding_of(head: bytes) -> str:
+    """A likely encoding of a file that is not UTF-8, from its first bytes, for iconv's -f: converted as Latin-1, a
+    UTF-16 file would become text with a NUL after every letter, and Windows' curly quotes control characters."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order mark
+        return "UTF-16"
+    if head.count(0) > len(head) // 4:  # mostly ASCII in UTF-16 without a mark: every other byte is 0
+        return "UTF-16LE" if head[1::2].count(0) > head[::2].count(0) else "UTF-16BE"
+    # The bytes that are not UTF-8 (decoded to U+DC80-U+DCFF): Windows-1252's curly quotes and dashes are 0x80-0x9F,
+    # unprintable codes in Latin-1.
+    stray = head.decode("utf-8", errors="surrogateescape")
+    return "CP1252" if re.search("[\udc80-\udc9f]", stray) else "LATIN1"
 
 
 def read_csv_rows(path: Path, rows: int) -> Iterator[pd.DataFrame]:

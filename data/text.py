@@ -33,7 +33,7 @@ from torch import Tensor
 
 from data import UserInputError
 from data.batches import TensorBatches, check_fractions, data_device, loader_args
-from data.columns import not_utf8
+from data.columns import conversion, not_utf8
 
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
@@ -176,7 +176,7 @@ class TextFileDataModule(CharDataModule):
 
     def read(self, split: str) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8-sig")  # less a byte-order mark, which some editors add
         except FileNotFoundError:
             raise UserInputError(f"data.path={self.path}: no such file; give a UTF-8 text file") from None
         except UnicodeDecodeError:
@@ -184,6 +184,9 @@ class TextFileDataModule(CharDataModule):
         except OSError as err:  # a folder, no permission
             raise UserInputError(f"data.path={self.path}: cannot read it ({err.strerror}); give a UTF-8 text "
                                  "file") from None
+        if (nul := text.find("\0")) >= 0:  # valid UTF-8, but UTF-16 without its mark: a NUL beside every letter
+            raise UserInputError(f"data.path={self.path} holds NUL characters (line {text.count(chr(10), 0, nul) + 1}),"
+                                 f" as UTF-16 text does; {conversion(self.path)}")
         if len(text) < 2:
             raise UserInputError(f"data.path={self.path} holds {len(text)} characters: a language model needs a text "
                                  "to predict; give a longer file")

@@ -178,7 +178,14 @@ def check_data_settings(data: DictConfig) -> None:
     """A `data` config on its own (a checkpoint's, with eval.py's or predict.py's `data.KEY=VALUE` overrides): its
     numbers and the types its DataModule takes, as train.py checks them."""
     check_numbers(OmegaConf.create({"data": data}), prefix="data.")
+    check_data_path(data)
     check_object_args("data", data)
+
+
+def check_data_path(data: DictConfig | None) -> None:
+    """`data.path=` (empty) would be the current folder, and refused as a folder named `.`."""
+    if data is not None and data.get("path") == "":
+        raise UserInputError("data.path='' names no file: give data.path=FILE")
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -311,6 +318,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     check_trainer_args(cfg.trainer)
     check_numbers(cfg)
+    check_data_path(cfg.get("data"))
     check_run_settings(cfg)
     check_optimization(cfg)
     # After the recipe's numbers (their messages give the range too): the constructors' type hints.

@@ -18,6 +18,7 @@ import generate as generate_script
 from generate import generate, parse
 from models.signatures import admits
 from models.lstm import CharLM, SequenceClassifier, build, recur
+from models.checks import check_settings
 from models.recipe import Recipe
 from tests.conftest import make_config
 
@@ -253,6 +254,30 @@ def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
     (tmp_path / "latin.txt").write_bytes(b"to be\nor not\nto b\xe9\n" * 50)
     with pytest.raises(UserInputError, match=r"latin.txt is not UTF-8 text \(line 3, byte 0xe9\); convert it"):
         TextFileDataModule(str(tmp_path / "latin.txt")).setup("fit")
+
+
+def test_a_byte_order_mark_is_no_character_of_the_text_and_an_empty_path_no_folder(tmp_path):
+    # An editor that adds the mark (UTF-8-sig) made it a vocabulary entry, and eval.py refuse the same text without.
+    text = "to be, or not to be: that is the question\n" * 50
+    (tmp_path / "plain.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "marked.txt").write_text(text, encoding="utf-8-sig")
+    assert TextFileDataModule(str(tmp_path / "marked.txt")).read("train") == text[:len(text) - 2 * 105]
+    with pytest.raises(UserInputError, match=re.escape("data.path='' names no file: give data.path=FILE")):
+        check_settings(make_config("model=lstm", "data=text", "data.path="))  # was "data.path=.: ... Is a directory"
+
+
+@pytest.mark.parametrize("encoding, suggested", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+                                                  ("cp1252", "CP1252"), ("latin-1", "LATIN1")])
+def test_a_text_not_in_utf8_is_named_with_the_conversion_that_restores_it(encoding, suggested, tmp_path):
+    # The advice was always `iconv -f LATIN1`: a UTF-16 file (Windows' "Unicode") came out with a NUL after every
+    # letter, and Windows' curly quotes as control characters, both of which then trained without a word.
+    text = "“To be, or not to be” — that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
+    if encoding == "latin-1":
+        text = text.replace("“", '"').replace("”", '"').replace("—", "-").replace("question", "cuestión")
+    (tmp_path / "play.txt").write_bytes(text.encode(encoding))
+    with pytest.raises(UserInputError, match=f"convert it, e.g. iconv -f {suggested} -t UTF-8 play.txt > "):
+        TextFileDataModule(str(tmp_path / "play.txt")).setup("fit")
+    assert (tmp_path / "play.txt").read_bytes().decode(suggested) == text  # Python's codecs have iconv's names
 
 
 def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkeypatch):
