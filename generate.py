@@ -15,6 +15,7 @@ import torch
 from data import UserInputError
 from models.lstm import CharLM
 from models.recipe import load_recipe
+from models.records import stdout_closed
 from models.runs import load_checkpoint
 from models.samples import sample
 
@@ -85,10 +86,12 @@ def main(argv: list[str]) -> None:
             text = generate(**options)
         for warning in caught:  # one line each, without Python's second line (the source that warned)
             print(f"warning: {warning.message}", file=sys.stderr)
-        print(text)
+        print(text, flush=True)  # flushed here, where a closed pipe is caught, not at exit
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # stdout closed early (`| head -c 100`)
+        sys.exit(stdout_closed())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ and encoders it fitted on the training split, which the checkpoint holds too: th
 DataModule that saves no state is set up on its training split instead, so that data must be readable then:
 `paths.data_dir=DIR` if it moved.)
 """
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from data import UserInputError, class_names
 from data.columns import CsvRows, read_csv_rows
 from models.recipe import load_recipe, probabilities
-from models.records import written_whole
+from models.records import stdout_closed, written_whole
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
@@ -179,6 +178,7 @@ def output(out: str | None):
     halfway leaves an earlier FILE as it was."""
     if not out:
         yield sys.stdout
+        sys.stdout.flush()  # here, where main catches a closed pipe, not at exit (a traceback Python prints itself)
         return
     with written_whole(out, newline="") as f:
         yield f
@@ -198,9 +198,8 @@ def main(argv: list[str]) -> int:
         printed = f" (the {rows} rows before it went to stdout)" if rows and not options.get("out") else ""
         print(f"error: {err}{printed}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except BrokenPipeError:  # stdout closed early (`| head`)
+        return stdout_closed()
     if options.get("out"):
         print(f"{rows} predictions written to {options['out']}", file=sys.stderr)
     return 0

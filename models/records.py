@@ -3,6 +3,7 @@ mid-write never leaves half a record) and Hydra's .hydra/overrides.yaml. A damag
 it, not a traceback."""
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,13 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from data import UserInputError
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError (the reader of stdout, `| head`, has gone): stop quietly, as other command-line tools
+    do, with exit code 1. Later writes, and Python's flush at exit, go to /dev/null instead of raising again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 @contextmanager

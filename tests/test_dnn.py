@@ -1,9 +1,11 @@
 """The ad-click DNN: the network, the synthetic generator and its Bayes optimum, the CSV and Criteo readers (cache,
 streaming, bad input), and train(cfg) end to end."""
+import io
 import json
 import os
 import pickle
 import shutil
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -1020,6 +1022,13 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     assert printed.err.strip().endswith("row 31 (line 32): 'old' is not a finite number within float32's ±3.4e38; "
                                         "fix it (a missing value is an empty cell) "  # (its columns are the model's)
                                         "(the 28 rows before it went to stdout)")
+    # `| head -1`: a reader gone before predict.py's last rows were flushed (at exit: Python's "Exception ignored").
+    class ClosedPipe(io.StringIO):
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with mock.patch("sys.stdout", ClosedPipe()), mock.patch.object(predict_script, "stdout_closed", lambda: 1):
+        assert predict_script.main([f"ckpt_path={ckpt}", f"input={tmp_path / 'new.csv'}"]) == 1
     # A row cut short in a later chunk (pandas would pad it), and rows of a field more than the header (pandas would
     # shift every value one column to the left): named by row and line, as in training.
     lines = (tmp_path / "new.csv").read_text().splitlines(keepends=True)

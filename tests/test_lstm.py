@@ -4,6 +4,8 @@ import importlib
 import json
 import math
 import re
+import subprocess
+import sys
 import warnings
 from collections import Counter
 
@@ -20,7 +22,7 @@ from models.signatures import admits
 from models.lstm import CharLM, SequenceClassifier, build, recur
 from models.checks import check_settings
 from models.recipe import Recipe
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 
 eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
@@ -550,6 +552,17 @@ def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_pat
     generate_script.main([f"ckpt_path={ckpt}", "prompt=Zürich", "length=3"])  # a warning is one line, not two
     err = capsys.readouterr().err
     assert err.startswith("warning: prompt characters not in the training vocabulary") and err.count("\n") == 1
+
+
+def test_a_reader_that_stops_reading_ends_generate_quietly(pattern_run):
+    # `python generate.py ... | head -c 20`: a BrokenPipeError traceback (for a short text, Python's "Exception
+    # ignored" as it flushed at exit). predict.py's table: test_dnn.
+    ckpt = pattern_run[0] / "checkpoints" / "best.ckpt"
+    process = subprocess.Popen([sys.executable, "generate.py", f"ckpt_path={ckpt}", "length=40"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader gone before the first line
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 1 and "Traceback" not in err and "Exception" not in err, err
 
 
 def test_predict_refuses_a_language_model_and_points_to_generate(pattern_run, tmp_path, capsys):
