@@ -95,7 +95,7 @@ class CharDataModule(L.LightningDataModule):
         text = self.read(split)
         if len(text) < 2:
             raise UserInputError(f"{self.describe(split)} has {len(text)} characters: nothing to predict; "
-                                 "use a longer text")
+                                 f"{self.longer(split)}")
         if unknown := set(text) - set(self.vocab):
             warnings.warn(f"{self.describe(split)}: {len(unknown)} characters never seen in training are <unk>: "
                           f"{''.join(sorted(unknown))[:40]!r}", stacklevel=2)
@@ -103,6 +103,9 @@ class CharDataModule(L.LightningDataModule):
 
     def describe(self, split: str) -> str:
         return f"the {split} split"
+
+    def longer(self, split: str) -> str:
+        return "use a longer text"
 
     @property
     def net_kwargs(self) -> dict:
@@ -118,7 +121,8 @@ class CharDataModule(L.LightningDataModule):
         return {"test/unigram_loss": round(float(nats), 4)}
 
     # -- batches ----------------------------------------------------------------------------------
-    def _batches(self, ids: Tensor, window: int, batch_size: int, train: bool) -> TensorBatches:
+    def _batches(self, split: str, window: int, batch_size: int) -> TensorBatches:
+        ids, train, processes = getattr(self, split), split == "train", self.trainer.world_size if self.trainer else 1
         device = data_device(self.trainer, self.on_device)
         ids, steps = ids.to(device), torch.arange(window + 1, device=device)
         if train:  # one start per `window` characters, moved by a random 0..window-1 for every batch
@@ -127,6 +131,10 @@ class CharDataModule(L.LightningDataModule):
             window, starts = eval_windows(len(ids), window)
             starts, jitter = torch.arange(starts.start, starts.stop, starts.step, device=device), 0
             steps = steps[:window + 1]
+        if len(starts) < processes:  # under DDP each process needs a window of its own
+            raise UserInputError(f"{self.describe(split)} gives {len(starts)} window(s) of {window} characters for "
+                                 f"{processes} processes, which need one each: use fewer processes, a smaller "
+                                 f"data.{'seq_len' if train else 'eval_seq_len'}, or a longer split")
 
         def windows(first: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
             if jitter:  # drawn from the batch's own generator: a resumed run reads the same windows
@@ -138,13 +146,13 @@ class CharDataModule(L.LightningDataModule):
                              transform=windows, **loader_args(self.trainer))
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches(self.train, self.seq_len, self.batch_size, train=True)
+        return self._batches("train", self.seq_len, self.batch_size)
 
     def val_dataloader(self) -> TensorBatches:
-        return self._batches(self.val, self.eval_seq_len, self.eval_batch_size, train=False)
+        return self._batches("val", self.eval_seq_len, self.eval_batch_size)
 
     def test_dataloader(self) -> TensorBatches:
-        return self._batches(self.test, self.eval_seq_len, self.eval_batch_size, train=False)
+        return self._batches("test", self.eval_seq_len, self.eval_batch_size)
 
 
 class TextFileDataModule(CharDataModule):
@@ -197,6 +205,9 @@ class TextFileDataModule(CharDataModule):
 
     def describe(self, split: str) -> str:
         return f"the {split} split of {self.path}"
+
+    def longer(self, split: str) -> str:
+        return f"use a longer text or a larger data.{split}_fraction"
 
 
 class ShakespeareDataModule(CharDataModule):

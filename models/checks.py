@@ -143,7 +143,9 @@ NUMBERS = {
     "callbacks.model_summary.max_depth": dict(least=-1, whole=True),  # -1: every layer, 0: none
     "callbacks.early_stopping.patience": dict(least=0, whole=True),  # epochs without improvement
     "callbacks.early_stopping.min_delta": dict(least=0),
-    "callbacks.text_samples.length": dict(least=1, whole=True), "callbacks.text_samples.temperature": dict(least=0),
+    # sampled one character at a time at every validation: 10,000 take seconds, a mistyped 100,000,000 hours
+    "callbacks.text_samples.length": dict(least=1, most=10_000, whole=True),
+    "callbacks.text_samples.temperature": dict(least=0),
     "callbacks.text_samples.top_k": dict(least=1, whole=True, nullable=True),
 }
 

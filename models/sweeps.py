@@ -65,6 +65,6 @@ def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
 
 def is_grid_sweep_job() -> bool:
     """A job of a `-m` sweep by Hydra's basic sweeper, which runs every job whatever the others returned.
-    (The Optuna sweeper, 1.2, cannot record a failed trial and go on: its study stops at the error.)"""
+    (An Optuna study stops at a trial's error: train.py ends the process, before the sweeper's max_failure_rate.)"""
     hydra_cfg = HydraConfig.get()
     return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" in hydra_cfg.sweeper.get("_target_", "")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -256,6 +257,32 @@ def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
     (tmp_path / "latin.txt").write_bytes(b"to be\nor not\nto b\xe9\n" * 50)
     with pytest.raises(UserInputError, match=r"latin.txt is not UTF-8 text \(line 3, byte 0xe9\); convert it"):
         TextFileDataModule(str(tmp_path / "latin.txt")).setup("fit")
+
+
+def test_a_split_too_short_names_the_setting_that_lengthens_it(tmp_path):
+    # Was "an evaluation split of 1 items cannot give each of the 2 processes one" (items: eval_seq_len windows), and
+    # "has 0 characters ... use a longer text" for a split its fraction left empty.
+    (tmp_path / "play.txt").write_text("to be, or not to be: that is the question\n" * 50)  # 2100 characters
+    text = TextFileDataModule(str(tmp_path / "play.txt"), seq_len=32, eval_seq_len=256)
+    text.setup("fit")  # validation: 105 characters, one window
+    text.trainer = SimpleNamespace(world_size=2, global_rank=0, current_epoch=0, num_training_batches=1,
+                                   strategy=SimpleNamespace(root_device=torch.device("cpu")))  # as under ddp_cpu
+    with pytest.raises(UserInputError, match=re.escape("the val split of " + str(tmp_path / "play.txt") + " gives 1 "
+                                                       "window(s) of 104 characters for 2 processes, which need one "
+                                                       "each: use fewer processes, a smaller data.eval_seq_len")):
+        text.val_dataloader()
+    assert len(text.train_dataloader()) > 0
+    with pytest.raises(UserInputError, match=r"the test split of .* has 0 characters: nothing to predict; use a "
+                                             r"longer text or a larger data.test_fraction$"):
+        TextFileDataModule(str(tmp_path / "play.txt"), test_fraction=0.0001).setup("test")
+
+
+def test_training_samples_are_of_a_length_that_a_validation_can_afford():
+    # Sampled at every validation, one character at a time: a mistyped length ran for hours (and ignored SIGTERM).
+    with pytest.raises(UserInputError, match=re.escape("callbacks.text_samples.length=100000000: give a whole number "
+                                                       ">= 1 and <= 10000")):
+        check_settings(make_config("model=lstm", "callbacks.text_samples.length=100000000"))
+    check_settings(make_config("model=lstm", "callbacks.text_samples.length=10000"))
 
 
 def test_a_byte_order_mark_is_no_character_of_the_text_and_an_empty_path_no_folder(tmp_path):
