@@ -1,5 +1,8 @@
 """What a run is made of, built from its config: the data, the network inside the shared recipe, the Trainer with
 its callbacks and logger. train.py puts them together; the benchmarks build the same pieces to time them."""
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
@@ -54,7 +57,18 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
                   scheduler=OmegaConf.to_container(cfg.scheduler),
                   net_kwargs=datamodule.net_kwargs,
                   channels_last=cfg.model.get("channels_last", False),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+                  config=absolute_data_paths(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def absolute_data_paths(config: dict) -> dict:
+    """`config` with the data's files (data.path, data.cache_dir, data.data_dir) as absolute paths, as the checkpoint
+    keeps it: eval.py, predict.py and the notebooks (which run in notebooks/) read them from other directories than
+    the one train.py ran in (`data.path=../shared/datasets/advertising.csv`)."""
+    data = config.get("data") or {}
+    for key in ("path", "cache_dir", "data_dir"):
+        if isinstance(value := data.get(key), str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = os.path.abspath(value)
+    return config
 
 
 def instantiate_setting(key: str, node: DictConfig, **kwargs):

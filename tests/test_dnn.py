@@ -965,11 +965,16 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
 
 def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     path = write_csv(tmp_path / "customers.csv", make_clicks(6000, seed=7).drop(columns="p_click"))
-    cfg = make_config("model=dnn", "data=csv", f"data.path={path}", "data.label_column=clicked",
+    monkeypatch.chdir(tmp_path)  # data.path relative to where train.py runs, as the README's ../shared/datasets/...
+    cfg = make_config("model=dnn", "data=csv", "data.path=customers.csv", "data.label_column=clicked",
                       "data.numeric_columns=[age,salary,previous_spend,items_purchased,time_on_site]",
                       "data.categorical_columns=[device,hour]", "trainer.max_epochs=3", *FAST, output_dir=tmp_path)
     metrics = train_module.train(cfg)
     assert metrics["test/auroc"] > 0.7 and "data/bayes_auroc" not in metrics
+    # The checkpoint keeps it absolute: the notebooks (run in notebooks/) and eval.py elsewhere read the same file.
+    assert runs.read_config(tmp_path)["data"]["path"] == str(path)
+    monkeypatch.chdir(tmp_path.parent)
+    assert len(runs.build_datamodule(runs.read_config(tmp_path)["data"]).train[2]) == 4200  # 70% of the rows
 
     # New customers, as a CSV without the label: one click probability per row, the rows unchanged.
     new = make_clicks(50, seed=7, split="test").drop(columns=["p_click", "clicked"])
