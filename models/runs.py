@@ -147,6 +147,13 @@ def checkpoint_epoch(path: str | Path) -> int:
 
 
 # -- data and predictions -----------------------------------------------------------------------------------
+def partial_test_limit(config: dict) -> int | float | None:
+    """The run's trainer.limit_test_batches where it scored only part of the test split (a whole number counts
+    batches: 1 is one batch, where 1.0 is all of them), else None."""
+    limit = config["trainer"].get("limit_test_batches")
+    return None if limit is None or isinstance(limit, float) and limit >= 1 else limit
+
+
 def reference_metrics(datamodule, trainer) -> dict:
     """Figures to read the test metrics against, where the data knows them (the Bayes-optimal AUROC of generated
     clicks, a unigram model's loss), over the test batches `trainer.test` just scored (trainer.limit_test_batches)."""

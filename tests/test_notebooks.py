@@ -116,3 +116,14 @@ def test_a_cells_bad_input_exits_2_and_a_crash_1(ename, evalue, code, line, monk
     assert run.main(["analyze_run", str(tmp_path)]) == code
     copy = tmp_path / "analyze_run.failed.ipynb"
     assert capsys.readouterr().err == line.format(run=tmp_path) + f" (the executed copy {copy} shows the cell)\n"
+
+
+def test_the_notebooks_say_when_the_run_scored_part_of_its_test_split():
+    # trainer.limit_test_batches=1 (one batch) equals 1.0 (all of them) in Python: the notebooks' figures then
+    # disagreed with metrics.json without their note.
+    from models.runs import partial_test_limit
+
+    limits = [None, 1.0, 1, 2, 0.25]
+    assert [partial_test_limit({"trainer": {"limit_test_batches": x}}) for x in limits] == [None, None, 1, 2, 0.25]
+    for name in ("analyze_run", "ad_click", "text_generation"):
+        assert "runs.partial_test_limit(config)" in (ROOT / "notebooks" / f"{name}.ipynb").read_text()
