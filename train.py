@@ -24,7 +24,7 @@ from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_k
                         flags_first, log, log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
 from models.records import log_hparams_tab, write_json
-from models.runs import NOT_CHOICES, load_checkpoint, reference_metrics
+from models.runs import is_choice, load_checkpoint, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, write_sweep_summary
 
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict:
     if logger := trainer.logger:  # fills TensorBoard's hparams tab, so runs can be compared there
         settings = flatten(OmegaConf.to_container(cfg, resolve=True))
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in settings.items() if not k.startswith(NOT_CHOICES)}
+                   for k, v in settings.items() if is_choice(k)}
         # at the step trainer.test logged its metrics at (Lightning's logger connector counts that)
         log_hparams_tab(logger, hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
                         logged=set(test), step=trainer.fit_loop.epoch_loop._batches_that_stepped)

@@ -26,9 +26,14 @@ from models.checks import check_data_settings, flatten
 from models.recipe import PER_STEP, load_recipe, probabilities
 from models.records import read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
 
-# Config keys that differ between runs without being a choice: where files went, what to log, and the checkpoint a
-# resumed run (resume=RUN_DIR) went on from.
-NOT_CHOICES = ("paths.", "callbacks.", "logger.", "hydra.", "ckpt_path")
+# Config keys that differ between runs without being a choice: where files went (the checkpoints' dirpath too), what
+# to log, and the checkpoint a resumed run (resume=RUN_DIR) went on from. The callbacks' other settings are choices
+# (callbacks.early_stopping.patience=1,6: a sweep over them).
+NOT_CHOICES = ("paths.", "logger.", "hydra.", "ckpt_path")
+
+
+def is_choice(key: str) -> bool:
+    return not key.startswith(NOT_CHOICES) and not key.endswith(".dirpath")
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -347,7 +352,7 @@ def compare(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     runs = find_runs(root)
     if not runs:
         raise UserInputError(f"no run directory (one with metrics.json) under {root}/")
-    configs = {run: {k: v for k, v in flatten(read_config(run)).items() if not k.startswith(NOT_CHOICES)}
+    configs = {run: {k: v for k, v in flatten(read_config(run)).items() if is_choice(k)}
                for run in runs}
     keys = sorted(set().union(*configs.values()))
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1]

@@ -501,6 +501,9 @@ def test_notebooks_execute_and_draw(sweep):
     try:  # a job continued with resume=RUN_DIR has ckpt_path=last: no setting of its own ("2 settings vary")
         config.write_text(saved.replace("ckpt_path: null", "ckpt_path: last"))
         assert runs.compare(sweep)[1] == ["model.lr"]
+        # A callback's setting is a choice (callbacks.early_stopping.patience=1,6), its checkpoints' folder none
+        config.write_text(saved.replace("patience: 5", "patience: 1").replace("/checkpoints", "/elsewhere"))
+        assert runs.compare(sweep)[1] == ["callbacks.early_stopping.patience", "model.lr"]
     finally:
         config.write_text(saved)
     failed = sweep / "2" / ".hydra"  # a job that ended with an error: Hydra's folder, no metrics.json
