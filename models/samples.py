@@ -6,13 +6,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from data import UserInputError
 from data.text import UNK, decode, encode
 from models.lstm import CharLM
 
 
 def check_temperature(temperature: float) -> None:
     if not 0 <= temperature < float("inf"):  # also NaN
-        raise ValueError(f"temperature={temperature}; use 0 (most likely character) or a finite number above it "
+        raise UserInputError(f"temperature={temperature}; use 0 (most likely character) or a finite number above it "
                          "(1 = the model's own distribution)")
 
 
@@ -20,7 +21,7 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
            top_k: int | None = None, seed: int = 0) -> str:
     """`prompt` followed by `length` sampled characters; the same seed gives the same text."""
     if not prompt:
-        raise ValueError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
+        raise UserInputError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
     check_temperature(temperature)
     if unknown := sorted(set(prompt) - set(vocab)):
         warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}",

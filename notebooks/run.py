@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
                   f"usage: {USAGE}", file=sys.stderr)
             return 2
         try:
-            parameters[key] = ast.literal_eval(value)
+            parameters[key] = value if key == "out" else ast.literal_eval(value)  # out=1: a file named 1
         except (ValueError, SyntaxError):
             parameters[key] = value  # a bare word or path: a string
     try:

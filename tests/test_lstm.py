@@ -475,7 +475,7 @@ def test_a_sample_keeps_its_prompt_warns_of_unknown_characters_and_follows_its_s
         assert sample(net, vocab, "az", 5).startswith("az")
     draws = [sample(net, vocab, "a", 40, temperature=5.0, seed=seed) for seed in (0, 1, 2, 1)]
     assert len(set(draws)) == 3 and draws[1] == draws[3]
-    with pytest.raises(ValueError, match="the prompt is empty"):
+    with pytest.raises(UserInputError, match="the prompt is empty"):  # the notebook's parameter: run.py's one line
         sample(net, vocab, "", 5)
 
 
@@ -491,7 +491,7 @@ def test_text_samples_checks_its_settings_when_built_and_skips_the_sanity_check(
     assert TextSamples().options == dict(prompt="\n", length=300, temperature=0.8, top_k=None, seed=0)
     check_temperature(0)
     for temperature in (-1e-9, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="temperature="):
+        with pytest.raises(UserInputError, match="temperature="):
             TextSamples(temperature=temperature)
     with pytest.raises(ValueError, match="prompt=''"):
         TextSamples(prompt="")

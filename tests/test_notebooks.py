@@ -86,6 +86,14 @@ def test_text_generation_notebook(tmp_path, capsys):
         assert "cannot write the executed notebook" in capsys.readouterr().err
 
 
+def test_out_is_a_file_name_even_where_it_reads_as_a_number(tmp_path, monkeypatch):
+    # out=1 was the int 1 (a literal, as other parameters are): a TypeError traceback, twice.
+    run, given = importlib.import_module("notebooks.run"), {}
+    monkeypatch.setattr(run, "execute", lambda name, run_dir, **parameters: given.update(parameters) or tmp_path)
+    assert run.main(["analyze_run", str(tmp_path), "out=1", "seed=3"]) == 0
+    assert given == {"out": "1", "seed": 3}
+
+
 def test_the_run_directory_given_again_as_a_parameter_is_one_line(capsys, tmp_path):
     run = importlib.import_module("notebooks.run")
     assert run.main(["analyze_run", str(tmp_path), f"run_dir={tmp_path}"]) == 2
