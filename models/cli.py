@@ -166,24 +166,29 @@ def resume_arguments(argv: list[str]) -> list[str]:
     """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses to
     start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics)."""
     pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
-    args = {key: unquoted(value) for key, value in pairs}
+    args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     if "resume" in args:
         run = Path(args["resume"])
-        overrides = run / ".hydra" / "overrides.yaml"
-        if not overrides.is_file():
-            raise UserInputError(f"resume={run}: no {overrides}; resume takes a run directory made by train.py")
-        kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
-        extra = [a for a in argv if not a.startswith("resume=")]
+        by_hand = f"continue it by hand: python train.py <its settings> hydra.run.dir={run} ckpt_path=last"
+        if multirun:
+            raise UserInputError(f"resume={run} continues one run: drop -m")
+        saved = run / ".hydra" / "overrides.yaml"
+        if not saved.is_file():
+            raise UserInputError(f"resume={run}: no {saved}, where resume reads the run's settings; {by_hand}")
+        try:
+            kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
+        except UserInputError:  # giving the settings along with resume= would not help: it reads the file
+            raise UserInputError(f"resume={run}: {saved} is not the list of overrides Hydra writes; "
+                                 f"{by_hand}") from None
+        typed = hydra_overrides(argv)
+        given = [a for a in typed if not a.startswith("resume=")]
+        flags = [a for a in argv if a not in typed]  # `--cfg job`: before every override, as Hydra reads them
+        extra = flags + given
         if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
-            if read_metrics(run).get("stopped_early"):  # with the same patience it stops again at once
-                raise UserInputError(f"resume={run}: that run stopped early (metrics.json): there is nothing to "
-                                     "continue; its best weights are in checkpoints/best.ckpt (to train on, add a "
-                                     "larger callbacks.early_stopping.patience=N)")
-            raise UserInputError(f"resume={run}: that run finished (metrics.json) and there is nothing to continue; "
-                                 "to train it longer add a larger trainer.max_epochs=N and scheduler=none (its "
-                                 "schedule's length was fixed when it started)")
-        return kept + [a for a in argv if not a.startswith("resume=")] + [f"hydra.run.dir={quoted(str(run))}",
-                                                                           "ckpt_path=last"]
+            raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
+        # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
+        return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
         if args.get(key) == "":  # Hydra would take the working directory, the repository root
             raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
@@ -194,14 +199,36 @@ def resume_arguments(argv: list[str]) -> list[str]:
             except OSError as err:
                 raise UserInputError(f"{key}={args[key]}: cannot make folders in {existing} ({err.strerror}); "
                                      "choose a directory you can write to") from None
-    run_dir = args.get("hydra.run.dir")
-    if run_dir and (Path(run_dir) / "metrics.json").exists() and "ckpt_path" not in args:
-        raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json); "
+    run_dir, ckpt = args.get("hydra.run.dir"), args.get("ckpt_path")
+    # Only its own checkpoint continues the run there: another run's would train over it, then test its old best.ckpt
+    own = ckpt == "last" or bool(run_dir and ckpt) and (
+        Path(ckpt).expanduser().resolve().parent == (Path(run_dir).expanduser() / "checkpoints").resolve())
+    other = f" (ckpt_path={ckpt} is not its checkpoint: train from that in a new directory)" if ckpt and not own else ""
+    if run_dir and (Path(run_dir) / "metrics.json").exists() and not own:
+        raise UserInputError(f"hydra.run.dir={run_dir} already holds a finished run (metrics.json){other}; "
                              "choose another directory, or add ckpt_path=last to continue it")
-    if run_dir and (Path(run_dir) / "checkpoints" / "last.ckpt").exists() and "ckpt_path" not in args:
-        raise UserInputError(f"hydra.run.dir={run_dir} holds an unfinished run (checkpoints/last.ckpt); continue it "
-                             f"with `python train.py resume={run_dir}`, or choose another directory")
+    if run_dir and (Path(run_dir) / "checkpoints" / "last.ckpt").exists() and not own:
+        raise UserInputError(f"hydra.run.dir={run_dir} holds an unfinished run (checkpoints/last.ckpt){other}; "
+                             f"continue it with `python train.py resume={run_dir}`, or choose another directory")
+    sweep_dir = args.get("hydra.sweep.dir")  # a grid sweep's jobs are folders 0, 1, ...: a second one overwrites
+    if sweep_dir and multirun and not {"hparams_search", "hydra.sweep.subdir"} & set(args):  # (Optuna's: stamped)
+        if done := sorted(Path(sweep_dir).glob("*/metrics.json")) + sorted(Path(sweep_dir).glob("*/checkpoints")):
+            raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
+                                 "sweep's jobs would overwrite them; choose another directory")
     return argv
+
+
+def nothing_to_continue(metrics: dict) -> str:
+    """Why `resume=` of a finished run, with nothing added, is refused, and what would continue it."""
+    if metrics.get("stopped_early"):  # with the same patience it stops again at once
+        return ("that run stopped early (metrics.json): there is nothing to continue; its best weights are in "
+                "checkpoints/best.ckpt (to train on, add a larger callbacks.early_stopping.patience=N)")
+    if metrics.get("stopped_by") == "max_time":  # a longer budget goes on with the same schedule
+        return ("that run used up its trainer.max_time (metrics.json); to train it longer add a larger "
+                "trainer.max_time=DD:HH:MM:SS")
+    limit = "trainer.max_steps" if metrics.get("stopped_by") == "max_steps" else "trainer.max_epochs"
+    return (f"that run finished (metrics.json) and there is nothing to continue; to train it longer add a larger "
+            f"{limit}=N and scheduler=none (its schedule's length was fixed when it started)")
 
 
 def claimed_run_dir(argv: list[str]) -> list[str]:
@@ -245,7 +272,7 @@ def config_kept_on_failure(argv: list[str]):
     writes a checkpoint (a resume refused because its schedule differs, a bad path), the run directory's earlier
     .hydra/ files are put back: its saved config stays the one its checkpoints were trained with, and
     `resume=RUN` keeps working."""
-    run_dir = next((unquoted(a.split("=", 1)[1]) for a in argv if a.startswith("hydra.run.dir=")), None)
+    run_dir = next((unquoted(a.split("=", 1)[1]) for a in argv if a.lstrip("+").startswith("hydra.run.dir=")), None)
     folder = Path(run_dir) / ".hydra" if run_dir else None
     # Only the process that writes .hydra/ puts it back: DDP's other ranks (started after rank 0 wrote the new
     # config, or told hydra.output_subdir=null) would put back rank 0's new files.
@@ -277,7 +304,7 @@ def distributed_arguments(argv: list[str]) -> list[str]:
     itself starts, `trainer=ddp` or `ddp_cpu` from one command, are given rank 0's directory by Lightning.)"""
     for launcher, environment in (("torchrun", TorchElasticEnvironment), ("srun", SLURMEnvironment)):
         if environment.detect() and (env := environment()).world_size() > 1:
-            if not any(a.startswith("hydra.run.dir=") for a in argv):
+            if not any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
                 raise UserInputError(f"the {env.world_size()} processes that {launcher} started need one run "
                                      "directory: add hydra.run.dir=DIR (e.g. "
                                      f"{'outputs/run1' if launcher == 'torchrun' else 'outputs/$SLURM_JOB_ID'})")

@@ -861,13 +861,29 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
     (tmp_path / "metrics.json").write_text(json.dumps({"stopped_early": True}))
     with pytest.raises(UserInputError, match="stopped early .* nothing to continue; its best weights are in"):
         resume_arguments([f"resume={tmp_path}"])  # the same patience would stop it again at once
-    assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-1] == "ckpt_path=last"
+    assert resume_arguments([f"resume={tmp_path}", "trainer.max_epochs=9"])[-2] == "ckpt_path=last"
+    # Cut by a budget: the advice that continues it (a larger max_epochs did nothing after max_time or max_steps).
+    (tmp_path / "metrics.json").write_text(json.dumps({"stopped_early": False, "stopped_by": "max_time"}))
+    with pytest.raises(UserInputError, match=r"used up its trainer.max_time \(metrics.json\); to train it longer "
+                                             r"add a larger trainer.max_time=DD:HH:MM:SS$"):
+        resume_arguments([f"resume={tmp_path}"])
+    (tmp_path / "metrics.json").write_text(json.dumps({"stopped_early": False, "stopped_by": "max_steps"}))
+    with pytest.raises(UserInputError, match=r"add a larger trainer.max_steps=N and scheduler=none"):
+        resume_arguments([f"resume={tmp_path}"])
+    assert resume_arguments(["--cfg", "job", f"resume={tmp_path}", "seed=1"])[:4] == ["--cfg", "job", "model=cnn",
+                                                                                   "seed=1"]  # flags before overrides
+    with pytest.raises(UserInputError, match=f"^resume={tmp_path} continues one run: drop -m$"):
+        resume_arguments(["-m", f"resume={tmp_path}"])  # was argparse's page, and an empty sweep folder
     # A run directory's own files, damaged (a hand edit, a disk filled up): one line naming the file.
     (tmp_path / "metrics.json").write_text('{"test/acc": 0.9')
     with pytest.raises(UserInputError, match=r"metrics.json is not the JSON train.py writes \(Expecting"):
         resume_arguments([f"resume={tmp_path}"])
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- debug: [fast\n")
-    with pytest.raises(UserInputError, match=r"overrides.yaml is not the list of overrides Hydra writes"):
+    with pytest.raises(UserInputError, match=r"overrides.yaml is not the list of overrides Hydra writes; continue "
+                                             r"it by hand: python train.py <its settings> hydra.run.dir="):
+        resume_arguments([f"resume={tmp_path}"])  # (giving its settings beside resume= would not get past the file)
+    (tmp_path / ".hydra" / "overrides.yaml").unlink()
+    with pytest.raises(UserInputError, match=r"no .*overrides.yaml, where resume reads the run's settings; continue"):
         resume_arguments([f"resume={tmp_path}"])
 
 
@@ -902,7 +918,8 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- hydra.run.dir=/moved/away\n- ckpt_path=x.ckpt\n")
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
-        "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last"]  # quoted: Hydra reads ü so
+        "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last",  # quoted: Hydra reads ü so
+        "hydra.mode=RUN"]  # an Optuna trial's overrides hold hparams_search=..., which would start a new study
 
 
 def test_a_run_directory_with_ckpt_path_is_continued_not_refused(tmp_path):
@@ -913,6 +930,26 @@ def test_a_run_directory_with_ckpt_path_is_continued_not_refused(tmp_path):
     assert resume_arguments(argv) == argv
     write_json(tmp_path / "metrics.json", {})
     assert resume_arguments(argv) == argv
+    assert resume_arguments(own := [f"hydra.run.dir={tmp_path}", f"ckpt_path={tmp_path}/checkpoints/last.ckpt"]) == own
+    # Another run's checkpoint would train over this one, and its test read this run's old best.ckpt.
+    with pytest.raises(UserInputError, match=r"already holds a finished run \(metrics.json\) \(ckpt_path=/other/"
+                                             r"last.ckpt is not its checkpoint: train from that in a new directory\)"):
+        resume_arguments([f"hydra.run.dir={tmp_path}", "ckpt_path=/other/last.ckpt"])
+    with pytest.raises(UserInputError, match="already holds a finished run"):  # ++: the same key to Hydra
+        resume_arguments([f"++hydra.run.dir={tmp_path}"])
+
+
+def test_a_second_grid_sweep_into_a_sweep_directory_that_holds_runs_is_refused(tmp_path):
+    # Its jobs are folders 0, 1, ...: they were overwritten, and summary.csv listed only the new ones.
+    argv = ["-m", "model.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path}"]
+    assert resume_arguments(argv) == argv  # empty
+    (tmp_path / "0" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserInputError, match=f"hydra.sweep.dir={tmp_path} holds an earlier sweep's runs "
+                                             f"\\({tmp_path / '0'}\\): this sweep's jobs would overwrite them"):
+        resume_arguments(argv)
+    assert resume_arguments(argv[1:]) == argv[1:]  # one run, not a sweep: hydra.sweep.dir is not used
+    optuna = ["-m", "hparams_search=dnn_optuna", f"hydra.sweep.dir={tmp_path}"]  # its jobs' folders are stamped
+    assert resume_arguments(optuna) == optuna
 
 
 @pytest.mark.parametrize("case", ["checkpoint written", "output_subdir=null", "exit without a code"])
