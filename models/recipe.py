@@ -225,8 +225,9 @@ class Recipe(L.LightningModule):
 
     def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean loss, plus (predictions, targets) flattened the way the metrics want them."""
-        # In float32 (a no-op unless trainer.precision=bf16-true): a bfloat16 loss keeps 8 bits, steps of 1/128 at
-        # 1.5 nats, coarser than the differences between runs, and bfloat16 probabilities tie in the AUROC.
+        # In float32 (a no-op for float32 logits; under bf16-mixed the cast autocast's cross_entropy makes anyway):
+        # under bf16-true a bfloat16 loss keeps 8 bits, steps of 1/128 at 1.5 nats, coarser than the differences
+        # between runs, and bfloat16 probabilities tie in the AUROC.
         logits = logits.float()
         if self.hparams.task == "binary":
             logits = logits.reshape(-1)  # (B,) one logit per row
