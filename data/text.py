@@ -192,9 +192,11 @@ class TextFileDataModule(CharDataModule):
         except OSError as err:  # a folder, no permission
             raise UserInputError(f"data.path={self.path}: cannot read it ({err.strerror}); give a UTF-8 text "
                                  "file") from None
-        if (nul := text.find("\0")) >= 0:  # valid UTF-8, but UTF-16 without its mark: a NUL beside every letter
-            raise UserInputError(f"data.path={self.path} holds NUL characters (line {text.count(chr(10), 0, nul) + 1}),"
-                                 f" as UTF-16 text does; {conversion(self.path)}")
+        if (nul := text.find("\0")) >= 0:  # valid UTF-8, but UTF-16 without its mark has a NUL beside every letter
+            where = f"data.path={self.path} holds NUL characters (line {text.count(chr(10), 0, nul) + 1})"
+            if text.count("\0") > len(text) // 4:
+                raise UserInputError(f"{where}, as UTF-16 text does; {conversion(self.path)}")
+            raise UserInputError(f"{where}, which no text has: delete them")
         if len(text) < 2:
             raise UserInputError(f"data.path={self.path} holds {len(text)} characters: a language model needs a text "
                                  "to predict; give a longer file")

@@ -307,6 +307,10 @@ def test_a_text_not_in_utf8_is_named_with_the_conversion_that_restores_it(encodi
     with pytest.raises(UserInputError, match=f"convert it, e.g. iconv -f {suggested} -t UTF-8 play.txt > "):
         TextFileDataModule(str(tmp_path / "play.txt")).setup("fit")
     assert (tmp_path / "play.txt").read_bytes().decode(suggested) == text  # Python's codecs have iconv's names
+    if encoding == "utf-16-le":  # a stray NUL in UTF-8 text is no UTF-16: no conversion would help
+        (tmp_path / "stray.txt").write_text("to be\nor not\0 to be\n" * 40)
+        with pytest.raises(UserInputError, match=r"holds NUL characters \(line 2\), which no text has: delete them$"):
+            TextFileDataModule(str(tmp_path / "stray.txt")).setup("fit")
 
 
 def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkeypatch):
