@@ -26,7 +26,7 @@ from models.recipe import NonFiniteLossError, stopped_by, stopped_early
 from models.records import log_hparams_tab, write_json
 from models.runs import is_choice, load_checkpoint, reference_metrics
 from models.schedules import cut_short
-from models.sweeps import is_grid_sweep_job, write_sweep_summary
+from models.sweeps import is_grid_sweep_job, mark_trial_failed, write_sweep_summary
 
 
 def train(cfg: DictConfig) -> dict:
@@ -101,12 +101,14 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except (UserInputError, NonFiniteLossError) as err:
         log.error("error: %s", err)  # each process's train.log
+        grid_job = is_grid_sweep_job() and not isinstance(err, WholeSweepError)
+        if not grid_job and HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep stops here
+            mark_trial_failed()  # (an Optuna study's trial)
+            write_sweep_summary(Path(HydraConfig.get().sweep.dir), cfg.monitor)  # this job last
         if rank_zero_only.rank == 0:  # one line on the console, not one per DDP process
             print(f"error: {err}", file=sys.stderr)
-        if is_grid_sweep_job() and not isinstance(err, WholeSweepError):
-            return float("nan")  # one job of a grid sweep: the sweep goes on with the next job
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # an Optuna study stops here: its summary, this trial last
-            write_sweep_summary(Path(HydraConfig.get().sweep.dir), cfg.monitor)
+        if grid_job:
+            return float("nan")  # one job of a grid sweep: the sweep goes on with the next job, and exits 1
         sys.exit(2)
     log.info("metrics: %s", json.dumps(metrics))
     if rank_zero_only.rank == 0:

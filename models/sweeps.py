@@ -1,6 +1,9 @@
 """`python train.py -m ...` sweeps: a summary of the jobs (summary.csv, summary.json) kept up to date in the sweep
-directory, and which sweeps go on past a failed job."""
+directory, which sweeps go on past a failed job, and what a failed job leaves: a grid sweep's exit status 1, an Optuna
+trial marked failed in its study."""
 import csv
+import logging
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -14,7 +17,12 @@ from models.records import read_metrics, read_overrides, write_json
 class SweepSummary(Callback):
     """`python train.py -m ...`: summary.csv and summary.json in the sweep directory, one row per job (its overrides
     and its metrics.json), best first by the monitored validation metric. Written again after every job, so a sweep
-    cut short (Ctrl-C, an Optuna study stopped by an error) keeps the summary of the jobs it ran."""
+    cut short (Ctrl-C, an Optuna study stopped by an error) keeps the summary of the jobs it ran.
+    A grid sweep goes on past a job that failed (see `is_grid_sweep_job`) and, at its end, exits with status 1, so
+    a script that runs it knows."""
+
+    def __init__(self) -> None:
+        self.failed_jobs: list[str] = []  # this sweep's, not an earlier command's in a shared folder (an Optuna study)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
@@ -23,6 +31,8 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             write_sweep_summary(Path(config.hydra.sweep.dir), config.monitor)
+            if not (Path(config.hydra.runtime.output_dir) / "metrics.json").exists():
+                self.failed_jobs.append(config.hydra.job.num)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
@@ -33,6 +43,8 @@ class SweepSummary(Callback):
         failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(failed)})" if failed else ""
         best = f"; best by {config.monitor.metric}_best: job {rows[0]['job']}" if not rows[0]["failed"] else ""
         print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")
+        if self.failed_jobs:
+            sys.exit(1)
 
 
 def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
@@ -68,3 +80,24 @@ def is_grid_sweep_job() -> bool:
     (An Optuna study stops at a trial's error: train.py ends the process, before the sweeper's max_failure_rate.)"""
     hydra_cfg = HydraConfig.get()
     return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" in hydra_cfg.sweeper.get("_target_", "")
+
+
+def mark_trial_failed() -> None:
+    """The Optuna trial this process runs ended with an error: it is marked FAIL in its study, not left RUNNING for
+    ever (train.py ends the process, so the sweeper that would tell the study never learns of it). Its trial is the
+    running one whose parameters this job was given."""
+    sweeper = HydraConfig.get().sweeper
+    if "optuna" not in sweeper.get("_target_", "").lower() or not sweeper.get("storage"):
+        return  # another sweeper; or an in-memory study, which ends with the process
+    import optuna  # (only here: the Optuna sweeper's own dependency)
+
+    overrides = set(HydraConfig.get().overrides.task)
+    try:
+        study = optuna.load_study(study_name=sweeper.get("study_name"), storage=sweeper.storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # the sweeper's overrides for a trial are f"{name}={value}" of its parameters
+            if all(f"{name}={value}" in overrides for name, value in trial.params.items()):
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                return
+    except Exception as err:  # the error that ended the trial is the one to report, not this
+        logging.getLogger(__name__).warning("could not mark the Optuna trial failed in %s: %s", sweeper.storage, err)

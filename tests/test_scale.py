@@ -185,6 +185,9 @@ def test_an_optuna_study_stopped_by_an_error_keeps_a_summary_with_the_failed_tri
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.path={tmp_path}/missing.csv: no such file")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary) == 1 and summary[0]["failed"] and "model.lr" in summary[0]  # the trial, with its proposal
+    study = optuna.load_study(study_name="dnn", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # not RUNNING for ever: the sweeper never got to say
+    assert {k: str(v) for k, v in study.trials[0].params.items()}.items() <= summary[0].items()  # that trial
 
 
 def test_the_sweep_summary_is_written_after_every_job(tmp_path):
@@ -194,12 +197,30 @@ def test_the_sweep_summary_is_written_after_every_job(tmp_path):
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
         if value is not None:
             (tmp_path / job / "metrics.json").write_text(json.dumps({"val/auroc_best": value}))
-    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}},
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)},
+                                         "runtime": {"output_dir": str(tmp_path / "2")}, "job": {"num": 2}},
                                "monitor": {"metric": "val/auroc", "mode": "max"}})
-    SweepSummary().on_job_end(config, job_return=None)
+    SweepSummary().on_job_end(config, job_return=None)  # job 2's end
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["job"], r["seed"], r["failed"]) for r in summary] == [("1", "1", False), ("0", "0", False),
                                                                       ("2", "2", True)]
+
+
+def test_a_grid_sweep_with_a_failed_job_exits_1_after_its_summary(tmp_path, capsys):
+    # Only this sweep's failures count: an Optuna study's folder also lists the failed trials of earlier commands
+    # (test_a_sweep_whose_jobs_all_failed_still_has_a_summary_and_no_best ends without exiting).
+    sweep_jobs(tmp_path, {"0": (["seed=0"], {"val/acc_best": 0.5}), "1": (["seed=1"], None)})
+    summary = SweepSummary()
+    for job in (0, 1):
+        summary.on_job_end(OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)},
+                                                       "runtime": {"output_dir": str(tmp_path / str(job))},
+                                                       "job": {"num": job}},
+                                             "monitor": {"metric": "val/acc", "mode": "max"}}), job_return=None)
+    with pytest.raises(SystemExit) as ended:
+        summary.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                                                  "monitor": {"metric": "val/acc", "mode": "max"}}))
+    assert ended.value.code == 1 and summary.failed_jobs == [1]
+    assert capsys.readouterr().out.startswith("1 runs (1 failed, no metrics.json: jobs 1); summary: ")
 
 
 def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
