@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import re
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,7 +165,8 @@ def unquoted(value: str) -> str:
 
 def resume_arguments(argv: list[str]) -> list[str]:
     """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses to
-    start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics)."""
+    start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics), and
+    drops `ckpt_path=last` where `hydra.run.dir` holds no run yet (a fresh run starts)."""
     pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -210,6 +212,14 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if run_dir and (Path(run_dir) / "checkpoints" / "last.ckpt").exists() and not own:
         raise UserInputError(f"hydra.run.dir={run_dir} holds an unfinished run (checkpoints/last.ckpt){other}; "
                              f"continue it with `python train.py resume={run_dir}`, or choose another directory")
+    if ckpt == "last" and run_dir and not multirun and not any(
+            (Path(run_dir) / name).exists() for name in ("checkpoints/last.ckpt", "metrics.json")):
+        # Nothing to continue yet: a fresh run there, as Lightning's own ckpt_path="last" does. So one command both
+        # starts a run and continues it when a cluster starts it again (torchrun --max-restarts, SLURM --requeue).
+        if not other_rank():
+            print(f"warning: ckpt_path=last: no {Path(run_dir) / 'checkpoints' / 'last.ckpt'} yet; a new run starts "
+                  "there", file=sys.stderr)
+        return [a for a in argv if not a.lstrip("+").startswith("ckpt_path=")]
     sweep_dir = args.get("hydra.sweep.dir")  # a grid sweep's jobs are folders 0, 1, ...: a second one overwrites
     if sweep_dir and multirun and not {"hparams_search", "hydra.sweep.subdir"} & set(args):  # (Optuna's: stamped)
         if done := sorted(Path(sweep_dir).glob("*/metrics.json")) + sorted(Path(sweep_dir).glob("*/checkpoints")):
@@ -266,6 +276,11 @@ def claimed_run_dir(argv: list[str]) -> list[str]:
         return argv + [f"{key}={quoted(str(folder))}"]
 
 
+def other_rank() -> bool:
+    """A DDP process other than rank 0 (started by Lightning, torchrun or srun), which leaves messages to rank 0."""
+    return any(int(os.environ.get(name, 0) or 0) > 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 @contextmanager
 def config_kept_on_failure(argv: list[str]):
     """Hydra writes a command's config into RUN/.hydra/ before the run starts. If the command then fails before it
@@ -276,8 +291,7 @@ def config_kept_on_failure(argv: list[str]):
     folder = Path(run_dir) / ".hydra" if run_dir else None
     # Only the process that writes .hydra/ puts it back: DDP's other ranks (started after rank 0 wrote the new
     # config, or told hydra.output_subdir=null) would put back rank 0's new files.
-    other_rank = any(int(os.environ.get(name, 0) or 0) > 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-    if folder is None or not folder.is_dir() or other_rank or "hydra.output_subdir=null" in argv:
+    if folder is None or not folder.is_dir() or other_rank() or "hydra.output_subdir=null" in argv:
         yield
         return
     saved = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}

@@ -64,7 +64,9 @@ def test_resume_after_three_kill_9_matches_an_uninterrupted_run(mnist_dir, tmp_p
     assert run_cli(*cli_args(mnist_dir, whole)).returncode == 0
     expected = json.loads((whole / "metrics.json").read_text())
 
-    last, args, kills = broken / "checkpoints" / "last.ckpt", cli_args(mnist_dir, broken), []
+    # The first two starts: one command that starts the run and continues it, as a cluster restarts a job
+    # (torchrun --max-restarts, SLURM --requeue); then resume=.
+    last, args, kills = broken / "checkpoints" / "last.ckpt", [*cli_args(mnist_dir, broken), "ckpt_path=last"], []
     for cycle in range(3):
         before = saved_step(last)
         proc = TrainPy(*args)
@@ -76,7 +78,8 @@ def test_resume_after_three_kill_9_matches_an_uninterrupted_run(mnist_dir, tmp_p
             pytest.fail(f"cycle {cycle}: no new last.ckpt within 300 s (exit code {proc.poll()})")
         proc.kill()  # SIGKILL, mid-epoch, right after a fresh last.ckpt
         kills.append(saved_step(last))
-        args = [f"resume={broken}"]  # the run's own overrides, its directory, ckpt_path=last
+        if cycle == 1:
+            args = [f"resume={broken}"]  # the run's own overrides, its directory, ckpt_path=last
     assert kills == sorted(set(kills)) and kills[-1] < expected["steps"], kills  # each cycle got further
     result = run_cli(f"resume={broken}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -920,6 +923,22 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
         "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last",  # quoted: Hydra reads ü so
         "hydra.mode=RUN"]  # an Optuna trial's overrides hold hparams_search=..., which would start a new study
+
+
+def test_ckpt_path_last_starts_a_new_run_where_there_is_none_yet(tmp_path, capsys):
+    # As Lightning's ckpt_path="last": the same command starts a run, and continues it once it has a last.ckpt.
+    argv = ["model=cnn", f"hydra.run.dir={tmp_path}/run", "ckpt_path=last"]
+    assert resume_arguments(argv) == argv[:2]
+    assert capsys.readouterr().err == (f"warning: ckpt_path=last: no {tmp_path}/run/checkpoints/last.ckpt yet; "
+                                       "a new run starts there\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_arguments(argv) == argv
+    # A finished run whose checkpoints were deleted is not trained over: train.py says no checkpoint is there.
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").unlink()
+    write_json(tmp_path / "run" / "metrics.json", {})
+    assert resume_arguments(argv) == argv
+    assert resume_arguments(["model=cnn", "ckpt_path=last"])[-1] == "ckpt_path=last"  # no folder named: an error
 
 
 def test_a_run_directory_with_ckpt_path_is_continued_not_refused(tmp_path):
