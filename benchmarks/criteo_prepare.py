@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -140,15 +141,24 @@ class MemoryCgroup:
         self.dir.rmdir()
 
 
+def fitted_rows_bytes(cache: Path) -> int:
+    """The bytes of the training and validation rows in a prepared cache, with data=criteo's default split: what
+    train.py holds in memory instead of streaming when they are within data.max_in_memory_gb
+    (`CriteoDataModule.load`)."""
+    arrays = [np.load(f, mmap_mode="r") for f in sorted(cache.glob("*.npy"))]  # headers: shape and dtype
+    rows, split = len(arrays[0]), OmegaConf.load(ROOT / "configs" / "data" / "criteo.yaml").data
+    return (rows - round(rows * split.test_fraction)) * sum(a.itemsize * a.shape[1] for a in arrays)
+
+
 def train_streamed(path: Path, args) -> dict:
     """train.py on the prepared file, streamed (max_in_memory_gb below its size), in a child process: its peak RSS."""
     run = args.dir / "run"
     shutil.rmtree(run, ignore_errors=True)
     cache_bytes = sum(f.stat().st_size for f in (args.dir / "cache").glob("*/*.npy"))
-    if cache_bytes <= args.max_in_memory_gb * 2**30:  # the rows would be read into memory: nothing streamed
-        sys.exit(f"error: --max-in-memory-gb {args.max_in_memory_gb:g} holds the whole cache "
-                 f"({cache_bytes / 2**20:.0f} MiB), so training would not stream it: give a smaller "
-                 "--max-in-memory-gb or a larger --gb")
+    if (held := fitted_rows_bytes(next((args.dir / "cache").glob("*/")))) <= args.max_in_memory_gb * 2**30:
+        sys.exit(f"error: --max-in-memory-gb {args.max_in_memory_gb:g} holds the training and validation rows "
+                 f"({held / 2**20:.1f} MiB of the {cache_bytes / 2**20:.1f} MiB cache), so training would read "
+                 "them into memory, not stream them: give a smaller --max-in-memory-gb or a larger --gb")
     command = [sys.executable, "-c", PEAK_RSS_OF, str(ROOT / "train.py"), "model=dnn", "data=criteo",
                f"data.path={path}",
                f"data.cache_dir={args.dir / 'cache'}", f"data.max_in_memory_gb={args.max_in_memory_gb}",

@@ -47,10 +47,12 @@ class Clock(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None) -> float:
+def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None,
+               clip_algorithm: str = "norm") -> float:
     """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
-    the recipe's step does (loss, L1 penalty, gradient-norm clipping, optimizer, schedule; with 16-mixed, the
-    gradient scaler Lightning adds) and nothing else."""
+    the recipe's step does (loss, L1 penalty, gradient clipping by norm or by value, optimizer, schedule; with
+    16-mixed, the gradient scaler Lightning adds) and nothing else. Its clock, like Lightning's, covers the making
+    of steps - 1 batches: the first timed one is made before it starts, and no batch after the last one."""
     net, device, l1 = recipe.net, recipe.device, recipe.hparams.l1
     decayed = decayed_parameters(net)
     config = recipe.configure_optimizers()
@@ -65,8 +67,6 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
             if done == warmup:
                 sync(device)
                 start = time.perf_counter()
-            if done == warmup + steps:
-                break
             # as Lightning does with each batch (nothing to do for a dataset already on the device)
             inputs, targets = [x.to(device, non_blocking=True) for x in inputs], targets.to(device, non_blocking=True)
             with forward:
@@ -77,12 +77,17 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
             scaler.scale(loss).backward()
             if clip:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                if clip_algorithm == "value":
+                    torch.nn.utils.clip_grad_value_(net.parameters(), clip)
+                else:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
             done += 1
+            if done == warmup + steps:
+                break
     sync(device)
     return time.perf_counter() - start
 
@@ -111,7 +116,8 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     loader = datamodule.train_dataloader()
     loader.epoch = 0  # the Lightning run's epochs from the first, counted by the loader (not the finished trainer)
     # trainer.precision as Lightning normalized it ("bf16" -> "bf16-mixed"): what the Lightning path ran
-    return plain_loop(plain, loader, steps, warmup, str(trainer.precision), cfg.trainer.get("gradient_clip_val"))
+    return plain_loop(plain, loader, steps, warmup, str(trainer.precision), cfg.trainer.get("gradient_clip_val"),
+                      cfg.trainer.get("gradient_clip_algorithm") or "norm")
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:

@@ -14,6 +14,7 @@ from models import assemble
 from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
 from benchmarks.measure import autocast, peak_memory
+from data.batches import TensorBatches
 from conftest import ROOT, make_config
 
 SMALL_DNN = ["model=dnn", "data.rows=4000", "data.batch_size=256", "data.eval_batch_size=1000"]
@@ -101,6 +102,9 @@ def test_the_plain_loop_runs_the_memory_layout_the_lightning_path_ran(channels_l
     [*SMALL_DNN, "model.l1=1e-4"],  # 11 batches an epoch: the 14 steps cross into the second epoch
     ["model=lstm", "data=text", "model.net.hidden_size=32", "model.net.embedding_dim=16", "data.seq_len=16",
      "data.batch_size=16", "data.path={text}", "trainer.gradient_clip_val=0.05"],  # a clip the gradients exceed
+    ["model=lstm", "data=text", "model.net.hidden_size=32", "model.net.embedding_dim=16", "data.seq_len=16",
+     "data.batch_size=16", "data.path={text}", "trainer.gradient_clip_val=0.01",
+     "+trainer.gradient_clip_algorithm=value"],  # by value: each gradient entry within ±0.01
 ])
 def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(overrides, monkeypatch, tmp_path):
     # What makes the ratio fair: the same network, batches, loss, L1, clipping, optimizer and schedule. Without
@@ -117,11 +121,21 @@ def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(overrides, mo
         built.append((recipe, copy.deepcopy(recipe.net.state_dict())))
         return recipe
 
+    made, clocks, batches = [0], [], TensorBatches.__iter__  # batches made so far, at each clock's start and stop
+
+    def counted(loader):
+        for batch in batches(loader):
+            made[0] += 1
+            yield batch
+
     monkeypatch.setattr(assemble, "build_recipe", recording)
+    monkeypatch.setattr(TensorBatches, "__iter__", counted)
+    monkeypatch.setattr(throughput, "sync", lambda device: clocks.append(made[0]))
     _, trainer = throughput.lightning_run(cfg, datamodule, steps=12, warmup=2)
     throughput.plain_run(cfg, datamodule, trainer, steps=12, warmup=2)
     (lightning, start), (plain, plain_start) = built
     assert trainer.global_step == 14 and trainer.current_epoch >= 1
+    assert clocks[1] - clocks[0] == clocks[3] - clocks[2] == 11  # both clocks: the same batch making
     for name, value in lightning.net.state_dict().items():
         assert torch.equal(start[name], plain_start[name]), name  # one seed, one initialization
         assert torch.allclose(value, plain.net.state_dict()[name], atol=1e-5), name
@@ -237,9 +251,22 @@ def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
 
 
 def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
-    # Its training is there to show streamed rows in bounded memory: a cache within --max-in-memory-gb was read
-    # whole, and the JSON did not say so.
+    # Its training is there to show streamed rows in bounded memory: training and validation rows within
+    # --max-in-memory-gb are read into memory (the test rows are read apart), and the JSON did not say so. Also
+    # with a limit below the whole cache: the 10% test rows do not count.
+    from benchmarks.criteo_prepare import fitted_rows_bytes, write_file
+    from data.criteo import CriteoDataModule, prepare
+
+    write_file(tmp_path / "criteo.txt", 0.002)  # the same rows the script writes for --gb 0.002
+    cache = prepare(tmp_path / "criteo.txt", tmp_path / "cache")
+    held, whole = fitted_rows_bytes(cache), sum(f.stat().st_size for f in cache.glob("*.npy"))
+    assert held < whole
+    between = (held + whole) / 2 / 2**30
+    data = CriteoDataModule(path=tmp_path / "criteo.txt", cache_dir=tmp_path / "cache", max_in_memory_gb=between)
+    data.setup("fit")
+    assert isinstance(data.train[0], torch.Tensor)  # held in memory, as the script now says
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.002",
-                           "--train-steps", "1", "--dir", str(tmp_path / "criteo")], capture_output=True, text=True)
+                           "--train-steps", "1", "--max-in-memory-gb", f"{between!r}", "--dir", str(tmp_path / "c")],
+                          capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "holds the whole cache" in done.stderr.strip().splitlines()[-1]
+    assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
