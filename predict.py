@@ -3,8 +3,10 @@
   input=IMAGE or input=FOLDER  PNG/JPG/... images (a folder: every image directly in it) -> one row per image:
                                file, class, probability, then the probability of every class. Each image is
                                turned upright (EXIF orientation), greyscaled or made RGB (transparent pixels over
-                               black), resized to the network's input, and normalized with the training split's
-                               statistics, as in training.
+                               black), fitted to the network's input as the training images were made (grey:
+                               light on black, inverted if its background is light (invert=auto|true|false),
+                               scaled whole and centred on black; RGB: scaled to cover it and centre-cropped),
+                               and normalized with the training split's statistics, as in training.
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models:
                                data=csv, advertising, clicks or criteo), or `class` and `probability` (multi-class).
   input=FILE.txt or FILE.tsv   Kaggle's Criteo lines (tab-separated, no header; with or without the label) -> the
@@ -39,7 +41,7 @@ from models.records import stdout_closed, written_whole
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
-         "[paths.data_dir=DIR] [data.KEY=VALUE ...]")
+         "[invert=auto|true|false] [paths.data_dir=DIR] [data.KEY=VALUE ...]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ROW_SUFFIXES = (".csv", ".txt", ".tsv")  # .txt, .tsv: Kaggle's Criteo lines, tab-separated, no header
 # Rows read, predicted and written at a time: memory is bounded by one chunk (Criteo rows: ~0.2 GB above the imports'
@@ -85,36 +87,71 @@ def opaque(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_images(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and resized to `size`."""
+def light_background(image: Image.Image) -> bool:
+    """A grey image whose outermost pixels are light on average: a dark drawing or item on white. (No image of
+    Fashion-MNIST's 70,000 has a border above 108 of 255 on average, and 16 of its 10,000 test images cropped to
+    their items' bounding boxes one above 127.5; MNIST's borders are black.)"""
+    pixels = np.asarray(image, dtype=np.float64)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    return border.mean() > 127.5
+
+
+def read_images(files: list[Path], channels: int, size: tuple[int, int], invert: str = "auto",
+                inverted: list[Path] | None = None) -> torch.Tensor:
+    """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and fitted to `size` as the
+    training images were made. Grey: light on black (MNIST, Fashion-MNIST), so an image on a light background is
+    inverted (invert="auto"; "true": every image, "false": none; the files inverted are added to `inverted`), then
+    scaled whole into `size` and centred on black (Fashion-MNIST's items were scaled by their longest side and
+    padded; stretched, a tall or wide one was misread). RGB (CIFAR-10's photographs): scaled to cover `size`, the
+    overhang cropped evenly (an image of `size`'s shape is only scaled, in both cases)."""
     if channels not in (1, 3):
         raise UserInputError(f"the network takes {channels}-channel images; predict.py reads grey (1) or RGB (3)")
     images = []
     for file in files:
         try:
-            with Image.open(file) as image:
+            image = Image.open(file)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise UserInputError(f"input {file}: not a readable image ({err})") from err  # (a bomb: > 179M pixels)
+        try:
+            with image:
                 image = ImageOps.exif_transpose(image)  # upright as viewers show it (a phone's EXIF orientation)
+                mode = image.mode
                 image = opaque(eight_bit(image)).convert("L" if channels == 1 else "RGB")
-                image = image.resize(size[::-1], Image.BILINEAR)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:  # (a bomb: > 179M pixels)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise UserInputError(f"input {file}: not a readable image ({err})") from err
         except ValueError as err:  # a mode PIL cannot convert (CIELab, ...)
-            raise UserInputError(f"input {file}: a {image.mode} image, which predict.py cannot turn into "
+            raise UserInputError(f"input {file}: a {mode} image, which predict.py cannot turn into "
                                  f"{'grey' if channels == 1 else 'RGB'} ({err}); save it as grey or RGB") from err
+        if channels == 1:
+            if invert == "true" or invert == "auto" and light_background(image):
+                image = ImageOps.invert(image)
+                if inverted is not None:
+                    inverted.append(file)
+            image = ImageOps.pad(image, size[::-1], Image.BILINEAR, color=0)
+        else:
+            image = ImageOps.fit(image, size[::-1], Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8).reshape(size[0], size[1], channels)
         images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))  # (C, H, W)
     return torch.stack(images)
 
 
 @torch.no_grad()
-def predict_images(recipe, datamodule, files: list[Path]) -> pd.DataFrame:
+def predict_images(recipe, datamodule, files: list[Path], invert: str = "auto") -> pd.DataFrame:
     kwargs = recipe.hparams.net_kwargs
     if recipe.hparams.task != "multiclass" or "image_size" not in kwargs:
         raise UserInputError(f"this checkpoint's network ({recipe.hparams.config['model']['net']['_target_']}) "
                              "does not classify images; give it what it was trained on")
     if getattr(datamodule, "mean", None) is None:
         raise UserInputError(f"{type(datamodule).__name__} has no mean/std: cannot normalize images as in training")
-    images = read_images(files, kwargs["in_channels"], tuple(kwargs["image_size"]))
+    if invert == "true" and kwargs["in_channels"] != 1:
+        raise UserInputError(f"invert=true: this network takes {kwargs['in_channels']}-channel (colour) images, "
+                             "which are never inverted; invert is for greyscale networks")
+    inverted = []
+    images = read_images(files, kwargs["in_channels"], tuple(kwargs["image_size"]), invert, inverted)
+    if inverted and invert == "auto":  # on stderr: the CSV stays the predictions
+        print(f"note: {len(inverted)} of {len(files)} images ({inverted[0]}{', ...' if len(inverted) > 1 else ''}) "
+              "have a light background and were inverted to light on black, as the training images are; "
+              "invert=false reads them as they are", file=sys.stderr)
     mean, std = datamodule.mean.view(1, -1, 1, 1), datamodule.std.view(1, -1, 1, 1)
     x = (images.float() / 255 - mean) / std  # (N, C, H, W), as data.images normalizes training batches
     probs = recipe(x).float().softmax(-1)  # (N, classes); N <= IMAGE_CHUNK
@@ -145,9 +182,12 @@ def predict_rows(recipe, datamodule, path: Path) -> Iterator[pd.DataFrame]:
             yield frame.assign(**{"class": [classes[i] for i in probs.argmax(1)], "probability": probs.amax(1).numpy()})
 
 
-def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()
-                   ) -> Iterator[pd.DataFrame]:
-    """The predictions, one table per CHUNK rows (IMAGE_CHUNK images) of the input, in its order."""
+def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = (),
+                   invert: str = "auto") -> Iterator[pd.DataFrame]:
+    """The predictions, one table per CHUNK rows (IMAGE_CHUNK images) of the input, in its order. `invert`: for
+    images of a greyscale network, auto (those on a light background), true or false (see read_images)."""
+    if invert not in ("auto", "true", "false"):
+        raise UserInputError(f"invert={invert}: give auto (images on a light background), true or false")
     checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     path = Path(input_path)
     if not path.exists():
@@ -160,16 +200,19 @@ def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides
         raise UserInputError("this checkpoint is a language model: sample text with generate.py")
     datamodule = fitted_datamodule(checkpoint, data_overrides)
     if path.is_file() and path.suffix.lower() in ROW_SUFFIXES:
+        if invert != "auto":
+            raise UserInputError(f"invert={invert} is for images; input={path} holds rows: leave it out")
         yield from predict_rows(recipe, datamodule, path)
         return
     files = image_files(path)
     for start in range(0, len(files), IMAGE_CHUNK):
-        yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK])
+        yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK], invert)
 
 
-def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = ()) -> pd.DataFrame:
+def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = (), invert: str = "auto"
+            ) -> pd.DataFrame:
     """Every prediction in one table (for a notebook; main() writes them chunk by chunk)."""
-    return pd.concat(list(predict_chunks(ckpt_path, input_path, data_overrides)), ignore_index=True)
+    return pd.concat(list(predict_chunks(ckpt_path, input_path, data_overrides, invert)), ignore_index=True)
 
 
 @contextmanager
@@ -187,11 +230,13 @@ def output(out: str | None):
 def main(argv: list[str]) -> int:
     options, rows = {}, 0
     try:
-        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path", "input"), optional=("out",))
+        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path", "input"),
+                                                 optional=("out", "invert"))
         if trainer:
             raise UserInputError(f"trainer.{next(iter(trainer))}: predict.py runs no Trainer; usage: {USAGE}")
         with output(options.get("out")) as f:
-            for i, table in enumerate(predict_chunks(options["ckpt_path"], options["input"], data)):
+            chunks = predict_chunks(options["ckpt_path"], options["input"], data, options.get("invert", "auto"))
+            for i, table in enumerate(chunks):
                 table.to_csv(f, index=False, header=i == 0, float_format=None if options.get("out") else "%.4f")
                 rows += len(table)
     except UserInputError as err:

@@ -389,6 +389,35 @@ def test_predict_classifies_a_folder_of_images(sweep, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_csv(elsewhere), table)
 
 
+def test_predict_inverts_grey_images_on_a_light_background_and_says_so(sweep, tmp_path, capsys):
+    # The training images are light on black: the same images dark on white were misread (a photo, a scan).
+    folder, negatives = tmp_path / "images", tmp_path / "negatives"
+    for path in (folder, negatives):
+        path.mkdir()
+    images, _ = pattern_images(8, 28, 1, seed=7)
+    for i, image in enumerate(images):
+        Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
+        Image.fromarray(255 - image[..., 0]).save(negatives / f"{i}.png")
+    ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
+    as_trained = predict_script.predict(ckpt, folder)
+    assert "note:" not in capsys.readouterr().err  # noise below 60 around the squares: a dark background
+    inverted = predict_script.predict(ckpt, negatives)
+    assert capsys.readouterr().err.startswith(f"note: 8 of 8 images ({negatives / '0.png'}, ...) have a light "
+                                              "background and were inverted to light on black")
+    pd.testing.assert_frame_equal(inverted.drop(columns="file"), as_trained.drop(columns="file"))
+    kept = predict_script.predict(ckpt, negatives, invert="false")
+    assert (kept["class"] != as_trained["class"]).any()  # read as they are: not the same answers
+    both = predict_script.predict(ckpt, folder, invert="true")  # every image inverted: these, too
+    assert (both["class"] != as_trained["class"]).any() and "note:" not in capsys.readouterr().err
+    for argument, message in [("invert=yes", "error: invert=yes: give auto (images on a light background), true "
+                                             "or false"), ("invert=true", "error: invert=true is for images; input=")]:
+        source = folder if argument == "invert=yes" else tmp_path / "rows.csv"
+        if argument == "invert=true":
+            source.write_text("x\n1\n")
+        assert predict_script.main([f"ckpt_path={ckpt}", f"input={source}", argument]) == 2
+        assert capsys.readouterr().err.startswith(message)
+
+
 def test_read_images_scales_16_bit_and_lays_transparency_over_black(tmp_path):
     shape = np.zeros((8, 8), dtype=np.uint8)
     shape[2:6, 2:6] = 200  # a light square on black, as Fashion-MNIST draws its items
@@ -443,6 +472,31 @@ def test_read_images_scales_float_grey_and_turns_images_upright(tmp_path):
     assert torch.equal(images[0, 0], torch.from_numpy(shape))  # the bar on the left, as drawn
     for image in images[1:]:
         assert torch.equal(image, images[0])  # was black (0..1 rounded) and turned
+
+
+def test_read_images_fits_an_image_of_another_shape_as_the_training_images_were_made(tmp_path):
+    # Grey (Fashion-MNIST: an item scaled by its longest side, centred on black): a wide light bar stays a wide bar
+    # between black rows; stretched to the square it filled it (a tall or wide item was misread). RGB (CIFAR-10):
+    # scaled to cover, the overhang cropped evenly.
+    Image.fromarray(np.full((10, 20), 200, dtype=np.uint8)).save(tmp_path / "wide.png")
+    grey = predict_script.read_images([tmp_path / "wide.png"], channels=1, size=(8, 8), invert="false")[0, 0]
+    assert (grey[:2] == 0).all() and (grey[6:] == 0).all() and (grey[2:6] == 200).all()
+    rgb = np.zeros((8, 16, 3), dtype=np.uint8)
+    rgb[:, :4, 0] = rgb[:, 12:, 0] = 255  # red at both ends, cropped off
+    rgb[:, 4:12, 1] = 255  # the green middle fills the square
+    Image.fromarray(rgb).save(tmp_path / "wide_colour.png")
+    colour = predict_script.read_images([tmp_path / "wide_colour.png"], channels=3, size=(8, 8))[0]
+    assert (colour[0] == 0).all() and (colour[1] == 255).all() and (colour[2] == 0).all()
+
+
+def test_read_images_names_a_file_whose_header_pil_cannot_read(tmp_path):
+    # Image.open itself raises ValueError for a damaged PNG header: was an UnboundLocalError traceback.
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "good.png")
+    data = bytearray((tmp_path / "good.png").read_bytes())
+    data[11] = 0  # the IHDR chunk's length: "Truncated IHDR chunk"
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=r"input .*bad.png: not a readable image \("):
+        predict_script.read_images([tmp_path / "bad.png"], 1, (8, 8))
 
 
 def test_read_images_at_the_edges_of_each_format_and_of_another_shape(tmp_path):
