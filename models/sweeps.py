@@ -22,7 +22,7 @@ class SweepSummary(Callback):
     a script that runs it knows."""
 
     def __init__(self) -> None:
-        self.failed_jobs: list[str] = []  # this sweep's, not an earlier command's in a shared folder (an Optuna study)
+        self.failed_jobs: list[int] = []  # this sweep's jobs, not an earlier command's in a shared folder (Optuna's)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
