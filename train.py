@@ -23,7 +23,7 @@ from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, distributed_arguments,
                         flags_first, log, log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
-from models.records import log_hparams_tab, write_json
+from models.records import log_hparams_tab, logged_step, write_json
 from models.runs import is_choice, load_checkpoint, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, mark_trial_failed, write_sweep_summary
@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> dict:
                    for k, v in settings.items() if is_choice(k)}
         # at the step trainer.test logged its metrics at (Lightning's logger connector counts that)
         log_hparams_tab(logger, hparams, {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
-                        logged=set(test), step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+                        logged=set(test), step=logged_step(trainer))
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
         write_json(out / "metrics.json", metrics)  # whole or not at all: its presence marks a finished run
     return metrics

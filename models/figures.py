@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from data import class_names
 from models.plots import (calibration_figure, confusion_matrix_figure, displayable, filters_figure,
                           prediction_grid_figure, roc_figure)
+from models.records import logged_step
 
 
 def first_conv(net: nn.Module) -> nn.Conv2d | None:
@@ -136,7 +137,7 @@ class ResultFigures(Callback):
 
     # -- drawing, once per epoch ----------------------------------------------------------------------
     def _draw(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        acc, writer, step = self._acc, self._writer(trainer), trainer.global_step
+        acc, writer, step = self._acc, self._writer(trainer), logged_step(trainer)  # beside the stage's scalars
         if not acc:  # no batches (limit_*_batches=0)
             return
         dm = trainer.datamodule

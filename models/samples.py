@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from data import UserInputError
 from data.text import UNK, decode, encode
 from models.lstm import CharLM
+from models.records import logged_step
 
 
 def check_temperature(temperature: float) -> None:
@@ -62,4 +63,4 @@ class TextSamples(Callback):
             pl_module.net.train(was_training)
         markdown = "\n".join("    " + line for line in text.splitlines())  # a code block keeps the line breaks
         for logger in loggers:
-            logger.experiment.add_text("samples", markdown, global_step=trainer.global_step)
+            logger.experiment.add_text("samples", markdown, global_step=logged_step(trainer))  # beside val/loss

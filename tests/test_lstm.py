@@ -460,7 +460,8 @@ def test_a_sample_is_drawn_without_dropout_and_leaves_the_network_training(tmp_p
 
     net = CharLM(3, embedding_dim=4, hidden_size=8, num_layers=1, dropout=0.5)
     module = SimpleNamespace(net=net, hparams=SimpleNamespace(net_kwargs={"vocab": ["<unk>", "a", "b"]}))
-    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, global_step=1)
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, global_step=1,
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0)))
     generate, drawn_training = net.generate, []
     net.generate = lambda *args: drawn_training.append(net.training) or generate(*args)
     TextSamples(prompt="a", length=5).on_validation_epoch_end(trainer, module)
@@ -513,6 +514,8 @@ def test_samples_are_logged_to_tensorboard_every_validation(pattern_run):
     events.Reload()
     samples = events.Tensors("samples/text_summary")
     assert len(samples) >= 2 and len({s.step for s in samples}) == len(samples)
+    # at the steps of the validations they follow (a step later, a resume's purge dropped one for good)
+    assert {s.step for s in samples} <= {e.step for e in events.Scalars("val/loss")}
     assert "hello" in samples[-1].tensor_proto.string_val[0].decode()
 
 

@@ -75,6 +75,9 @@ def test_generate_refuses_a_checkpoint_of_another_model(sweep):
         generate(str(sweep / "0" / "checkpoints" / "best.ckpt"))
 
 
+STEPPED = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0))  # a fake trainer's logging step
+
+
 def events(folder) -> EventAccumulator:
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
@@ -98,6 +101,8 @@ def test_tensorboard_holds_scalars_hyperparameters_and_figures(sweep):
                 "test/first_conv_filters"):
         image = Image.open(io.BytesIO(tb.Images(tag)[-1].encoded_image_string))
         assert image.width > 100 and image.height > 100, tag
+        # beside the scalars of the same validation or test: a step later, a resume's purge dropped one for good
+        assert [e.step for e in tb.Images(tag)] == [e.step for e in tb.Scalars(f"{tag.split('/')[0]}/acc")], tag
     assert len(tb.Images("val/confusion_matrix")) == 2  # one per epoch
 
 
@@ -150,7 +155,7 @@ def test_figures_count_rows_by_true_class_and_show_only_real_mistakes(monkeypatc
     drawn = []
     writer = SimpleNamespace(add_figure=lambda tag, figure, step: drawn.append(tag))
     monkeypatch.setattr(ResultFigures, "_writer", staticmethod(lambda trainer: writer))
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, global_step=0,
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, fit_loop=STEPPED,
                               sanity_checking=True, current_epoch=0)
     module, figures = SimpleNamespace(net=torch.nn.Linear(2, 3)), ResultFigures(max_images=4)
     figures.on_validation_epoch_start(trainer, module)
@@ -177,7 +182,7 @@ def test_figures_keep_the_first_examples_across_batches_and_validate_every_nth_e
     # The default grid size is the one configs/callbacks/default.yaml asks for, and a negative size is refused.
     writer = SimpleNamespace(add_figure=lambda tag, figure, step: None)
     monkeypatch.setattr(ResultFigures, "_writer", staticmethod(lambda trainer: writer))
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, global_step=0,
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=1, fit_loop=STEPPED,
                               sanity_checking=False, current_epoch=0)
     module, figures = SimpleNamespace(net=torch.nn.Linear(2, 3)), ResultFigures(max_images=5, val_every_n_epochs=2)
     figures.on_test_epoch_start(trainer, module)
@@ -220,7 +225,7 @@ def test_figures_under_ddp_show_the_most_confident_mistakes_of_every_rank(monkey
         all_gather = staticmethod(lambda tensor: torch.stack([tensor, next(theirs)]))
         reduce = staticmethod(lambda tensor, reduce_op: tensor + rank1._acc["confusion"])
 
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=2, global_step=0,
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(task="multiclass"), world_size=2, fit_loop=STEPPED,
                               strategy=TwoRanks())
     rank0._draw(trainer, SimpleNamespace(net=torch.nn.Linear(2, 3)), "test")
     _, targets, probs = rank0.results["mistakes"]
