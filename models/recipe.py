@@ -217,6 +217,7 @@ class Recipe(L.LightningModule):
         self._fit_started = time.perf_counter()
         self._fitting = False  # between this module's on_fit_start and on_fit_end (see check_finite)
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
+        self._every_rank_logs = False  # and whether every DDP process does (not only by its own clock)
         self._step_losses: list[Tensor] = []  # the losses of the optimizer step's accumulated batches so far
         self._batch_started: float | None = None  # when the last training batch began (_logging_step)
 
@@ -252,15 +253,20 @@ class Recipe(L.LightningModule):
         n, steps = self.trainer.log_every_n_steps, self.trainer.global_step + 1  # with this batch's optimizer step
         now, before = time.perf_counter(), self._batch_started
         self._batch_started = now
-        return n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps)
-                          or time_is_up(self.trainer, within=2 * (now - before) if before is not None else 0.0))
+        self._every_rank_logs = n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps))
+        return self._every_rank_logs or n > 0 and time_is_up(
+            self.trainer, within=2 * (now - before) if before is not None else 0.0)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         self._step_losses.append(loss.detach())  # with trainer.accumulate_grad_batches, the step's batches so far
         self._log_now = self._logging_step(batch_idx)  # (also read by on_before_optimizer_step)
         if self._log_now:  # Lightning sends the value logged at the step's last batch: the mean its gradient follows
-            self.log("train/loss_step", torch.stack(self._step_losses).mean(), on_step=True, on_epoch=False)
+            loss_step = torch.stack(self._step_losses).mean()
+            if self._every_rank_logs and self.trainer.world_size > 1:  # DDP: its gradient, all processes' mean
+                # (a collective only where every process calls it: not at a step one process's clock picked)
+                loss_step = self.trainer.strategy.reduce(loss_step, reduce_op="mean")
+            self.log("train/loss_step", loss_step, on_step=True, on_epoch=False)
         # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
         # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
         if self.hparams.l1:

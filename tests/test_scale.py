@@ -116,6 +116,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert parallel["test/auroc"] > 0.74  # learned: 0.5 is chance, the Bayes optimum of this data 0.81
     # Measured: differences of at most 8e-4; 2e-2 when both ranks trained on the same shard.
     assert {k: parallel[k] for k in COMPARED} == pytest.approx({k: single[k] for k in COMPARED}, abs=3e-3)
+    # The per-step training loss: both processes' mean, the loss their averaged gradient follows (rank 0's half of
+    # the batch alone was up to 1e-2 off).
+    curves = [{e.step: e.value for e in EventAccumulator(str(folder)).Reload().Scalars("train/loss_step")}
+              for folder in (events.path, next((tmp_path / "one" / "tensorboard").rglob("events.*")).parent)]
+    assert len(curves[0]) >= 3 and curves[0] == pytest.approx(curves[1], abs=2e-3)
 
 
 def test_an_error_under_ddp_is_one_line_not_one_per_process(tmp_path):
