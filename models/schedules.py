@@ -89,3 +89,12 @@ def cut_short(trainer: L.Trainer) -> str | None:
                     f"rate schedule spans: the rate was {scheduler.get_last_lr()[0]:.2g}, not the {end:.2g} it ends "
                     "at, which costs accuracy; give more time (trainer.max_time) or fewer steps (trainer.max_steps)")
     return None
+
+
+class LearningRateMonitor(L.pytorch.callbacks.LearningRateMonitor):
+    """Lightning's, logging once per optimizer step: under trainer.accumulate_grad_batches it logged at every batch
+    of a step, the same value at the same step two or more times. (At the step's last batch: its learning rate.)"""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if not trainer.fit_loop.epoch_loop._should_accumulate():
+            super().on_train_batch_start(trainer, *args, **kwargs)

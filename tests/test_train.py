@@ -219,6 +219,8 @@ def test_a_logged_step_loss_is_the_mean_over_its_accumulated_batches(mnist_dir, 
     events.Reload()
     steps = events.Scalars("train/loss_step")
     assert [e.step for e in steps] == [0, 1, 2]
+    rates = [tag for tag in events.Tags()["scalars"] if tag.startswith("lr-")]  # lr-AdamW/pg1, ...: one a group
+    assert rates and all([e.step for e in events.Scalars(tag)] == [0, 1, 2] for tag in rates)  # once a step too
     epoch = events.Scalars("train/loss")[0].value
     assert sum(e.value for e in steps) / 3 == pytest.approx(epoch, rel=1e-5)
     # Logged at the run's last step alone (log_every_n_steps 100): the same mean of its two batches, not the last's.
