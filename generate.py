@@ -70,6 +70,9 @@ def generate(ckpt_path: str, prompt: str = "\n", length: int = 500, temperature:
         raise UserInputError(f"device={device}: generate.py runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device={device} but this machine has no CUDA GPU: use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserInputError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     recipe = load_recipe(ckpt_path, map_location=device)
     if not isinstance(recipe.net, CharLM):
         raise UserInputError(f"ckpt_path={ckpt_path} holds a {type(recipe.net).__name__}, not a character language "

@@ -329,7 +329,9 @@ class Recipe(L.LightningModule):
             if (batch := next(iter(datamodule.val_dataloader()), None)) is not None:
                 # (inputs..., targets); in the precision's dtype, as Lightning converts each batch (bf16-true's:
                 # its summary and graph forward the example as it is, into bf16 weights)
-                self.example_input_array = self.trainer.precision_plugin.convert_input(tuple(t[:1] for t in batch[:-1]))
+                # (a copy: a view of the batch would keep a table's whole device copy of the validation split)
+                self.example_input_array = self.trainer.precision_plugin.convert_input(
+                    tuple(t[:1].clone() for t in batch[:-1]))
 
     def on_fit_start(self) -> None:
         self._fit_started, self._fitting = time.perf_counter(), True

@@ -35,6 +35,8 @@ def test_the_cnn_preset_trains_compiled_in_bf16_on_the_gpu_and_its_checkpoint_sc
                       "data.batch_size=100", "trainer.max_epochs=6", *QUIET, output_dir=tmp_path)
     metrics = train_module.train(cfg)
     assert metrics["device"].startswith("cuda") and metrics["test/acc"] >= 0.9, metrics
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # compiled: dynamo captured the network
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last  # what the preset promises
     on_cpu = eval_script.evaluate(tmp_path / metrics["best_checkpoint"], trainer_options={"accelerator": "cpu"})
     assert on_cpu["test/acc"] == pytest.approx(metrics["test/acc"], abs=0.01)  # bf16 on two devices: near, not equal
 

@@ -560,7 +560,8 @@ def test_generate_command_line_defaults_and_the_edges_of_each_setting():
             parse(["ckpt_path=x.ckpt", arg])
 
 
-def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path):
+def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_not_there(pattern_run, tmp_path,
+                                                                                          monkeypatch):
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     with pytest.raises(UserInputError, match=r"notes.ckpt is not a readable checkpoint \(not a file torch.save wrote"):
         generate(str(tmp_path / "notes.ckpt"))
@@ -574,6 +575,10 @@ def test_generate_refuses_a_file_that_is_not_a_checkpoint_and_a_device_that_is_n
     if not torch.cuda.is_available():
         with pytest.raises(UserInputError, match="device=cuda but this machine has no CUDA GPU"):
             generate(ckpt, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU: cuda:1 was a traceback
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserInputError, match=r"device=cuda:1: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"):
+        generate(ckpt, device="cuda:1")
 
 
 def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_path, capsys):

@@ -450,6 +450,8 @@ def test_model_summary_example_is_one_validation_row_unless_the_network_is_compi
         else:
             (example,) = recipe.example_input_array
             assert torch.equal(example, images[:1].to(dtype)) and example.dtype == dtype
+            # its own row: a view would keep the batch's storage (a table's: the validation split's device copy)
+            assert example.untyped_storage().nbytes() == example.numel() * example.element_size()
 
 
 def test_log_graph_writes_the_networks_graph_to_tensorboard(tmp_path):
