@@ -2,8 +2,9 @@
 
 The network comes from the checkpoint alone (`models.recipe.load_recipe`), the data from the config stored in it,
 so this reproduces the test metrics train.py wrote to RUN/metrics.json (on as much of the test split as the run
-scored: its trainer.limit_test_batches, unless given here, times the run's DDP processes if a count; a count of
-batches, debug=fast's 2, covers other examples with another data.eval_batch_size). `paths.data_dir=DIR` or
+scored: its trainer.limit_test_batches, unless given here, times the run's DDP processes if a count (a fraction of
+a DDP run's test split is near, not exact: a note says so); a count of batches, debug=fast's 2, covers other
+examples with another data.eval_batch_size). `paths.data_dir=DIR` or
 `data.KEY=VALUE` change the data (the dataset moved; a larger eval batch), never its test split nor what its
 training split fits (models.runs.SPLIT_SETTINGS); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
 Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
@@ -41,9 +42,14 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
     datamodule = build_datamodule(config["data"], data_overrides, trained_on=checkpoint)
     # The precision it was trained and tested with, and the part of the test split it was scored on
     # (trainer.limit_test_batches, debug=fast's); the device wherever this runs.
-    limit = config["trainer"].get("limit_test_batches")
+    limit, processes = config["trainer"].get("limit_test_batches"), checkpoint.get("world_size", 1)
     if isinstance(limit, int):  # a count of batches per process; each of a DDP run's processes scored its own shard
-        limit *= checkpoint.get("world_size", 1)  # of batch-interleaved rows: as many batches from the split's start
+        limit *= processes  # of batch-interleaved rows: as many batches from the split's start
+    elif limit is not None and 0 < limit < 1 and processes > 1 and "limit_test_batches" not in trainer_options:
+        # each process took the fraction of its own shard's batches, rounding down: not the split's first rows
+        print(f"note: the run's {processes} DDP processes each scored trainer.limit_test_batches={limit} of their "
+              "own shard; this scores that fraction of the whole split, which differs by up to a batch a process: "
+              "give trainer.limit_test_batches=N (a count) to compare exactly", file=sys.stderr)
     options = {"accelerator": "auto", "devices": 1, "precision": config["trainer"].get("precision", "32-true"),
                **({"limit_test_batches": limit} if limit else {}),
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,

@@ -306,6 +306,20 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
         assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'tpu'}: ")
 
 
+def test_eval_says_a_ddp_runs_fraction_of_the_test_split_is_not_reproduced_exactly(sweep, tmp_path, capsys):
+    # Each DDP process took trainer.limit_test_batches=0.5 of its own shard's batches, rounding down: eval.py's one
+    # process takes half of the whole split, up to a batch a process more. A count is reproduced exactly.
+    checkpoint = torch.load(sweep / "0" / "checkpoints" / "best.ckpt", weights_only=True)
+    checkpoint["world_size"] = 2
+    checkpoint["hyper_parameters"]["config"]["trainer"]["limit_test_batches"] = 0.5
+    torch.save(checkpoint, tmp_path / "ddp.ckpt")
+    eval_script.evaluate(tmp_path / "ddp.ckpt")
+    assert capsys.readouterr().err.startswith("note: the run's 2 DDP processes each scored "
+                                              "trainer.limit_test_batches=0.5 of their own shard")
+    eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"limit_test_batches": 2})  # given: no note
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_eval_writes_out_file_with_the_checkpoint_and_overrides_and_tests_in_the_runs_precision(sweep, tmp_path,
                                                                                                   monkeypatch):
     ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
