@@ -83,9 +83,16 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger. A run resumed from a checkpoint of
     `resume_step` steps drops the TensorBoard points its killed predecessor logged at that step and after: it logs
     them again (Lightning numbers a step's values, and an epoch's end, by the steps before it, so what a checkpoint
-    holds was logged before its step and stays)."""
-    purge = {"purge_step": resume_step} if resume_step is not None and str(cfg.get("logger", {}).get(
-        "_target_", "")).endswith("TensorBoardLogger") else {}
+    holds was logged before its step and stays). A new run in a folder where an earlier one died before its first
+    checkpoint (started again by the same command, `ckpt_path=last`) drops all of that one's points: its own curves
+    would otherwise run twice over the same steps. (The earlier event files stay on disk.)"""
+    tensorboard = str(cfg.get("logger", {}).get("_target_", "")).endswith("TensorBoardLogger")
+    if resume_step is None and tensorboard:
+        earlier = (Path(cfg.logger.save_dir) / (cfg.logger.get("name") or "")).rglob("events.out.tfevents.*")
+        purge_step = 0 if next(earlier, None) else None
+    else:
+        purge_step = resume_step
+    purge = {"purge_step": purge_step} if purge_step is not None and tensorboard else {}
     logger = instantiate_setting("logger", cfg.logger, **purge) if cfg.get("logger") else False
     # `callbacks.x=null` drops one
     callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]

@@ -50,7 +50,6 @@ def write_json(path: str | Path, data) -> None:
         f.write(json.dumps(data, indent=2) + "\n")
 
 
-@rank_zero_only
 def logged_step(trainer) -> int:
     """The step Lightning logs scalars at now (its logger connector's count of optimizer steps): what figures,
     text and the hparams tab are logged at, beside the scalars of the same validation or test. At a validation's
@@ -59,6 +58,7 @@ def logged_step(trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
+@rank_zero_only
 def log_hparams_tab(logger: Logger, settings: dict, metrics: dict, logged: set, step: int) -> None:
     """TensorBoard's hparams tab: the run's settings and `metrics`, so runs can be compared there. Those `logged`
     already (the test's, at `step`) are only named, the others logged at `step`: Lightning's

@@ -306,6 +306,19 @@ def test_eval_reproduces_the_runs_test_metrics(sweep, capsys):
         assert capsys.readouterr().err.startswith("error: trainer options {'accelerator': 'tpu'}: ")
 
 
+def test_only_rank_0_writes_the_hparams_tab_and_every_rank_knows_the_logged_step(monkeypatch):
+    # Under DDP every process runs train(): the others' loggers have no file writer (their hparams tab was a
+    # traceback after the run), and each needs the step its figures are logged at.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from models.records import log_hparams_tab, logged_step
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert logged_step(SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
+        _batches_that_stepped=7)))) == 7
+    log_hparams_tab(None, {"seed": 0}, {"test/acc": 0.5}, set(), 7)  # on rank 0 a None logger would fail
+
+
 def test_eval_says_a_ddp_runs_fraction_of_the_test_split_is_not_reproduced_exactly(sweep, tmp_path, capsys):
     # Each DDP process took trainer.limit_test_batches=0.5 of its own shard's batches, rounding down: eval.py's one
     # process takes half of the whole split, up to a batch a process more. A count is reproduced exactly.

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import sys
+import shutil
 import time
 import warnings
 from types import SimpleNamespace
@@ -246,6 +247,24 @@ def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
     time.sleep(1 - time.time() % 1)  # the next second: TensorBoard orders event files by the second in their names
     again = train_module.train(mnist_config(mnist_dir, tmp_path, *settings, "ckpt_path=last"))
     assert again["steps"] == first["steps"] == 20
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in ("train/loss_step", "val/acc", "test/acc")}
+    assert steps == {"train/loss_step": [4, 9, 14, 19], "val/acc": [9, 19], "test/acc": [20]}
+
+
+def test_a_new_run_where_one_died_before_its_first_checkpoint_logs_each_step_once(mnist_dir, tmp_path):
+    # Started again by the same command (ckpt_path=last finds no last.ckpt, a new run starts): the dead run's
+    # points are dropped from the curves, not drawn twice over the same steps (its event file stays).
+    settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
+                "trainer.log_every_n_steps=5", "callbacks.early_stopping=null"]
+    train_module.train(mnist_config(mnist_dir, tmp_path, *settings))
+    shutil.rmtree(tmp_path / "checkpoints")  # as if killed before its first checkpoint
+    (tmp_path / "metrics.json").unlink()
+    dead = set((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    time.sleep(1 - time.time() % 1)  # the next second: TensorBoard orders event files by the second in their names
+    train_module.train(mnist_config(mnist_dir, tmp_path, *settings))
+    assert dead < set((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # kept
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in ("train/loss_step", "val/acc", "test/acc")}
