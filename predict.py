@@ -24,6 +24,7 @@ and encoders it fitted on the training split, which the checkpoint holds too: th
 DataModule that saves no state is set up on its training split instead, so that data must be readable then:
 `paths.data_dir=DIR` if it moved.)
 """
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,14 +97,24 @@ def light_background(image: Image.Image) -> bool:
     return border.mean() > 127.5
 
 
+def inverted_grey(image: Image.Image) -> Image.Image:
+    """Grey with its shades inverted, its transparency kept (LA): a dark item cut out on a transparent background
+    becomes a light one on black, as the training items are, once transparent pixels are laid over black."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.merge("LA", (ImageOps.invert(rgba.convert("L")), rgba.getchannel("A")))
+    return ImageOps.invert(image.convert("L"))
+
+
 def read_images(files: list[Path], channels: int, size: tuple[int, int], invert: str = "auto",
                 inverted: list[Path] | None = None) -> torch.Tensor:
     """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and fitted to `size` as the
     training images were made. Grey: light on black (MNIST, Fashion-MNIST), so an image on a light background is
-    inverted (invert="auto"; "true": every image, "false": none; the files inverted are added to `inverted`), then
-    scaled whole into `size` and centred on black (Fashion-MNIST's items were scaled by their longest side and
-    padded; stretched, a tall or wide one was misread). RGB (CIFAR-10's photographs): scaled to cover `size`, the
-    overhang cropped evenly (an image of `size`'s shape is only scaled, in both cases)."""
+    inverted (invert="auto", judged after transparent pixels are laid over black, so never a cut-out; the files it
+    inverts are added to `inverted`; "true": every image's shades, a transparent background staying black; "false":
+    none), then scaled whole into `size` and centred on black (Fashion-MNIST's items were scaled by their longest
+    side and padded; stretched, a tall or wide one was misread). RGB (CIFAR-10's photographs): scaled to cover
+    `size`, the overhang cropped evenly (an image of `size`'s shape is only scaled, in both cases)."""
     if channels not in (1, 3):
         raise UserInputError(f"the network takes {channels}-channel images; predict.py reads grey (1) or RGB (3)")
     images = []
@@ -114,16 +125,19 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int], invert:
             raise UserInputError(f"input {file}: not a readable image ({err})") from err  # (a bomb: > 179M pixels)
         try:
             with image:
-                image = ImageOps.exif_transpose(image)  # upright as viewers show it (a phone's EXIF orientation)
                 mode = image.mode
-                image = opaque(eight_bit(image)).convert("L" if channels == 1 else "RGB")
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+                image = eight_bit(ImageOps.exif_transpose(image))  # upright as viewers show it (EXIF orientation)
+                if channels == 1 and invert == "true":  # its shades, before a transparent background is made black
+                    image = inverted_grey(image)
+                image = opaque(image).convert("L" if channels == 1 else "RGB")
+        # (SyntaxError, struct.error: PIL's for a damaged EXIF block)
+        except (OSError, SyntaxError, struct.error, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise UserInputError(f"input {file}: not a readable image ({err})") from err
         except ValueError as err:  # a mode PIL cannot convert (CIELab, ...)
             raise UserInputError(f"input {file}: a {mode} image, which predict.py cannot turn into "
                                  f"{'grey' if channels == 1 else 'RGB'} ({err}); save it as grey or RGB") from err
         if channels == 1:
-            if invert == "true" or invert == "auto" and light_background(image):
+            if invert == "auto" and light_background(image):
                 image = ImageOps.invert(image)
                 if inverted is not None:
                     inverted.append(file)
@@ -136,7 +150,9 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int], invert:
 
 
 @torch.no_grad()
-def predict_images(recipe, datamodule, files: list[Path], invert: str = "auto") -> pd.DataFrame:
+def predict_images(recipe, datamodule, files: list[Path], invert: str = "auto", inverted: list[Path] | None = None
+                   ) -> pd.DataFrame:
+    """The table of `files`' predictions; those that invert="auto" inverted are added to `inverted`."""
     kwargs = recipe.hparams.net_kwargs
     if recipe.hparams.task != "multiclass" or "image_size" not in kwargs:
         raise UserInputError(f"this checkpoint's network ({recipe.hparams.config['model']['net']['_target_']}) "
@@ -146,12 +162,7 @@ def predict_images(recipe, datamodule, files: list[Path], invert: str = "auto") 
     if invert == "true" and kwargs["in_channels"] != 1:
         raise UserInputError(f"invert=true: this network takes {kwargs['in_channels']}-channel (colour) images, "
                              "which are never inverted; invert is for greyscale networks")
-    inverted = []
     images = read_images(files, kwargs["in_channels"], tuple(kwargs["image_size"]), invert, inverted)
-    if inverted and invert == "auto":  # on stderr: the CSV stays the predictions
-        print(f"note: {len(inverted)} of {len(files)} images ({inverted[0]}{', ...' if len(inverted) > 1 else ''}) "
-              "have a light background and were inverted to light on black, as the training images are; "
-              "invert=false reads them as they are", file=sys.stderr)
     mean, std = datamodule.mean.view(1, -1, 1, 1), datamodule.std.view(1, -1, 1, 1)
     x = (images.float() / 255 - mean) / std  # (N, C, H, W), as data.images normalizes training batches
     probs = recipe(x).float().softmax(-1)  # (N, classes); N <= IMAGE_CHUNK
@@ -204,9 +215,13 @@ def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides
             raise UserInputError(f"invert={invert} is for images; input={path} holds rows: leave it out")
         yield from predict_rows(recipe, datamodule, path)
         return
-    files = image_files(path)
+    files, inverted = image_files(path), []
     for start in range(0, len(files), IMAGE_CHUNK):
-        yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK], invert)
+        yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK], invert, inverted)
+    if inverted:  # on stderr, once: the CSV stays the predictions
+        print(f"note: {len(inverted)} of {len(files)} images ({inverted[0]}{', ...' if len(inverted) > 1 else ''}) "
+              "have a light background and were inverted to light on black, as the training images are; "
+              "invert=false reads them as they are", file=sys.stderr)
 
 
 def predict(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = (), invert: str = "auto"

@@ -421,7 +421,7 @@ def test_predict_classifies_a_folder_of_images(sweep, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_csv(elsewhere), table)
 
 
-def test_predict_inverts_grey_images_on_a_light_background_and_says_so(sweep, tmp_path, capsys):
+def test_predict_inverts_grey_images_on_a_light_background_and_says_so(sweep, tmp_path, capsys, monkeypatch):
     # The training images are light on black: the same images dark on white were misread (a photo, a scan).
     folder, negatives = tmp_path / "images", tmp_path / "negatives"
     for path in (folder, negatives):
@@ -433,9 +433,11 @@ def test_predict_inverts_grey_images_on_a_light_background_and_says_so(sweep, tm
     ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
     as_trained = predict_script.predict(ckpt, folder)
     assert "note:" not in capsys.readouterr().err  # noise below 60 around the squares: a dark background
+    monkeypatch.setattr(predict_script, "IMAGE_CHUNK", 3)  # read 3 at a time: still one note for the folder
     inverted = predict_script.predict(ckpt, negatives)
-    assert capsys.readouterr().err.startswith(f"note: 8 of 8 images ({negatives / '0.png'}, ...) have a light "
-                                              "background and were inverted to light on black")
+    note, = capsys.readouterr().err.splitlines()
+    assert note.startswith(f"note: 8 of 8 images ({negatives / '0.png'}, ...) have a light background and were "
+                           "inverted to light on black")
     pd.testing.assert_frame_equal(inverted.drop(columns="file"), as_trained.drop(columns="file"))
     kept = predict_script.predict(ckpt, negatives, invert="false")
     assert (kept["class"] != as_trained["class"]).any()  # read as they are: not the same answers
@@ -521,6 +523,23 @@ def test_read_images_fits_an_image_of_another_shape_as_the_training_images_were_
     assert (colour[0] == 0).all() and (colour[1] == 255).all() and (colour[2] == 0).all()
 
 
+def test_invert_true_makes_a_dark_cut_out_light_on_black(tmp_path):
+    # A dark item on a transparent background: its shades are inverted, the background laid over black after (it
+    # was inverted to white with the item). invert=auto judges the image over black: a cut-out stays as it is.
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[2:6, 2:6] = (30, 30, 30, 255)  # a dark square; elsewhere fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    keyed = np.full((8, 8), 255, dtype=np.uint8)
+    keyed[2:6, 2:6] = 30
+    Image.fromarray(keyed).save(tmp_path / "keyed.png", transparency=255)  # grey, white marked transparent
+    expected = np.zeros((8, 8), dtype=np.uint8)
+    expected[2:6, 2:6] = 225
+    for name in ("cutout.png", "keyed.png"):
+        image = predict_script.read_images([tmp_path / name], 1, (8, 8), invert="true")[0, 0]
+        assert torch.equal(image, torch.from_numpy(expected)), name
+        assert predict_script.read_images([tmp_path / name], 1, (8, 8))[0, 0].max() == 30  # auto: as it is
+
+
 def test_read_images_names_a_file_whose_header_pil_cannot_read(tmp_path):
     # Image.open itself raises ValueError for a damaged PNG header: was an UnboundLocalError traceback.
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "good.png")
@@ -529,6 +548,9 @@ def test_read_images_names_a_file_whose_header_pil_cannot_read(tmp_path):
     (tmp_path / "bad.png").write_bytes(bytes(data))
     with pytest.raises(UserInputError, match=r"input .*bad.png: not a readable image \("):
         predict_script.read_images([tmp_path / "bad.png"], 1, (8, 8))
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "bad_exif.png", exif=b"garbage!")
+    with pytest.raises(UserInputError, match=r"input .*bad_exif.png: not a readable image \("):  # a SyntaxError
+        predict_script.read_images([tmp_path / "bad_exif.png"], 1, (8, 8))
 
 
 def test_read_images_at_the_edges_of_each_format_and_of_another_shape(tmp_path):
