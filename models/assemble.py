@@ -79,6 +79,18 @@ def instantiate_setting(key: str, node: DictConfig, **kwargs):
         raise UserInputError(f"{key}: {err.__cause__ or err}") from err
 
 
+def tensorboard_folder(cfg: DictConfig) -> Path | None:
+    """The folder TensorBoardLogger writes this run's event files into, where it is the run's own (inside its
+    output_dir; None for a new version_N each time, or a folder that other runs share)."""
+    version = cfg.logger.get("version")
+    if version is None:
+        return None
+    folder = Path(cfg.logger.save_dir) / (cfg.logger.get("name") or "") / (
+        f"version_{version}" if isinstance(version, int) else str(version))
+    inside = folder.resolve().is_relative_to(Path(cfg.paths.output_dir).resolve())
+    return folder if inside else None
+
+
 def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger. A run resumed from a checkpoint of
     `resume_step` steps drops the TensorBoard points its killed predecessor logged at that step and after: it logs
@@ -87,11 +99,9 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     checkpoint (started again by the same command, `ckpt_path=last`) drops all of that one's points: its own curves
     would otherwise run twice over the same steps. (The earlier event files stay on disk.)"""
     tensorboard = str(cfg.get("logger", {}).get("_target_", "")).endswith("TensorBoardLogger")
-    if resume_step is None and tensorboard:
-        earlier = (Path(cfg.logger.save_dir) / (cfg.logger.get("name") or "")).rglob("events.out.tfevents.*")
-        purge_step = 0 if next(earlier, None) else None
-    else:
-        purge_step = resume_step
+    purge_step = resume_step
+    if resume_step is None and tensorboard and (folder := tensorboard_folder(cfg)) is not None:
+        purge_step = 0 if next(folder.glob("events.out.tfevents.*"), None) else None
     purge = {"purge_step": purge_step} if purge_step is not None and tensorboard else {}
     logger = instantiate_setting("logger", cfg.logger, **purge) if cfg.get("logger") else False
     # `callbacks.x=null` drops one

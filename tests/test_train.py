@@ -234,7 +234,17 @@ def test_a_logged_step_loss_is_the_mean_over_its_accumulated_batches(mnist_dir, 
     assert last.step == 2 and last.value == pytest.approx(steps[-1].value, rel=1e-5)
 
 
-def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
+@pytest.fixture
+def few_event_files(monkeypatch):
+    """Event files numbered from 0 again, as in a new train.py process. TensorBoard reads a folder's files in the
+    order of their names, whose last part counts the process's files: in the test process, past 9, a run's own
+    files after its first (".10" before ".9") came before the first one's purge mark, which dropped their points."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(0))
+
+
+def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path, few_event_files):
     # A run killed after its last checkpoint had logged steps it trains again once resumed: TensorBoard kept both.
     # Here last.ckpt comes from the step checkpoint alone, at step 14 of 20: what a kill after step 19 leaves.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -253,7 +263,8 @@ def test_a_resumed_run_logs_each_step_once(mnist_dir, tmp_path):
     assert steps == {"train/loss_step": [4, 9, 14, 19], "val/acc": [9, 19], "test/acc": [20]}
 
 
-def test_a_new_run_where_one_died_before_its_first_checkpoint_logs_each_step_once(mnist_dir, tmp_path):
+def test_a_new_run_where_one_died_before_its_first_checkpoint_logs_each_step_once(mnist_dir, tmp_path,
+                                                                                  few_event_files):
     # Started again by the same command (ckpt_path=last finds no last.ckpt, a new run starts): the dead run's
     # points are dropped from the curves, not drawn twice over the same steps (its event file stays).
     settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
@@ -269,6 +280,18 @@ def test_a_new_run_where_one_died_before_its_first_checkpoint_logs_each_step_onc
     events.Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in ("train/loss_step", "val/acc", "test/acc")}
     assert steps == {"train/loss_step": [4, 9, 14, 19], "val/acc": [9, 19], "test/acc": [20]}
+
+
+def test_only_a_runs_own_tensorboard_folder_is_purged_for_a_new_run(tmp_path):
+    # A folder other runs share (logger.save_dir elsewhere), or a new version_N each time: nothing of theirs hidden.
+    from models.assemble import tensorboard_folder
+
+    assert tensorboard_folder(make_config("model=dnn", output_dir=tmp_path)) == tmp_path / "tensorboard"
+    assert tensorboard_folder(make_config("model=dnn", "logger.version=3", output_dir=tmp_path)) == (
+        tmp_path / "tensorboard" / "version_3")
+    assert tensorboard_folder(make_config("model=dnn", f"logger.save_dir={tmp_path / 'all'}",
+                                          output_dir=tmp_path / "run")) is None
+    assert tensorboard_folder(make_config("model=dnn", "logger.version=null", output_dir=tmp_path)) is None
 
 
 def test_a_stop_in_the_first_epoch_is_an_early_stop_and_stays_one_on_resume(mnist_dir, tmp_path):
