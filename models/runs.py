@@ -235,10 +235,15 @@ SPLIT_SETTINGS = ("split_seed", "val_size", "train_size", "val_fraction", "test_
                   "timestamp_columns", "timestamp_format", "log_columns", "min_count", "hash_buckets")
 
 
+def setting(override: str) -> str:
+    """`data.KEY.MORE=VALUE` -> KEY: an element of a list setting (`data.numeric_columns.0=b`) is that setting."""
+    return override.partition("=")[0].removeprefix("data.").split(".")[0]
+
+
 def refuse_split_settings(overrides: list[str] | tuple[str, ...]) -> None:
     """Scoring or predicting with a checkpoint keeps its split, columns and encoders: overriding SPLIT_SETTINGS would
     score rows it trained on, or feed its network other columns than it learned (scaled with the saved statistics)."""
-    if fixed := [o for o in overrides if o.partition("=")[0].removeprefix("data.") in SPLIT_SETTINGS]:
+    if fixed := [o for o in overrides if setting(o) in SPLIT_SETTINGS]:
         raise UserInputError(f"{fixed[0]}: this setting decides which rows are the test split or what is fitted "
                              "on the training split (normalization, encoders, the columns), which stay as the "
                              f"checkpoint was trained; train a run with {fixed[0]} to score another split")

@@ -435,6 +435,8 @@ def test_rescoring_refuses_a_table_whose_categories_statistics_or_split_differ_f
     checkpoint["hyper_parameters"]["config"] = {"data": config}
     with pytest.raises(UserInputError, match=r"^data.numeric_columns=\[x,city\]: this setting decides"):
         runs.fitted_datamodule(checkpoint, ["data.numeric_columns=[x,city]"])
+    with pytest.raises(UserInputError, match=r"^data.numeric_columns.0=city: this setting decides"):  # one element
+        runs.fitted_datamodule(checkpoint, ["data.numeric_columns.0=city"])
     assert runs.fitted_datamodule(checkpoint, [f"data.path={moved}"]).ids.vocab["city"].tolist() == ["a", "b", "c"]
     served = {**config, "eval_batch_size": 64}  # batched otherwise: the same rows, fitted alike
     runs.build_datamodule(served, ["data.eval_batch_size=7"], trained_on=checkpoint)
