@@ -20,6 +20,7 @@ The vocabulary is the training split's characters plus `<unk>` (id 0), which sta
 validation, test or a prompt). It travels in `net_kwargs`, so the checkpoint's hparams hold it as a plain list.
 """
 import html
+import os
 import re
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from data import UserInputError
 from data.batches import TensorBatches, check_fractions, data_device, loader_args
 from data.columns import conversion, not_utf8
 
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # ../shared beside the checkout (README)
 UNK = "<unk>"  # id 0: a character the training split does not contain
 
 
@@ -176,9 +178,9 @@ class TextFileDataModule(CharDataModule):
                 shutil.copyfile(downloaded, part)
                 part.replace(self.path)  # renamed when complete: an interrupted copy is never read
         except (OSError, ValueError) as err:  # ValueError: data.url is no URL
-            shared = Path("../shared/datasets") / self.path.name  # a checkout beside the shared folder (README)
-            copy = (f"data.path={shared}" if shared.is_file() and shared.resolve() != self.path.resolve() else
-                    "data.path=FILE")
+            shared = SHARED_DATASETS / self.path.name
+            copy = (f"data.path={os.path.relpath(shared)}" if shared.is_file()
+                    and shared.resolve() != self.path.resolve() else "data.path=FILE")
             raise UserInputError(f"{self.path} is missing and {self.url} could not be downloaded ({err}); offline, "
                                  f"point data.path at a copy: {copy}") from err
 

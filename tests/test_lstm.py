@@ -323,6 +323,14 @@ def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkey
                                              r"downloaded \(.*\); offline, point data.path at a copy: data.path="):
         TextFileDataModule(str(target), url="https://x/input.txt").prepare_data()
     assert not (tmp_path / "shared").exists()  # not even the folders it would have gone into
+    copy = tmp_path / "beside" / "tinyshakespeare.txt"  # the README's ../shared/datasets beside the checkout
+    copy.parent.mkdir()
+    copy.write_text("a copy")
+    monkeypatch.setattr("data.text.SHARED_DATASETS", copy.parent)
+    monkeypatch.chdir(tmp_path / "beside")  # named from where the command runs, not the repository
+    with pytest.raises(UserInputError, match=r"could not be downloaded \(.*\); offline, point data.path at a copy: "
+                                             r"data.path=tinyshakespeare.txt$"):
+        TextFileDataModule(str(target), url="https://x/input.txt").prepare_data()
     monkeypatch.undo()
     with pytest.raises(UserInputError, match=r"tinyshakespeare.txt is missing and notaurl could not be downloaded "
                                              r"\(unknown url type"):  # no network needed: urllib refuses it first
