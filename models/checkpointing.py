@@ -1,7 +1,7 @@
 """Checkpoints that survive crashes, and resuming from them.
 
 - `AtomicCheckpointIO` writes `x.ckpt.tmp` beside the target, then renames it over `x.ckpt` (`os.replace` is
-  atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole.
+  atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole (and an error, no `.tmp`).
 - `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume,
   and saves a step that a validation follows only after that validation, so a resume never skips one.
 - `EarlyStopping` keeps the patience a resumed run is given (Lightning's takes the checkpoint's): a run that
@@ -35,8 +35,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:  # a failed write (disk full, Ctrl-C) leaves no half file behind
+            tmp.unlink(missing_ok=True)
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -293,6 +293,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left beside it
 
 
 class Payload:  # a pickled object: loading it would run code
