@@ -82,7 +82,7 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train is None:
             text = self.read("train")
-            if len(text) < 2 * self.seq_len + 2:  # two windows: the least a random offset can choose from
+            if len(text) < 2 * self.seq_len + 2:  # one window, and a window's room to move it by
                 raise UserInputError(f"{self.describe('train')} has {len(text)} characters; "
                                      f"data.seq_len={self.seq_len} needs at least {2 * self.seq_len + 2}: "
                                      "use a longer text or a smaller data.seq_len")

@@ -1,4 +1,6 @@
-"""The networks (plain nn.Modules returning logits) and the one recipe that trains them all."""
+"""The networks (`cnn`, `dnn`, `lstm`: plain nn.Modules returning logits), the one recipe that trains them all
+(`recipe`, `schedules`, `regularization`), and what runs it (`assemble`, `cli`, `checks`, `checkpointing`, `records`,
+`runs`, ...)."""
 import logging
 import warnings
 from collections.abc import Sequence

@@ -99,7 +99,7 @@ def exact_auroc(scores: Tensor, targets: Tensor) -> Tensor:
 class ExactAUROC(BinaryAUROC):
     """torchmetrics' exact BinaryAUROC (each prediction of the epoch kept on the device, gathered over the DDP
     ranks before compute), computed by `exact_auroc`: torchmetrics' own took 70 ms at each end of the DNN's
-    88-batch epochs on CPU (its train AUROC over 720k rows), 0.8 ms a step. A split of one class is left to
+    87-batch epochs on CPU (its train AUROC over 712k rows), 0.8 ms a step. A split of one class is left to
     torchmetrics (0, with its warning)."""
 
     def compute(self) -> Tensor:

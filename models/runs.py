@@ -135,7 +135,7 @@ def scalars(run: str | Path) -> pd.DataFrame:
 
 
 def epoch_curves(run: str | Path) -> pd.DataFrame:
-    """One row per epoch (1 = the first pass), one column per epoch-level train/ and val/ metric."""
+    """One row per epoch (1 = the first epoch), one column per epoch-level train/ and val/ metric."""
     table = scalars(run)
     epochs = table[table.tag == "epoch"].set_index("step")["value"]  # Lightning logs the epoch beside every metric
     per_epoch = table[table.tag.str.match(r"(train|val)/") & ~table.tag.str.endswith(("_step", "_best"))
@@ -328,7 +328,8 @@ def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] =
 
 @torch.no_grad()
 def predict_split(ckpt_path: str | Path, split: str = "test", overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The checkpoint's predictions on a whole split: inputs, targets, probabilities (N, C) or (N,), classes."""
+    """The checkpoint's predictions on a whole split: inputs (the first input tensor: images, or the DNN's scaled
+    numeric columns without its categorical ids), targets, probabilities (N, C) or (N,), classes."""
     if split not in ("val", "test"):
         raise ValueError(f"split={split!r}; choose val or test")
     recipe = load_recipe(str(ckpt_path)).eval()
