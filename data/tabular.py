@@ -36,7 +36,7 @@ class TabularDataModule(SplitLoaders, L.LightningDataModule):
 
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str], label_column: str,
                  log_columns: list[str] | str | None = "auto", min_count: int = 5, hash_buckets: int = 1000,
-                 batch_size: int = 1024, eval_batch_size: int = 8192, on_device: bool = True) -> None:
+                 batch_size: int = 256, eval_batch_size: int = 8192, on_device: bool = True) -> None:
         super().__init__()
         self.numeric, self.categorical, self.label = list(numeric_columns), list(categorical_columns), label_column
         log_columns = [] if log_columns is None else log_columns  # null: no column is logged

@@ -65,7 +65,7 @@ class CharDataModule(L.LightningDataModule):
     task = "lm"
     kind = "text"  # what the network must read (its `reads`)
 
-    def __init__(self, seq_len: int = 128, batch_size: int = 64, eval_seq_len: int = 512, eval_batch_size: int = 64,
+    def __init__(self, seq_len: int = 128, batch_size: int = 32, eval_seq_len: int = 512, eval_batch_size: int = 64,
                  on_device: bool = True) -> None:
         super().__init__()
         if seq_len < 1 or eval_seq_len < 1:
