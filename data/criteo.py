@@ -159,7 +159,9 @@ def read_chunks(text, path: Path, sep: str, header: list[str] | None, chunk_rows
     dtypes = {LABEL: np.float32, **dict.fromkeys(INTEGERS, np.float32), **dict.fromkeys(CATEGORIES, object)}
     options = dict(sep=sep, header=None, names=names, usecols=COLUMNS, **READ_TEXT)
     skip_bom(text)
-    header_lines = int(bool(header) and len(text.readline()) > 0)
+    header_lines = 0  # lines before the first row, for line numbers
+    if header:  # the caller read the names from it
+        header_lines = int(text.readline() != "")
     for block, where in line_blocks(text, f"data.path={path}", sep, len(names), chunk_rows, header_lines):
         try:
             try:

@@ -110,23 +110,22 @@ def idx_problem(file: Path) -> str | None:
     return None if size == expected else f"is {size:,} bytes where its header says {expected:,}"
 
 
-AUGMENT_KINDS = {"enabled": (bool,), "degrees": (int, float), "translate": (int,), "hflip": (bool,)}
+AUGMENT_SETTINGS = ("enabled", "degrees", "translate", "hflip")
 
 
 def check_augment(augment: dict) -> None:
     """data.augment: known keys, booleans where booleans go, and sizes >= 0 (degrees 0-180, whole pixels)."""
     for key, value in augment.items():
-        if key not in AUGMENT_KINDS:
+        if key not in AUGMENT_SETTINGS:
             raise UserInputError(f"data.augment.{key} is not an augmentation setting; choose from "
-                                 f"{', '.join(AUGMENT_KINDS)}")
-        kinds = AUGMENT_KINDS[key]
-        if bool in kinds:  # a switch
-            ok, want = isinstance(value, bool), "true or false"
-        elif key == "translate":  # True is an int to Python, not a number of pixels
-            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "whole pixels >= 0"
+                                 f"{', '.join(AUGMENT_SETTINGS)}")
+        switch = isinstance(value, bool)  # (True is also an int to Python, not a number of pixels or degrees)
+        if key in ("enabled", "hflip"):
+            ok, want = switch, "true or false"
+        elif key == "translate":
+            ok, want = not switch and isinstance(value, int) and value >= 0, "whole pixels >= 0"
         else:  # degrees
-            ok = isinstance(value, kinds) and not isinstance(value, bool) and 0 <= value <= 180
-            want = "degrees between 0 and 180"
+            ok, want = not switch and isinstance(value, (int, float)) and 0 <= value <= 180, "degrees between 0 and 180"
         if not ok:
             raise UserInputError(f"data.augment.{key}={value!r}: give {want}")
 
@@ -193,7 +192,7 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                                  f"{DATASETS[self.name].offline_hint} there")
 
     def _open(self, train: bool, download: bool) -> datasets.VisionDataset:
-        cls, subdir, what, files = DATASETS[self.name]
+        cls, subdir, hint, files = DATASETS[self.name]
         folder = self.root / subdir
         try:
             ds = cls(self.root, train=train, download=download)  # torchvision decodes the files here
@@ -210,33 +209,33 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                            f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})")
             else:
                 problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
-            raise UserInputError(f"{problem}: put {what} there, or set paths.data_dir") from err
+            raise UserInputError(f"{problem}: put {hint} there, or set paths.data_dir") from err
         split = "training" if train else "test"
         if self.name == "cifar10":  # read without error even when scrambled: each batch's layout is checked
             for name, _ in ds.train_list if train else ds.test_list:
                 if why := cifar_problem(folder / name):
-                    raise UserInputError(f"could not read {self.name}: {folder / name} {why}: put {what} there")
+                    raise UserInputError(f"could not read {self.name}: {folder / name} {why}: put {hint} there")
         if torch.as_tensor(ds.data[:0]).dtype != torch.uint8:  # a CIFAR pickle of floats: scaled and read otherwise
             raise UserInputError(f"{self.name} in {folder}/: the {split} images are {ds.data.dtype} numbers, not the "
-                                 f"0-255 bytes of the release: put {what} there")
+                                 f"0-255 bytes of the release: put {hint} there")
         try:
             labels = torch.as_tensor(ds.targets)
         except (TypeError, ValueError, RuntimeError):
             labels = torch.zeros(0, dtype=torch.float32)  # refused below
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
             raise UserInputError(f"{self.name} in {folder}/: the {split} labels are not whole class numbers (the "
-                                 f"first: {ds.targets[0]!r}); the labels file is corrupt: put {what} there")
+                                 f"first: {ds.targets[0]!r}); the labels file is corrupt: put {hint} there")
         if len(labels) != len(ds.data):  # CIFAR's batches are checked one by one above: an IDX pair disagrees
             images_file, labels_file = IDX_FILES[:2] if train else IDX_FILES[2:]
             raise UserInputError(f"{self.name} in {folder}/: {images_file} holds {len(ds.data):,} images but "
                                  f"{labels_file} {len(labels):,} labels: the two files are from different releases; "
-                                 f"put {what} there")
+                                 f"put {hint} there")
         if len(labels) and not 0 <= labels.min() <= labels.max() < len(ds.classes):  # corrupt: a crash mid-training
             bad = labels[(labels < 0) | (labels >= len(ds.classes))]
             meta = f", or batches.meta names {len(ds.classes)} classes, too few" if self.name == "cifar10" else ""
             raise UserInputError(f"{self.name} in {folder}/: the {split} labels hold "
                                  f"{bad[0].item()}, not a class 0-{len(ds.classes) - 1} ({len(bad)} such); the "
-                                 f"labels file is corrupt{meta}: put {what} there")
+                                 f"labels file is corrupt{meta}: put {hint} there")
         return ds
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:

@@ -123,7 +123,7 @@ class CharDataModule(L.LightningDataModule):
         return {"test/unigram_loss": round(float(nats), 4)}
 
     # -- batches ----------------------------------------------------------------------------------
-    def _batches(self, split: str, window: int, batch_size: int) -> TensorBatches:
+    def _windows(self, split: str, window: int, batch_size: int) -> TensorBatches:
         ids, train, processes = getattr(self, split), split == "train", self.trainer.world_size if self.trainer else 1
         device = data_device(self.trainer, self.on_device)
         ids, steps = ids.to(device), torch.arange(window + 1, device=device)
@@ -148,13 +148,13 @@ class CharDataModule(L.LightningDataModule):
                              transform=windows, **loader_args(self.trainer))
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.seq_len, self.batch_size)
+        return self._windows("train", self.seq_len, self.batch_size)
 
     def val_dataloader(self) -> TensorBatches:
-        return self._batches("val", self.eval_seq_len, self.eval_batch_size)
+        return self._windows("val", self.eval_seq_len, self.eval_batch_size)
 
     def test_dataloader(self) -> TensorBatches:
-        return self._batches("test", self.eval_seq_len, self.eval_batch_size)
+        return self._windows("test", self.eval_seq_len, self.eval_batch_size)
 
 
 class TextFileDataModule(CharDataModule):
