@@ -217,7 +217,6 @@ class Recipe(L.LightningModule):
         self._fit_started = time.perf_counter()
         self._fitting = False  # between this module's on_fit_start and on_fit_end (see check_finite)
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
-        self._every_rank_logs = False  # and whether every DDP process does (not only by its own clock)
         self._step_losses: list[Tensor] = []  # the losses of the optimizer step's accumulated batches so far
         self._batch_started: float | None = None  # when the last training batch began (_logging_step)
 
@@ -243,9 +242,10 @@ class Recipe(L.LightningModule):
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
         return loss
 
-    def _logging_step(self, batch_idx: int) -> bool:
-        """Whether Lightning sends this step's on_step values to the loggers: when (optimizer steps done + 1) is a
-        multiple of log_every_n_steps, and at the run's last step (asked to stop, Lightning sends that step too).
+    def _logging_step(self, batch_idx: int) -> tuple[bool, bool]:
+        """(whether Lightning sends this step's on_step values to the loggers, whether every DDP process does so too:
+        not one process alone, by its own clock). Lightning sends them when (optimizer steps done + 1) is a multiple
+        of log_every_n_steps, and at the run's last step (asked to stop, Lightning sends that step too).
         Per-step values are logged only then: a self.log call costs ~1 ms of Python (a sixth of the DNN's CPU
         step), and at a step Lightning sends without new values it repeats the last ones, stale, under its number.
         trainer.max_time's Timer decides after a batch whether the time ran out during it: a batch that begins
@@ -253,17 +253,17 @@ class Recipe(L.LightningModule):
         n, steps = self.trainer.log_every_n_steps, self.trainer.global_step + 1  # with this batch's optimizer step
         now, before = time.perf_counter(), self._batch_started
         self._batch_started = now
-        self._every_rank_logs = n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps))
-        return self._every_rank_logs or n > 0 and time_is_up(
-            self.trainer, within=2 * (now - before) if before is not None else 0.0)
+        every_rank = n > 0 and (steps % n == 0 or self.ends_the_run(batch_idx, steps))
+        return every_rank or n > 0 and time_is_up(
+            self.trainer, within=2 * (now - before) if before is not None else 0.0), every_rank
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         self._step_losses.append(loss.detach())  # with trainer.accumulate_grad_batches, the step's batches so far
-        self._log_now = self._logging_step(batch_idx)  # (also read by on_before_optimizer_step)
+        self._log_now, every_rank = self._logging_step(batch_idx)  # (_log_now: also read by on_before_optimizer_step)
         if self._log_now:  # Lightning sends the value logged at the step's last batch: the mean its gradient follows
             loss_step = torch.stack(self._step_losses).mean()
-            if self._every_rank_logs and self.trainer.world_size > 1:  # DDP: its gradient, all processes' mean
+            if every_rank and self.trainer.world_size > 1:  # DDP: its gradient, all processes' mean
                 # (a collective only where every process calls it: not at a step one process's clock picked)
                 loss_step = self.trainer.strategy.reduce(loss_step, reduce_op="mean")
             self.log("train/loss_step", loss_step, on_step=True, on_epoch=False)
