@@ -91,35 +91,48 @@ def tensorboard_folder(cfg: DictConfig) -> Path | None:
     return folder if inside else None
 
 
+def purge_step(cfg: DictConfig, resume_step: int | None) -> int | None:
+    """The step from which TensorBoard drops the points already in the run's event files. A run resumed from a
+    checkpoint of `resume_step` steps drops those its killed predecessor logged at that step and after: it logs them
+    again (Lightning numbers a step's values, and an epoch's end, by the steps before it, so what a checkpoint holds
+    was logged before its step and stays). A new run in a folder where an earlier one died before its first
+    checkpoint (started again by the same command, `ckpt_path=last`) drops all of that one's points (step 0): its
+    own curves would otherwise run twice over the same steps. (The earlier event files stay on disk.)"""
+    if resume_step is not None:
+        return resume_step
+    folder = tensorboard_folder(cfg)
+    return 0 if folder is not None and next(folder.glob("events.out.tfevents.*"), None) else None
+
+
+def bar_and_summary(cfg: DictConfig, callbacks: list) -> tuple[list, dict]:
+    """The callbacks less a progress bar or model summary the Trainer's own switches turn off, and the switches to
+    give the Trainer. Lightning refuses a bar it was told not to show, and would print a summary callback's summary
+    anyway. A bar or summary taken out of the callbacks (`callbacks.progress_bar=null`) is off, not replaced by
+    Lightning's default (`trainer.enable_progress_bar=true` asks for that one)."""
+    switches = {}
+    for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
+        asked = cfg.trainer.get(switch)  # True, False or None (not set)
+        if asked is False:
+            callbacks = [c for c in callbacks if not isinstance(c, kind)]
+        configured = any(isinstance(c, kind) for c in callbacks)
+        if configured and kind is ModelSummary:  # it prints itself: Lightning's would only announce that it skips
+            switches[switch] = False
+        elif not configured and asked is not True:
+            switches[switch] = False
+    return callbacks, switches
+
+
 def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
-    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger. A run resumed from a checkpoint of
-    `resume_step` steps drops the TensorBoard points its killed predecessor logged at that step and after: it logs
-    them again (Lightning numbers a step's values, and an epoch's end, by the steps before it, so what a checkpoint
-    holds was logged before its step and stays). A new run in a folder where an earlier one died before its first
-    checkpoint (started again by the same command, `ckpt_path=last`) drops all of that one's points: its own curves
-    would otherwise run twice over the same steps. (The earlier event files stay on disk.)"""
+    """The Lightning Trainer of `cfg.trainer`, with the run's callbacks and logger; `resume_step`: the steps of the
+    checkpoint a resumed run starts from."""
     tensorboard = str(cfg.get("logger", {}).get("_target_", "")).endswith("TensorBoardLogger")
-    purge_step = resume_step
-    if resume_step is None and tensorboard and (folder := tensorboard_folder(cfg)) is not None:
-        purge_step = 0 if next(folder.glob("events.out.tfevents.*"), None) else None
-    purge = {"purge_step": purge_step} if purge_step is not None and tensorboard else {}
+    purge = {"purge_step": step} if tensorboard and (step := purge_step(cfg, resume_step)) is not None else {}
     logger = instantiate_setting("logger", cfg.logger, **purge) if cfg.get("logger") else False
     # `callbacks.x=null` drops one
     callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
     if not logger:  # `~logger`: nowhere to write learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    # The Trainer's own switches turn off the configured bar and summary too (Lightning refuses a bar it was told
-    # not to show, and would print a summary callback's summary anyway). A bar or summary taken out of the callbacks
-    # (`callbacks.progress_bar=null`) is off, not replaced by Lightning's default (`trainer.enable_progress_bar=true`
-    # asks for that one). A configured summary prints itself: Lightning's default one would only announce that it
-    # skips itself.
-    switches = {}
-    for switch, kind in (("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)):
-        if cfg.trainer.get(switch) is False:
-            callbacks = [c for c in callbacks if not isinstance(c, kind)]
-        configured = any(isinstance(c, kind) for c in callbacks)
-        if (configured and kind is ModelSummary) or (not configured and cfg.trainer.get(switch) is not True):
-            switches[switch] = False
+    callbacks, switches = bar_and_summary(cfg, callbacks)
     for callback in callbacks:
         if isinstance(callback, RunCheckpoint):
             callback.resuming = resume_step is not None
