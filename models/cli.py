@@ -164,34 +164,45 @@ def unquoted(value: str) -> str:
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
-    """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses to
-    start a fresh run in a directory that holds a finished one (it would overwrite its config and metrics), and
-    drops `ckpt_path=last` where `hydra.run.dir` holds no run yet (a fresh run starts)."""
+    """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses output folders
+    that cannot be written, a fresh run in a directory that holds one (it would overwrite its config and metrics) and
+    a grid sweep over an earlier one's jobs; drops `ckpt_path=last` where `hydra.run.dir` holds no run yet."""
     pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if "resume" in args:
-        run = Path(args["resume"])
-        by_hand = f"continue it by hand: python train.py <its settings> hydra.run.dir={run} ckpt_path=last"
-        if multirun:
-            raise UserInputError(f"resume={run} continues one run: drop -m")
-        saved = run / ".hydra" / "overrides.yaml"
-        if not saved.is_file():
-            raise UserInputError(f"resume={run}: no {saved}, where resume reads the run's settings; {by_hand}")
-        try:
-            kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
-        except UserInputError:  # giving the settings along with resume= would not help: it reads the file
-            raise UserInputError(f"resume={run}: {saved} is not the list of overrides Hydra writes; "
-                                 f"{by_hand}") from None
-        typed = hydra_overrides(argv)
-        given = [a for a in typed if not a.startswith("resume=")]
-        flags = [a for a in argv if a not in typed]  # `--cfg job`: before every override, as Hydra reads them
-        extra = flags + given
-        if (run / "metrics.json").is_file() and not extra:  # re-running its test would only rewrite metrics.json
-            raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
-        # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
-        return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # Hydra would make the folder: a traceback if it cannot
+        return resumed(Path(args["resume"]), argv, multirun)
+    check_writable_folders(args)
+    check_sweep_dir(args, multirun)
+    return run_dir_arguments(args, argv, multirun)
+
+
+def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
+    """`resume=run` and whatever else `argv` gives -> the run's saved overrides, then those given, its directory and
+    `ckpt_path=last`."""
+    by_hand = f"continue it by hand: python train.py <its settings> hydra.run.dir={run} ckpt_path=last"
+    if multirun:
+        raise UserInputError(f"resume={run} continues one run: drop -m")
+    saved = run / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserInputError(f"resume={run}: no {saved}, where resume reads the run's settings; {by_hand}")
+    try:
+        kept = [a for a in read_overrides(run) if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
+    except UserInputError:  # giving the settings along with resume= would not help: it reads the file
+        raise UserInputError(f"resume={run}: {saved} is not the list of overrides Hydra writes; {by_hand}") from None
+    typed = hydra_overrides(argv)
+    given = [a for a in typed if not a.startswith("resume=")]
+    flags = [a for a in argv if a not in typed]  # `--cfg job`: before every override, as Hydra reads them
+    if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
+        raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
+    # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
+    return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
+
+
+def check_writable_folders(args: dict[str, str]) -> None:
+    """hydra.run.dir and hydra.sweep.dir name folders that can be made and written (Hydra would make them: a
+    traceback if it cannot)."""
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
         if args.get(key) == "":  # Hydra would take the working directory, the repository root
             raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
         if args.get(key):
@@ -201,6 +212,20 @@ def resume_arguments(argv: list[str]) -> list[str]:
             except OSError as err:
                 raise UserInputError(f"{key}={args[key]}: cannot make folders in {existing} ({err.strerror}); "
                                      "choose a directory you can write to") from None
+
+
+def check_sweep_dir(args: dict[str, str], multirun: bool) -> None:
+    """A grid sweep's jobs are folders 0, 1, ... of hydra.sweep.dir: a second sweep there would overwrite them."""
+    sweep_dir = args.get("hydra.sweep.dir")
+    if sweep_dir and multirun and not {"hparams_search", "hydra.sweep.subdir"} & set(args):  # (Optuna's: stamped)
+        if done := sorted(Path(sweep_dir).glob("*/metrics.json")) + sorted(Path(sweep_dir).glob("*/checkpoints")):
+            raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
+                                 "sweep's jobs would overwrite them; choose another directory")
+
+
+def run_dir_arguments(args: dict[str, str], argv: list[str], multirun: bool) -> list[str]:
+    """`argv`, where hydra.run.dir holds no run or ckpt_path continues the one it holds; without `ckpt_path=last`
+    where there is nothing to continue yet."""
     run_dir, ckpt = args.get("hydra.run.dir"), args.get("ckpt_path")
     # Only its own checkpoint continues the run there: another run's would train over it, then test its old best.ckpt
     own = ckpt == "last" or bool(run_dir and ckpt) and (
@@ -220,11 +245,6 @@ def resume_arguments(argv: list[str]) -> list[str]:
             print(f"warning: ckpt_path=last: no {Path(run_dir) / 'checkpoints' / 'last.ckpt'} yet; a new run starts "
                   "there", file=sys.stderr)
         return [a for a in argv if not a.lstrip("+").startswith("ckpt_path=")]
-    sweep_dir = args.get("hydra.sweep.dir")  # a grid sweep's jobs are folders 0, 1, ...: a second one overwrites
-    if sweep_dir and multirun and not {"hparams_search", "hydra.sweep.subdir"} & set(args):  # (Optuna's: stamped)
-        if done := sorted(Path(sweep_dir).glob("*/metrics.json")) + sorted(Path(sweep_dir).glob("*/checkpoints")):
-            raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
-                                 "sweep's jobs would overwrite them; choose another directory")
     return argv
 
 
