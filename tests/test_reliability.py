@@ -285,7 +285,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
 
     def dies_mid_write(obj, f):
-        open(f, "wb").write(b"half a checkpo")
+        f.write(b"half a checkpo")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
