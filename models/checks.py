@@ -36,9 +36,14 @@ class WholeSweepError(UserInputError):
     """An error every job of a sweep would meet: the sweep stops at the first (other job errors skip that job)."""
 
 
+def monitorable(task: str) -> list[str]:
+    """The metrics a run of `task` logs once an epoch, which a callback can watch: validation's, then training's."""
+    return epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+
+
 def check_monitor(monitor: DictConfig, task: str) -> None:
     """`monitor.metric` picks the best checkpoint, stops early and is what a sweep optimizes: it must be logged."""
-    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+    names = monitorable(task)
     if monitor.metric not in names:
         raise WholeSweepError(f"monitor.metric={monitor.metric} is not a metric this {task} run logs; "
                               f"choose one of {', '.join(names)}")
@@ -71,7 +76,7 @@ def check_monitors(cfg: DictConfig) -> None:
 def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
     """A callback given its own metric (`callbacks.early_stopping.monitor=val/acc`, instead of following
     monitor.metric) must watch one the run logs too: Lightning would say so only after the first epoch."""
-    names = epoch_metric_names(task, "val") + epoch_metric_names(task, "train")
+    names = monitorable(task)
     for name, node in (callbacks or {}).items():
         metric = node.get("monitor") if node else None
         if metric is not None and metric not in names:  # an interpolation resolves to monitor.metric: checked
