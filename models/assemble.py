@@ -137,7 +137,8 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
         if isinstance(callback, RunCheckpoint):
             callback.resuming = resume_step is not None
     try:
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **switches)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **switches,
+                                     _convert_="all")  # plain dicts and lists: max_time={minutes: 30} is a dict
     except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
         message = str(err.__cause__ or err)
         hardware = any(word in message.lower() for word in ("gpu", "cuda", "accelerator", "device", "precision",

@@ -1,5 +1,6 @@
 """Checks of the composed config, before anything is built: each bad setting ends the command with one line naming
 it and the fix (train.py prints `error: ...`)."""
+import datetime
 import difflib
 import math
 import re
@@ -159,6 +160,18 @@ MISSING = object()
 TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}  # max_time={...}
 
 
+def budget_seconds(max_time) -> float | None:
+    """trainer.max_time as Lightning's Timer reads it ("DD:HH:MM:SS", or a dict of timedelta's arguments) in seconds;
+    None for anything else."""
+    if isinstance(max_time, str) and (m := re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", max_time.strip())):
+        days, hours, minutes, seconds = map(int, m.groups())
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if isinstance(max_time, DictConfig) and set(max_time) <= TIMEDELTA_KEYS and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in max_time.values()):
+        return datetime.timedelta(**max_time).total_seconds()
+    return None
+
+
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
                  inclusive: bool = True, most_inclusive: bool = True, finite: bool = True) -> None:
     """`key=value` is a number (a whole one if `whole`; a finite one if `finite`) in [least, most] (ends open where
@@ -234,10 +247,12 @@ def check_run_settings(cfg: DictConfig) -> None:
         raise UserInputError(f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm!r}: choose norm "
                              "(the global gradient norm, the default) or value (each gradient element)")
     max_time = trainer.get("max_time")
-    if max_time is not None and not (isinstance(max_time, str) and re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip())
-                                     or isinstance(max_time, DictConfig) and set(max_time) <= TIMEDELTA_KEYS):
+    if max_time is not None and (seconds := budget_seconds(max_time)) is None:
         raise UserInputError(f"trainer.max_time={max_time!r}: give days:hours:minutes:seconds (00:00:09:30 is 9.5 "
                              "minutes), {minutes: 30}, or null for no limit")
+    if max_time is not None and seconds <= 0:  # Lightning would stop before the first batch, with no checkpoint
+        raise UserInputError(f"trainer.max_time={max_time!r} leaves no time to train: give a positive time, e.g. "
+                             "00:00:30:00 or {minutes: 30}, or null for no limit")
     interval = trainer.get("val_check_interval")  # batches (a whole number), a fraction of an epoch, or a time
     if isinstance(interval, (int, float)) and not isinstance(interval, bool):
         check_number("trainer.val_check_interval", interval, 0, 1 if isinstance(interval, float) else None,

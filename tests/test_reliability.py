@@ -590,6 +590,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+monitor.patience=3", "monitor.patience is not a setting train.py reads; monitor has metric, mode"),
     ("trainer.max_epochs=-5", "trainer.max_epochs=-5: give a whole number >= 1, or -1 for no limit"),
     ("trainer.max_time=abc", "trainer.max_time='abc': give days:hours:minutes:seconds (00:00:09:30 is 9.5 minutes)"),
+    ("trainer.max_time={minutes:abc}", r"trainer.max_time={'minutes': 'abc'}: give days:hours:minutes:seconds"),
+    # "the run ended without validating (trainer.val_check_interval=None, ...)", and no checkpoint
+    ("trainer.max_time=00:00:00:00", "trainer.max_time='00:00:00:00' leaves no time to train: give a positive time"),
+    ("trainer.max_time={minutes:0}", r"trainer.max_time={'minutes': 0} leaves no time to train"),
     ("+trainer.gradient_clip_algorithm=foo", "trainer.gradient_clip_algorithm='foo': choose norm"),
     ("+trainer.fast_dev_run=true", "trainer.fast_dev_run=True turns checkpoints off, and a run ends by testing its "
                                    "best checkpoint: for a run of a couple of batches use debug=fast"),

@@ -752,6 +752,16 @@ def test_a_run_without_a_logger_drops_the_learning_rate_monitor_and_a_resume_pur
         "purge_step": 5}
 
 
+def test_max_time_is_taken_as_the_readme_writes_it(tmp_path):
+    from lightning.pytorch.callbacks import Timer
+
+    from models.assemble import make_trainer
+
+    for budget in ("00:00:30:00", "{minutes: 30}", "{hours: 0.5}"):  # the dicts failed: "Missing key total_seconds"
+        trainer = make_trainer(make_config("model=cnn", f"trainer.max_time={budget}", output_dir=tmp_path))
+        assert [c._duration for c in trainer.callbacks if isinstance(c, Timer)] == [1800], budget
+
+
 def test_the_trainers_switches_turn_off_the_configured_progress_bar_and_model_summary(tmp_path):
     # trainer.enable_progress_bar=false ended in Lightning's "found ProgressBar in callbacks list", and
     # trainer.enable_model_summary=false still printed the configured RichModelSummary's table.
