@@ -167,14 +167,30 @@ def resume_arguments(argv: list[str]) -> list[str]:
     """`resume=RUN_DIR` -> that run's own overrides + its run directory + `ckpt_path=last`. Also refuses output folders
     that cannot be written, a fresh run in a directory that holds one (it would overwrite its config and metrics) and
     a grid sweep over an earlier one's jobs; drops `ckpt_path=last` where `hydra.run.dir` holds no run yet."""
+    argv = home_expanded(argv)
     pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    if "paths.output_dir" in args:  # the run would write there, and Hydra's .hydra/ and train.log elsewhere
+        raise UserInputError("paths.output_dir is the run directory Hydra makes: give hydra.run.dir=DIR instead "
+                             "(an earlier run there is refused, not overwritten)")
     if "resume" in args:
         return resumed(Path(args["resume"]), argv, multirun)
     check_writable_folders(args)
     check_sweep_dir(args, multirun)
     return run_dir_arguments(args, argv, multirun)
+
+
+def home_expanded(argv: list[str]) -> list[str]:
+    """hydra.run.dir="~/runs/x" (quoted, as Hydra's grammar needs a '~' to be) is the folder in the home directory,
+    as a shell would read it: Hydra would make a folder named '~' in the working directory."""
+    expanded = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir", "resume") and unquoted(value)[:1] == "~":
+            a = f"{key}={quoted(os.path.expanduser(unquoted(value)))}"
+        expanded.append(a)
+    return expanded
 
 
 def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
@@ -286,7 +302,11 @@ def claimed_run_dir(argv: list[str]) -> list[str]:
         stamped = Path(OmegaConf.select(cfg, key))
     finally:
         HydraConfig.instance().cfg = None
-    stamped.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        stamped.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission
+        raise UserInputError(f"paths.log_dir={cfg.paths.log_dir}: cannot make {stamped.parent} ({err.strerror}); "
+                             "choose a folder you can write to, or give hydra.run.dir=DIR") from None
     for copy in itertools.count():
         folder = stamped if copy == 0 else stamped.with_name(f"{stamped.name}_{copy}")
         try:

@@ -776,6 +776,20 @@ def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
         resume_arguments([f'hydra.run.dir="{tmp_path / "rün"}"'])
 
 
+def test_a_quoted_home_folder_is_the_home_folder_and_output_dir_is_not_a_run_directory(tmp_path, monkeypatch):
+    # As the unquoted-'~' error advises: Hydra made a folder named '~' in the working directory.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resume_arguments(['hydra.run.dir="~/runs/a"']) == [f'hydra.run.dir="{tmp_path}/runs/a"']
+    # paths.output_dir moved the checkpoints and metrics.json (over a finished run's, exit 0), not the run directory.
+    with pytest.raises(UserInputError, match=r"^paths.output_dir is the run directory Hydra makes: give "
+                                             r"hydra.run.dir=DIR instead"):
+        resume_arguments([f"paths.output_dir={tmp_path}"])
+    (tmp_path / "notes.txt").write_text("kept")  # a log folder that cannot be made: was a NotADirectoryError
+    with pytest.raises(UserInputError, match=rf"^paths.log_dir={tmp_path}/notes.txt: cannot make .*notes.txt/dnn "
+                                             r"\(Not a directory\); choose a folder you can write to"):
+        claimed_run_dir(["model=dnn", f"paths.log_dir={tmp_path / 'notes.txt'}"])
+
+
 def test_a_run_under_a_folder_named_outside_ascii_trains_and_is_resumed(tmp_path):
     # The run directory train.py adds (stamped under paths.log_dir, or resume's) went to Hydra unquoted: a folder
     # under /home/josé/ was a page of Hydra's lexer error, and its run could never be resumed.
