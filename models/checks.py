@@ -208,17 +208,27 @@ def check_data_path(data: DictConfig | None) -> None:
         raise UserInputError("data.path='' names no file: give data.path=FILE")
 
 
+RUN_CHECKPOINTS = "${paths.output_dir}/checkpoints"  # configs/callbacks/default.yaml's dirpath
+
+
 def check_run_settings(cfg: DictConfig) -> None:
     """The top-level switches and the Trainer's counts: `seed=-1` or `trainer.accumulate_grad_batches=0` would
     fail deep inside numpy or Lightning, `keep_freed_memory=abc` would count as true."""
-    if cfg.get("seed") is not None:  # null: Lightning draws one and logs it
-        check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
+    if cfg.get("seed") is None:  # null or deleted: Lightning would seed every run with 0 (a warning aside)
+        raise UserInputError("seed=null: give a whole number, seed=N (a run is repeated from its seed)")
+    check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
     for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise UserInputError(f"{key}={value!r}: give true or false")
     if (data_dir := OmegaConf.select(cfg, "paths.data_dir", default=None)) is not None:
         check_folder("paths.data_dir", Path(str(data_dir)).expanduser())
+    for name, node in (cfg.get("callbacks") or {}).items():  # a checkpoint callback's folder
+        dirpath = OmegaConf.to_container(node, resolve=False).get("dirpath", RUN_CHECKPOINTS) if node else None
+        if node and dirpath != RUN_CHECKPOINTS:  # (null: Lightning's default, under the logger's folder)
+            raise UserInputError(f"callbacks.{name}.dirpath={dirpath}: a run's checkpoints are its run directory's "
+                                 "checkpoints/, where resume=, eval.py and metrics.json look (and another run's would "
+                                 "be overwritten): leave it, and choose the run directory with hydra.run.dir=DIR")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise UserInputError(f"ckpt_path={ckpt_path!r}: give a checkpoint file, or `last`")

@@ -554,6 +554,11 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("model.compile=abc", "model.compile='abc': give true or false"),
     ("model.channels_last=abc", "model.channels_last='abc': give true or false"),  # 'abc' counted as true
     ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
+    ("seed=null", "seed=null: give a whole number, seed=N"),  # trained with seed 0, the log said nothing
+    # wrote best.ckpt and last.ckpt over another run's (exit 0); null put them under tensorboard/
+    ("callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints",
+     "callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints: a run's checkpoints are its run directory's"),
+    ("callbacks.epoch_checkpoint.dirpath=null", "callbacks.epoch_checkpoint.dirpath=None: a run's checkpoints"),
     ("ckpt_path=[]", "ckpt_path=[]: give a checkpoint file, or `last`"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off
     ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: give a whole number >= 1"),
