@@ -70,7 +70,8 @@ def output_path(ckpt_path: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     try:
-        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path",), optional=("out",))
+        options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path",), optional=("out",),
+                                                 out_name="metrics_eval.json")
         ckpt_path = Path(options["ckpt_path"])
         metrics = evaluate(ckpt_path, data, trainer)
     except UserInputError as err:

@@ -246,7 +246,7 @@ def main(argv: list[str]) -> int:
     options, rows = {}, 0
     try:
         options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path", "input"),
-                                                 optional=("out", "invert"))
+                                                 optional=("out", "invert"), out_name="predictions.csv")
         if trainer:
             raise UserInputError(f"trainer.{next(iter(trainer))}: predict.py runs no Trainer; usage: {USAGE}")
         with output(options.get("out")) as f:

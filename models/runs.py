@@ -373,9 +373,10 @@ def compare(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 # -- command lines of eval.py and predict.py ----------------------------------------------------------------
-def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-                    ) -> tuple[dict, list[str], dict]:
-    """`key=value` arguments -> (the script's own options, data overrides, trainer.* options)."""
+def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
+                    out_name: str = "out.csv") -> tuple[dict, list[str], dict]:
+    """`key=value` arguments -> (the script's own options, data overrides, trainer.* options). `out_name`: the file
+    name an error about `out=` suggests (what the command writes)."""
     options, data, trainer = {}, [], {}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -392,21 +393,21 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
     if missing := [k for k in required if k not in options]:
         raise UserInputError(f"missing {', '.join(f'{k}=...' for k in missing)}; usage: {usage}")
     if out := options.get("out"):
-        check_out(out, {key: Path(options[key]) for key in ("ckpt_path", "input") if options.get(key)})
+        check_out(out, {key: Path(options[key]) for key in ("ckpt_path", "input") if options.get(key)}, out_name)
     return options, data, trainer
 
 
 RUN_FILES = ("metrics.json", "train.log", ".hydra", "checkpoints", "tensorboard")  # what train.py writes in a run
 
 
-def check_out(out: str, read: dict[str, Path]) -> None:
+def check_out(out: str, read: dict[str, Path], out_name: str = "out.csv") -> None:
     """eval.py's and predict.py's `out=FILE`, before the work: a file that can be written, and not one this command
     reads, a checkpoint, or one of a training run's own files (its metrics.json is the run's record)."""
     path = Path(out).expanduser()
     if not path.parent.is_dir():
         raise UserInputError(f"out={out}: no folder {path.parent}; create it first")
     if path.is_dir():
-        raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={out}/out.csv")
+        raise UserInputError(f"out={out} is a folder; give a file name in it, e.g. out={Path(out) / out_name}")
     if path.is_file():  # never write over what this command reads, nor a checkpoint, nor a run's record
         if reads := [key for key, p in read.items() if p.expanduser().resolve() == path.resolve()]:
             raise UserInputError(f"out={out} is the {reads[0]} this command reads: give another file name for the "
@@ -418,7 +419,7 @@ def check_out(out: str, read: dict[str, Path]) -> None:
                 part = path.resolve().relative_to(run).parts[0]
                 if part in RUN_FILES:
                     raise UserInputError(f"out={out} is a file train.py wrote for the run in {run} ({part}): give "
-                                         "another file name, e.g. out=" + str(run / "metrics_eval.json"))
+                                         f"another file name, e.g. out={run / out_name}")
                 break
     if path.exists() and not path.is_file():  # /dev/stdout, a pipe, a device: written to directly (opening a pipe
         if not os.access(path, os.W_OK):      # now would end its reader's input before the output came)

@@ -735,9 +735,13 @@ def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_
     (run / ".hydra").mkdir(parents=True)
     for name in (".hydra/config.yaml", "metrics.json", "train.log", "metrics_eval.json"):
         (run / name).write_text(name)
-    for name in ("metrics.json", "train.log", ".hydra/config.yaml"):
-        with pytest.raises(UserInputError, match=f"out={run / name} is a file train.py wrote for the run in {run}"):
-            runs.parse_arguments([*read, f"out={run / name}"], "usage", **arguments)
+    for name in ("metrics.json", "train.log", ".hydra/config.yaml"):  # the advice names what this command writes
+        with pytest.raises(UserInputError, match=f"out={run / name} is a file train.py wrote for the run in {run} "
+                                                 rf"\(.*\): give another file name, e.g. out={run}/predictions.csv$"):
+            runs.parse_arguments([*read, f"out={run / name}"], "usage", **arguments, out_name="predictions.csv")
+    with pytest.raises(UserInputError, match=f"out={run} is a folder; give a file name in it, e.g. "
+                                             f"out={run}/metrics_eval.json$"):  # eval.py's (it said out.csv)
+        runs.parse_arguments([f"out={run}"], "usage", ("out",), out_name="metrics_eval.json")
     runs.parse_arguments([*read, f"out={run / 'metrics_eval.json'}"], "usage", **arguments)
     runs.parse_arguments([*read, f"out={run / 'new.csv'}"], "usage", **arguments)
     assert not (run / "new.csv").exists()  # tried for writing, and removed: the command writes it when done
