@@ -63,7 +63,7 @@ def check_mode(metric_key: str, metric: str, mode_key: str, mode: str) -> None:
 
 def check_monitors(cfg: DictConfig) -> None:
     """monitor.* and the callbacks' own monitors, against the metrics the data's task logs."""
-    if not isinstance(cfg.get("monitor"), DictConfig) or cfg.monitor.get("metric") is None:
+    if not isinstance(cfg.get("monitor"), DictConfig) or None in (cfg.monitor.get("metric"), cfg.monitor.get("mode")):
         raise WholeSweepError("monitor is required: monitor.metric and monitor.mode pick the best checkpoint and stop "
                               "early, e.g. monitor.metric=val/loss monitor.mode=min")
     try:
@@ -341,12 +341,20 @@ def check_known_keys(cfg: DictConfig) -> None:
                                         f"; {node or 'the top level'} has {', '.join(known)}"))
 
 
+# What train.py and the recipe read without a default of their own (seed: check_run_settings; monitor: check_monitors)
+REQUIRED = ("data._target_", "model.net._target_", "model.lr", "model.weight_decay", "model.l1", "model.compile",
+            "optimizer.name", "scheduler.name")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Values Hydra cannot judge, checked before anything is built: Trainer argument types, the recipe's numbers,
     and a run that could never validate (no best checkpoint, nothing for early stopping to watch)."""
     # `???` marks a value only the user can give (a data file's path)
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
+    if deleted := [k for k in REQUIRED if OmegaConf.select(cfg, k, default=None) is None]:  # `~model.lr`, `=null`
+        raise UserInputError(f"{deleted[0]} is missing (deleted with ~ or set to null): the recipe reads it; leave it "
+                             "out of the command line to keep the configs' value, or give one")
     check_known_keys(cfg)
     check_trainer_args(cfg.trainer)
     check_numbers(cfg)

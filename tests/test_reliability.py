@@ -470,6 +470,11 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["+callbacks.extra._target_=lightning.pytorch.callbacks.ModelCheckpoint", "+callbacks.extra.monitor=val/acc"],
      "error: callbacks.extra.monitor=val/acc is better when higher, but callbacks.extra.mode=min"),  # the default
     (["~monitor"], "error: monitor is required: monitor.metric and monitor.mode pick the best checkpoint"),
+    (["~monitor.mode"], "error: monitor is required: monitor.metric and monitor.mode pick the best checkpoint"),
+    # Tracebacks (omegaconf's "Key 'lr' is not in struct", 'NoneType' object has no attribute '_target_'):
+    (["~model.lr"], "error: model.lr is missing (deleted with ~ or set to null): the recipe reads it"),
+    (["model.net=null"], "error: model.net._target_ is missing (deleted with ~ or set to null)"),
+    (["~optimizer"], "error: optimizer.name is missing"),
     (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' has the wrong type: Trainer takes Optional[int]"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt: no checkpoint at /no/such.ckpt"),
     (["data=mnist", "paths.data_dir=/no/such/dir", "data.download=false"],
