@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from data import UserInputError
-from models.checks import check_batch_limit
+from models.checks import check_batch_limit, fraction_of_a_batch_refused
 from models.recipe import load_recipe
 from models.records import write_json
 from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics
@@ -58,7 +58,8 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
         trainer = L.Trainer(**options)
     except (TypeError, ValueError, MisconfigurationException, ImportError) as err:
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
-    metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
+    with fraction_of_a_batch_refused():
+        metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
     return {**metrics, **reference_metrics(datamodule, trainer)}
 
 

@@ -331,6 +331,8 @@ def test_eval_says_a_ddp_runs_fraction_of_the_test_split_is_not_reproduced_exact
                                               "trainer.limit_test_batches=0.5 of their own shard")
     eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"limit_test_batches": 2})  # given: no note
     assert "note:" not in capsys.readouterr().err
+    with pytest.raises(UserInputError, match=r"^trainer.limit_test_batches=1e-05 of the test split's \d+ batch"):
+        eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"limit_test_batches": 0.00001})  # Lightning's
 
 
 def test_eval_writes_out_file_with_the_checkpoint_and_overrides_and_tests_in_the_runs_precision(sweep, tmp_path,
