@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import lightning as L
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
@@ -209,10 +210,27 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     typed = hydra_overrides(argv)
     given = [a for a in typed if not a.startswith("resume=")]
     flags = [a for a in argv if a not in typed]  # `--cfg job`: before every override, as Hydra reads them
+    for a in given:  # were overridden by the run's own, or (model=) failed in Hydra with advice to add keys
+        key, _, value = a.lstrip("+~").partition("=")
+        if key in ("hydra.run.dir", "ckpt_path"):
+            raise UserInputError(f"resume={run} continues that run in its own directory from its last checkpoint: "
+                                 f"drop {a}")
+        if key in ("model", "data", "experiment") and value != run_choices(run, kept).get(key):
+            raise UserInputError(f"resume={run}: {a} would change what the run trains on or with; a resumed run "
+                                 "keeps its model and data: start a new run with it instead")
     if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
     # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
     return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
+
+
+def run_choices(run: Path, overrides: list[str]) -> dict:
+    """The config-group choices a run was composed with (`model: cnn`, also those a default or a preset made), from
+    its .hydra/hydra.yaml; else those its overrides name."""
+    try:
+        return yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return dict(o.partition("=")[::2] for o in overrides if "=" in o)
 
 
 def check_writable_folders(args: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra.core.utils
 import lightning as L
 import pytest
+import yaml
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
@@ -953,6 +954,18 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
         "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last",  # quoted: Hydra reads ü so
         "hydra.mode=RUN"]  # an Optuna trial's overrides hold hparams_search=..., which would start a new study
+    # Given along: these were overridden by the run's own (another folder never made), or failed in Hydra.
+    for given in (f"hydra.run.dir={tmp_path}/other", "ckpt_path=other.ckpt"):
+        with pytest.raises(UserInputError, match=f"continues that run in its own directory from its last checkpoint: "
+                                                 f"drop {given}$"):
+            resume_arguments([f"resume={run}", given])
+    with pytest.raises(UserInputError, match=r"model=dnn would change what the run trains on or with"):
+        resume_arguments([f"resume={run}", "model=dnn"])
+    assert resume_arguments([f"resume={run}", "model=cnn"])[:2] == ["model=cnn", "model=cnn"]  # the same: allowed
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model": "cnn",
+                                                                                                 "data": "mnist"}}}}))
+    with pytest.raises(UserInputError, match=r"data=fashion_mnist would change"):  # a choice the run's model made
+        resume_arguments([f"resume={run}", "data=fashion_mnist"])
 
 
 def test_ckpt_path_last_starts_a_new_run_where_there_is_none_yet(tmp_path, capsys):
