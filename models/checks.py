@@ -294,6 +294,8 @@ def check_optimization(cfg: DictConfig) -> None:
             check_number(f"optimizer.betas[{i}]", beta, 0, 1, most_inclusive=False)
         if "alpha" in options:  # RMSprop's decay of the squared-gradient average
             check_number("optimizer.alpha", options["alpha"], 0, 1, most_inclusive=False)
+        if "momentum" in options:  # SGD's and RMSprop's velocity decay: 1 or more never forgets a step (it diverges)
+            check_number("optimizer.momentum", options["momentum"], 0, 1, most_inclusive=False)
         lr = cfg.model.lr if isinstance(cfg.model.get("lr"), (int, float)) else 1e-3
         make_optimizer([torch.zeros(1, requires_grad=True)], optimizer.name, lr, options)
     if scheduler is None:
