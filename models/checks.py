@@ -354,12 +354,12 @@ def check_settings(cfg: DictConfig) -> None:
     # `???` marks a value only the user can give (a data file's path)
     if missing := [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]:
         raise UserInputError(f"{missing[0]} is required here: add {missing[0]}=... to the command line")
+    check_known_keys(cfg)
+    check_trainer_args(cfg.trainer)
+    check_numbers(cfg)  # (a number set to null: its range)
     if deleted := [k for k in REQUIRED if OmegaConf.select(cfg, k, default=None) is None]:  # `~model.lr`, `=null`
         raise UserInputError(f"{deleted[0]} is missing (deleted with ~ or set to null): the recipe reads it; leave it "
                              "out of the command line to keep the configs' value, or give one")
-    check_known_keys(cfg)
-    check_trainer_args(cfg.trainer)
-    check_numbers(cfg)
     check_data_path(cfg.get("data"))
     check_run_settings(cfg)
     check_optimization(cfg)

@@ -75,6 +75,11 @@ def constructor_arguments(cls: type) -> tuple[dict, dict, bool]:
     """The parameters and type hints of `cls(...)`, following `**kwargs` up to the base class they are passed to
     (ShakespeareDataModule(val_plays, **batching) -> CharDataModule(seq_len, batch_size, ...)) or the object built
     with them (KWARGS_BUILD); and whether it still takes any keyword in the end."""
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)  # `kwargs` is no keyword
+    if not isinstance(cls, type):  # a function that builds the object (models.lstm.build)
+        own = inspect.signature(cls).parameters
+        return ({k: p for k, p in own.items() if p.kind not in variadic}, typing.get_type_hints(cls),
+                any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()))
     parameters, hints, open_ended = {}, {}, True
     inits = [vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass)]
     target, set_by_cls = KWARGS_BUILD.get(f"{cls.__module__}.{cls.__qualname__}", (None, ()))
@@ -87,7 +92,6 @@ def constructor_arguments(cls: type) -> tuple[dict, dict, bool]:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
             open_ended = False
             break
-    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)  # `kwargs` is no keyword
     parameters = {k: p for k, p in parameters.items() if k not in set_by_cls and p.kind not in variadic}
     return parameters, hints, open_ended
 
@@ -121,16 +125,17 @@ def check_arguments(key: str, cls: type, values: dict) -> None:
         parameters, hints, open_ended = constructor_arguments(cls)
     except Exception:  # hints this Python cannot evaluate
         return
+    name_of = cls.__name__ if isinstance(cls, type) else f"{cls.__module__}.{cls.__name__}"  # a function: its module
     for name, value in values.items():
         if name.startswith("_") or isinstance(value, str) and "${" in value:  # an interpolation: Hydra's to judge
             continue
         if name not in parameters and not open_ended:
             near = difflib.get_close_matches(name, list(parameters), n=3, cutoff=0.8)  # a misspelling
-            raise UserInputError(f"{key}.{name} is not an argument of {cls.__name__}; "
+            raise UserInputError(f"{key}.{name} is not an argument of {name_of}; "
                                  + (f"did you mean {', '.join(near)}?" if near else "drop it" + (
                                      ", or pick the choice it was set for" if key in ("data", "model.net") else "")))
         if name in hints and not admits(value, hints[name]):
-            raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {cls.__name__} takes "
+            raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {name_of} takes "
                                  f"{hint_name(hints[name])}")
 
 

@@ -574,6 +574,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("optimizer.name=adamx", "optimizer.name='adamx': choose one of sgd, adam, adamw, rmsprop"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9]: give two numbers, [beta1, beta2]"),
     ("optimizer=rmsprop optimizer.alpha=1.5", "optimizer.alpha=1.5: give a number >= 0 and < 1"),
+    ("model=lstm model.net.forget_bias=abc",  # a network built by a function: "a setting of the wrong kind (can't
+     "model.net.forget_bias='abc' has the wrong type: models.lstm.build takes float | None"),  # assign a str ...)"
     ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum=1.5: give a number >= 0 and < 1"),  # was accepted
     ("optimizer=sgd optimizer.nesterov=abc", "optimizer.nesterov='abc' has the wrong type: SGD takes bool"),
     ("scheduler.name=foo", "scheduler.name='foo': choose one of none, step, cosine, onecycle"),
