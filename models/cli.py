@@ -176,7 +176,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
         raise UserInputError("paths.output_dir is the run directory Hydra makes: give hydra.run.dir=DIR instead "
                              "(an earlier run there is refused, not overwritten)")
     if "resume" in args:
-        return resumed(Path(args["resume"]), argv, multirun)
+        if not args["resume"]:
+            raise UserInputError("resume= is empty: give the run directory to continue, resume=outputs/MODEL/DATE_TIME")
+        if (run := Path(args["resume"])).is_file():  # RUN/checkpoints/last.ckpt
+            folder = run.parent.parent if run.parent.name == "checkpoints" else run.parent
+            raise UserInputError(f"resume={run} is a file: resume takes the run's directory, resume={folder}")
+        return resumed(run, argv, multirun)
     check_writable_folders(args)
     check_sweep_dir(args, multirun)
     return run_dir_arguments(args, argv, multirun)

@@ -957,6 +957,12 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
         "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last",  # quoted: Hydra reads ü so
         "hydra.mode=RUN"]  # an Optuna trial's overrides hold hparams_search=..., which would start a new study
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(UserInputError, match=f"is a file: resume takes the run's directory, resume={run}$"):
+        resume_arguments([f"resume={run}/checkpoints/last.ckpt"])  # advised hydra.run.dir=RUN/checkpoints/last.ckpt
+    with pytest.raises(UserInputError, match="^resume= is empty: give the run directory"):  # was "resume=."
+        resume_arguments(["resume="])
     # Given along: these were overridden by the run's own (another folder never made), or failed in Hydra.
     for given in (f"hydra.run.dir={tmp_path}/other", "ckpt_path=other.ckpt"):
         with pytest.raises(UserInputError, match=f"continues that run in its own directory from its last checkpoint: "
