@@ -273,9 +273,12 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 def check_batch_limit(stage: str, limit) -> None:
-    """trainer.limit_{stage}_batches: a number of batches (a whole number) or a fraction of the split."""
-    check_number(f"trainer.limit_{stage}_batches", limit, 0, 1 if isinstance(limit, float) else None,
-                 whole=not isinstance(limit, float), inclusive=stage != "train")
+    """trainer.limit_{stage}_batches: a number of batches (a whole number) or a fraction of the split. (0 for
+    validation or test is refused by check_settings and eval.py, which say why.)"""
+    number = isinstance(limit, (int, float)) and not isinstance(limit, bool)
+    if not number or not (0 < limit <= 1 if isinstance(limit, float) else limit > 0 or limit == 0 and stage != "train"):
+        raise UserInputError(f"trainer.limit_{stage}_batches={limit!r}: give a number of batches (a whole number > 0) "
+                             "or a fraction of the split (> 0 and <= 1)")
 
 
 def check_optimization(cfg: DictConfig) -> None:
