@@ -1,4 +1,6 @@
 """Datasets as LightningDataModules. Each one tells the model what it needs to know (`net_kwargs`)."""
+import os
+import tempfile
 from pathlib import Path
 
 # Real Fashion-MNIST offline: the .gz IDX files of Debian's `dataset-fashion-mnist` (apt-get install -y ...).
@@ -16,6 +18,20 @@ def check_folder(setting: str, folder: Path) -> Path:
     if not existing.is_dir():
         raise UserInputError(f"{setting}={folder}: {existing} is a file, not a folder; give a folder")
     return existing
+
+
+def make_folder(setting: str, value, folder: Path) -> None:
+    """Make `folder` (the one `setting`=value names, or one inside it) to write files into: a file in the way, or a
+    place where folders cannot be made or written (/sys, /proc, a read-only disk), is a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder))  # writable? (os.access says yes to root on a read-only file system)
+    except OSError as err:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        why = f"{existing} is a file" if not existing.is_dir() else err.strerror
+        named = "it" if folder == Path(value) else folder
+        raise UserInputError(f"{setting}={value}: cannot make or write {named} ({why}); choose a folder you can "
+                             f"write to: {setting}=DIR") from None
 
 
 def class_names(datamodule, num_classes: int) -> list[str]:

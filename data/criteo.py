@@ -42,7 +42,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 from torch import Tensor
 
-from data import UserInputError, check_folder
+from data import UserInputError, check_folder, make_folder
 from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
 from data.columns import (FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, refuse_repeated,
                           stable_hash, to_finite)
@@ -106,7 +106,8 @@ def prepare(path: Path, cache_dir: Path, chunk_rows: int = 100_000) -> Path:
         return cache
     tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
     check_folder("data.cache_dir", cache_dir)
-    tmp.mkdir(parents=True, exist_ok=True)
+    make_folder("data.cache_dir", cache_dir, cache_dir)
+    tmp.mkdir(exist_ok=True)
     try:
         start, rows = time.perf_counter(), convert(path, sep, header, tmp, chunk_rows)
     except BaseException:  # bad input, Ctrl-C: leave no half-made cache behind

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
-from data import DEBIAN_FASHION_MNIST, UserInputError, check_folder
+from data import DEBIAN_FASHION_MNIST, UserInputError, check_folder, make_folder
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -175,14 +175,17 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         check_folder("paths.data_dir", self.root)
         folder = self.root / DATASETS[self.name].subdir
         if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in IDX_FILES:  # Debian recompressed them: the IDX inside is standard
-                gz, target = DEBIAN_FASHION_MNIST / f"{name}.gz", folder / name
-                if gz.is_file() and not target.exists():
-                    part = target.with_name(f"{name}.part")  # renamed when whole: an interrupted copy is redone
-                    with gzip.open(gz) as src, open(part, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    part.rename(target)
+            # Debian recompressed them: the IDX inside is standard. Only the missing ones are copied: a read-only
+            # data_dir that holds them all is fine.
+            copies = [name for name in IDX_FILES
+                      if (DEBIAN_FASHION_MNIST / f"{name}.gz").is_file() and not (folder / name).exists()]
+            if copies:
+                make_folder("paths.data_dir", self.root, folder)
+            for name in copies:
+                part = folder / f"{name}.part"  # renamed when whole: an interrupted copy is redone
+                with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                part.rename(folder / name)
         train = self._open(train=True, download=self.download)
         test = self._open(train=False, download=False)  # checked now, not after training (read only by test)
         if train.data.shape[1:] != test.data.shape[1:]:  # the network would fail on the first test batch

@@ -561,6 +561,21 @@ def test_criteo_cache_is_reused_and_renewed_when_the_file_changes(tmp_path, monk
     assert third != second and np.load(third / "labels.npy")[0] == int(flipped[0])
 
 
+def test_a_criteo_cache_dir_that_cannot_be_made_or_written_is_one_line(tmp_path, monkeypatch):
+    # paths.data_dir=/sys/kernel (its criteo_cache) ended in a PermissionError traceback, /proc/self in a
+    # FileNotFoundError one.
+    path = write_csv(tmp_path / "train.csv", criteo_rows(20, np.random.default_rng(0)))
+    if os.path.isdir("/proc/self"):  # Linux: nobody, root included, makes folders in /proc
+        with pytest.raises(UserInputError, match=r"^data.cache_dir=/proc/self/cache: cannot make or write it \(No "
+                                                 r"such file or directory\); choose a folder you can write to: "
+                                                 r"data.cache_dir=DIR$"):
+            CriteoDataModule(str(path), "/proc/self/cache").prepare_data()
+    (tmp_path / "cache").mkdir()  # there, on a disk mounted read-only (which root cannot write either)
+    monkeypatch.setattr("data.tempfile.mkdtemp", mock.Mock(side_effect=OSError(30, "Read-only file system")))
+    with pytest.raises(UserInputError, match=r"cache: cannot make or write it \(Read-only file system\)"):
+        prepare(path, tmp_path / "cache")
+
+
 def test_criteo_converted_in_several_chunks_splits_fits_and_hashes_as_it_should(tmp_path):
     # 1000 rows in chunks of 64 (the .npy files grow chunk by chunk); a second file of the same first 800 rows
     # (training) with every later I1 a thousand times larger: the scaler is fitted on the training rows alone.

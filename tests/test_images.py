@@ -8,7 +8,7 @@ import torch
 
 from data import DEBIAN_FASHION_MNIST, UserInputError
 from data.batches import TensorBatches, loader_args, split_indices
-from data.images import ImageDataModule, random_affine
+from data.images import IDX_FILES, ImageDataModule, random_affine
 
 
 def test_mnist_loader_reads_idx_files(mnist_dir):
@@ -243,6 +243,27 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     dm.setup("test")
     assert len(dm.train[0]) + len(dm.val[0]) == 60_000 and len(dm.test[0]) == 10_000
     assert dm.classes[0] == "T-shirt/top" and torch.bincount(dm.test[1]).tolist() == [1000] * 10
+
+
+def test_a_data_dir_where_the_copy_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    # The Debian copy into paths.data_dir ended in PermissionError (/sys), FileNotFoundError (/proc) or
+    # NotADirectoryError (a file where FashionMNIST/ goes) tracebacks.
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name in IDX_FILES:
+        (debian / f"{name}.gz").write_bytes(gzip.compress(b"never read"))
+    monkeypatch.setattr("data.images.DEBIAN_FASHION_MNIST", debian)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "FashionMNIST").write_text("a file")
+    with pytest.raises(UserInputError, match=rf"^paths.data_dir={data}: cannot make or write {data}/FashionMNIST/raw "
+                                             rf"\({data}/FashionMNIST is a file\); choose a folder you can write to: "
+                                             r"paths.data_dir=DIR$"):
+        ImageDataModule("fashion_mnist", str(data), download=False).prepare_data()
+    if Path("/proc/self").is_dir():  # Linux: nobody, root included, makes folders in /proc
+        with pytest.raises(UserInputError, match=r"^paths.data_dir=/proc/self: cannot make or write "
+                                                 r"/proc/self/FashionMNIST/raw \(No such file or directory\)"):
+            ImageDataModule("fashion_mnist", "/proc/self", download=False).prepare_data()
 
 
 def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
