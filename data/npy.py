@@ -45,13 +45,21 @@ class NpyRows:
     """The rows of a 2-D .npy file, read on demand with os.preadv into fresh arrays (nothing stays mapped)."""
 
     def __init__(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            self.shape, fortran_order, self.dtype = read_header(f)
-            self.data_start = f.tell()
-        assert len(self.shape) == 2 and not fortran_order, f"{path}: not a C-ordered 2-D array"
+        try:  # a file deleted or overwritten since the cache was made
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                self.shape, fortran_order, self.dtype = read_header(f)
+                self.data_start = f.tell()
+        except FileNotFoundError:
+            raise UserInputError(f"{path} is missing; delete its folder to rebuild it") from None
+        except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
+            why = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"{path} is not a readable .npy file ({why}); delete its folder to rebuild "
+                                 "it") from None
+        if len(self.shape) != 2 or fortran_order:
+            raise UserInputError(f"{path} holds no C-ordered 2-D array; delete its folder to rebuild it")
         self.path, self.row_bytes = path, self.dtype.itemsize * self.shape[1]
         self.fd = os.open(path, os.O_RDONLY)
 

@@ -640,6 +640,22 @@ def test_npy_rows_reads_what_numpy_saved(tmp_path):
         rows.read(40, 60)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda cache: (cache / "labels.npy").unlink(), r"labels.npy is missing"),
+    (lambda cache: (cache / "categories.npy").write_bytes(np.random.default_rng(0).bytes(4000)),
+     r"categories.npy is not a readable .npy file \(the magic string is not correct"),
+    (lambda cache: np.save(cache / "integers.npy", np.zeros(3)), r"integers.npy holds no C-ordered 2-D array"),
+])
+def test_a_damaged_criteo_cache_is_one_line_that_says_to_rebuild_it(damage, message, tmp_path):
+    # A truncated file was named already; a deleted or overwritten one ended in FileNotFoundError or numpy's
+    # "the magic string is not correct" tracebacks.
+    path = write_csv(tmp_path / "train.csv", criteo_rows(20, np.random.default_rng(0)))
+    damage(prepare(path, tmp_path / "cache"))
+    with pytest.raises(UserInputError, match=rf"^{tmp_path / 'cache'}/train-.*/{message}.*; delete its folder to "
+                                             r"rebuild it$"):
+        CriteoDataModule(str(path), str(tmp_path / "cache")).setup("fit")
+
+
 def test_npy_rows_reads_on_after_a_short_read(tmp_path, monkeypatch):
     # Linux returns at most 0x7ffff000 bytes per read: a block over 2 GiB comes in several. Here: 7 bytes a call.
     array = np.arange(300, dtype=np.float32).reshape(100, 3)
