@@ -171,6 +171,12 @@ class CSVDataModule(TabularDataModule):
             raise UserInputError("data.numeric_columns, data.categorical_columns and data.timestamp_columns are all "
                                  "empty: name the columns the model reads, e.g. 'data.numeric_columns=[age,income]'")
         check_fractions(val_fraction, test_fraction)
+        if timestamp_format is not None:
+            try:  # a bad directive (%Q) fails whatever the dates: now, not as a traceback once they are read
+                to_datetime(pd.Series([], dtype=object), timestamp_format)
+            except ValueError as err:
+                raise UserInputError(f"data.timestamp_format={timestamp_format!r}: {err}; give strftime codes such "
+                                     "as '%Y-%m-%d %H:%M:%S'") from None
 
     def read(self) -> pd.DataFrame:
         """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""

@@ -997,6 +997,17 @@ def test_dates_are_read_in_the_format_of_the_training_file_everywhere(tmp_path):
         "time_formats.t '%d/%m/%Y %H:%M %z' there, '%d/%m/%y %H:%M' here fitted on the training split")
 
 
+@pytest.mark.parametrize("written, problem", [("%Q", "'Q' is a bad directive in format '%Q'"),
+                                               ("%Y-%m-%d %", "stray % in format '%Y-%m-%d %'")])
+def test_a_timestamp_format_strptime_cannot_read_is_one_line(written, problem, tmp_path):
+    # It ended in pandas' ValueError traceback once the dates were read.
+    path = write_csv(tmp_path / "t.csv", pd.DataFrame({"t": ["2016-03-27 00:53:11"] * 4, "x": [1, 2, 3, 4],
+                                                       "y": [0, 1, 0, 1]}))
+    with pytest.raises(UserInputError, match=rf"^data.timestamp_format='{written}': {problem}; give strftime codes "
+                                             r"such as '%Y-%m-%d %H:%M:%S'$"):
+        CSVDataModule(str(path), "y", ["x"], [], ["t"], timestamp_format=written).setup("fit")
+
+
 def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     path = write_csv(tmp_path / "customers.csv", make_clicks(6000, seed=7).drop(columns="p_click"))
     monkeypatch.chdir(tmp_path)  # data.path relative to where train.py runs, as the README's ../shared/datasets/...
