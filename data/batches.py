@@ -159,6 +159,19 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
                              "each must be > 0 and together < 1")
 
 
+def check_both_labels(where, column: str, labels: set, split: str | None = None, rows: int = 0) -> None:
+    """The distinct 0/1 labels of a whole file (`where`, "data.path=F"), or of its `split` of `rows` rows, are both:
+    a click model learns nothing from one class, and the AUROC of one class is undefined (0.0 and a warning, not an
+    error)."""
+    if len(labels) > 1:
+        return
+    if split is None:
+        raise UserInputError(f"{where}, column {column!r}: every label is {int(min(labels))}; a click model learns "
+                             "from both 0 and 1 rows")
+    raise UserInputError(f"{where}: the {split} split's {rows} rows all have one label: give more rows, or a larger "
+                         "data.val_fraction/test_fraction")
+
+
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
     """A fixed random (train, val) split of range(n); `val_size` is a count or a fraction of n."""
     if isinstance(val_size, float) and not (0 < val_size < 1 or (val_size > 1 and val_size.is_integer())):

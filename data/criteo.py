@@ -43,7 +43,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from torch import Tensor
 
 from data import UserInputError, check_folder, make_folder
-from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args
+from data.batches import SplitLoaders, TensorBatches, check_both_labels, check_fractions, data_device, loader_args
 from data.columns import (FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, refuse_repeated,
                           stable_hash, to_finite)
 from data.npy import NpyRows, NpyWriter
@@ -327,6 +327,10 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
                                      f"({self.fractions[0]}) and test ({self.fractions[1]}) rows")
             bounds = np.cumsum([0, n - n_val - n_test, n_val, n_test]).tolist()
             self.rows = dict(zip(("train", "val", "test"), zip(bounds[:-1], bounds[1:])))
+            labels = {split: self.labels_in(start, stop) for split, (start, stop) in self.rows.items()}
+            check_both_labels(f"data.path={self.path}", LABEL, set().union(*labels.values()))
+            for split, (start, stop) in self.rows.items():
+                check_both_labels(f"data.path={self.path}", LABEL, labels[split], split, stop - start)
         if stage in ("fit", "validate") and self.train is None:
             start, stop = self.rows["train"]
             self.scaler = NumericScaler(torch.ones(len(INTEGERS), dtype=torch.bool))  # all counts: log them all
@@ -347,6 +351,15 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
                                      f"e.g. data.batch_size={multiple}")
         if stage == "test" and self.test is None:  # the test rows are read only here
             self.test, = self.load("test")
+
+    def labels_in(self, start: int, stop: int) -> set[int]:
+        """The distinct labels of rows start..stop-1, read a million (1 MB) at a time until both are seen."""
+        seen = set()
+        for lo in range(start, stop, 1 << 20):
+            seen |= set(np.unique(self.arrays["labels"].read(lo, min(lo + (1 << 20), stop))).tolist())
+            if len(seen) > 1:
+                break
+        return seen
 
     def load(self, *splits: str) -> list:
         """Each split's rows as CPU tensors (labels, integers, categories) when they fit, else its (start, stop)."""

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from data import UserInputError
-from data.batches import SplitLoaders, TensorBatches, check_fractions, data_device, loader_args, split_indices
+from data.batches import (SplitLoaders, TensorBatches, check_both_labels, check_fractions, data_device, loader_args,
+                          split_indices)
 from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, CsvRows, NumericScaler, date_format, not_utf8,
                           numbered, parse, read_csv_rows, row_name, to_datetime, to_finite)
 
@@ -207,9 +208,7 @@ class CSVDataModule(TabularDataModule):
             label = frame[self.label].iloc[bad[0]]  # (an empty cell: NaN, as in data/criteo.py's message)
             raise UserInputError(f"{where}, column {self.label!r}, {row_name(where, bad[0])}: label "
                                  f"{'(empty)' if pd.isna(label) else repr(label)} is not 0 or 1 ({len(bad)} such)")
-        if labels.nunique() < 2:
-            raise UserInputError(f"{where}, column {self.label!r}: every label is {int(labels.iloc[0])}; a click "
-                                 "model learns from both 0 and 1 rows")
+        check_both_labels(where, self.label, set(labels.unique()))
         frame[self.label] = labels.astype(np.int64)
         return frame
 
@@ -223,10 +222,9 @@ class CSVDataModule(TabularDataModule):
         rest, test = split_indices(len(frame), n_test, self.split_seed)
         train, val = split_indices(len(rest), n_val, self.split_seed + 1)
         rows = {"train": rest[train], "val": rest[val], "test": test}
-        for split in ("train", "val", "test"):  # the AUROC of one class is undefined: 0.0 and a warning, not an error
-            if frame[self.label].iloc[rows[split].numpy()].nunique() < 2:
-                raise UserInputError(f"data.path={self.path}: the {split} split's {len(rows[split])} rows all have "
-                                     f"one label: give more rows, or a larger data.val_fraction/test_fraction")
+        for split in ("train", "val", "test"):
+            check_both_labels(f"data.path={self.path}", self.label, set(frame[self.label].iloc[rows[split].numpy()]),
+                              split, len(rows[split]))
         training = frame.iloc[rows["train"].numpy()]
         if empty := [c for c in self.numeric if training[c].isna().all()]:  # every row "missing": nothing to learn
             raise UserInputError(f"data.path={self.path}, column {empty[0]!r}: none of the {len(training)} training "

@@ -830,6 +830,20 @@ def test_bad_criteo_file_is_one_clear_error(case, tmp_path):
     assert str(path) in str(err.value) and not list((tmp_path / "cache").glob("*"))  # no half-made cache left
 
 
+@pytest.mark.parametrize("labels, message", [
+    ([0] * 100, r", column 'label': every label is 0; a click model learns from both 0 and 1 rows$"),
+    ([1] * 80 + [0, 1] * 10, r": the train split's 80 rows all have one label: give more rows, or a larger "
+                             r"data.val_fraction/test_fraction$"),
+    ([0, 1] * 40 + [1] * 10 + [0, 1] * 5, ": the val split's 10 rows all have one label"),
+    ([0, 1] * 45 + [0] * 10, ": the test split's 10 rows all have one label"),  # refused before training too
+])
+def test_a_criteo_file_or_split_of_one_class_is_refused_as_a_csv_is(labels, message, tmp_path):
+    # It trained, and its test reported acc 1.0 and an AUROC of 0.0 (torchmetrics' value for one class).
+    path = write_csv(tmp_path / "train.csv", criteo_rows(100, np.random.default_rng(0)).assign(label=labels))
+    with pytest.raises(UserInputError, match=rf"^data.path={path}{message}"):
+        CriteoDataModule(str(path), str(tmp_path / "cache")).setup("fit")
+
+
 def test_criteo_tsv_with_the_wrong_field_count_is_named(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("\t".join(["1"] * 39) + "\n")
