@@ -258,6 +258,10 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
                                      f"{images.shape[-1]} {self.name} images: most shifted images would lose most "
                                      "of their content; give fewer pixels than the side (a few: 2 for 28x28, 4 for "
                                      "32x32)")
+            if self.train_size is not None and self.train_size > len(train_idx):  # [:train_size] would take them all
+                raise UserInputError(f"data.train_size={self.train_size}: {self.name} has {len(train_idx):,} training "
+                                     f"images ({len(labels):,} less data.val_size={self.val_size} for validation): "
+                                     f"give at most {len(train_idx)}, or null for all")
             train_idx = train_idx[: self.train_size]  # a small training set makes overfitting visible
             self.train, self.val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
             # Normalization statistics per channel, from the training split only.

@@ -182,6 +182,17 @@ def test_a_partly_copied_dataset_names_the_missing_files(mnist_dir, tmp_path):
         ImageDataModule("mnist", str(tmp_path), train_size=-100)
 
 
+def test_a_training_size_beyond_the_images_there_are_is_refused_with_the_most_it_can_be(mnist_dir):
+    # data.train_size=100000 trained on Fashion-MNIST's 55,000 without a word.
+    with pytest.raises(UserInputError, match=r"^data.train_size=1001: mnist has 1,000 training images \(1,200 less "
+                                             r"data.val_size=200 for validation\): give at most 1000, or null for "
+                                             r"all$"):
+        ImageDataModule("mnist", str(mnist_dir), val_size=200, train_size=1001).setup("fit")
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, train_size=1000)
+    dm.setup("fit")
+    assert len(dm.train[0]) == 1000
+
+
 def label_200(data: bytes) -> bytes:
     return data[:8] + bytes([200]) + data[9:]  # the first label, after the IDX header's 8 bytes
 
