@@ -34,7 +34,13 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
         choices = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
         raise ValueError(f"unknown notebook {name!r}; choose one of {choices}")
     if name in TEACHING:  # a folder to write into, made if new
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file there or above it, a place nobody writes (/proc)
+            file = next((p for p in (Path(run_dir), *Path(run_dir).parents) if p.is_file()), None)
+            why = f"{file} is a file" if file else err.strerror
+            raise ValueError(f"cannot make the folder {run_dir} ({why}): give a folder to write the notebook "
+                             "into") from None
     if not Path(run_dir).is_dir():
         raise ValueError(f"run directory {run_dir} not found")
     notebook = nbformat.read(path, as_version=4)

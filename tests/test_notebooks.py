@@ -102,6 +102,17 @@ def test_the_run_directory_given_again_as_a_parameter_is_one_line(capsys, tmp_pa
         "TypeError" not in err
 
 
+def test_a_file_where_a_teaching_notebooks_folder_goes_is_one_line(capsys, tmp_path):
+    # It exited 1 with a FileExistsError traceback, pointing at an executed copy inside the file.
+    run = importlib.import_module("notebooks.run")
+    (tmp_path / "data.csv").write_text("kept")
+    for folder in (tmp_path / "data.csv", tmp_path / "data.csv" / "notes"):
+        assert run.main(["concepts", str(folder)]) == 2
+        assert capsys.readouterr().err == (f"error: cannot make the folder {folder} ({tmp_path / 'data.csv'} is a "
+                                           "file): give a folder to write the notebook into\n")
+    assert (tmp_path / "data.csv").read_text() == "kept"
+
+
 def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
     run = importlib.import_module("notebooks.run")
     source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'
