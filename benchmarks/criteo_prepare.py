@@ -210,7 +210,10 @@ def main() -> None:
     if others:  # the folder is deleted at the end: never with someone else's files in it
         parser.error(f"--dir {args.dir} holds files this benchmark did not write ({', '.join(others[:3])}), and "
                      "it deletes the folder when done: give a new or empty folder")
-    args.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file above it, a place nobody writes (/sys, /proc)
+        parser.error(f"--dir {args.dir}: cannot make it ({err.strerror}): give a folder you can write to")
     path = args.dir / f"criteo_{args.gb:g}gb.txt"
     if not path.is_file():
         write_file(path, args.gb)

@@ -250,6 +250,16 @@ def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me" and (tmp_path / "a_file").is_file()
 
 
+def test_criteo_prepare_refuses_a_dir_it_cannot_make_in_one_line(tmp_path):
+    # --dir /sys/kernel/x ended in a PermissionError traceback (a folder under a file: NotADirectoryError).
+    (tmp_path / "a_file").write_text("kept")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001",
+                           "--dir", str(tmp_path / "a_file" / "x")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f"error: --dir {tmp_path / 'a_file' / 'x'}: cannot make it "
+                                                         "(Not a directory): give a folder you can write to")
+
+
 def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     # Its training is there to show streamed rows in bounded memory: training and validation rows within
     # --max-in-memory-gb are read into memory (the test rows are read apart), and the JSON did not say so. Also
