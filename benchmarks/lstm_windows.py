@@ -104,20 +104,22 @@ def main() -> None:
     parser.add_argument("--seq-len", type=at_least(int, 1), default=128)
     parser.add_argument("--hidden", type=at_least(int, 1), default=256)
     args = parser.parse_args()
+    # Bad input is argparse's one error line and exit 2, as for a bad number (benchmarks/arguments.py).
     if not args.path.is_file():
-        sys.exit(f"error: --path {args.path}: no such file; give a text file, e.g. the tinyshakespeare copy in "
-                 "../shared/datasets/ of a checkout beside the shared folder")
+        what = "a folder" if args.path.is_dir() else "no such file"
+        parser.error(f"--path {args.path}: {what}; give a text file, e.g. the tinyshakespeare copy in "
+                     "../shared/datasets/ of a checkout beside the shared folder")
     try:
         text = args.path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        sys.exit(f"error: --path {args.path} is not UTF-8 text (byte {err.start}); give a UTF-8 text file")
+        parser.error(f"--path {args.path} is not UTF-8 text (byte {err.start}); give a UTF-8 text file")
     n_train, n_val = round(len(text) * 0.9), round(len(text) * 0.05)
     # carried mode reads --batch streams of at least one window; validation, windows of 512 characters
     if n_train - 1 < args.batch * (args.seq_len + 1) or n_val < VALIDATION_WINDOW + 1:
         least = math.ceil(max((args.batch * (args.seq_len + 1) + 1) / 0.9, (VALIDATION_WINDOW + 1) / 0.05))
-        sys.exit(f"error: --path {args.path} has {len(text):,} characters; it needs {least:,} at least (90% to train: "
-                 f"--batch {args.batch} streams of a --seq-len {args.seq_len} window; 5% to validate: a "
-                 f"{VALIDATION_WINDOW}-character window): give a longer text or smaller --batch/--seq-len")
+        parser.error(f"--path {args.path} has {len(text):,} characters; it needs {least:,} at least (90% to train: "
+                     f"--batch {args.batch} streams of a --seq-len {args.seq_len} window; 5% to validate: a "
+                     f"{VALIDATION_WINDOW}-character window): give a longer text or smaller --batch/--seq-len")
     vocab = [UNK] + sorted(set(text[:n_train]))
     train_ids, val_ids = encode(text[:n_train], vocab), encode(text[n_train:n_train + n_val], vocab)
     # Untimed: a process's first steps pay for allocations and first calls, which would slow whichever mode ran first.

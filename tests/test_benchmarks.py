@@ -228,13 +228,18 @@ def test_a_benchmarks_help_is_its_usage(script):
 @pytest.mark.parametrize("content, message", [
     ("to be or not " * 30, "has 390 characters; it needs 10,260 at least"),  # carried mode looped without end
     (b"caf\xe9", "is not UTF-8 text (byte 3)"),
+    (None, "corpus.txt: a folder; give a text file"),  # it said "no such file", and all three exited 1
 ])
 def test_lstm_windows_refuses_a_text_it_cannot_use_in_one_line(content, message, tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lstm_windows.py"), "--path", str(path),
                            "--steps", "1", "--hidden", "8"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr and message in done.stderr, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: --path {path}" in done.stderr.strip().splitlines()[-1] and message in done.stderr, done.stderr
 
 
 def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
