@@ -283,5 +283,5 @@ def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.002",
                            "--train-steps", "1", "--max-in-memory-gb", f"{between!r}", "--dir", str(tmp_path / "c")],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr  # bad input: 2 (it was 1)
     assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
