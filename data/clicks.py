@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from data import UserInputError
-from data.batches import check_fractions, split_indices
+from data.batches import split_indices
 from data.tabular import TabularDataModule
 
 NUMERIC = ["age", "salary", "previous_spend", "items_purchased", "time_on_site"]
@@ -84,15 +84,17 @@ def make_clicks(rows: int, seed: int = 0, split: str = "train") -> pd.DataFrame:
 
 
 class ClicksDataModule(TabularDataModule):
-    """`rows` generated customers: val_fraction and test_fraction of them validate and test (shares of all rows, as
-    in every DataModule), the rest train."""
+    """`rows` generated customers: (1 - test_fraction) of them train and validate, test_fraction test."""
 
-    def __init__(self, rows: int = 1_000_000, seed: int = 0, val_fraction: float = 0.08, test_fraction: float = 0.2,
+    def __init__(self, rows: int = 1_000_000, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  split_seed: int = 0, log_columns: list[str] | str | None = tuple(HEAVY_TAILED), **encoding) -> None:
         super().__init__(NUMERIC, CATEGORICAL, "clicked", log_columns=log_columns, **encoding)
-        check_fractions(val_fraction, test_fraction)
+        for name, fraction in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
+            if not 0 < fraction < 1:  # (val_fraction: a share of the rows the test split leaves)
+                raise UserInputError(f"data.{name}={fraction}: give a number > 0 and < 1")
         self.rows, self.seed, self.split_seed = rows, seed, split_seed
-        self.sizes = {"test": round(rows * test_fraction), "val": round(rows * val_fraction)}
+        self.sizes = {"test": round(rows * test_fraction)}
+        self.sizes["val"] = round((rows - self.sizes["test"]) * val_fraction)
         if min(self.sizes.values()) < 1 or rows - sum(self.sizes.values()) < 1:
             raise UserInputError(f"data.rows={rows} with val_fraction={val_fraction}, test_fraction={test_fraction} "
                                  "leaves a split empty: generate more rows")
