@@ -1,8 +1,7 @@
 """Checkpoints that survive crashes, and resuming from them.
 
-- `AtomicCheckpointIO` writes a checkpoint as metrics.json is written (`records.written_whole`: a partial file
-  beside it, renamed over `x.ckpt` when whole, `os.replace` being atomic on one filesystem): a crash mid-write
-  leaves the previous checkpoint whole, and a failed write no partial file.
+- `AtomicCheckpointIO` writes `x.ckpt.tmp` beside the target, then renames it over `x.ckpt` (`os.replace` is
+  atomic on one filesystem): a crash mid-write leaves the previous checkpoint whole (and an error, no `.tmp`).
 - `RunCheckpoint` keeps its record of the best epoch when a run directory was moved or copied before a resume,
   and saves a step that a validation follows only after that validation, so a resume never skips one.
 - `EarlyStopping` keeps the patience a resumed run is given (Lightning's takes the checkpoint's): a run that
@@ -28,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checks import flatten
 from models.recipe import repeated_epoch_end
-from models.records import written_whole
 from models.runs import data_differences, load_checkpoint
 
 
@@ -36,8 +34,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with written_whole(path, binary=True) as f:
-            torch.save(checkpoint, f)
+        # Not records.written_whole: that writes a symlink's target, and Lightning's save_last="link" makes last.ckpt
+        # a link to best.ckpt (the newest state would go into best.ckpt). A fixed name: a kill -9 mid-write leaves
+        # one stale file, which the next save overwrites, not one per process.
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:  # a failed write (disk full, Ctrl-C) leaves no half file behind
+            tmp.unlink(missing_ok=True)
 
 
 class RunCheckpoint(ModelCheckpoint):

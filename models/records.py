@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TextIO
 
 import yaml
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -24,20 +24,20 @@ def stdout_closed() -> int:
 
 
 @contextmanager
-def written_whole(path: str | Path, newline: str | None = None, binary: bool = False) -> Iterator[TextIO | BinaryIO]:
-    """A file (text, or `binary`) to write `path` through, whole or not at all: a temporary file beside it, renamed
-    over it when the block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was). A
-    symlink's target is replaced, the link kept. What is not a regular file (/dev/stdout, a pipe, a device) is written
-    to directly: renaming over it would put a file in its place."""
-    path, mode = Path(path).expanduser(), "wb" if binary else "w"
+def written_whole(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A text file to write `path` through, whole or not at all: a temporary file beside it, renamed over it when the
+    block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was). A symlink's target is
+    replaced, the link kept. What is not a regular file (/dev/stdout, a pipe, a device) is written to directly:
+    renaming over it would put a file in its place."""
+    path = Path(path).expanduser()
     if path.exists() and not path.is_file():
-        with open(path, mode, newline=newline) as f:
+        with open(path, "w", newline=newline) as f:
             yield f
         return
     path = path.resolve()
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with open(partial, mode, newline=newline) as f:
+        with open(partial, "w", newline=newline) as f:
             yield f
         os.replace(partial, path)
     finally:

@@ -286,7 +286,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
 
     def dies_mid_write(obj, f):
-        f.write(b"half a checkpo")
+        open(f, "wb").write(b"half a checkpo")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
@@ -295,6 +295,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left beside it
+    # A link (Lightning's save_last="link": last.ckpt -> best.ckpt) is replaced, not written through.
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "best.ckpt")
+    path.unlink()
+    path.symlink_to("best.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, path)
+    assert not path.is_symlink() and torch.load(path, weights_only=True) == {"step": 3}
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True) == {"step": 1}
 
 
 class Payload:  # a pickled object: loading it would run code
