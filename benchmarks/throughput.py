@@ -98,7 +98,7 @@ def lightning_run(cfg, datamodule, steps: int, warmup: int):
     recipe, clock = assemble.build_recipe(cfg, datamodule), Clock(warmup)
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, callbacks=[clock], plugins=None)
+                          enable_model_summary=False, callbacks=[clock], plugins=None, _convert_="all")
     trainer.fit(recipe, datamodule=datamodule)
     # Its loader holds its own device copy of the training data: kept, it would count in the next run's peak memory
     trainer.fit_loop._combined_loader = None  # (the plain run needs only the trainer's settings and device)

@@ -71,7 +71,7 @@ def warm_up(cfg, datamodule, steps: int) -> float:
     start = time.perf_counter()
     trainer = instantiate(cfg.trainer, max_steps=steps, max_epochs=-1, limit_val_batches=2, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                          callbacks=[], plugins=None)
+                          callbacks=[], plugins=None, _convert_="all")
     trainer.fit(assemble.build_recipe(cfg, datamodule), datamodule=datamodule)
     return round(time.perf_counter() - start, 2)
 
@@ -89,7 +89,8 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     clock = TestClock(datamodule, metric)
     callbacks = [instantiate(c) for name, c in cfg.callbacks.items() if c and name in ("early_stopping",)]
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, callbacks=[clock, *callbacks], plugins=None)
+                          enable_model_summary=False, callbacks=[clock, *callbacks], plugins=None,
+                          _convert_="all")  # plain containers, as train.py's Trainer gets (max_time={minutes: 30})
     trainer.fit(recipe, datamodule=datamodule)
     better = (lambda v, t: v >= t) if mode == "max" else (lambda v, t: v <= t)
     reached = {str(t): next((s for s, v in clock.points if better(v, t)), None) for t in targets}

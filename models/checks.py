@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError, check_folder
@@ -211,6 +212,13 @@ def check_data_path(data: DictConfig | None) -> None:
 RUN_CHECKPOINTS = "${paths.output_dir}/checkpoints"  # configs/callbacks/default.yaml's dirpath
 
 
+def is_model_checkpoint(target) -> bool:
+    try:
+        return isinstance(target, str) and issubclass(get_object(target), ModelCheckpoint)
+    except Exception:  # a misspelt _target_: check_object_args names it
+        return False
+
+
 def check_run_settings(cfg: DictConfig) -> None:
     """The top-level switches and the Trainer's counts: `seed=-1` or `trainer.accumulate_grad_batches=0` would
     fail deep inside numpy or Lightning, `keep_freed_memory=abc` would count as true."""
@@ -223,9 +231,11 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise UserInputError(f"{key}={value!r}: give true or false")
     if (data_dir := OmegaConf.select(cfg, "paths.data_dir", default=None)) is not None:
         check_folder("paths.data_dir", Path(str(data_dir)).expanduser())
-    for name, node in (cfg.get("callbacks") or {}).items():  # a checkpoint callback's folder
-        dirpath = OmegaConf.to_container(node, resolve=False).get("dirpath", RUN_CHECKPOINTS) if node else None
-        if node and dirpath != RUN_CHECKPOINTS:  # (null: Lightning's default, under the logger's folder)
+    for name, node in (cfg.get("callbacks") or {}).items():  # a ModelCheckpoint's folder (best.ckpt, last.ckpt)
+        if not node or not is_model_checkpoint(node.get("_target_")):
+            continue
+        dirpath = OmegaConf.to_container(node, resolve=False).get("dirpath", RUN_CHECKPOINTS)
+        if dirpath != RUN_CHECKPOINTS:  # (null: Lightning's default, under the logger's folder)
             raise UserInputError(f"callbacks.{name}.dirpath={dirpath}: a run's checkpoints are its run directory's "
                                  "checkpoints/, where resume=, eval.py and metrics.json look (and another run's would "
                                  "be overwritten): leave it, and choose the run directory with hydra.run.dir=DIR")
@@ -276,7 +286,8 @@ def check_batch_limit(stage: str, limit) -> None:
     """trainer.limit_{stage}_batches: a number of batches (a whole number) or a fraction of the split. (0 for
     validation or test is refused by check_settings and eval.py, which say why.)"""
     number = isinstance(limit, (int, float)) and not isinstance(limit, bool)
-    if not number or not (0 < limit <= 1 if isinstance(limit, float) else limit > 0 or limit == 0 and stage != "train"):
+    most = 1 if isinstance(limit, float) else math.inf  # a fraction, or a count
+    if not number or not (0 < limit <= most or limit == 0 and stage != "train"):
         raise UserInputError(f"trainer.limit_{stage}_batches={limit!r}: give a number of batches (a whole number > 0) "
                              "or a fraction of the split (> 0 and <= 1)")
 

@@ -213,20 +213,27 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     except UserInputError:  # giving the settings along with resume= would not help: it reads the file
         raise UserInputError(f"resume={run}: {saved} is not the list of overrides Hydra writes; {by_hand}") from None
     typed = hydra_overrides(argv)
-    given = [a for a in typed if not a.startswith("resume=")]
     flags = [a for a in argv if a not in typed]  # `--cfg job`: before every override, as Hydra reads them
+    given = [a for a in typed if not a.startswith("resume=") and not restates_resume(a, run)]
     for a in given:  # were overridden by the run's own, or (model=) failed in Hydra with advice to add keys
         key, _, value = a.lstrip("+~").partition("=")
         if key in ("hydra.run.dir", "ckpt_path"):
             raise UserInputError(f"resume={run} continues that run in its own directory from its last checkpoint: "
                                  f"drop {a}")
-        if key in ("model", "data", "experiment") and value != run_choices(run, kept).get(key):
+        if key in ("model", "data", "experiment") and value != (run_choices(run, kept).get(key) or "null"):
             raise UserInputError(f"resume={run}: {a} would change what the run trains on or with; a resumed run "
                                  "keeps its model and data: start a new run with it instead")
     if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
     # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
     return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
+
+
+def restates_resume(override: str, run: Path) -> bool:
+    """`ckpt_path=last` or `hydra.run.dir=RUN`, which resume=RUN adds itself."""
+    key, _, value = override.lstrip("+").partition("=")
+    return (key == "ckpt_path" and value == "last"
+            or key == "hydra.run.dir" and Path(unquoted(value)).expanduser().resolve() == run.expanduser().resolve())
 
 
 def run_choices(run: Path, overrides: list[str]) -> dict:

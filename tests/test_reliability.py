@@ -571,6 +571,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints",
      "callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints: a run's checkpoints are its run directory's"),
     ("callbacks.epoch_checkpoint.dirpath=null", "callbacks.epoch_checkpoint.dirpath=None: a run's checkpoints"),
+    ("trainer.limit_val_batches=0.0", "trainer.limit_val_batches=0: the best checkpoint and early stopping need"),
     ("ckpt_path=[]", "ckpt_path=[]: give a checkpoint file, or `last`"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off
     ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: give a whole number >= 1"),
@@ -796,6 +797,12 @@ def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
         resume_arguments([f'hydra.run.dir="{tmp_path / "rün"}"'])
 
 
+def test_only_a_model_checkpoint_must_write_into_the_run_directory():
+    # OnExceptionCheckpoint needs a dirpath of its own and writes neither best.ckpt nor last.ckpt.
+    check_settings(make_config("+callbacks.oe._target_=lightning.pytorch.callbacks.OnExceptionCheckpoint",
+                               "+callbacks.oe.dirpath=/tmp/elsewhere"))
+
+
 def test_a_quoted_home_folder_is_the_home_folder_and_output_dir_is_not_a_run_directory(tmp_path, monkeypatch):
     # As the unquoted-'~' error advises: Hydra made a folder named '~' in the working directory.
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -974,6 +981,9 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
         with pytest.raises(UserInputError, match=f"continues that run in its own directory from its last checkpoint: "
                                                  f"drop {given}$"):
             resume_arguments([f"resume={run}", given])
+    for restated in ("ckpt_path=last", f"hydra.run.dir={run}"):  # what resume= adds anyway
+        assert resume_arguments([f"resume={run}", restated]) == resume_arguments([f"resume={run}"]), restated
+    assert "experiment=null" in resume_arguments([f"resume={run}", "experiment=null"])  # as the run had: no preset
     with pytest.raises(UserInputError, match=r"model=dnn would change what the run trains on or with"):
         resume_arguments([f"resume={run}", "model=dnn"])
     assert resume_arguments([f"resume={run}", "model=cnn"])[:2] == ["model=cnn", "model=cnn"]  # the same: allowed
