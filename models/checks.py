@@ -80,7 +80,7 @@ def check_callback_monitors(callbacks: DictConfig | None, task: str) -> None:
     monitor.metric) must watch one the run logs too: Lightning would say so only after the first epoch."""
     names = monitorable(task)
     for name, node in (callbacks or {}).items():
-        metric = node.get("monitor") if node else None
+        metric = node.get("monitor") if isinstance(node, DictConfig) else None  # (not a callback: check_settings)
         if metric is not None and metric not in names:  # an interpolation resolves to monitor.metric: checked
             raise WholeSweepError(f"callbacks.{name}.monitor={metric} is not a metric this {task} run logs; "
                                   f"choose one of {', '.join(names)}")
@@ -374,6 +374,9 @@ def check_settings(cfg: DictConfig) -> None:
     if deleted := [k for k in REQUIRED if OmegaConf.select(cfg, k, default=None) is None]:  # `~model.lr`, `=null`
         raise UserInputError(f"{deleted[0]} is missing (deleted with ~ or set to null): the recipe reads it; leave it "
                              "out of the command line to keep the configs' value, or give one")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        check_instantiable(f"callbacks.{name}", node)
+    check_instantiable("logger", cfg.get("logger"))
     check_data_path(cfg.get("data"))
     check_run_settings(cfg)
     check_optimization(cfg)
@@ -381,11 +384,10 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("data", "model.net"):
         if (node := OmegaConf.select(cfg, key)) is not None:
             check_object_args(key, node)
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node:  # callbacks.NAME=null drops one
-            check_object_args(f"callbacks.{name}", node)
-    if cfg.get("logger"):
-        check_object_args("logger", cfg.logger)
+    objects = {f"callbacks.{name}": node for name, node in (cfg.get("callbacks") or {}).items()}
+    for key, node in {**objects, "logger": cfg.get("logger")}.items():
+        if node is not None:  # callbacks.NAME=null drops one
+            check_object_args(key, node)
     check_tuning_callbacks(cfg)
     check_batch_norm_rows(cfg)
     trainer = cfg.trainer
@@ -399,6 +401,18 @@ def check_settings(cfg: DictConfig) -> None:
     if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
         raise UserInputError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs} never "
                              "validates: there would be no best checkpoint; lower it or train longer")
+
+
+def check_instantiable(key: str, node) -> None:
+    """A callback or the logger is null (none) or a section naming its class in `_target_`, not a value
+    (`+callbacks.foo=1`, which would fail only as Lightning calls its hooks)."""
+    if node is None or isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
+        return
+    kind, folder, none = ("logger", "logger", "~logger") if key == "logger" else (
+        "callback", "callbacks", f"{key}=null")
+    problem = f"{key} has no _target_" if isinstance(node, DictConfig) else f"{key}={node} is not a {kind}"
+    raise UserInputError(f"{problem}: a {kind} is a section naming its class in _target_ (as in configs/{folder}/), "
+                         f"or {none} for none")
 
 
 def check_batch_norm_rows(cfg: DictConfig) -> None:

@@ -26,7 +26,7 @@ from models.checkpointing import (AtomicCheckpointIO, RunCheckpoint, check_check
 from models.recipe import NonFiniteLossError, Recipe
 from models.records import read_metrics, read_overrides, write_json
 from models.runs import instantiate_data, load_checkpoint
-from models.checks import check_model_reads_data, check_settings
+from models.checks import check_config, check_model_reads_data, check_settings
 from models.signatures import admits, check_trainer_args
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, flags_first,
                         hydra_overrides, resume_arguments, sweep_variants, trainer_arguments)
@@ -633,10 +633,17 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
      "LearningRateFinder with update_attr=true sets model.lr after the scheduler=onecycle schedule was built"),
     ("+callbacks.lrf._target_=lightning.pytorch.callbacks.LearningRateFinder scheduler=none ckpt_path=last",
      "callbacks.lrf: LearningRateFinder restores its own trial's checkpoint over the one a run resumes from"),
+    # Each was a traceback (AttributeError: 'int' object has no attribute 'get'; 'dict' object has no attribute 'log')
+    ("+callbacks.foo=1", "callbacks.foo=1 is not a callback: a callback is a section naming its class in _target_ "
+                         "(as in configs/callbacks/), or callbacks.foo=null for none"),
+    ("+callbacks.foo={patience:3}", "callbacks.foo has no _target_: a callback is a section naming its class"),
+    ("callbacks.early_stopping=false", "callbacks.early_stopping=False is not a callback"),  # was dropped silently
+    ("logger._target_=null", "logger has no _target_: a logger is a section naming its class in _target_ (as in "
+                             "configs/logger/), or ~logger for none"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting, message):
-    with pytest.raises(UserInputError, match=re.escape(message)):
-        check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
+    with pytest.raises(UserInputError, match=re.escape(message)):  # all of train.py's checks, in its order
+        check_config(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
 @pytest.mark.parametrize("setting", ["model.weight_decay=0", "scheduler=cosine scheduler.final_ratio=1",
