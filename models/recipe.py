@@ -25,6 +25,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryPrecisionRecallCurve,
 from torchmetrics.utilities import dim_zero_cat
 
 from data import UserInputError
+from models.records import read_checkpoint
 from models.schedules import SCHEDULERS, check_resumed_length, make_scheduler
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -471,7 +472,8 @@ class Recipe(L.LightningModule):
 
 
 def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:
-    """A trained Recipe from its checkpoint alone; `weights_only=True`: loading never runs code from the file."""
-    hparams = torch.load(ckpt_path, map_location=map_location, weights_only=True)["hyper_parameters"]
+    """A trained Recipe from its checkpoint alone; `weights_only=True`: loading never runs code from the file. (The
+    hyperparameters come from the file memory-mapped: only Lightning's load reads its tensors.)"""
+    hparams = read_checkpoint(ckpt_path)["hyper_parameters"]
     net = instantiate(hparams["config"]["model"]["net"])(**hparams["net_kwargs"])
     return Recipe.load_from_checkpoint(ckpt_path, map_location=map_location, net=net, weights_only=True)

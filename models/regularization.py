@@ -23,6 +23,7 @@ from omegaconf import DictConfig, open_dict
 
 import train as train_module
 from models.recipe import decayed_parameters, load_recipe
+from models.records import read_checkpoint
 from models.runs import checkpoint_epoch, epoch_curves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +121,7 @@ def weights(run_dir: str | Path, checkpoint: str = "last") -> torch.Tensor:
 def training_images(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's 500 training images (500, 1, 28, 28) and labels (500,) as evaluation sees them: normalized, not
     augmented. Every experiment trains on the same 500 (only data.augment differs), so any run gives them."""
-    config = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                        weights_only=True)["hyper_parameters"]["config"]
+    config = read_checkpoint(Path(run_dir) / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"]
     data = instantiate(config["data"])
     data.setup("fit")
     return next(iter(data._batches(data.train, len(data.train[1]), train=False)))  # one batch of all 500

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError, class_names
 from models.checks import check_data_settings, flatten
 from models.recipe import PER_STEP, load_recipe, probabilities
-from models.records import read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
+from models.records import read_checkpoint, read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
 
 # Config keys that differ between runs without being a choice: where files went (the checkpoints' dirpath too), what
 # to log, and the checkpoint a resumed run (resume=RUN_DIR) went on from. The callbacks' other settings are choices
@@ -64,18 +64,6 @@ def best_checkpoint(run: str | Path) -> Path:
     return run / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
 
 
-def _load(path: Path) -> dict:
-    """Tensors and plain containers only (weights_only). Memory-mapped: a tensor's bytes are read when used, so
-    reading a checkpoint's hyperparameters (resume checks, configs) costs milliseconds even for gigabytes of
-    embeddings and optimizer state. Files in torch's pre-1.6 format cannot be mapped and are read whole."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap can only be used" not in str(err):
-            raise
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def first_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(2)
@@ -86,7 +74,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"no checkpoint at {path}: give a .ckpt written by train.py (RUN/checkpoints/best.ckpt)")
     try:
-        checkpoint = _load(path)
+        checkpoint = read_checkpoint(path)
     except Exception as err:
         start = None if zipfile.is_zipfile(path) else first_bytes(path)  # the formats torch.save writes: zip, pickle
         if start == b"":
