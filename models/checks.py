@@ -223,7 +223,8 @@ def check_run_settings(cfg: DictConfig) -> None:
     """The top-level switches and the Trainer's counts: `seed=-1` or `trainer.accumulate_grad_batches=0` would
     fail deep inside numpy or Lightning, `keep_freed_memory=abc` would count as true."""
     if cfg.get("seed") is None:  # null or deleted: Lightning would seed every run with 0 (a warning aside)
-        raise UserInputError("seed=null: give a whole number, seed=N (a run is repeated from its seed)")
+        raise UserInputError("seed=null: give a whole number, seed=N (a run is repeated from its seed; a run saved "
+                             "with seed=null was seeded with 0: add seed=0 to resume it)")
     check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
     for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
         value = OmegaConf.select(cfg, key, default=None)

@@ -566,7 +566,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("model.compile=abc", "model.compile='abc': give true or false"),
     ("model.channels_last=abc", "model.channels_last='abc': give true or false"),  # 'abc' counted as true
     ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
-    ("seed=null", "seed=null: give a whole number, seed=N"),  # trained with seed 0, the log said nothing
+    # trained with seed 0, the log said nothing; such a run resumes with seed=0 (the saved seed=null comes first)
+    ("seed=null", "seed=null: give a whole number, seed=N (a run is repeated from its seed; a run saved with seed=null "
+                  "was seeded with 0: add seed=0 to resume it)"),
     # wrote best.ckpt and last.ckpt over another run's (exit 0); null put them under tensorboard/
     ("callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints",
      "callbacks.model_checkpoint.dirpath=/tmp/victim/checkpoints: a run's checkpoints are its run directory's"),
@@ -648,7 +650,7 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
 
 @pytest.mark.parametrize("setting", ["model.weight_decay=0", "scheduler=cosine scheduler.final_ratio=1",
                                      "+trainer.check_val_every_n_epoch=2", "trainer.limit_val_batches=1.0",
-                                     "model.net.dropout=0"])
+                                     "model.net.dropout=0", "seed=null seed=0"])
 def test_settings_at_the_edge_of_their_range_are_accepted(setting):
     # Pins the closed ends of the ranges check_settings refuses past (>= 0, <= 1, validating in the last epoch).
     check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
