@@ -4,8 +4,9 @@
                                file, class, probability, then the probability of every class. Each image is
                                turned upright (EXIF orientation), greyscaled or made RGB (transparent pixels over
                                black), fitted to the network's input as the training images were made (grey:
-                               light on black, inverted if its background is light (invert=auto|true|false),
-                               scaled whole and centred on black; RGB: scaled to cover it and centre-cropped),
+                               light on black, inverted if it is dark on a light or transparent background
+                               (invert=auto|true|false), scaled whole and centred on black; RGB: scaled to cover
+                               it and centre-cropped),
                                and normalized with the training split's statistics, as in training.
   input=FILE.csv               rows of a table -> the same rows with `click_probability` appended (binary models:
                                data=csv, advertising, clicks or criteo), or `class` and `probability` (multi-class).
@@ -79,10 +80,15 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """RGBA, LA, a palette or grey with a transparent colour."""
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
 def opaque(image: Image.Image) -> Image.Image:
-    """Transparent pixels (RGBA, LA, a palette or grey with a transparent colour) laid over black, the background of
-    MNIST and Fashion-MNIST: PIL's convert() would drop the alpha and keep whatever colour hides under it."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    """Transparent pixels laid over black, the background of MNIST and Fashion-MNIST: PIL's convert() would drop the
+    alpha and keep whatever colour hides under it."""
+    if has_alpha(image):
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image)
     return image
@@ -97,10 +103,22 @@ def light_background(image: Image.Image) -> bool:
     return border.mean() > 127.5
 
 
+def dark_cut_out(image: Image.Image) -> bool:
+    """A dark item on a transparent background (a drawing from a canvas, a product photo cut out): an image whose
+    outermost pixels are mostly transparent, and whose visible ones (weighted by their opacity) are dark on average.
+    Laid over black as it is, it would vanish; a light item cut out is already light on black."""
+    if not has_alpha(image):
+        return False
+    rgba = image.convert("RGBA")
+    grey, alpha = (np.asarray(channel, dtype=np.float64) for channel in (rgba.convert("L"), rgba.getchannel("A")))
+    border = np.concatenate([alpha[0], alpha[-1], alpha[1:-1, 0], alpha[1:-1, -1]])
+    return border.mean() < 127.5 and alpha.sum() > 0 and (grey * alpha).sum() / alpha.sum() < 127.5
+
+
 def inverted_grey(image: Image.Image) -> Image.Image:
     """Grey with its shades inverted, its transparency kept (LA): a dark item cut out on a transparent background
     becomes a light one on black, as the training items are, once transparent pixels are laid over black."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         return Image.merge("LA", (ImageOps.invert(rgba.convert("L")), rgba.getchannel("A")))
     return ImageOps.invert(image.convert("L"))
@@ -109,12 +127,12 @@ def inverted_grey(image: Image.Image) -> Image.Image:
 def read_images(files: list[Path], channels: int, size: tuple[int, int], invert: str = "auto",
                 inverted: list[Path] | None = None) -> torch.Tensor:
     """uint8 (N, channels, H, W): each file converted to grey (1 channel) or RGB (3) and fitted to `size` as the
-    training images were made. Grey: light on black (MNIST, Fashion-MNIST), so an image on a light background is
-    inverted (invert="auto", judged after transparent pixels are laid over black, so never a cut-out; the files it
-    inverts are added to `inverted`; "true": every image's shades, a transparent background staying black; "false":
-    none), then scaled whole into `size` and centred on black (Fashion-MNIST's items were scaled by their longest
-    side and padded; stretched, a tall or wide one was misread). RGB (CIFAR-10's photographs): scaled to cover
-    `size`, the overhang cropped evenly (an image of `size`'s shape is only scaled, in both cases)."""
+    training images were made. Grey: light on black (MNIST, Fashion-MNIST), so an image on a light background, or a
+    dark item cut out on a transparent one, is inverted (invert="auto"; the files it inverts are added to `inverted`;
+    "true": every image's shades, a transparent background staying black; "false": none), then scaled whole into
+    `size` and centred on black (Fashion-MNIST's items were scaled by their longest side and padded; stretched, a
+    tall or wide one was misread). RGB (CIFAR-10's photographs): scaled to cover `size`, the overhang cropped
+    evenly (an image of `size`'s shape is only scaled, in both cases)."""
     if channels not in (1, 3):
         raise UserInputError(f"the network takes {channels}-channel images; predict.py reads grey (1) or RGB (3)")
     images = []
@@ -127,7 +145,9 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int], invert:
             with image:
                 mode = image.mode
                 image = eight_bit(ImageOps.exif_transpose(image))  # upright as viewers show it (EXIF orientation)
-                if channels == 1 and invert == "true":  # its shades, before a transparent background is made black
+                # a cut-out's shades are inverted before its transparent background is made black
+                cut_out = channels == 1 and invert == "auto" and dark_cut_out(image)
+                if channels == 1 and invert == "true" or cut_out:
                     image = inverted_grey(image)
                 image = opaque(image).convert("L" if channels == 1 else "RGB")
         # (SyntaxError, struct.error: PIL's for a damaged EXIF block)
@@ -137,10 +157,11 @@ def read_images(files: list[Path], channels: int, size: tuple[int, int], invert:
             raise UserInputError(f"input {file}: a {mode} image, which predict.py cannot turn into "
                                  f"{'grey' if channels == 1 else 'RGB'} ({err}); save it as grey or RGB") from err
         if channels == 1:
-            if invert == "auto" and light_background(image):
+            lit = invert == "auto" and not cut_out and light_background(image)
+            if lit:
                 image = ImageOps.invert(image)
-                if inverted is not None:
-                    inverted.append(file)
+            if (lit or cut_out) and inverted is not None:
+                inverted.append(file)
             image = ImageOps.pad(image, size[::-1], Image.BILINEAR, color=0)
         else:
             image = ImageOps.fit(image, size[::-1], Image.BILINEAR)
@@ -196,9 +217,11 @@ def predict_rows(recipe, datamodule, path: Path) -> Iterator[pd.DataFrame]:
 def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides: list[str] = (),
                    invert: str = "auto") -> Iterator[pd.DataFrame]:
     """The predictions, one table per CHUNK rows (IMAGE_CHUNK images) of the input, in its order. `invert`: for
-    images of a greyscale network, auto (those on a light background), true or false (see read_images)."""
+    images of a greyscale network, auto (those dark on a light or transparent background), true or false (see
+    read_images)."""
     if invert not in ("auto", "true", "false"):
-        raise UserInputError(f"invert={invert}: give auto (images on a light background), true or false")
+        raise UserInputError(f"invert={invert}: give auto (images dark on a light or transparent background), true "
+                             "or false")
     checkpoint = load_checkpoint(ckpt_path)  # a missing or foreign file is a one-line error, before anything is built
     path = Path(input_path)
     if not path.exists():
@@ -220,7 +243,8 @@ def predict_chunks(ckpt_path: str | Path, input_path: str | Path, data_overrides
         yield predict_images(recipe, datamodule, files[start:start + IMAGE_CHUNK], invert, inverted)
     if inverted:  # on stderr, once: the CSV stays the predictions
         print(f"note: {len(inverted)} of {len(files)} images ({inverted[0]}{', ...' if len(inverted) > 1 else ''}) "
-              "have a light background and were inverted to light on black, as the training images are; "
+              "are dark on a light or transparent background and were inverted to light on black, as the training "
+              "images are; "
               "invert=false reads them as they are", file=sys.stderr)
 
 

@@ -438,15 +438,16 @@ def test_predict_inverts_grey_images_on_a_light_background_and_says_so(sweep, tm
     monkeypatch.setattr(predict_script, "IMAGE_CHUNK", 3)  # read 3 at a time: still one note for the folder
     inverted = predict_script.predict(ckpt, negatives)
     note, = capsys.readouterr().err.splitlines()
-    assert note.startswith(f"note: 8 of 8 images ({negatives / '0.png'}, ...) have a light background and were "
-                           "inverted to light on black")
+    assert note.startswith(f"note: 8 of 8 images ({negatives / '0.png'}, ...) are dark on a light or transparent "
+                           "background and were inverted to light on black")
     pd.testing.assert_frame_equal(inverted.drop(columns="file"), as_trained.drop(columns="file"))
     kept = predict_script.predict(ckpt, negatives, invert="false")
     assert (kept["class"] != as_trained["class"]).any()  # read as they are: not the same answers
     both = predict_script.predict(ckpt, folder, invert="true")  # every image inverted: these, too
     assert (both["class"] != as_trained["class"]).any() and "note:" not in capsys.readouterr().err
-    for argument, message in [("invert=yes", "error: invert=yes: give auto (images on a light background), true "
-                                             "or false"), ("invert=true", "error: invert=true is for images; input=")]:
+    for argument, message in [("invert=yes", "error: invert=yes: give auto (images dark on a light or "
+                                             "transparent background), true or false"),
+                              ("invert=true", "error: invert=true is for images; input=")]:
         source = folder if argument == "invert=yes" else tmp_path / "rows.csv"
         if argument == "invert=true":
             source.write_text("x\n1\n")
@@ -525,9 +526,10 @@ def test_read_images_fits_an_image_of_another_shape_as_the_training_images_were_
     assert (colour[0] == 0).all() and (colour[1] == 255).all() and (colour[2] == 0).all()
 
 
-def test_invert_true_makes_a_dark_cut_out_light_on_black(tmp_path):
+def test_a_dark_cut_out_is_made_light_on_black(tmp_path):
     # A dark item on a transparent background: its shades are inverted, the background laid over black after (it
-    # was inverted to white with the item). invert=auto judges the image over black: a cut-out stays as it is.
+    # was inverted to white with the item). invert=auto does so too (it judged the image over black, where a dark
+    # cut-out vanished: a drawing from a canvas was all black), and leaves a light cut-out as it is.
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[2:6, 2:6] = (30, 30, 30, 255)  # a dark square; elsewhere fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
@@ -537,9 +539,19 @@ def test_invert_true_makes_a_dark_cut_out_light_on_black(tmp_path):
     expected = np.zeros((8, 8), dtype=np.uint8)
     expected[2:6, 2:6] = 225
     for name in ("cutout.png", "keyed.png"):
-        image = predict_script.read_images([tmp_path / name], 1, (8, 8), invert="true")[0, 0]
-        assert torch.equal(image, torch.from_numpy(expected)), name
-        assert predict_script.read_images([tmp_path / name], 1, (8, 8))[0, 0].max() == 30  # auto: as it is
+        for invert in ("true", "auto"):
+            inverted = []
+            image = predict_script.read_images([tmp_path / name], 1, (8, 8), invert=invert, inverted=inverted)[0, 0]
+            assert torch.equal(image, torch.from_numpy(expected)), (name, invert)
+            assert inverted == ([tmp_path / name] if invert == "auto" else []), (name, invert)  # the note counts it
+        assert predict_script.read_images([tmp_path / name], 1, (8, 8), invert="false")[0, 0].max() == 30
+    rgba[2:6, 2:6] = (225, 225, 225, 255)  # a light item cut out: already light on black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "light.png")
+    assert torch.equal(predict_script.read_images([tmp_path / "light.png"], 1, (8, 8))[0, 0],
+                       torch.from_numpy(expected))
+    rgba[..., 3] = 255  # opaque: a light square on black, judged by its border as before
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert predict_script.read_images([tmp_path / "opaque.png"], 1, (8, 8))[0, 0].max() == 225
 
 
 def test_read_images_names_a_file_whose_header_pil_cannot_read(tmp_path):
