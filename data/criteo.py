@@ -297,6 +297,22 @@ def locate_bad_value(chunk: pd.DataFrame, where: Rows, columns: list[str]) -> No
                                  f"{chunk[column].iloc[bad[0]]!r} {FLOAT32_PROBLEM}; fix or delete that row")
 
 
+def open_arrays(cache: Path) -> dict[str, NpyRows]:
+    """The cache's three files, each checked for the dtype and width `ARRAYS` gives it and all for one row count:
+    a file of another version or replaced by hand would be read as wrong numbers, or fail deep in numpy."""
+    arrays = {name: NpyRows(cache / f"{name}.npy") for name in ARRAYS}
+    for name, (dtype, columns) in ARRAYS.items():
+        rows = arrays[name]
+        if rows.dtype != np.dtype(dtype) or rows.shape[1] != len(columns):
+            raise UserInputError(f"{rows.path} holds {rows.dtype} {rows.shape}, not {np.dtype(dtype)} (N, "
+                                 f"{len(columns)}): written by another version, or replaced; delete its folder to "
+                                 "rebuild it")
+        if len(rows) != len(arrays["labels"]):
+            raise UserInputError(f"{rows.path} holds {len(rows):,} rows, labels.npy {len(arrays['labels']):,}: "
+                                 "written by different versions, or replaced; delete its folder to rebuild it")
+    return arrays
+
+
 class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     task = "binary"
     kind = "tables"  # what the network must read (its `reads`)
@@ -319,7 +335,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.arrays is None:
             self.cache = prepare(self.path, self.cache_dir, self.chunk_rows)  # a no-op once prepared
-            self.arrays = {name: NpyRows(self.cache / f"{name}.npy") for name in ARRAYS}
+            self.arrays = open_arrays(self.cache)
             n = len(self.arrays["labels"])
             n_val, n_test = (round(n * f) for f in self.fractions)
             if min(n_val, n_test) < 1 or n - n_val - n_test < 2:

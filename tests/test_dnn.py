@@ -644,11 +644,18 @@ def test_npy_rows_reads_what_numpy_saved(tmp_path):
     (lambda cache: (cache / "categories.npy").write_bytes(np.random.default_rng(0).bytes(4000)),
      r"categories.npy is not a readable .npy file \(the magic string is not correct"),
     (lambda cache: np.save(cache / "integers.npy", np.zeros(3)), r"integers.npy holds no C-ordered 2-D array"),
+    (lambda cache: np.save(cache / "integers.npy", np.zeros((400, 13))),
+     r"integers.npy holds float64 \(400, 13\), not float32 \(N, 13\): written by another version"),
+    (lambda cache: np.save(cache / "categories.npy", np.zeros((400, 25), np.int32)),
+     r"categories.npy holds int32 \(400, 25\), not int32 \(N, 26\)"),
+    (lambda cache: np.save(cache / "categories.npy", np.zeros((300, 26), np.int32)),
+     r"categories.npy holds 300 rows, labels.npy 400: written by different versions"),
 ])
 def test_a_damaged_criteo_cache_is_one_line_that_says_to_rebuild_it(damage, message, tmp_path):
     # A truncated file was named already; a deleted or overwritten one ended in FileNotFoundError or numpy's
-    # "the magic string is not correct" tracebacks.
-    path = write_csv(tmp_path / "train.csv", criteo_rows(20, np.random.default_rng(0)))
+    # "the magic string is not correct" tracebacks; one of another dtype was read as wrong numbers, another width
+    # failed in a broadcast (ValueError), fewer rows than labels.npy were called "shorter than its header".
+    path = write_csv(tmp_path / "train.csv", criteo_rows(400, np.random.default_rng(0)))
     damage(prepare(path, tmp_path / "cache"))
     with pytest.raises(UserInputError, match=rf"^{tmp_path / 'cache'}/train-.*/{message}.*; delete its folder to "
                                              r"rebuild it$"):
