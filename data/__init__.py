@@ -20,18 +20,25 @@ def check_folder(setting: str, folder: Path) -> Path:
     return existing
 
 
-def make_folder(setting: str, value, folder: Path) -> None:
-    """Make `folder` (the one `setting`=value names, or one inside it) to write files into: a file in the way, or a
-    place where folders cannot be made or written (/sys, /proc, a read-only disk), is a one-line error."""
+def write_problem(folder: Path) -> str | None:
+    """Make `folder` and see that files can be written in it: None, or why not (a file in the way, or a place where
+    folders cannot be made or written: /sys, /proc, a read-only disk)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(dir=folder))  # writable? (os.access says yes to root on a read-only file system)
     except OSError as err:
         existing = next(p for p in (folder, *folder.parents) if p.exists())
-        why = f"{existing} is a file" if not existing.is_dir() else err.strerror
+        return f"{existing} is a file" if not existing.is_dir() else err.strerror
+    return None
+
+
+def make_folder(setting: str, value, folder: Path) -> None:
+    """Make `folder` (the one `setting`=value names, or one inside it) to write files into: a file in the way, or a
+    place where folders cannot be made or written (/sys, /proc, a read-only disk), is a one-line error."""
+    if why := write_problem(folder):
         named = "it" if folder == Path(value) else folder
         raise UserInputError(f"{setting}={value}: cannot make or write {named} ({why}); choose a folder you can "
-                             f"write to: {setting}=DIR") from None
+                             f"write to: {setting}=DIR")
 
 
 def class_names(datamodule, num_classes: int) -> list[str]:

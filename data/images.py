@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
-from data import DEBIAN_FASHION_MNIST, UserInputError, check_folder, make_folder
+from data import DEBIAN_FASHION_MNIST, UserInputError, check_folder, make_folder, write_problem
 from data.batches import SplitLoaders, TensorBatches, data_device, loader_args, split_indices
 
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -210,6 +210,10 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             elif folder.is_dir() and len(missing) < len(files):  # some files there: name the others
                 problem = (f"{self.name} in {folder}/ lacks {', '.join(missing)}" if missing else
                            f"could not read {self.name} from {folder}/ ({type(err).__name__}: {err})")
+            elif download and (why := write_problem(folder)):  # torchvision's download could not make or write it
+                raise UserInputError(f"{self.name} not found in {folder}/, and paths.data_dir={self.root} is not "
+                                     f"writable for the download ({why}): give a writable paths.data_dir=DIR, or put "
+                                     f"{hint} in {folder}/") from err
             else:
                 problem = f"{self.name} not found in {folder}/ and not downloadable ({type(err).__name__})"
             raise UserInputError(f"{problem}: put {hint} there, or set paths.data_dir") from err

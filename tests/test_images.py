@@ -2,13 +2,14 @@
 import gzip
 import pickle
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
 from data import DEBIAN_FASHION_MNIST, UserInputError
 from data.batches import TensorBatches, loader_args, split_indices
-from data.images import IDX_FILES, ImageDataModule, random_affine
+from data.images import DATASETS, IDX_FILES, ImageDataModule, random_affine
 
 
 def test_mnist_loader_reads_idx_files(mnist_dir):
@@ -168,6 +169,23 @@ def test_missing_files_give_one_clear_error(tmp_path):
     dm = ImageDataModule("mnist", str(tmp_path), download=False)
     with pytest.raises(UserInputError, match=r"MNIST/raw/ .*train-images-idx3-ubyte"):
         dm.prepare_data()
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_a_data_dir_the_download_cannot_write_is_named_as_such(name, folder, tmp_path, monkeypatch):
+    # It was "not found ... and not downloadable (FileNotFoundError)", as if offline.
+    if Path("/proc/self").is_dir():  # Linux: nobody, root included, makes folders in /proc
+        with pytest.raises(UserInputError, match=rf"^{name} not found in /proc/self/x/{folder}/, and paths.data_dir="
+                                                 r"/proc/self/x is not writable for the download \(No such file or "
+                                                 r"directory\): give a writable paths.data_dir=DIR, or put .* in "
+                                                 rf"/proc/self/x/{folder}/$"):
+            ImageDataModule(name, "/proc/self/x").prepare_data()
+    # A disk mounted read-only (which root cannot write either); no download is tried.
+    monkeypatch.setattr("data.tempfile.mkdtemp", mock.Mock(side_effect=OSError(30, "Read-only file system")))
+    monkeypatch.setattr(DATASETS[name].dataset, "download", mock.Mock(side_effect=OSError(30, "Read-only file system")))
+    with pytest.raises(UserInputError, match=rf"paths.data_dir={tmp_path} is not writable for the download "
+                                             r"\(Read-only file system\)"):
+        ImageDataModule(name, str(tmp_path)).prepare_data()
 
 
 def test_a_partly_copied_dataset_names_the_missing_files(mnist_dir, tmp_path):
