@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arguments import at_least  # noqa: E402
+from data import UserInputError  # noqa: E402
 
 HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Per-column levels: a few columns with a handful of values, most with thousands to millions (as in Criteo).
@@ -105,24 +106,32 @@ finally:
 
 
 class MemoryCgroup:
-    """A memory cgroup limited to `limit` bytes (cgroup v2, else v1's memory controller), removed on exit."""
+    """A memory cgroup limited to `limit` bytes (cgroup v2, else v1's memory controller), removed on exit. One that
+    cannot be made is a UserInputError naming --memory-limit-gb."""
+    V2 = Path("/sys/fs/cgroup")  # cgroup v2's root; v1's memory controller is its memory/
 
     def __init__(self, limit: int) -> None:
         name = f"redes_bench_{os.getpid()}"
-        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")
+        v2, v1 = self.V2, self.V2 / "memory"
         if (v2 / "cgroup.controllers").is_file():
             self.dir, self.files = v2 / name, {"limit": "memory.max", "peak": "memory.peak", "hits": None}
         elif v1.is_dir():
             self.dir, self.files = v1 / name, {"limit": "memory.limit_in_bytes", "peak": "memory.max_usage_in_bytes",
                                                "hits": "memory.failcnt"}
         else:
-            sys.exit("--memory-limit-gb: no memory cgroup here (needs /sys/fs/cgroup, cgroup v1 or v2)")
+            raise UserInputError(f"--memory-limit-gb: no memory cgroup here (needs {v2}, cgroup v1 or v2): leave "
+                                 "the option out")
         try:
             self.dir.mkdir()
         except OSError as err:
-            sys.exit(f"--memory-limit-gb: cannot create {self.dir} ({err.strerror}): run as root, "
-                     "or leave the option out")
-        (self.dir / self.files["limit"]).write_text(str(limit))
+            raise UserInputError(f"--memory-limit-gb: cannot create {self.dir} ({err.strerror}): run as root, "
+                                 "or leave the option out") from None
+        try:
+            (self.dir / self.files["limit"]).write_text(str(limit))
+        except OSError as err:  # a controller not delegated to this group, a limit the kernel refuses
+            self.remove()
+            raise UserInputError(f"--memory-limit-gb: cannot set {self.dir / self.files['limit']} ({err.strerror}): "
+                                 "run as root, or leave the option out") from None
         self.limit = limit
 
     def enter(self) -> None:  # preexec_fn: the child moves itself into the group before it runs
@@ -166,7 +175,11 @@ def train_streamed(path: Path, args) -> dict:
                f"data.hash_buckets={args.hash_buckets}", f"trainer.limit_train_batches={args.train_steps}",
                "trainer.max_epochs=1", "trainer.limit_val_batches=20", "trainer.limit_test_batches=20",
                "callbacks.progress_bar=null", f"hydra.run.dir={run}"]
-    cgroup = MemoryCgroup(int(args.memory_limit_gb * 2**30)) if args.memory_limit_gb else None
+    try:
+        cgroup = MemoryCgroup(int(args.memory_limit_gb * 2**30)) if args.memory_limit_gb else None
+    except UserInputError as err:  # (main tried one already: this one failed since)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     start = time.perf_counter()
     try:
         child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -211,6 +224,13 @@ def main() -> None:
     if others:  # the folder is deleted at the end: never with someone else's files in it
         parser.error(f"--dir {args.dir} holds files this benchmark did not write ({', '.join(others[:3])}), and "
                      "it deletes the folder when done: give a new or empty folder")
+    if args.memory_limit_gb and not args.train_steps:  # (it was ignored)
+        parser.error("--memory-limit-gb limits the training: add --train-steps N, or leave it out")
+    if args.memory_limit_gb:  # before the file is written and converted: a cgroup this process can make
+        try:
+            MemoryCgroup(int(args.memory_limit_gb * 2**30)).remove()
+        except UserInputError as err:
+            parser.error(str(err))
     try:
         args.dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file above it, a place nobody writes (/sys, /proc)

@@ -285,3 +285,29 @@ def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr  # bad input: 2 (it was 1)
     assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("where, args, message", [
+    ("none", [], "error: --memory-limit-gb: no memory cgroup here (needs {v2}, cgroup v1 or v2): leave the option out"),
+    ("taken", [], "error: --memory-limit-gb: cannot create {v2}/redes_bench_{pid} (File exists): run as root, or"),
+    ("none", ["--train-steps", "0"], "error: --memory-limit-gb limits the training: add --train-steps N"),
+])
+def test_criteo_prepare_refuses_a_memory_limit_it_cannot_apply_with_exit_2(where, args, message, tmp_path,
+                                                                           monkeypatch, capsys):
+    # A cgroup it could not make was sys.exit("...") after the file was written and converted: exit 1, no
+    # `error:`; without --train-steps the limit was ignored.
+    from benchmarks import criteo_prepare
+
+    v2 = tmp_path / "cgroup"  # a stand-in for /sys/fs/cgroup: the test makes no real cgroup
+    if where == "taken":  # cgroup v2, where the group's name is taken (mkdir fails as it would without root)
+        v2.mkdir()
+        (v2 / "cgroup.controllers").write_text("memory\n")
+        (v2 / f"redes_bench_{os.getpid()}").write_text("")
+    monkeypatch.setattr(criteo_prepare.MemoryCgroup, "V2", v2)
+    monkeypatch.setattr(sys, "argv", ["criteo_prepare.py", "--gb", "0.001", "--train-steps", "1", *args,
+                                      "--memory-limit-gb", "1", "--dir", str(tmp_path / "criteo")])
+    with pytest.raises(SystemExit) as exit:
+        criteo_prepare.main()
+    assert exit.value.code == 2
+    assert message.format(v2=v2, pid=os.getpid()) in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "criteo").exists()  # refused before any file is written
