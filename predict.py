@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data import UserInputError, class_names
+from data import UserInputError, class_names, count
 from data.columns import CsvRows, read_csv_rows
 from models.recipe import load_recipe, probabilities
 from models.records import stdout_closed, written_whole
@@ -279,7 +279,7 @@ def main(argv: list[str]) -> int:
                 table.to_csv(f, index=False, header=i == 0, float_format=None if options.get("out") else "%.4f")
                 rows += len(table)
     except UserInputError as err:
-        printed = f" (the {rows} rows before it went to stdout)" if rows and not options.get("out") else ""
+        printed = f" (the {count(rows, 'row')} before it went to stdout)" if rows and not options.get("out") else ""
         print(f"error: {err}{printed}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (`| head`)

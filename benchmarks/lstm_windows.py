@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arguments import at_least  # noqa: E402
+from data import not_a_file  # noqa: E402
 from data.text import UNK, encode  # noqa: E402
 from models.lstm import CharLM  # noqa: E402
 
@@ -105,8 +106,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=at_least(int, 1), default=256)
     args = parser.parse_args()
     # Bad input is argparse's one error line and exit 2, as for a bad number (benchmarks/arguments.py).
-    if not args.path.is_file():
-        what = "a folder" if args.path.is_dir() else "no such file"
+    if what := not_a_file(args.path):
         parser.error(f"--path {args.path}: {what}; give a text file, e.g. the tinyshakespeare copy in "
                      "../shared/datasets/ of a checkout beside the shared folder")
     try:

@@ -1,5 +1,6 @@
 """Datasets as LightningDataModules. Each one tells the model what it needs to know (`net_kwargs`)."""
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,26 @@ def make_folder(setting: str, value, folder: Path) -> None:
         named = "it" if folder == Path(value) else folder
         raise UserInputError(f"{setting}={value}: cannot make or write {named} ({why}); choose a folder you can "
                              f"write to: {setting}=DIR")
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is not a data file to read ("no such file", "a folder", the special file it is: /dev/null reads as
+    empty, /dev/zero without end, a pipe once), or None for a regular file (or a link to one)."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a folder"
+    if not path.exists():
+        return "no such file"
+    mode = path.stat().st_mode
+    kind = next((k for test, k in [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                                   (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")] if test(mode)), "special")
+    return f"{kind}, not a regular file"
+
+
+def count(n: int, noun: str, spec: str = "") -> str:
+    """`n` with `noun`, plural unless n is 1: "1 row", "0 rows", "1,200 rows" (spec ",")."""
+    return f"{n:{spec}} {noun}{'' if n == 1 else 's'}"
 
 
 def class_names(datamodule, num_classes: int) -> list[str]:

@@ -168,8 +168,13 @@ def check_both_labels(where, column: str, labels: set, split: str | None = None,
     if split is None:
         raise UserInputError(f"{where}, column {column!r}: every label is {int(min(labels))}; a click model learns "
                              "from both 0 and 1 rows")
-    raise UserInputError(f"{where}: the {split} split's {rows} rows all have one label: give more rows, or a larger "
+    raise UserInputError(f"{where}: the {split} split's {one_label(rows)}: give more rows, or a larger "
                          "data.val_fraction/test_fraction")
+
+
+def one_label(rows: int) -> str:
+    """What a split of `rows` rows of one label is (completes "the val split's ...")."""
+    return "only row has one label" if rows == 1 else f"{rows} rows all have one label"
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:

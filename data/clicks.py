@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from data import UserInputError
-from data.batches import split_indices
+from data.batches import one_label, split_indices
 from data.tabular import TabularDataModule
 
 NUMERIC = ["age", "salary", "previous_spend", "items_purchased", "time_on_site"]
@@ -111,7 +111,7 @@ class ClicksDataModule(TabularDataModule):
     def both_labels(self, split: str, rows: pd.DataFrame) -> pd.DataFrame:
         """`rows`, which hold clicks and non-clicks: the AUROC of one class is undefined (0.0 and a warning)."""
         if rows["clicked"].nunique() < 2:
-            raise UserInputError(f"data.rows={self.rows}: the {split} split's {len(rows)} rows all have one label; "
+            raise UserInputError(f"data.rows={self.rows}: the {split} split's {one_label(len(rows))}; "
                                  "generate more rows")
         return rows
 

@@ -42,7 +42,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 from torch import Tensor
 
-from data import UserInputError, check_folder, make_folder
+from data import UserInputError, check_folder, count, make_folder, not_a_file
 from data.batches import SplitLoaders, TensorBatches, check_both_labels, check_fractions, data_device, loader_args
 from data.columns import (FLOAT32_PROBLEM, CsvRows, NumericScaler, not_utf8, numbered, parse, refuse_repeated,
                           stable_hash, to_finite)
@@ -58,8 +58,7 @@ READ_TEXT = dict(quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""])
 
 def sniff(path: Path) -> tuple[str, list[str] | None]:
     """(separator, header names or None) from the first line; one-line errors for what cannot be Criteo."""
-    if not path.is_file():
-        what = "a folder" if path.is_dir() else "no such file"
+    if what := not_a_file(path):
         raise UserInputError(f"data.path={path}: {what}; give Criteo's train.txt or a CSV with its columns")
     with open(path, "rb") as f:
         first = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n")  # without a BOM (Excel writes one)
@@ -308,7 +307,8 @@ def open_arrays(cache: Path) -> dict[str, NpyRows]:
                                  f"{len(columns)}): written by another version, or replaced; delete its folder to "
                                  "rebuild it")
         if len(rows) != len(arrays["labels"]):
-            raise UserInputError(f"{rows.path} holds {len(rows):,} rows, labels.npy {len(arrays['labels']):,}: "
+            raise UserInputError(f"{rows.path} holds {count(len(rows), 'row', ',')}, labels.npy "
+                                 f"{len(arrays['labels']):,}: "
                                  "written by different versions, or replaced; delete its folder to rebuild it")
     return arrays
 
@@ -339,7 +339,7 @@ class CriteoDataModule(SplitLoaders, L.LightningDataModule):
             n = len(self.arrays["labels"])
             n_val, n_test = (round(n * f) for f in self.fractions)
             if min(n_val, n_test) < 1 or n - n_val - n_test < 2:
-                raise UserInputError(f"data.path={self.path} has {n} rows: too few for training, validation "
+                raise UserInputError(f"data.path={self.path} has {count(n, 'row')}: too few for training, validation "
                                      f"({self.fractions[0]}) and test ({self.fractions[1]}) rows")
             bounds = np.cumsum([0, n - n_val - n_test, n_val, n_test]).tolist()
             self.rows = dict(zip(("train", "val", "test"), zip(bounds[:-1], bounds[1:])))

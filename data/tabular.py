@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from data import UserInputError
+from data import UserInputError, count, not_a_file
 from data.batches import (SplitLoaders, TensorBatches, check_both_labels, check_fractions, data_device, loader_args,
                           split_indices)
 from data.columns import (FLOAT32_PROBLEM, READ_CSV, CategoryIds, CsvRows, NumericScaler, date_format, not_utf8,
@@ -182,8 +182,7 @@ class CSVDataModule(TabularDataModule):
     def read(self) -> pd.DataFrame:
         """The whole file, checked: columns present, numbers numeric, timestamps parsed, labels 0/1."""
         where = CsvRows("data.path", self.path)
-        if not self.path.is_file():
-            what = "a folder" if self.path.is_dir() else "no such file"
+        if what := not_a_file(self.path):
             raise UserInputError(f"{where}: {what}; give a CSV file with a header row")
         try:
             frame = pd.read_csv(self.path, **READ_CSV)
@@ -217,8 +216,9 @@ class CSVDataModule(TabularDataModule):
         n_test = round(len(frame) * self.fractions["test"])
         n_val = round(len(frame) * self.fractions["val"])
         if min(n_test, n_val) < 1 or len(frame) - n_test - n_val < 2:
-            raise UserInputError(f"data.path={self.path} has {len(frame)} rows: too few to split into training, "
-                                 f"validation ({self.fractions['val']}) and test ({self.fractions['test']}) rows")
+            raise UserInputError(f"data.path={self.path} has {count(len(frame), 'row')}: too few to split into "
+                                 f"training, validation ({self.fractions['val']}) and test ({self.fractions['test']}) "
+                                 "rows")
         rest, test = split_indices(len(frame), n_test, self.split_seed)
         train, val = split_indices(len(rest), n_val, self.split_seed + 1)
         rows = {"train": rest[train], "val": rest[val], "test": test}

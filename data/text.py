@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from data import UserInputError
+from data import UserInputError, count, not_a_file
 from data.batches import TensorBatches, check_fractions, data_device, loader_args
 from data.columns import conversion, not_utf8
 
@@ -83,7 +83,7 @@ class CharDataModule(L.LightningDataModule):
         if stage in ("fit", "validate") and self.train is None:
             text = self.read("train")
             if len(text) < 2 * self.seq_len + 2:  # one window, and a window's room to move it by
-                raise UserInputError(f"{self.describe('train')} has {len(text)} characters; "
+                raise UserInputError(f"{self.describe('train')} has {count(len(text), 'character')}; "
                                      f"data.seq_len={self.seq_len} needs at least {2 * self.seq_len + 2}: "
                                      "use a longer text or a smaller data.seq_len")
             self.vocab = [UNK] + sorted(set(text))
@@ -96,10 +96,11 @@ class CharDataModule(L.LightningDataModule):
     def encode_eval(self, split: str) -> Tensor:
         text = self.read(split)
         if len(text) < 2:
-            raise UserInputError(f"{self.describe(split)} has {len(text)} characters: nothing to predict; "
+            raise UserInputError(f"{self.describe(split)} has {count(len(text), 'character')}: nothing to predict; "
                                  f"{self.longer(split)}")
         if unknown := set(text) - set(self.vocab):
-            warnings.warn(f"{self.describe(split)}: {len(unknown)} characters never seen in training are <unk>: "
+            warnings.warn(f"{self.describe(split)}: {count(len(unknown), 'character')} never seen in training "
+                          f"{'is' if len(unknown) == 1 else 'are'} <unk>: "
                           f"{''.join(sorted(unknown))[:40]!r}", stacklevel=2)
         return encode(text, self.vocab)
 
@@ -185,6 +186,8 @@ class TextFileDataModule(CharDataModule):
                                  f"point data.path at a copy: {copy}") from err
 
     def read(self, split: str) -> str:
+        if self.path.exists() and not self.path.is_dir() and (what := not_a_file(self.path)):  # /dev/zero: endless
+            raise UserInputError(f"data.path={self.path}: {what}; give a UTF-8 text file")
         try:
             text = self.path.read_text(encoding="utf-8-sig")  # less a byte-order mark, which some editors add
         except FileNotFoundError:
@@ -200,8 +203,8 @@ class TextFileDataModule(CharDataModule):
                 raise UserInputError(f"{where}, as UTF-16 text does; {conversion(self.path)}")
             raise UserInputError(f"{where}, which no text has: delete them")
         if len(text) < 2:
-            raise UserInputError(f"data.path={self.path} holds {len(text)} characters: a language model needs a text "
-                                 "to predict; give a longer file")
+            raise UserInputError(f"data.path={self.path} holds {count(len(text), 'character')}: a language model "
+                                 "needs a text to predict; give a longer file")
         n_val, n_test = (round(len(text) * self.fractions[s]) for s in ("val", "test"))
         bounds = {"train": (0, len(text) - n_val - n_test), "val": (len(text) - n_val - n_test, len(text) - n_test),
                   "test": (len(text) - n_test, len(text))}

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -19,7 +20,7 @@ import predict as predict_script
 import train as train_module
 from benchmarks.criteo_prepare import criteo_rows
 from data import UserInputError
-from data.batches import split_indices
+from data.batches import check_both_labels, split_indices
 from data.clicks import ClicksDataModule, click_logit, make_clicks, world
 from data.columns import (READ_CSV, CategoryIds, CsvRows, NumericScaler, as_strings, date_format, signed_log1p,
                           stable_hash)
@@ -134,9 +135,9 @@ def fit_auroc(net: torch.nn.Module, dm: ClicksDataModule, epochs: int) -> float:
 def test_too_few_generated_rows_for_both_labels_in_a_split_is_refused():
     # data.rows=10: 2 test rows, 1 validation row. The AUROC of one class is torchmetrics' 0.0 with a warning,
     # which metrics.json would have carried as the run's result.
-    with pytest.raises(UserInputError, match=r"^data.rows=10: the val split's 1 rows all have one label"):
+    with pytest.raises(UserInputError, match=r"^data.rows=10: the val split's only row has one label"):  # not "1 rows"
         ClicksDataModule(rows=10).setup("fit")
-    with pytest.raises(UserInputError, match=r"^data.rows=10: the test split's 1 rows all have one label"):
+    with pytest.raises(UserInputError, match=r"^data.rows=10: the test split's only row has one label"):
         ClicksDataModule(rows=10, test_fraction=0.1).frames(("test",))
 
 
@@ -797,6 +798,26 @@ def test_a_folder_given_as_the_data_file_is_named_a_folder(tmp_path):
         CSVDataModule(str(tmp_path), "y", ["age"], ["city"]).setup("fit")
     with pytest.raises(UserInputError, match=f"data.path={tmp_path}: a folder; give Criteo's train.txt"):
         criteo.sniff(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null here")
+def test_a_device_given_as_the_data_file_is_named_as_what_it_is(tmp_path):
+    # data.path=/dev/null said "no such file", though it is there.
+    special = r"a character device, not a regular file; give"
+    with pytest.raises(UserInputError, match=rf"^data.path=/dev/null: {special} a CSV file"):
+        CSVDataModule("/dev/null", "y", ["age"], ["city"]).setup("fit")
+    with pytest.raises(UserInputError, match=rf"^data.path=/dev/null: {special} Criteo's train.txt"):
+        criteo.sniff(Path("/dev/null"))
+
+
+def test_one_row_is_one_row_not_1_rows(tmp_path):
+    # A file of one row, and a split of one row of one label, said "1 rows" (a CSV of one row is refused first
+    # for its one label).
+    with pytest.raises(UserInputError, match=r"has 1 row: too few for training"):
+        CriteoDataModule(str(write_csv(tmp_path / "one_criteo.csv", criteo_rows(1, np.random.default_rng(0)))),
+                         str(tmp_path / "cache")).setup("fit")
+    with pytest.raises(UserInputError, match=r"^data.path=F: the val split's only row has one label: give more rows"):
+        check_both_labels("data.path=F", "y", {1}, "val", 1)
 
 
 def test_a_csv_model_without_feature_columns_is_refused():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -164,7 +165,7 @@ def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
     path.write_text("ab" * 500 + "z")  # 1001 characters: the last 50 test, z among them
     dm = TextFileDataModule(str(path), seq_len=16)
     dm.setup("fit")
-    with pytest.warns(UserWarning, match="1 characters never seen in training are <unk>: 'z'"):
+    with pytest.warns(UserWarning, match="1 character never seen in training is <unk>: 'z'"):
         dm.setup("test")
     assert dm.vocab == ["<unk>", "a", "b"] and dm.test[-1] == 0
     fresh = TextFileDataModule(str(path), seq_len=16)  # tested first (the Python API): the same vocabulary
@@ -242,10 +243,19 @@ def test_validating_alone_reads_the_training_vocabulary_and_the_validation_split
     assert len(dm.vocab) == 27 and sum(len(x) for x, _ in dm.val_dataloader()) == 4
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_a_device_given_as_the_text_is_refused_before_it_is_read():
+    # /dev/null read as a text of "0 characters"; /dev/zero was read without end, until memory ran out.
+    for device in ("/dev/null", "/dev/zero"):
+        with pytest.raises(UserInputError, match=rf"^data.path={device}: a character device, not a regular file; "
+                                                 r"give a UTF-8 text file$"):
+            TextFileDataModule(device).setup("fit")
+
+
 def test_empty_or_one_character_corpus_is_a_user_error(tmp_path):
-    for content in ("", "x"):
+    for content, count in (("", "0 characters"), ("x", "1 character")):  # (not "1 characters")
         (tmp_path / "tiny.txt").write_text(content)
-        with pytest.raises(UserInputError, match="characters"):
+        with pytest.raises(UserInputError, match=f"holds {count}: a language model needs a text"):
             train_module.train(text_config(tmp_path / "tiny.txt", tmp_path / "run"))
     (tmp_path / "short.txt").write_text("to be or not to be")
     with pytest.raises(UserInputError, match="data.seq_len"):
