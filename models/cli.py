@@ -91,6 +91,8 @@ def check_overrides(argv: list[str]) -> None:
                 cfg = compose("train", overrides=variant, return_hydra_config=True)
         except Exception as err:
             message = " ".join(str(err).split("Config search path")[0].split())
+            if message.startswith("Config group override must be a string or a list. Got NoneType"):
+                message = group_set_to_null(variant) or message
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
         with open_dict(cfg):
@@ -101,6 +103,18 @@ def check_overrides(argv: list[str]) -> None:
         else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
             check_settings(cfg)
             check_sweep(cfg)
+
+
+def group_set_to_null(overrides: list[str]) -> str | None:
+    """`logger=null`: what Hydra's "Config group override must be a string or a list" is about, and the fixes."""
+    for override in overrides:
+        group = override.lstrip("+").removesuffix("=null")
+        if override.endswith("=null") and (CONFIGS / group).is_dir():
+            options = sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+            without = {"logger": "; ~logger runs without one", "callbacks": "; callbacks.NAME=null drops one"}
+            return (f"{group}=null: {group} is a config group: choose one of its configs ({', '.join(options)})"
+                    + without.get(group, ""))
+    return None
 
 
 MAX_CHECKED = 20  # command lines composed for a sweep: ~0.2 s each

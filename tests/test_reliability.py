@@ -762,6 +762,19 @@ def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the
         check_overrides(["data=tinyshakespeare"])  # a data config whose _target_ comes from its defaults
 
 
+@pytest.mark.parametrize("override, message", [
+    # Hydra's "Config group override must be a string or a list. Got NoneType" named neither the group nor a fix.
+    ("logger=null", "logger=null: logger is a config group: choose one of its configs (tensorboard); ~logger runs "
+                    "without one"),
+    ("callbacks=null", "callbacks=null: callbacks is a config group: choose one of its configs (default); "
+                       "callbacks.NAME=null drops one"),
+    ("model=null", "model=null: model is a config group: choose one of its configs (cnn, dnn, lstm) (see"),
+])
+def test_a_config_group_set_to_null_names_its_configs(override, message):
+    with pytest.raises(UserInputError, match="^" + re.escape(message)):
+        check_overrides([override])
+
+
 def test_a_misspelt_target_is_one_line_and_so_is_a_module_that_fails_to_import(tmp_path, monkeypatch):
     message = r"^model.net._target_=models.cnn.ConvNett: no such class; see configs/model/"
     with pytest.raises(UserInputError, match=message):
