@@ -85,6 +85,7 @@ def check_overrides(argv: list[str]) -> None:
     if any(flag not in ("-m", "--multirun") for flag in flags):  # --cfg, --help, ...: Hydra's own business
         return
     overrides = [a for a in argv if not a.startswith(("-", "hydra.", "+hydra."))]
+    check_one_config_each(overrides)
     for variant in sweep_variants(overrides) if flags else [overrides]:
         try:
             with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -103,6 +104,21 @@ def check_overrides(argv: list[str]) -> None:
         else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
             check_settings(cfg)
             check_sweep(cfg)
+
+
+def check_one_config_each(overrides: list[str]) -> None:
+    """`model=[cnn,dnn]`: Hydra would merge both configs into one (`data=[]`: none), and the run fail on whatever
+    they left or lacked. Each of this project's groups takes one config (a sweep over them: `-m model=cnn,dnn`)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:  # Hydra reports it
+        return
+    for override in parsed:
+        group = override.key_or_group
+        if not override.is_sweep_override() and isinstance(override.value(), list) and (CONFIGS / group).is_dir():
+            options = sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+            raise UserInputError(f"{override.input_line}: {group} takes one of its configs ({', '.join(options)}), "
+                                 f"not a list; to run several, sweep them: -m {group}=A,B")
 
 
 def group_set_to_null(overrides: list[str]) -> str | None:

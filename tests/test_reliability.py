@@ -769,8 +769,12 @@ def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the
     ("callbacks=null", "callbacks=null: callbacks is a config group: choose one of its configs (default); "
                        "callbacks.NAME=null drops one"),
     ("model=null", "model=null: model is a config group: choose one of its configs (cnn, dnn, lstm) (see"),
+    # Hydra merged both configs (a scheduler error), or none ("monitor is required")
+    ("model=[cnn,dnn]", "model=[cnn,dnn]: model takes one of its configs (cnn, dnn, lstm), not a list; to run "
+                        "several, sweep them: -m model=A,B"),
+    ("data=[]", "data=[]: data takes one of its configs (advertising, cifar10, "),
 ])
-def test_a_config_group_set_to_null_names_its_configs(override, message):
+def test_a_config_group_set_to_null_or_a_list_names_its_configs(override, message):
     with pytest.raises(UserInputError, match="^" + re.escape(message)):
         check_overrides([override])
 
