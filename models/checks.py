@@ -373,6 +373,11 @@ def check_settings(cfg: DictConfig) -> None:
     check_trainer_args(cfg.trainer)
     check_numbers(cfg)  # (a number set to null: its range)
     if deleted := [k for k in REQUIRED if OmegaConf.select(cfg, k, default=None) is None]:  # `~model.lr`, `=null`
+        sections = [deleted[0].rsplit(".", n)[0] for n in range(deleted[0].count("."), 0, -1)]  # model, model.net
+        if value := next(((s, OmegaConf.select(cfg, s)) for s in sections  # a value, not null
+                          if not isinstance(OmegaConf.select(cfg, s, default={}), DictConfig | dict | None)), None):
+            raise UserInputError(f"{value[0]}={value[1]} replaces the section the recipe reads {deleted[0]} from: "
+                                 f"set its keys instead ({deleted[0]}=...)")
         raise UserInputError(f"{deleted[0]} is missing (deleted with ~ or set to null): the recipe reads it; leave it "
                              "out of the command line to keep the configs' value, or give one")
     for name, node in (cfg.get("callbacks") or {}).items():

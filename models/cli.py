@@ -92,8 +92,8 @@ def check_overrides(argv: list[str]) -> None:
                 cfg = compose("train", overrides=variant, return_hydra_config=True)
         except Exception as err:
             message = " ".join(str(err).split("Config search path")[0].split())
-            if message.startswith("Config group override must be a string or a list. Got NoneType"):
-                message = group_set_to_null(variant) or message
+            if message.startswith("Config group override must be a string or a list. Got "):
+                message = group_given_a_value(variant) or message
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
         with open_dict(cfg):
@@ -121,14 +121,15 @@ def check_one_config_each(overrides: list[str]) -> None:
                                  f"not a list; to run several, sweep them: -m {group}=A,B")
 
 
-def group_set_to_null(overrides: list[str]) -> str | None:
-    """`logger=null`: what Hydra's "Config group override must be a string or a list" is about, and the fixes."""
+def group_given_a_value(overrides: list[str]) -> str | None:
+    """`logger=null`, `optimizer=5`: what Hydra's "Config group override must be a string or a list. Got NoneType"
+    is about, and the fixes."""
     for override in overrides:
-        group = override.lstrip("+").removesuffix("=null")
-        if override.endswith("=null") and (CONFIGS / group).is_dir():
+        group, _, value = override.lstrip("+").partition("=")
+        if (CONFIGS / group).is_dir() and not (CONFIGS / group / f"{value}.yaml").is_file():
             options = sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
             without = {"logger": "; ~logger runs without one", "callbacks": "; callbacks.NAME=null drops one"}
-            return (f"{group}=null: {group} is a config group: choose one of its configs ({', '.join(options)})"
+            return (f"{group}={value}: {group} is a config group: choose one of its configs ({', '.join(options)})"
                     + without.get(group, ""))
     return None
 
@@ -281,6 +282,8 @@ def check_writable_folders(args: dict[str, str]) -> None:
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         if args.get(key) == "":  # Hydra would take the working directory, the repository root
             raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
+        if args.get(key) == "null":  # Hydra's "field is not Optional", with a traceback
+            raise UserInputError(f"{key}=null: give a folder, or leave it out for one under outputs/")
         if args.get(key):
             existing = check_folder(key, Path(args[key]))
             try:  # writable? (os.access says yes to root on a read-only or virtual file system)

@@ -640,6 +640,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
                          "(as in configs/callbacks/), or callbacks.foo=null for none"),
     ("+callbacks.foo={patience:3}", "callbacks.foo has no _target_: a callback is a section naming its class"),
     ("callbacks.early_stopping=false", "callbacks.early_stopping=False is not a callback"),  # was dropped silently
+    ("model.net=foo", "model.net=foo replaces the section the recipe reads model.net._target_ from: set its keys "
+                      "instead (model.net._target_=...)"),  # was "model.net._target_ is missing (deleted with ~ ..."
     ("logger._target_=null", "logger has no _target_: a logger is a section naming its class in _target_ (as in "
                              "configs/logger/), or ~logger for none"),
 ])
@@ -773,6 +775,7 @@ def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the
     ("model=[cnn,dnn]", "model=[cnn,dnn]: model takes one of its configs (cnn, dnn, lstm), not a list; to run "
                         "several, sweep them: -m model=A,B"),
     ("data=[]", "data=[]: data takes one of its configs (advertising, cifar10, "),
+    ("optimizer=5", "optimizer=5: optimizer is a config group: choose one of its configs (adam, adamw, rmsprop, sgd)"),
 ])
 def test_a_config_group_set_to_null_or_a_list_names_its_configs(override, message):
     with pytest.raises(UserInputError, match="^" + re.escape(message)):
@@ -815,6 +818,9 @@ def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
     # Empty: Hydra would have written the run into the working directory, the repository root.
     with pytest.raises(UserInputError, match="^hydra.run.dir= is empty: give a folder"):
         resume_arguments(["hydra.run.dir="])
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # null: Hydra's "field is not Optional" and a traceback
+        with pytest.raises(UserInputError, match=f"^{key}=null: give a folder, or leave it out"):
+            resume_arguments([f"{key}=null"])
     # Quoted for Hydra's grammar (a non-ASCII letter needs it): the folder is the one inside the quotes, so a
     # finished run there is protected as an unquoted one is.
     (tmp_path / "rün").mkdir()
