@@ -360,7 +360,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 # What train.py and the recipe read without a default of their own (seed: check_run_settings; monitor: check_monitors)
 REQUIRED = ("data._target_", "model.net._target_", "model.lr", "model.weight_decay", "model.l1", "model.compile",
-            "optimizer.name", "scheduler.name")
+            "optimizer.name", "scheduler.name", "paths.root_dir", "paths.data_dir", "paths.log_dir")
 
 
 def check_settings(cfg: DictConfig) -> None:

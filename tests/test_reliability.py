@@ -640,6 +640,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
                          "(as in configs/callbacks/), or callbacks.foo=null for none"),
     ("+callbacks.foo={patience:3}", "callbacks.foo has no _target_: a callback is a section naming its class"),
     ("callbacks.early_stopping=false", "callbacks.early_stopping=False is not a callback"),  # was dropped silently
+    # a traceback (data_dir: "expected str, bytes or os.PathLike object, not NoneType"), or folders named None/
+    ("paths.data_dir=null", "paths.data_dir is missing (deleted with ~ or set to null)"),
+    ("paths.root_dir=null", "paths.root_dir is missing (deleted with ~ or set to null)"),
+    ("paths.log_dir=null", "paths.log_dir is missing (deleted with ~ or set to null)"),
     ("model.net=foo", "model.net=foo replaces the section the recipe reads model.net._target_ from: set its keys "
                       "instead (model.net._target_=...)"),  # was "model.net._target_ is missing (deleted with ~ ..."
     ("logger._target_=null", "logger has no _target_: a logger is a section naming its class in _target_ (as in "
