@@ -87,8 +87,9 @@ def xor_by_hand(x: Tensor) -> Tensor:
 
 
 def train_xor_mlp(steps: int = 1000, lr: float = 0.1, seed: int = 1) -> tuple[nn.Module, list[float]]:
-    # Two sigmoid units are the minimum, and with so few most seeds stall in a local minimum: 7 of seeds 0-11
-    # end 3/4 or 2/4 right. Seed 1 is one of the five that solve it.
+    # Two sigmoid units are the minimum, and with so few most seeds stall: 7 of seeds 0-11 end 3/4 or 2/4 right,
+    # on a flat region where saturated units drift towards infinite weights while the loss falls ever more slowly
+    # (not a true local minimum: Hamey 1998 showed this network has none). Seed 1 is one of the five that solve it.
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1))  # 2 -> 2 hidden -> 1 logit
     optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
@@ -571,7 +572,8 @@ def lstm_step_by_hand(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor):
 # larger U it can instead grow geometrically (explodes), which is why configs/model/lstm.yaml clips the gradient
 # norm (trainer.gradient_clip_val). The LSTM's cell state is updated additively, c_t = f * c_{t-1} + i * g, so along
 # it each step back multiplies the gradient by the forget gate alone: near 1, it carries the gradient a long way.
-# PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, no better than the RNN; a forget-gate bias of 1 (f ~ 0.73 at
+# PyTorch's initialisation leaves f ~ sigmoid(0) = 0.5, only a little better than the RNN (x0.6 against x0.55 a
+# step back, measured below); a forget-gate bias of 1 (f ~ 0.73 at
 # the start) is the usual remedy (models/lstm.py open_forget_gates, `model.net.forget_bias=1.0`; this repo's
 # Shakespeare model learned slower with it: see there).
 

@@ -62,7 +62,7 @@ def recur(lstm: nn.LSTM, x: Tensor | nn.utils.rnn.PackedSequence, state: State |
 
 def open_forget_gates(lstm: nn.LSTM, bias: float = 1.0) -> nn.LSTM:
     """Start every layer's forget gate at sigmoid(bias) (0.73 for 1) instead of PyTorch's ~0.5: along the cell
-    state each step back multiplies the gradient by the forget gate, so at 0.5 it vanishes about as fast as a
+    state each step back multiplies the gradient by the forget gate, so at 0.5 it vanishes nearly as fast as a
     plain RNN's (notebooks/concepts.ipynb plots it). Gers et al. 2000; Jozefowicz et al. 2015 found 1 a good default
     for their tasks. Not the default here: on tinyshakespeare (2x256, random windows of 128, each from a zero state) it
     learned slower, validation loss 2.04 / 1.83 / 1.79 after 245 / 490 / 750 steps against 1.92 / 1.69 / 1.64 (the
