@@ -507,7 +507,7 @@ BAD_FILES = {  # name -> (file content, command line, the start of the error lin
                   "error: data.path={path}, column 'age', row 2 (line 3): 'forty' is not a finite number"),
     "criteo fields": ("\t".join(["1"] * 39) + "\n", ["model=dnn", "data=criteo"],
                       "error: data.path={path}, row 1 (line 1) has 39"),
-    "one-character corpus": ("x", ["model=lstm", "data=text"], "error: data.path={path} holds 1 characters"),
+    "one-character corpus": ("x", ["model=lstm", "data=text"], "error: data.path={path} holds 1 character:"),
 }
 
 
