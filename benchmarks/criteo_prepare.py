@@ -1,8 +1,8 @@
 """Preparing a Criteo file larger than you would like to hold in memory: time, throughput and peak memory.
 
     python benchmarks/criteo_prepare.py [--gb 2.0] [--dir /tmp/criteo_bench] [--chunk-rows 100000] [--keep]
-                                        [--train-steps 300 --max-in-memory-gb 0.1 --hash-buckets 100000]
-                                        [--memory-limit-gb 1.0]
+                                        [--train-steps 300 --max-in-memory-gb 0.1 --hash-buckets 100000
+                                         [--memory-limit-gb 1.0]]
 
 Writes a Kaggle-format file (tab-separated, no header: label, I1..I13, C1..C26; empty cells for missing values,
 ~250 bytes a row) of about --gb gigabytes, then converts it with data.criteo.prepare, the code `data=criteo`

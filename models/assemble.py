@@ -128,7 +128,7 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
     tensorboard = str(cfg.get("logger", {}).get("_target_", "")).endswith("TensorBoardLogger")
     purge = {"purge_step": step} if tensorboard and (step := purge_step(cfg, resume_step)) is not None else {}
     logger = instantiate_setting("logger", cfg.logger, **purge) if cfg.get("logger") else False
-    # `callbacks.x=null` drops one
+    # `callbacks.x=null` (or false) drops one
     callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in cfg.callbacks.items() if c]
     if not logger:  # `~logger`: nowhere to write learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

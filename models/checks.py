@@ -392,7 +392,7 @@ def check_settings(cfg: DictConfig) -> None:
             check_object_args(key, node)
     objects = {f"callbacks.{name}": node for name, node in (cfg.get("callbacks") or {}).items()}
     for key, node in {**objects, "logger": cfg.get("logger")}.items():
-        if node is not None:  # callbacks.NAME=null drops one
+        if node is not None and node is not False:  # callbacks.NAME=null (or false) drops one
             check_object_args(key, node)
     check_tuning_callbacks(cfg)
     check_batch_norm_rows(cfg)
@@ -410,9 +410,9 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def check_instantiable(key: str, node) -> None:
-    """A callback or the logger is null (none) or a section naming its class in `_target_`, not a value
+    """A callback or the logger is null or false (none) or a section naming its class in `_target_`, not a value
     (`+callbacks.foo=1`, which would fail only as Lightning calls its hooks)."""
-    if node is None or isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
+    if node is None or node is False or isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
         return
     kind, folder, none = ("logger", "logger", "~logger") if key == "logger" else (
         "callback", "callbacks", f"{key}=null")

@@ -116,21 +116,29 @@ def check_one_config_each(overrides: list[str]) -> None:
     for override in parsed:
         group = override.key_or_group
         if not override.is_sweep_override() and isinstance(override.value(), list) and (CONFIGS / group).is_dir():
-            options = sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
-            raise UserInputError(f"{override.input_line}: {group} takes one of its configs ({', '.join(options)}), "
+            raise UserInputError(f"{override.input_line}: {group} takes one of its configs ({group_configs(group)}), "
                                  f"not a list; to run several, sweep them: -m {group}=A,B")
+
+
+def group_configs(group: str) -> str:
+    """`cnn, dnn, lstm`: the configs of a group of configs/."""
+    return ", ".join(sorted(path.stem for path in (CONFIGS / group).glob("*.yaml")))
 
 
 def group_given_a_value(overrides: list[str]) -> str | None:
     """`logger=null`, `optimizer=5`: what Hydra's "Config group override must be a string or a list. Got NoneType"
     is about, and the fixes."""
-    for override in overrides:
-        group, _, value = override.lstrip("+").partition("=")
-        if (CONFIGS / group).is_dir() and not (CONFIGS / group / f"{value}.yaml").is_file():
-            options = sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return None
+    for override in parsed:
+        group, value = override.key_or_group, override.value()
+        if (CONFIGS / group).is_dir() and not override.is_delete() and (value is None or
+                                                                        isinstance(value, bool | int | float)):
             without = {"logger": "; ~logger runs without one", "callbacks": "; callbacks.NAME=null drops one"}
-            return (f"{group}={value}: {group} is a config group: choose one of its configs ({', '.join(options)})"
-                    + without.get(group, ""))
+            return (f"{override.input_line.lstrip('+')}: {group} is a config group: choose one of its configs "
+                    f"({group_configs(group)})" + without.get(group, ""))
     return None
 
 
@@ -200,7 +208,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
     that cannot be written, a fresh run in a directory that holds one (it would overwrite its config and metrics) and
     a grid sweep over an earlier one's jobs; drops `ckpt_path=last` where `hydra.run.dir` holds no run yet."""
     argv = home_expanded(argv)
-    pairs = (a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    pairs = [a.split("=", 1) for a in argv if "=" in a and not a.startswith("-")]
+    for key, value in pairs:  # null (Hydra's grammar: any case), not "null", a folder's name
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value.lower() == "null":
+            raise UserInputError(f"{key.lstrip('+')}={value}: give a folder, or leave it out for one under outputs/")
     args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if "paths.output_dir" in args:  # the run would write there, and Hydra's .hydra/ and train.log elsewhere
@@ -282,8 +293,6 @@ def check_writable_folders(args: dict[str, str]) -> None:
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         if args.get(key) == "":  # Hydra would take the working directory, the repository root
             raise UserInputError(f"{key}= is empty: give a folder, or leave it out for one under outputs/")
-        if args.get(key) == "null":  # Hydra's "field is not Optional", with a traceback
-            raise UserInputError(f"{key}=null: give a folder, or leave it out for one under outputs/")
         if args.get(key):
             existing = check_folder(key, Path(args[key]))
             try:  # writable? (os.access says yes to root on a read-only or virtual file system)

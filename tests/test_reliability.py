@@ -639,7 +639,6 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+callbacks.foo=1", "callbacks.foo=1 is not a callback: a callback is a section naming its class in _target_ "
                          "(as in configs/callbacks/), or callbacks.foo=null for none"),
     ("+callbacks.foo={patience:3}", "callbacks.foo has no _target_: a callback is a section naming its class"),
-    ("callbacks.early_stopping=false", "callbacks.early_stopping=False is not a callback"),  # was dropped silently
     # a traceback (data_dir: "expected str, bytes or os.PathLike object, not NoneType"), or folders named None/
     ("paths.data_dir=null", "paths.data_dir is missing (deleted with ~ or set to null)"),
     ("paths.root_dir=null", "paths.root_dir is missing (deleted with ~ or set to null)"),
@@ -656,7 +655,7 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
 
 @pytest.mark.parametrize("setting", ["model.weight_decay=0", "scheduler=cosine scheduler.final_ratio=1",
                                      "+trainer.check_val_every_n_epoch=2", "trainer.limit_val_batches=1.0",
-                                     "model.net.dropout=0", "seed=null seed=0"])
+                                     "model.net.dropout=0", "callbacks.early_stopping=false"])  # false: off, as null
 def test_settings_at_the_edge_of_their_range_are_accepted(setting):
     # Pins the closed ends of the ranges check_settings refuses past (>= 0, <= 1, validating in the last epoch).
     check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
@@ -784,6 +783,8 @@ def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the
 def test_a_config_group_set_to_null_or_a_list_names_its_configs(override, message):
     with pytest.raises(UserInputError, match="^" + re.escape(message)):
         check_overrides([override])
+    with pytest.raises(UserInputError, match="^" + re.escape(message)):  # the culprit, not a quoted choice before it
+        check_overrides(["model='cnn'", "~logger", override])
 
 
 def test_a_misspelt_target_is_one_line_and_so_is_a_module_that_fails_to_import(tmp_path, monkeypatch):
@@ -822,9 +823,10 @@ def test_a_run_directory_that_is_empty_or_quoted(tmp_path):
     # Empty: Hydra would have written the run into the working directory, the repository root.
     with pytest.raises(UserInputError, match="^hydra.run.dir= is empty: give a folder"):
         resume_arguments(["hydra.run.dir="])
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # null: Hydra's "field is not Optional" and a traceback
-        with pytest.raises(UserInputError, match=f"^{key}=null: give a folder, or leave it out"):
-            resume_arguments([f"{key}=null"])
+    for key, null in (("hydra.run.dir", "null"), ("hydra.sweep.dir", "NULL")):  # Hydra's "field is not Optional"
+        with pytest.raises(UserInputError, match=f"^{key}={null}: give a folder, or leave it out"):  # (a traceback)
+            resume_arguments([f"{key}={null}"])
+    resume_arguments([f'hydra.run.dir="{tmp_path}/null"', 'hydra.sweep.dir="null"'])  # quoted: a folder's name
     # Quoted for Hydra's grammar (a non-ASCII letter needs it): the folder is the one inside the quotes, so a
     # finished run there is protected as an unquoted one is.
     (tmp_path / "rün").mkdir()

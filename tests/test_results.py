@@ -552,6 +552,15 @@ def test_a_dark_cut_out_is_made_light_on_black(tmp_path):
     rgba[..., 3] = 255  # opaque: a light square on black, judged by its border as before
     Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
     assert predict_script.read_images([tmp_path / "opaque.png"], 1, (8, 8))[0, 0].max() == 225
+    # A light stroke on an opaque black tile with a transparent margin (or a round avatar): light on black already,
+    # though its visible pixels are dark on average; it was inverted to dark on a white square.
+    tile = np.zeros((12, 12, 4), dtype=np.uint8)
+    tile[2:10, 2:10, 3] = 255  # the opaque black tile
+    tile[3:9, 5:7] = (255, 255, 255, 255)  # its stroke: 12 of the tile's 64 pixels
+    Image.fromarray(tile, "RGBA").save(tmp_path / "tile.png")
+    inverted = []
+    image = predict_script.read_images([tmp_path / "tile.png"], 1, (12, 12), inverted=inverted)[0, 0]
+    assert inverted == [] and image[5, 5] == 255 and image[5, 3] == 0
 
 
 def test_read_images_names_a_file_whose_header_pil_cannot_read(tmp_path):
