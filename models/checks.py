@@ -380,6 +380,9 @@ def check_settings(cfg: DictConfig) -> None:
                                  f"set its keys instead ({deleted[0]}=...)")
         raise UserInputError(f"{deleted[0]} is missing (deleted with ~ or set to null): the recipe reads it; leave it "
                              "out of the command line to keep the configs' value, or give one")
+    if empty := [k for k in REQUIRED if k.startswith("paths.") and OmegaConf.select(cfg, k) == ""]:
+        default = OmegaConf.to_container(OmegaConf.load(CONFIGS / "paths" / "default.yaml"))[empty[0][len("paths."):]]
+        raise UserInputError(f"{empty[0]}= is empty: give a folder, or leave it out for the configs' {default}")
     for name, node in (cfg.get("callbacks") or {}).items():
         check_instantiable(f"callbacks.{name}", node)
     check_instantiable("logger", cfg.get("logger"))

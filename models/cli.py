@@ -23,6 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from data import UserInputError, check_folder
 from models.checks import CONFIGS, check_config, check_settings, check_sweep
@@ -57,7 +58,17 @@ def flags_first(argv: list[str]) -> list[str]:
     rest = list(argv)
     for override in overrides:
         rest.remove(override)
+    for at, flag in enumerate(rest):  # `--info` takes an optional value: before an override it would read that one
+        if flag in ("--info", "-i") and (at + 1 == len(rest) or rest[at + 1] not in INFO_TOPICS):
+            rest.insert(at + 1, "all")  # its value when none is given
+            break
+    if multirun := [o for o in overrides if o.lstrip("+") == "hydra.mode=MULTIRUN"]:  # Hydra's other spelling of -m
+        overrides = [o for o in overrides if o not in multirun]
+        rest = rest if {"-m", "--multirun"} & set(rest) else ["--multirun", *rest]
     return rest + overrides
+
+
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # Hydra's --info choices
 
 
 def check_syntax(argv: list[str]) -> None:
@@ -99,11 +110,29 @@ def check_overrides(argv: list[str]) -> None:
         with open_dict(cfg):
             del cfg["hydra"]  # the run's config alone, as the job will see it
         # Before Hydra writes .hydra/: a bad value never reaches a run's saved config.
-        if not flags:
-            check_config(cfg, choices)  # choices: `model=cnn` named as typed, also when it came from a default
-        else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
-            check_settings(cfg)
-            check_sweep(cfg)
+        try:
+            if not flags:
+                check_config(cfg, choices)  # choices: `model=cnn` named as typed, also when it came from a default
+            else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
+                check_settings(cfg)
+                check_sweep(cfg)
+        except InterpolationResolutionError as err:  # `model.lr=${oc.env:UNSET}`
+            raise UserInputError(f"{err.full_key}: {str(err).splitlines()[0]}") from None
+
+
+def check_hydra_settings(args: dict[str, str]) -> None:
+    """Hydra's own settings a run of this project relies on: its saved config (.hydra/, which resume=, eval.py and
+    the notebooks read) and the working directory (relative paths on the command line are the user's). (The other
+    ranks of a multi-process run are started with hydra.output_subdir=null: rank 0 writes .hydra/.)"""
+    if other_rank():
+        return
+    if (subdir := args.get("hydra.output_subdir", ".hydra")) != ".hydra":
+        raise UserInputError(f"hydra.output_subdir={subdir}: a run keeps its config in .hydra/ (resume=, eval.py and "
+                             "the notebooks read it there): leave it out")
+    if args.get("hydra.job.chdir", "false").lower() != "false":
+        raise UserInputError(f"hydra.job.chdir={args['hydra.job.chdir']}: a relative path you give (data.path=, "
+                             "paths.data_dir=) would be read from the run directory; the run's files go to "
+                             "hydra.run.dir anyway: leave it out")
 
 
 def check_one_config_each(overrides: list[str]) -> None:
@@ -213,6 +242,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
         if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value.lower() == "null":
             raise UserInputError(f"{key.lstrip('+')}={value}: give a folder, or leave it out for one under outputs/")
     args = {key.lstrip("+"): unquoted(value) for key, value in pairs}  # ++hydra.run.dir=... too
+    check_hydra_settings(args)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if "paths.output_dir" in args:  # the run would write there, and Hydra's .hydra/ and train.log elsewhere
         raise UserInputError("paths.output_dir is the run directory Hydra makes: give hydra.run.dir=DIR instead "
@@ -303,10 +333,12 @@ def check_writable_folders(args: dict[str, str]) -> None:
 
 
 def check_sweep_dir(args: dict[str, str], multirun: bool) -> None:
-    """A grid sweep's jobs are folders 0, 1, ... of hydra.sweep.dir: a second sweep there would overwrite them."""
+    """A grid sweep's jobs are folders 0, 1, ... of hydra.sweep.dir (or what hydra.sweep.subdir names): a second
+    sweep there would overwrite them. (An Optuna study's trials are numbered on from the study's, in its own
+    folder.)"""
     sweep_dir = args.get("hydra.sweep.dir")
-    if sweep_dir and multirun and not {"hparams_search", "hydra.sweep.subdir"} & set(args):  # (Optuna's: stamped)
-        if done := sorted(Path(sweep_dir).glob("*/metrics.json")) + sorted(Path(sweep_dir).glob("*/checkpoints")):
+    if sweep_dir and multirun and "hparams_search" not in args:
+        if done := sorted(Path(sweep_dir).rglob("metrics.json")) + sorted(Path(sweep_dir).rglob("checkpoints")):
             raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
                                  "sweep's jobs would overwrite them; choose another directory")
 

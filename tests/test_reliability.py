@@ -643,6 +643,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("paths.data_dir=null", "paths.data_dir is missing (deleted with ~ or set to null)"),
     ("paths.root_dir=null", "paths.root_dir is missing (deleted with ~ or set to null)"),
     ("paths.log_dir=null", "paths.log_dir is missing (deleted with ~ or set to null)"),
+    # paths.root_dir= put the data in /datasets, paths.data_dir= in the working directory
+    ("paths.root_dir=", "paths.root_dir= is empty: give a folder, or leave it out for the configs' "
+                        "${oc.env:REDES_ROOT,.}"),
+    ("paths.data_dir=", "paths.data_dir= is empty: give a folder"),
     ("model.net=foo", "model.net=foo replaces the section the recipe reads model.net._target_ from: set its keys "
                       "instead (model.net._target_=...)"),  # was "model.net._target_ is missing (deleted with ~ ..."
     ("logger._target_=null", "logger has no _target_: a logger is a section naming its class in _target_ (as in "
@@ -765,6 +769,12 @@ def test_the_command_line_names_a_model_and_data_that_do_not_fit_before_what_the
             check_overrides(words)
     with pytest.raises(UserInputError, match="^model=cnn reads images, and data=tinyshakespeare is text"):
         check_overrides(["data=tinyshakespeare"])  # a data config whose _target_ comes from its defaults
+
+
+def test_an_unset_environment_variable_is_one_line():
+    # A traceback of 35 frames (InterpolationResolutionError, from the checks that resolve the config).
+    with pytest.raises(UserInputError, match="^model.lr: .*Environment variable 'REDES_UNSET' not found"):
+        check_overrides(["model.lr=${oc.env:REDES_UNSET}"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -899,6 +909,11 @@ def test_a_sweep_with_its_flag_last_runs(tmp_path):
     # the flag, where Hydra's parser no longer reads overrides ("unrecognized arguments: hydra.sweep.dir=...").
     assert flags_first(["model=dnn", "seed=1,2", "-m"]) == ["-m", "model=dnn", "seed=1,2"]
     assert flags_first(["model=cnn", "--cfg", "job"]) == ["--cfg", "job", "model=cnn"]
+    # `--info` last read the first override as its topic ("invalid choice: 'model=cnn'"); hydra.mode=MULTIRUN,
+    # Hydra's other spelling of -m, skipped the sweep checks (a sweep over an earlier one's jobs) and was refused.
+    assert flags_first(["model=cnn", "--info"]) == ["--info", "all", "model=cnn"]
+    assert flags_first(["--info", "defaults", "model=cnn"]) == ["--info", "defaults", "model=cnn"]
+    assert flags_first(["model=cnn", "seed=1,2", "hydra.mode=MULTIRUN"]) == ["--multirun", "model=cnn", "seed=1,2"]
     swept = run_cli("model=dnn", "data.rows=20000", "debug=fast", "seed=1,2", f"paths.log_dir={tmp_path}", "-m")
     assert swept.returncode == 0, swept.stderr
     summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text().splitlines()
@@ -1075,6 +1090,29 @@ def test_a_second_grid_sweep_into_a_sweep_directory_that_holds_runs_is_refused(t
     assert resume_arguments(argv[1:]) == argv[1:]  # one run, not a sweep: hydra.sweep.dir is not used
     optuna = ["-m", "hparams_search=dnn_optuna", f"hydra.sweep.dir={tmp_path}"]  # its jobs' folders are stamped
     assert resume_arguments(optuna) == optuna
+    # Jobs in folders hydra.sweep.subdir names, deeper ones too: they were overwritten without a word.
+    subdir = ["-m", "model.lr=0.1", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}"]
+    with pytest.raises(UserInputError, match="holds an earlier sweep's runs"):
+        resume_arguments(subdir)
+    (tmp_path / "0" / "checkpoints").rmdir()
+    (tmp_path / "lr=0.1" / "seed=1").mkdir(parents=True)
+    (tmp_path / "lr=0.1" / "seed=1" / "metrics.json").write_text("{}")
+    with pytest.raises(UserInputError, match=f"holds an earlier sweep's runs \\({tmp_path / 'lr=0.1' / 'seed=1'}\\)"):
+        resume_arguments(subdir)
+
+
+@pytest.mark.parametrize("setting, message", [
+    # Each ran: without .hydra/config.yaml (resume= then failed), or reading relative paths from the run directory.
+    ("hydra.output_subdir=null", "hydra.output_subdir=null: a run keeps its config in .hydra/"),
+    ("hydra.output_subdir=cfg", "hydra.output_subdir=cfg: a run keeps its config in .hydra/"),
+    ("hydra.job.chdir=true", "hydra.job.chdir=true: a relative path you give (data.path=, paths.data_dir=) would be "
+                             "read from the run directory"),
+])
+def test_hydra_settings_a_run_relies_on_are_kept(setting, message, monkeypatch):
+    with pytest.raises(UserInputError, match="^" + re.escape(message)):
+        resume_arguments([setting])
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning or torchrun started: rank 0 writes .hydra/
+    assert resume_arguments([setting]) == [setting]
 
 
 @pytest.mark.parametrize("case", ["checkpoint written", "output_subdir=null", "exit without a code"])
