@@ -241,7 +241,7 @@ def check_run_settings(cfg: DictConfig) -> None:
                                  "checkpoints/, where resume=, eval.py and metrics.json look (and another run's would "
                                  "be overwritten): leave it, and choose the run directory with hydra.run.dir=DIR")
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not isinstance(ckpt_path, str):
+    if ckpt_path is not None and not isinstance(ckpt_path, str) or ckpt_path == "":  # "": was "no checkpoint at ."
         raise UserInputError(f"ckpt_path={ckpt_path!r}: give a checkpoint file, or `last`")
     trainer = cfg.trainer
     for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):

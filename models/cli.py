@@ -53,7 +53,9 @@ def hydra_overrides(argv: list[str]) -> list[str]:
 def flags_first(argv: list[str]) -> list[str]:
     """Hydra's flags (with their values) before the overrides: its parser reads the overrides as one run of
     arguments, so one added at the end (the run directory claimed below) must not follow a flag that came last
-    (`python train.py seed=1,2 -m`)."""
+    (`python train.py seed=1,2 -m`). `--info` without a topic gets its default, `all` (it would read the first
+    override as one); `hydra.mode=MULTIRUN` becomes `--multirun`, which the sweep checks look for; two of Hydra's
+    modes at once are refused."""
     overrides = hydra_overrides(argv)
     rest = list(argv)
     for override in overrides:
@@ -62,12 +64,17 @@ def flags_first(argv: list[str]) -> list[str]:
         if flag in ("--info", "-i") and (at + 1 == len(rest) or rest[at + 1] not in INFO_TOPICS):
             rest.insert(at + 1, "all")  # its value when none is given
             break
+    modes = [flag for flag in rest if flag in MODES or flag in MODES.values()]
+    if len({MODES.get(flag, flag) for flag in modes}) > 1:  # Hydra's ValueError, a traceback
+        raise UserInputError(f"{' and '.join(modes)}: Hydra takes one of --multirun, --cfg, --info and "
+                             "--shell-completion at a time: drop all but one")
     if multirun := [o for o in overrides if o.lstrip("+") == "hydra.mode=MULTIRUN"]:  # Hydra's other spelling of -m
         overrides = [o for o in overrides if o not in multirun]
         rest = rest if {"-m", "--multirun"} & set(rest) else ["--multirun", *rest]
     return rest + overrides
 
 
+MODES = {"-m": "--multirun", "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion", "-r": "--run"}  # short: long
 INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # Hydra's --info choices
 
 

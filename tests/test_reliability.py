@@ -575,6 +575,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("callbacks.epoch_checkpoint.dirpath=null", "callbacks.epoch_checkpoint.dirpath=None: a run's checkpoints"),
     ("trainer.limit_val_batches=0.0", "trainer.limit_val_batches=0: the best checkpoint and early stopping need"),
     ("ckpt_path=[]", "ckpt_path=[]: give a checkpoint file, or `last`"),
+    ("ckpt_path=", "ckpt_path='': give a checkpoint file, or `last`"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: give a number >= 0"),  # was clipping off
     ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: give a whole number >= 1"),
     ("trainer.max_steps=0", "trainer.max_steps=0: give a whole number >= 1"),
@@ -914,6 +915,8 @@ def test_a_sweep_with_its_flag_last_runs(tmp_path):
     assert flags_first(["model=cnn", "--info"]) == ["--info", "all", "model=cnn"]
     assert flags_first(["--info", "defaults", "model=cnn"]) == ["--info", "defaults", "model=cnn"]
     assert flags_first(["model=cnn", "seed=1,2", "hydra.mode=MULTIRUN"]) == ["--multirun", "model=cnn", "seed=1,2"]
+    with pytest.raises(UserInputError, match="^-m and --cfg: Hydra takes one of --multirun, --cfg, --info"):
+        flags_first(["-m", "model=cnn,dnn", "--cfg", "job"])  # was Hydra's ValueError, a traceback
     swept = run_cli("model=dnn", "data.rows=20000", "debug=fast", "seed=1,2", f"paths.log_dir={tmp_path}", "-m")
     assert swept.returncode == 0, swept.stderr
     summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text().splitlines()
