@@ -3,6 +3,7 @@
 a run's saved config kept when it fails, and the run's train.log. Checks of the composed config are in
 models/checks.py and models/signatures.py; sweeps' summaries in models/sweeps.py."""
 import argparse
+import copy
 import inspect
 import itertools
 import logging
@@ -68,9 +69,10 @@ def flags_first(argv: list[str]) -> list[str]:
     if len({MODES.get(flag, flag) for flag in modes}) > 1:  # Hydra's ValueError, a traceback
         raise UserInputError(f"{' and '.join(modes)}: Hydra takes one of --multirun, --cfg, --info and "
                              "--shell-completion at a time: drop all but one")
-    if multirun := [o for o in overrides if o.lstrip("+") == "hydra.mode=MULTIRUN"]:  # Hydra's other spelling of -m
+    multirun = [o for o in overrides if o.lstrip("+") == "hydra.mode=MULTIRUN"]  # Hydra's other spelling of -m
+    if multirun and {MODES.get(flag, flag) for flag in modes} <= {"--multirun"}:  # (with --cfg: Hydra's business)
         overrides = [o for o in overrides if o not in multirun]
-        rest = rest if {"-m", "--multirun"} & set(rest) else ["--multirun", *rest]
+        rest = rest if modes else ["--multirun", *rest]
     return rest + overrides
 
 
@@ -114,6 +116,7 @@ def check_overrides(argv: list[str]) -> None:
                 message = group_given_a_value(variant) or message
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
+        HydraConfig.instance().set_config(copy.deepcopy(cfg))  # `paths.data_dir=${hydra:runtime.cwd}/data` resolves
         with open_dict(cfg):
             del cfg["hydra"]  # the run's config alone, as the job will see it
         # Before Hydra writes .hydra/: a bad value never reaches a run's saved config.
@@ -125,6 +128,8 @@ def check_overrides(argv: list[str]) -> None:
                 check_sweep(cfg)
         except InterpolationResolutionError as err:  # `model.lr=${oc.env:UNSET}`
             raise UserInputError(f"{err.full_key}: {str(err).splitlines()[0]}") from None
+        finally:
+            HydraConfig.instance().cfg = None  # Hydra sets the job's own
 
 
 def check_hydra_settings(args: dict[str, str]) -> None:
@@ -136,7 +141,7 @@ def check_hydra_settings(args: dict[str, str]) -> None:
     if (subdir := args.get("hydra.output_subdir", ".hydra")) != ".hydra":
         raise UserInputError(f"hydra.output_subdir={subdir}: a run keeps its config in .hydra/ (resume=, eval.py and "
                              "the notebooks read it there): leave it out")
-    if args.get("hydra.job.chdir", "false").lower() != "false":
+    if args.get("hydra.job.chdir", "").lower() in ("true", "yes", "on", "y", "1"):  # (as OmegaConf reads a bool)
         raise UserInputError(f"hydra.job.chdir={args['hydra.job.chdir']}: a relative path you give (data.path=, "
                              "paths.data_dir=) would be read from the run directory; the run's files go to "
                              "hydra.run.dir anyway: leave it out")
@@ -343,8 +348,9 @@ def check_sweep_dir(args: dict[str, str], multirun: bool) -> None:
     """A grid sweep's jobs are folders 0, 1, ... of hydra.sweep.dir (or what hydra.sweep.subdir names): a second
     sweep there would overwrite them. (An Optuna study's trials are numbered on from the study's, in its own
     folder.)"""
-    sweep_dir = args.get("hydra.sweep.dir")
-    if sweep_dir and multirun and "hparams_search" not in args:
+    sweep_dir, subdir = args.get("hydra.sweep.dir"), args.get("hydra.sweep.subdir", "")
+    stamped = "${now:" in subdir or "${oc.env:" in subdir  # a folder of each job's own (a SLURM array's task)
+    if sweep_dir and multirun and "hparams_search" not in args and not stamped:
         if done := sorted(Path(sweep_dir).rglob("metrics.json")) + sorted(Path(sweep_dir).rglob("checkpoints")):
             raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
                                  "sweep's jobs would overwrite them; choose another directory")
@@ -418,8 +424,8 @@ def claimed_run_dir(argv: list[str]) -> list[str]:
     except OSError as err:  # a file in the way, no permission
         raise UserInputError(f"paths.log_dir={cfg.paths.log_dir}: cannot make {stamped.parent} ({err.strerror}); "
                              "choose a folder you can write to, or give hydra.run.dir=DIR") from None
-    for copy in itertools.count():
-        folder = stamped if copy == 0 else stamped.with_name(f"{stamped.name}_{copy}")
+    for n in itertools.count():
+        folder = stamped if n == 0 else stamped.with_name(f"{stamped.name}_{n}")
         try:
             folder.mkdir()  # atomic: of two processes, one makes it
         except FileExistsError:

@@ -776,6 +776,7 @@ def test_an_unset_environment_variable_is_one_line():
     # A traceback of 35 frames (InterpolationResolutionError, from the checks that resolve the config).
     with pytest.raises(UserInputError, match="^model.lr: .*Environment variable 'REDES_UNSET' not found"):
         check_overrides(["model.lr=${oc.env:REDES_UNSET}"])
+    check_overrides(["paths.data_dir=${hydra:runtime.cwd}/datasets"])  # Hydra's resolver: "HydraConfig was not set"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -917,6 +918,7 @@ def test_a_sweep_with_its_flag_last_runs(tmp_path):
     assert flags_first(["model=cnn", "seed=1,2", "hydra.mode=MULTIRUN"]) == ["--multirun", "model=cnn", "seed=1,2"]
     with pytest.raises(UserInputError, match="^-m and --cfg: Hydra takes one of --multirun, --cfg, --info"):
         flags_first(["-m", "model=cnn,dnn", "--cfg", "job"])  # was Hydra's ValueError, a traceback
+    assert flags_first(["--cfg", "job", "hydra.mode=MULTIRUN"]) == ["--cfg", "job", "hydra.mode=MULTIRUN"]  # Hydra's
     swept = run_cli("model=dnn", "data.rows=20000", "debug=fast", "seed=1,2", f"paths.log_dir={tmp_path}", "-m")
     assert swept.returncode == 0, swept.stderr
     summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text().splitlines()
@@ -1102,6 +1104,8 @@ def test_a_second_grid_sweep_into_a_sweep_directory_that_holds_runs_is_refused(t
     (tmp_path / "lr=0.1" / "seed=1" / "metrics.json").write_text("{}")
     with pytest.raises(UserInputError, match=f"holds an earlier sweep's runs \\({tmp_path / 'lr=0.1' / 'seed=1'}\\)"):
         resume_arguments(subdir)
+    stamped = subdir[:-1] + ["hydra.sweep.subdir=${now:%H-%M-%S}_${hydra.job.num}"]  # each job a folder of its own
+    assert resume_arguments(stamped) == stamped
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -1116,6 +1120,8 @@ def test_hydra_settings_a_run_relies_on_are_kept(setting, message, monkeypatch):
         resume_arguments([setting])
     monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning or torchrun started: rank 0 writes .hydra/
     assert resume_arguments([setting]) == [setting]
+    for off in ("hydra.job.chdir=false", "hydra.job.chdir=no", "hydra.job.chdir=null"):  # false to OmegaConf
+        assert resume_arguments([off]) == [off]
 
 
 @pytest.mark.parametrize("case", ["checkpoint written", "output_subdir=null", "exit without a code"])
