@@ -150,15 +150,19 @@ def check_hydra_settings(args: dict[str, str]) -> None:
 def check_one_config_each(overrides: list[str]) -> None:
     """`model=[cnn,dnn]`: Hydra would merge both configs into one (`data=[]`: none), and the run fail on whatever
     they left or lacked. Each of this project's groups takes one config (a sweep over them: `-m model=cnn,dnn`)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:  # Hydra reports it
-        return
-    for override in parsed:
+    for override in parsed_overrides(overrides):
         group = override.key_or_group
         if not override.is_sweep_override() and isinstance(override.value(), list) and (CONFIGS / group).is_dir():
             raise UserInputError(f"{override.input_line}: {group} takes one of its configs ({group_configs(group)}), "
                                  f"not a list; to run several, sweep them: -m {group}=A,B")
+
+
+def parsed_overrides(overrides: list[str]) -> list:
+    """Hydra's reading of `overrides`, or none where it cannot read them (Hydra reports that itself)."""
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return []
 
 
 def group_configs(group: str) -> str:
@@ -169,11 +173,7 @@ def group_configs(group: str) -> str:
 def group_given_a_value(overrides: list[str]) -> str | None:
     """`logger=null`, `optimizer=5`: what Hydra's "Config group override must be a string or a list. Got NoneType"
     is about, and the fixes."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:
-        return None
-    for override in parsed:
+    for override in parsed_overrides(overrides):
         group, value = override.key_or_group, override.value()
         if (CONFIGS / group).is_dir() and not override.is_delete() and (value is None or
                                                                         isinstance(value, bool | int | float)):
