@@ -55,8 +55,8 @@ def flags_first(argv: list[str]) -> list[str]:
     """Hydra's flags (with their values) before the overrides: its parser reads the overrides as one run of
     arguments, so one added at the end (the run directory claimed below) must not follow a flag that came last
     (`python train.py seed=1,2 -m`). `--info` without a topic gets its default, `all` (it would read the first
-    override as one); `hydra.mode=MULTIRUN` becomes `--multirun`, which the sweep checks look for; two of Hydra's
-    modes at once are refused."""
+    override as one); `--hydra-help` keeps the `hydra` overrides alone; `hydra.mode=MULTIRUN` becomes `--multirun`,
+    which the sweep checks look for; two of Hydra's modes at once are refused."""
     overrides = hydra_overrides(argv)
     rest = list(argv)
     for override in overrides:
@@ -69,6 +69,8 @@ def flags_first(argv: list[str]) -> list[str]:
     if len({MODES.get(flag, flag) for flag in modes}) > 1:  # Hydra's ValueError, a traceback
         raise UserInputError(f"{' and '.join(modes)}: Hydra takes one of --multirun, --cfg, --info and "
                              "--shell-completion at a time: drop all but one")
+    if "--hydra-help" in rest:  # Hydra's help composes its own config alone: `model=cnn` there is a traceback
+        overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     multirun = [o for o in overrides if o.lstrip("+") == "hydra.mode=MULTIRUN"]  # Hydra's other spelling of -m
     if multirun and {MODES.get(flag, flag) for flag in modes} <= {"--multirun"}:  # (with --cfg: Hydra's business)
         overrides = [o for o in overrides if o not in multirun]
@@ -91,11 +93,22 @@ def check_syntax(argv: list[str]) -> None:
             first, *rest = str(err).splitlines()
             lexer = "LexerNoViableAltException: "
             at = rest[0].find("^") - len(lexer) if first.startswith(lexer) and rest else -1
+            key, _, value = arg.partition("=")
             if 0 <= at < len(arg):  # the caret under the first character the lexer refused
-                key, _, value = arg.partition("=")
                 raise UserInputError(f"{arg}: Hydra cannot read the unquoted {arg[at]!r}; quote the value, as in "
                                      f"\'{key}=\"{value}\"\' (see {GRAMMAR})") from None
+            if "=" in value and reads_quoted(key, value):  # `hydra.run.dir=runs/lr=0.1`: an `=` in a path
+                first += f"; quote the value, as in \'{key}=\"{value}\"\'"
             raise UserInputError(f"{arg}: {first} (see {GRAMMAR})") from None
+
+
+def reads_quoted(key: str, value: str) -> bool:
+    """Whether Hydra's grammar reads `key="value"`, the quoting to suggest for a value it cannot read as typed."""
+    try:
+        OverridesParser.create().parse_overrides([f'{key}="{value}"'])
+    except OverrideParseException:
+        return False
+    return '"' not in value
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -884,7 +884,10 @@ def test_a_run_under_a_folder_named_outside_ascii_trains_and_is_resumed(tmp_path
     ("hydra.run.dir=/tmp/rün", "hydra.run.dir=/tmp/rün: Hydra cannot read the unquoted 'ü'; quote the value, as in "
                                "'hydra.run.dir=\"/tmp/rün\"'"),  # Hydra alone printed a page for hydra.* keys
     ("data.path=data/été.csv", "data.path=data/été.csv: Hydra cannot read the unquoted 'é'"),
-    ("model.lr=[", "model.lr=[: no viable alternative at input '['"),
+    ("model.lr=[", "model.lr=[: no viable alternative at input '['"),  # no quoting advice: a bracket left open
+    # An `=` in a run's folder (`runs/lr=0.1`): Hydra's "mismatched input '='" did not say that quotes fix it.
+    ("hydra.run.dir=runs/lr=0.1", "hydra.run.dir=runs/lr=0.1: mismatched input '=' expecting <EOF>; quote the value, "
+                                  "as in 'hydra.run.dir=\"runs/lr=0.1\"'"),
 ])
 def test_an_override_hydra_cannot_parse_is_one_line_that_says_how_to_quote_it(arg, message):
     with pytest.raises(UserInputError) as refused:
@@ -919,6 +922,9 @@ def test_a_sweep_with_its_flag_last_runs(tmp_path):
     with pytest.raises(UserInputError, match="^-m and --cfg: Hydra takes one of --multirun, --cfg, --info"):
         flags_first(["-m", "model=cnn,dnn", "--cfg", "job"])  # was Hydra's ValueError, a traceback
     assert flags_first(["--cfg", "job", "hydra.mode=MULTIRUN"]) == ["--cfg", "job", "hydra.mode=MULTIRUN"]  # Hydra's
+    # `--hydra-help model=cnn` was a traceback: Hydra's help composes its own config, where `model` has no match.
+    assert flags_first(["--hydra-help", "model=cnn", "hydra/launcher=basic"]) == ["--hydra-help",
+                                                                               "hydra/launcher=basic"]
     swept = run_cli("model=dnn", "data.rows=20000", "debug=fast", "seed=1,2", f"paths.log_dir={tmp_path}", "-m")
     assert swept.returncode == 0, swept.stderr
     summary = next(tmp_path.glob("multirun/*/summary.csv")).read_text().splitlines()
