@@ -174,9 +174,10 @@ def budget_seconds(max_time) -> float | None:
 
 
 def check_number(key: str, value, least: float, most: float | None = None, whole: bool = False,
-                 inclusive: bool = True, most_inclusive: bool = True, finite: bool = True) -> None:
+                 inclusive: bool = True, most_inclusive: bool = True, finite: bool = True, other: str = "") -> None:
     """`key=value` is a number (a whole one if `whole`; a finite one if `finite`) in [least, most] (ends open where
-    not inclusive)."""
+    not inclusive); `other` names what else the key takes. A number given as text (what `${oc.env:NAME}` gives) is
+    refused with the resolver that reads it as a number."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not whole)
     if not number or not (value >= least if inclusive else value > least) or most is not None and not (
             value <= most if most_inclusive else value < most) or finite and not math.isfinite(value):
@@ -184,7 +185,19 @@ def check_number(key: str, value, least: float, most: float | None = None, whole
         kind = "a whole number" if whole else "a finite number" if infinite else "a number"
         low = ">=" if inclusive else ">"
         upper = "" if most is None else f" and {'<=' if most_inclusive else '<'} {most}"
-        raise UserInputError(f"{key}={value!r}: give {kind} {low} {least}{upper}")
+        text = ""
+        if isinstance(value, str) and is_number_text(value):
+            text = (f" ({value!r} is text: unquote it, or read ${{oc.env:NAME}} as a number with "
+                    f"\'{key}=\"${{oc.decode:${{oc.env:NAME}}}}\"\')")
+        raise UserInputError(f"{key}={value!r}: give {kind} {low} {least}{upper}{other}{text}")
+
+
+def is_number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_numbers(cfg: DictConfig, prefix: str = "") -> None:
@@ -251,10 +264,7 @@ def check_run_settings(cfg: DictConfig) -> None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)  # 0: no clipping
     for key in ("max_epochs", "max_steps"):  # -1 (or null for epochs): no limit of that kind
         if trainer.get(key) not in (None, -1):
-            try:
-                check_number(f"trainer.{key}", trainer[key], 1, whole=True)
-            except UserInputError as err:
-                raise UserInputError(f"{err}, or -1 for no limit") from None
+            check_number(f"trainer.{key}", trainer[key], 1, whole=True, other=", or -1 for no limit")
     if trainer.get("fast_dev_run") not in (None, False, 0):
         raise UserInputError(f"trainer.fast_dev_run={trainer.fast_dev_run!r} turns checkpoints off, and a run ends by "
                              "testing its best checkpoint: for a run of a couple of batches use debug=fast")

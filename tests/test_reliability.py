@@ -779,6 +779,21 @@ def test_an_unset_environment_variable_is_one_line():
     check_overrides(["paths.data_dir=${hydra:runtime.cwd}/datasets"])  # Hydra's resolver: "HydraConfig was not set"
 
 
+def test_a_number_from_an_environment_variable_is_refused_with_the_resolver_that_reads_it(monkeypatch):
+    # ${oc.env:NAME} gives text: "trainer.max_epochs='2': give a whole number" did not say how to read it as one.
+    monkeypatch.setenv("REDES_EPOCHS", "2")
+    with pytest.raises(UserInputError) as refused:
+        check_overrides(["model=dnn", "trainer.max_epochs=${oc.env:REDES_EPOCHS}"])
+    assert str(refused.value) == ("trainer.max_epochs='2': give a whole number >= 1, or -1 for no limit ('2' is text: "
+                                  "unquote it, or read ${oc.env:NAME} as a number with "
+                                  "'trainer.max_epochs=\"${oc.decode:${oc.env:NAME}}\"')")
+    advised = 'trainer.max_epochs="${oc.decode:${oc.env:REDES_EPOCHS}}"'  # the advice, as the shell passes it
+    check_syntax([advised])
+    check_overrides(["model=dnn", advised])
+    with pytest.raises(UserInputError, match=r"^model.lr='abc': give a number > 0$"):  # text, not a number: no advice
+        check_overrides(["model=dnn", "model.lr=abc"])
+
+
 @pytest.mark.parametrize("override, message", [
     # Hydra's "Config group override must be a string or a list. Got NoneType" named neither the group nor a fix.
     ("logger=null", "logger=null: logger is a config group: choose one of its configs (tensorboard); ~logger runs "
