@@ -374,6 +374,8 @@ def parse_arguments(argv: list[str], usage: str, required: tuple[str, ...], opti
             data.append(arg)
         elif key.startswith("trainer."):
             trainer[key[len("trainer."):]] = yaml.safe_load(value)
+        elif key == "out" and value and yaml.safe_load(value) is None:  # out=null: as when out= is left out (it
+            options.pop(key, None)                                         # wrote a file named "null")
         elif key in required + optional:
             options[key] = value
         else:

@@ -771,3 +771,16 @@ def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_
     if Path("/proc/self").is_dir():  # Linux: nobody, root included, writes a new file in /proc
         with pytest.raises(UserInputError, match="out=/proc/p.csv: cannot write there"):
             runs.parse_arguments([*read, "out=/proc/p.csv"], "usage", **arguments)
+
+
+def test_out_null_means_the_default_output(tmp_path, monkeypatch):
+    # out=null wrote the metrics, or the predictions, to a file named "null" in the working directory.
+    monkeypatch.chdir(tmp_path)
+    for null in ("null", "NULL", "~"):
+        options, _, _ = runs.parse_arguments(["ckpt_path=x.ckpt", f"out={null}"], "usage", required=("ckpt_path",),
+                                             optional=("out",))
+        assert options == {"ckpt_path": "x.ckpt"}
+    assert not list(tmp_path.iterdir())
+    options, _, _ = runs.parse_arguments(["ckpt_path=x.ckpt", "out=nullity.json"], "usage", required=("ckpt_path",),
+                                         optional=("out",))
+    assert options["out"] == "nullity.json"
