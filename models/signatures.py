@@ -131,9 +131,10 @@ def check_arguments(key: str, cls: type, values: dict) -> None:
             continue
         if name not in parameters and not open_ended:
             near = difflib.get_close_matches(name, list(parameters), n=3, cutoff=0.8)  # a misspelling
+            other = ", or pick the choice it was set for" if key in ("data", "model.net") else ""
             raise UserInputError(f"{key}.{name} is not an argument of {name_of}; "
-                                 + (f"did you mean {', '.join(near)}?" if near else "drop it" + (
-                                     ", or pick the choice it was set for" if key in ("data", "model.net") else "")))
+                                 + (f"did you mean {', '.join(near)}?" if near
+                                    else f"drop it (~{key}.{name} drops one that a config sets){other}"))
         if name in hints and not admits(value, hints[name]):
             raise UserInputError(f"{key}.{name}={value!r} has the wrong type: {name_of} takes "
                                  f"{hint_name(hints[name])}")

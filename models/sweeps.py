@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from data import count
 from models.records import read_metrics, read_overrides, write_json
 
 
@@ -40,9 +41,10 @@ class SweepSummary(Callback):
         if not rows:
             return
         failed = [r["job"] for r in rows if r["failed"]]
-        failures = f" ({len(failed)} failed, no metrics.json: jobs {', '.join(failed)})" if failed else ""
+        jobs = f"{'job' if len(failed) == 1 else 'jobs'} {', '.join(failed)}"
+        failures = f" ({len(failed)} failed, no metrics.json: {jobs})" if failed else ""
         best = f"; best by {config.monitor.metric}_best: job {rows[0]['job']}" if not rows[0]["failed"] else ""
-        print(f"{len(rows) - len(failed)} runs{failures}; summary: {sweep / 'summary.csv'}{best}")
+        print(f"{count(len(rows) - len(failed), 'run')}{failures}; summary: {sweep / 'summary.csv'}{best}")
         if self.failed_jobs:
             sys.exit(1)
 

@@ -464,7 +464,8 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
     (["model=dnn", "data=csv", "data.path=x.csv"], "error: data.label_column is required here: add data.label_column="),
     (["model=dnn", "data=csv", "data.path=x.csv", "data.label_column=y"],  # a DataModule's own check, when built
      "error: data.numeric_columns, data.categorical_columns and data.timestamp_columns are all empty"),
-    (["+data.foo=1"], "error: data.foo is not an argument of ImageDataModule; drop it, or pick the choice"),
+    (["+data.foo=1"], "error: data.foo is not an argument of ImageDataModule; drop it (~data.foo drops one that "
+                     "a config sets), or pick the choice"),
     (["data.val_size=abc"], "error: data.val_size='abc' has the wrong type: ImageDataModule takes int | float"),
     (["model=dnn", "callbacks.early_stopping.monitor=val/foo"],
      "error: callbacks.early_stopping.monitor=val/foo is not a metric this binary run logs; choose one of val/loss"),
@@ -978,7 +979,9 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, fro
 
 def test_a_network_setting_meant_for_another_model_is_one_line(mnist_dir, tmp_path):
     # What data=fashion_mnist_rows does to model=cnn: it sizes the LSTM with num_layers.
-    with pytest.raises(UserInputError, match="model.net.num_layers is not an argument of ConvNet; drop it, or pick"):
+    refused = re.escape("model.net.num_layers is not an argument of ConvNet; drop it (~model.net.num_layers drops one "
+                        "that a config sets), or pick")
+    with pytest.raises(UserInputError, match=refused):
         train_module.train(mnist_config(mnist_dir, tmp_path, "+model.net.num_layers=1"))
     with pytest.raises(UserInputError, match=re.escape("model.net.widths=5 has the wrong type: ConvNet takes tuple")):
         train_module.train(mnist_config(mnist_dir, tmp_path, "model.net.widths=5"))  # not "for another model"

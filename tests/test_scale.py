@@ -225,7 +225,7 @@ def test_a_grid_sweep_with_a_failed_job_exits_1_after_its_summary(tmp_path, caps
         summary.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
                                                   "monitor": {"metric": "val/acc", "mode": "max"}}))
     assert ended.value.code == 1 and summary.failed_jobs == [1]
-    assert capsys.readouterr().out.startswith("1 runs (1 failed, no metrics.json: jobs 1); summary: ")
+    assert capsys.readouterr().out.startswith("1 run (1 failed, no metrics.json: job 1); summary: ")
 
 
 def test_a_monitor_metric_that_is_never_logged_is_one_line(tmp_path):
@@ -297,7 +297,7 @@ def test_the_sweep_end_line_counts_failed_jobs_in_job_order_and_names_the_best(t
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
                                "monitor": {"metric": "val/acc", "mode": "max"}})
     SweepSummary().on_multirun_end(config)
-    assert capsys.readouterr().out == (f"1 runs (2 failed, no metrics.json: jobs 2, 10); summary: "
+    assert capsys.readouterr().out == (f"1 run (2 failed, no metrics.json: jobs 2, 10); summary: "
                                        f"{tmp_path / 'summary.csv'}; best by val/acc_best: job 0\n")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["job"], r["trainer.max_epochs"]) for r in summary] == [("0", "1"), ("2", "2"), ("10", "3")]

@@ -533,7 +533,7 @@ def test_a_failing_job_of_a_sweep_is_one_error_line_and_the_sweep_goes_on(mnist_
                      "data.val_size=0,200", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 1, result.stderr[-2000:]  # after every job: a script running the sweep knows
     assert "error: data.val_size=0 leaves no training or no validation rows" in result.stderr
-    assert "Traceback" not in result.stderr and "1 runs (1 failed, no metrics.json: jobs 0)" in result.stdout
+    assert "Traceback" not in result.stderr and "1 run (1 failed, no metrics.json: job 0)" in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["job"], r["failed"], r["data.val_size"]) for r in summary] == [("1", False, "200"), ("0", True, "0")]
     assert summary[0]["trainer.max_epochs"] == "1"  # the column of `trainer.max_epochs=1` (passed on as ++trainer...)
