@@ -298,7 +298,7 @@ def home_expanded(argv: list[str]) -> list[str]:
 
 def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     """`resume=run` and whatever else `argv` gives -> the run's saved overrides, then those given, its directory and
-    `ckpt_path=last`."""
+    `ckpt_path=last`; without that where the run stopped before its first checkpoint (it starts again)."""
     by_hand = f"continue it by hand: python train.py <its settings> hydra.run.dir={run} ckpt_path=last"
     if multirun:
         raise UserInputError(f"resume={run} continues one run: drop -m")
@@ -322,8 +322,16 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
                                  "keeps its model and data: start a new run with it instead")
     if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file() and not (run / "metrics.json").is_file():  # it stopped before its first checkpoint: a bad
+        if not other_rank():                                         # setting (a sweep's failed job), a kill
+            print(f"warning: resume={run}: no {last}, the run stopped before it saved one; it starts again from its "
+                  "first step there", file=sys.stderr)
+        resume = []
+    else:
+        resume = ["ckpt_path=last"]
     # hydra.mode=RUN: an Optuna trial's overrides hold hparams_search=..., whose preset starts a study
-    return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", "ckpt_path=last", "hydra.mode=RUN"]
+    return flags + kept + given + [f"hydra.run.dir={quoted(str(run))}", *resume, "hydra.mode=RUN"]
 
 
 def restates_resume(override: str, run: Path) -> bool:

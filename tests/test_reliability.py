@@ -1019,6 +1019,26 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
         resume_arguments([f"resume={tmp_path}"])
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_is_resumed_from_the_start(tmp_path):
+    # A sweep's job that failed on a bad setting (or a run killed in its first epoch): resume=RUN said
+    # "ckpt_path=last: no checkpoint at RUN/checkpoints/last.ckpt", a setting the user never gave.
+    (tmp_path / "rows.csv").write_text("x,y\n" + "".join(f"{i % 7},{i % 2}\n" for i in range(400)))
+    run = tmp_path / "run"
+    settings = ["model=dnn", "data=csv", "data.label_column=y", "data.numeric_columns=[x]", "data.batch_size=32",
+                "trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+                "callbacks.result_figures=null"]
+    failed = run_cli(*settings, f"data.path={tmp_path}/missing.csv", f"hydra.run.dir={run}")
+    assert failed.returncode == 2 and "missing.csv: no such file" in failed.stderr
+    resumed = run_cli(f"resume={run}", f"data.path={tmp_path}/rows.csv")  # the setting, fixed
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"warning: resume={run}: no {run}/checkpoints/last.ckpt, the run stopped before it saved one; it starts " \
+           "again from its first step there" in resumed.stderr
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    # A finished run whose last.ckpt is gone is not trained over: Lightning's error names the missing checkpoint.
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert resume_arguments([f"resume={run}", "trainer.max_epochs=2"])[-2] == "ckpt_path=last"
+
+
 def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     write_json(tmp_path / "metrics.json", {"test/acc": 0.5})
 
@@ -1049,11 +1069,11 @@ def test_resume_keeps_the_runs_overrides_but_not_its_old_directory_or_checkpoint
     run = tmp_path / "rün"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- hydra.run.dir=/moved/away\n- ckpt_path=x.ckpt\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_arguments([f'resume="{run}"', "trainer.max_epochs=9"]) == [
         "model=cnn", "trainer.max_epochs=9", f'hydra.run.dir="{run}"', "ckpt_path=last",  # quoted: Hydra reads ü so
         "hydra.mode=RUN"]  # an Optuna trial's overrides hold hparams_search=..., which would start a new study
-    (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(UserInputError, match=f"is a file: resume takes the run's directory, resume={run}$"):
         resume_arguments([f"resume={run}/checkpoints/last.ckpt"])  # advised hydra.run.dir=RUN/checkpoints/last.ckpt
     with pytest.raises(UserInputError, match="^resume= is empty: give the run directory"):  # was "resume=."
