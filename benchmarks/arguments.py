@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -16,6 +15,8 @@ from omegaconf import DictConfig
 from data import UserInputError
 from models.checks import CONFIGS, check_number
 from models.cli import check_overrides, trainer_arguments
+from models.records import write_json
+from models.runs import check_out
 
 os.environ.setdefault("REDES_ROOT", str(CONFIGS.parent))  # configs' ${paths.root_dir}, as train.py sets it
 # trainer.precision's short names, as Lightning reads them; what measure.autocast does in the plain loop (bf16-true
@@ -31,6 +32,8 @@ def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[s
             raise UserInputError(f"{arg}: give key=value arguments, the benchmark's own ({', '.join(names)}) and "
                                  "train.py's overrides; --help shows the usage")
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in names)
+    if options.get("out"):  # a missing folder, a folder, a run's own file: said now, not after minutes of measuring
+        check_out(options["out"], {}, out_name="benchmark.json")
     return options, [a for a in argv if a.split("=", 1)[0] not in options]
 
 
@@ -81,7 +84,7 @@ def run(main: Callable[[list[str]], tuple[dict, str | None]]) -> None:
         sys.exit(2)
     print(json.dumps(result, indent=2))
     if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)  # whole or not at all, as eval.py's out=
 
 
 def at_least(cast: type, least: float, inclusive: bool = True) -> Callable[[str], float]:

@@ -218,6 +218,25 @@ def test_a_bad_benchmark_argument_is_one_error_line(script, args, message, tmp_p
     assert not (tmp_path / "criteo").exists()  # refused before any file is written
 
 
+@pytest.mark.parametrize("script, out, message", [
+    ("throughput.py", "missing/x.json", "no folder"),
+    ("time_to_accuracy.py", ".", "is a folder"),
+    ("throughput.py", "run/metrics.json", "is a file train.py wrote for the run"),
+])
+def test_a_benchmarks_out_is_checked_before_it_measures(script, out, message, tmp_path):
+    # It was written after the measurement: a traceback minutes later, or a run's metrics.json replaced by the JSON.
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "run" / "metrics.json").write_text('{"test/acc": 0.9}\n')
+    own = ["steps=1", "warmup=0", "repeats=1"] if script == "throughput.py" else ["trainer.max_epochs=1"]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *SMALL_DNN, *own,
+                           f"out={tmp_path / out}"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and not done.stdout, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: out={tmp_path / out}")
+    assert message in done.stderr
+    assert (tmp_path / "run" / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
+
+
 @pytest.mark.parametrize("script", ["throughput.py", "time_to_accuracy.py"])
 def test_a_benchmarks_help_is_its_usage(script):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
