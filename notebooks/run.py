@@ -58,10 +58,15 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
     source = "# Parameters injected by notebooks/run.py\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
     notebook.cells.insert(tagged[0] + 1 if tagged else 0,
                           nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
-    out = Path(out) if out else Path(run_dir) / f"{name}.ipynb"
+    given, out = out, Path(out) if out else Path(run_dir) / f"{name}.ipynb"
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before minutes of executing
         raise ValueError(f"cannot write the executed notebook to {out} (a folder, or in a missing or read-only "
                          "one): give out=FILE.ipynb")
+    # Never over a notebook of notebooks/ (`run.py concepts notebooks`, out=notebooks/...): its outputs and injected
+    # run_dir would be in the next execution's source, and that stale run_dir, a cell after the new one, would win.
+    if out.resolve() in {kept.resolve() for kept in NOTEBOOKS.glob("*.ipynb")}:
+        raise ValueError(f"{out} is a notebook of {NOTEBOOKS}, kept without outputs: give "
+                         + ("another out=FILE.ipynb" if given else "another folder"))
     client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})  # cwd: notebooks/, as in Jupyter
     try:

@@ -113,6 +113,21 @@ def test_a_file_where_a_teaching_notebooks_folder_goes_is_one_line(capsys, tmp_p
     assert (tmp_path / "data.csv").read_text() == "kept"
 
 
+@pytest.mark.parametrize("name, where, out", [("concepts", "notebooks", None),  # the folder to write into
+                                               ("analyze_run", "{run}", "notebooks/analyze_run.ipynb")])
+def test_no_execution_writes_over_a_notebook_of_notebooks(name, where, out, monkeypatch, capsys, tmp_path):
+    # It did: notebooks/analyze_run.ipynb then held the outputs and a cell setting run_dir to that run, which the next
+    # `run.py analyze_run OTHER_RUN` ran after its own: it analyzed the first run again, under the other's name.
+    run, nbclient, written = importlib.import_module("notebooks.run"), importlib.import_module("nbclient"), []
+    monkeypatch.setattr(nbclient, "NotebookClient", lambda *args, **kwargs: type("C", (), {"execute": print})())
+    monkeypatch.setattr(nbformat, "write", lambda notebook, path: written.append(path))
+    argv = [name, str(ROOT / where.format(run=tmp_path))] + ([f"out={ROOT / out}"] if out else [])
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is a notebook of" in err and len(err.splitlines()) == 1, err
+    assert not written
+
+
 def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
     run = importlib.import_module("notebooks.run")
     source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'
