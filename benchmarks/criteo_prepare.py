@@ -208,9 +208,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the file and cache (default: delete them)")
     parser.add_argument("--train-steps", type=at_least(int, 0), default=0,
                         help="then train this many steps, streamed")
-    parser.add_argument("--max-in-memory-gb", type=at_least(float, 0), default=0.1,
-                        help="data.max_in_memory_gb for training")
-    parser.add_argument("--hash-buckets", type=at_least(int, 1), default=100_000, help="data.hash_buckets for training")
+    parser.add_argument("--max-in-memory-gb", type=at_least(float, 0),
+                        help="data.max_in_memory_gb for training (default 0.1)")
+    parser.add_argument("--hash-buckets", type=at_least(int, 1), help="data.hash_buckets for training (default 100000)")
     parser.add_argument("--memory-limit-gb", type=at_least(float, 0, inclusive=False),
                         help="train inside a memory cgroup limited to this (GiB)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: the child process
@@ -224,8 +224,11 @@ def main() -> None:
     if others:  # the folder is deleted at the end: never with someone else's files in it
         parser.error(f"--dir {args.dir} holds files this benchmark did not write ({', '.join(others[:3])}), and "
                      "it deletes the folder when done: give a new or empty folder")
-    if args.memory_limit_gb and not args.train_steps:  # (it was ignored)
-        parser.error("--memory-limit-gb limits the training: add --train-steps N, or leave it out")
+    for flag in ("--memory-limit-gb", "--max-in-memory-gb", "--hash-buckets"):  # (they were ignored)
+        if getattr(args, flag[2:].replace("-", "_")) is not None and not args.train_steps:
+            parser.error(f"{flag} sets the training: add --train-steps N, or leave it out")
+    args.max_in_memory_gb = 0.1 if args.max_in_memory_gb is None else args.max_in_memory_gb
+    args.hash_buckets = args.hash_buckets or 100_000
     if args.memory_limit_gb:  # before the file is written and converted: a cgroup this process can make
         try:
             MemoryCgroup(int(args.memory_limit_gb * 2**30)).remove()

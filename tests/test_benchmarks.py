@@ -306,10 +306,21 @@ def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("flag, value", [("--max-in-memory-gb", "0"), ("--hash-buckets", "10")])
+def test_criteo_prepare_refuses_a_training_setting_without_training(flag, value, tmp_path):
+    # Without --train-steps there is no training: the setting was ignored, the file written and converted anyway.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001", flag,
+                           value, "--dir", str(tmp_path / "c")], capture_output=True, text=True)
+    assert done.returncode == 2 and not done.stdout, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f"error: {flag} sets the training: add --train-steps N, or "
+                                                         "leave it out")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("where, args, message", [
     ("none", [], "error: --memory-limit-gb: no memory cgroup here (needs {v2}, cgroup v1 or v2): leave the option out"),
     ("taken", [], "error: --memory-limit-gb: cannot create {v2}/redes_bench_{pid} (File exists): run as root, or"),
-    ("none", ["--train-steps", "0"], "error: --memory-limit-gb limits the training: add --train-steps N"),
+    ("none", ["--train-steps", "0"], "error: --memory-limit-gb sets the training: add --train-steps N"),
 ])
 def test_criteo_prepare_refuses_a_memory_limit_it_cannot_apply_with_exit_2(where, args, message, tmp_path,
                                                                            monkeypatch, capsys):
