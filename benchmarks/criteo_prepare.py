@@ -243,7 +243,8 @@ def main() -> None:
         write_file(path, args.gb)
     shutil.rmtree(args.dir / "cache", ignore_errors=True)  # measure a cold conversion
     child = subprocess.run([sys.executable, __file__, "--measure", str(path), "--dir", str(args.dir),
-                            "--chunk-rows", str(args.chunk_rows)])  # its progress bar shows here
+                            "--chunk-rows", str(args.chunk_rows)], stdout=sys.stderr)  # its progress bar: on
+    # stderr, as the writing's, so that stdout is the JSON alone (`> result.json`, `| jq`)
     if child.returncode:
         sys.exit(child.returncode)
     result = json.loads((args.dir / "result.json").read_text())

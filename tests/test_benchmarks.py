@@ -306,6 +306,14 @@ def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
 
 
+def test_criteo_prepare_prints_json_alone_on_stdout(tmp_path):
+    # The conversion's progress bar went to stdout, before the JSON: `> result.json` was not JSON.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001", "--dir",
+                           str(tmp_path / "c")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] > 0 and "preparing" in done.stderr
+
+
 @pytest.mark.parametrize("flag, value", [("--max-in-memory-gb", "0"), ("--hash-buckets", "10")])
 def test_criteo_prepare_refuses_a_training_setting_without_training(flag, value, tmp_path):
     # Without --train-steps there is no training: the setting was ignored, the file written and converted anyway.
