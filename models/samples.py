@@ -23,6 +23,9 @@ def sample(net: CharLM, vocab: list[str], prompt: str, length: int, temperature:
     """`prompt` followed by `length` sampled characters; the same seed gives the same text."""
     if not prompt:
         raise UserInputError("the prompt is empty; give at least one character, e.g. prompt='\\n'")
+    for name, value in (("length", length), ("top_k", top_k)):  # (the text_generation notebook's parameters too)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserInputError(f"{name}={value!r}: give a whole number >= 0")
     check_temperature(temperature)
     if unknown := sorted(set(prompt) - set(vocab)):
         warnings.warn(f"prompt characters not in the training vocabulary, read as <unk>: {''.join(unknown)!r}",

@@ -500,6 +500,12 @@ def test_a_sample_keeps_its_prompt_warns_of_unknown_characters_and_follows_its_s
     assert len(set(draws)) == 3 and draws[1] == draws[3]
     with pytest.raises(UserInputError, match="the prompt is empty"):  # the notebook's parameter: run.py's one line
         sample(net, vocab, "", 5)
+    # The text_generation notebook's length=-5 gave empty samples, with exit 0 (generate.py checks its own).
+    for setting, refused in (({"length": -5}, "length=-5"), ({"length": 2.5}, "length=2.5"),
+                             ({"top_k": -1}, "top_k=-1")):
+        with pytest.raises(UserInputError, match=f"^{refused}: give a whole number >= 0$"):
+            sample(net, vocab, "a", **{"length": 5, **setting})
+    assert sample(net, vocab, "ab", 0) == "ab"
 
 
 def test_text_samples_checks_its_settings_when_built_and_skips_the_sanity_check(tmp_path):
