@@ -4,13 +4,14 @@ throughput.py and time_to_accuracy.py take `key=value` options of their own besi
 lstm_windows.py and criteo_prepare.py take argparse flags, whose values `at_least` bounds.
 """
 import argparse
+import difflib
 import json
 import os
 import sys
 from collections.abc import Callable
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from data import UserInputError
 from models.checks import CONFIGS, check_number
@@ -31,10 +32,20 @@ def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[s
         if arg.startswith("-") or arg in names:  # (`--help` is run's)
             raise UserInputError(f"{arg}: give key=value arguments, the benchmark's own ({', '.join(names)}) and "
                                  "train.py's overrides; --help shows the usage")
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key not in names and "." not in key and not is_train_setting(key) and (
+                near := difflib.get_close_matches(key, names, n=1, cutoff=0.75)):  # Hydra would advise +step=5
+            raise UserInputError(f"{arg}: {key} is neither this benchmark's option nor train.py's; did you mean "
+                                 f"{near[0]}?")
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in names)
     if options.get("out"):  # a missing folder, a folder, a run's own file: said now, not after minutes of measuring
         check_out(options["out"], {}, out_name="benchmark.json")
     return options, [a for a in argv if a.split("=", 1)[0] not in options]
+
+
+def is_train_setting(key: str) -> bool:
+    """A top-level key of train.py's config (`seed`) or a config group (`model`)."""
+    return (CONFIGS / key).is_dir() or key in OmegaConf.load(CONFIGS / "train.yaml")
 
 
 def whole_option(options: dict, key: str, default: int, least: int) -> int:

@@ -4,6 +4,7 @@ a run's saved config kept when it fails, and the run's train.log. Checks of the 
 models/checks.py and models/signatures.py; sweeps' summaries in models/sweeps.py."""
 import argparse
 import copy
+import difflib
 import inspect
 import itertools
 import logging
@@ -23,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from data import UserInputError, check_folder
@@ -127,6 +128,8 @@ def check_overrides(argv: list[str]) -> None:
             message = " ".join(str(err).split("Config search path")[0].split())
             if message.startswith("Config group override must be a string or a list. Got "):
                 message = group_given_a_value(variant) or message
+            if missing := re.match(r"Could not override '([^']+)'\. To append", message):  # a misspelt key
+                message = misspelt_key(missing[1], variant) or message
             raise UserInputError(f"{message} (see `python train.py --help`)") from err
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # model=cnn, also from a default or a preset
         HydraConfig.instance().set_config(copy.deepcopy(cfg))  # `paths.data_dir=${hydra:runtime.cwd}/data` resolves
@@ -143,6 +146,22 @@ def check_overrides(argv: list[str]) -> None:
             raise UserInputError(f"{err.full_key}: {str(err).splitlines()[0]}") from None
         finally:
             HydraConfig.instance().cfg = None  # Hydra sets the job's own
+
+
+def misspelt_key(key: str, overrides: list[str]) -> str | None:
+    """`model.lrr=0.1`: the setting it was meant for, where the config has one with a name close to it. (Hydra's
+    advice, `+model.lrr=0.1`, would add a key that nothing reads, refused in turn.)"""
+    parent, _, name = key.rpartition(".")
+    choices = [o for o in overrides if (CONFIGS / o.split("=", 1)[0].lstrip("+~")).is_dir()]  # model=dnn: its keys
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            node = compose("train", overrides=choices)
+    except Exception:  # a choice is wrong too: Hydra's message about this key stands
+        return None
+    node = OmegaConf.select(node, parent) if parent else node
+    near = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1) if isinstance(node, DictConfig) else []
+    return f"{key} is not a setting train.py reads; did you mean {parent}{'.' if parent else ''}{near[0]}?" if near \
+        else None
 
 
 def check_hydra_settings(args: dict[str, str]) -> None:

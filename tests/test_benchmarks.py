@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from models import assemble
+from data import UserInputError
 from models.recipe import Recipe
 from benchmarks import throughput, time_to_accuracy
+from benchmarks.arguments import split_options
 from benchmarks.measure import autocast, peak_memory
 from data.batches import TensorBatches
 from conftest import ROOT, make_config
@@ -235,6 +238,16 @@ def test_a_benchmarks_out_is_checked_before_it_measures(script, out, message, tm
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: out={tmp_path / out}")
     assert message in done.stderr
     assert (tmp_path / "run" / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
+
+
+def test_a_misspelt_benchmark_option_is_named_with_the_one_meant():
+    # step=5 got Hydra's advice, "To append to your config use +step=5", which train.py then refused.
+    names = ("steps", "warmup", "repeats", "out")
+    for arg, meant in (("step=5", "steps"), ("+warmups=2", "warmup")):
+        refused = f"^{re.escape(arg)}: .* is neither this benchmark's option nor train.py's; did you mean {meant}\\?$"
+        with pytest.raises(UserInputError, match=refused):
+            split_options(["model=dnn", arg], names)
+    assert split_options(["model=dnn", "seed=3", "steps=4"], names) == ({"steps": "4"}, ["model=dnn", "seed=3"])
 
 
 @pytest.mark.parametrize("script", ["throughput.py", "time_to_accuracy.py"])

@@ -453,9 +453,10 @@ def test_a_datamodule_refusing_its_settings_is_one_error_not_hydras_wrapper(over
 @pytest.mark.parametrize("args, message", [
     (["model=cnnn"], "error: In 'train': Could not find 'model/cnnn' Available options in 'model':"),
     (["data=imagenet"], "error: In 'model/cnn': Could not find 'data/imagenet'"),
-    (["model.lrr=0.1"], "error: Could not override 'model.lrr'."),
+    # A misspelt key: Hydra's advice, "To append to your config use +model.lrr=0.1", led to a second refusal.
+    (["model.lrr=0.1"], "error: model.lrr is not a setting train.py reads; did you mean model.lr?"),
     (["-m", "model=dnn,cnnn"], "error: In 'train': Could not find 'model/cnnn'"),  # any swept value, before job 0
-    (["-m", "model=dnn", "model.lrr=0.1,0.2"], "error: Could not override 'model.lrr'."),
+    (["-m", "model=dnn", "model.lrr=0.1,0.2"], "error: model.lrr is not a setting train.py reads; did you mean"),
     (["-m", "model=dnn", "model.lr=0.1,abc"], "error: model.lr='abc': give a number > 0"),
     (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
     (["+trainer.max_epoch=3"], "error: trainer.max_epoch is not a lightning Trainer argument; did you mean max_epochs"),
@@ -778,6 +779,20 @@ def test_an_unset_environment_variable_is_one_line():
     with pytest.raises(UserInputError, match="^model.lr: .*Environment variable 'REDES_UNSET' not found"):
         check_overrides(["model.lr=${oc.env:REDES_UNSET}"])
     check_overrides(["paths.data_dir=${hydra:runtime.cwd}/datasets"])  # Hydra's resolver: "HydraConfig was not set"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=dnn", "data.batchsize=3", "model.net.hiden_size=3"],  # the first one named; the model's own keys
+     "data.batchsize is not a setting train.py reads; did you mean data.batch_size?"),
+    (["model=cnn", "model.net.widht=3"],
+     "model.net.widht is not a setting train.py reads; did you mean model.net.widths?"),
+    (["sed=1"], "sed is not a setting train.py reads; did you mean seed?"),
+    (["model.zzz=1"], "Could not override 'model.zzz'. To append to your config use +model.zzz=1"),  # nothing near
+])
+def test_a_misspelt_key_is_named_with_the_setting_it_was_meant_for(args, message):
+    with pytest.raises(UserInputError) as refused:
+        check_overrides(args)
+    assert str(refused.value).startswith(message)
 
 
 def test_a_number_from_an_environment_variable_is_refused_with_the_resolver_that_reads_it(monkeypatch):
