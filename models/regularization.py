@@ -200,7 +200,7 @@ def curves_figure(curves: dict[str, pd.DataFrame], title: str, marks: dict[str, 
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", ylim=(0, top))  # epochs 1-2 would squash the rest
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
     for ax in (loss_ax, acc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     loss_ax.legend(fontsize=8)
     acc_ax.legend(fontsize=8)
     fig.suptitle(title)
