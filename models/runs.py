@@ -228,13 +228,36 @@ def setting(override: str) -> str:
     return override.partition("=")[0].removeprefix("data.").split(".")[0]
 
 
-def refuse_split_settings(overrides: list[str] | tuple[str, ...]) -> None:
+def as_trained(data_config: dict, override: str) -> bool:
+    """Whether `data.KEY=VALUE` leaves the run's stored data config as it was (the value it was trained with, of the
+    same type: 5000.0 is not a val_size of 5000), e.g. a training command's data.* settings given again."""
+    key, _, value = override.partition("=")
+    config = OmegaConf.create(data_config)
+    path = key.removeprefix("data.")
+    if OmegaConf.select(config, path, default=KeyError) is KeyError:
+        return False
+    try:
+        changed = config.copy()
+        OmegaConf.update(changed, path, yaml.safe_load(value))
+    except Exception:  # (a value YAML cannot read: instantiate_datamodule says so)
+        return False
+    return json.dumps(OmegaConf.to_container(changed)) == json.dumps(OmegaConf.to_container(config))
+
+
+def refuse_split_settings(overrides: list[str] | tuple[str, ...], data_config: dict | None = None) -> list[str]:
     """Scoring or predicting with a checkpoint keeps its split, columns and encoders: overriding SPLIT_SETTINGS would
-    score rows it trained on, or feed its network other columns than it learned (scaled with the saved statistics)."""
-    if fixed := [o for o in overrides if setting(o) in SPLIT_SETTINGS]:
-        raise UserInputError(f"{fixed[0]}: this setting decides which rows are the test split or what is fitted "
-                             "on the training split (normalization, encoders, the columns), which stay as the "
-                             f"checkpoint was trained; train a run with {fixed[0]} to score another split")
+    score rows it trained on, or feed its network other columns than it learned (scaled with the saved statistics).
+    One that gives the value the run was trained with (`data_config`, the checkpoint's) changes nothing and is
+    dropped: the overrides left are returned."""
+    kept = []
+    for override in overrides:
+        if setting(override) not in SPLIT_SETTINGS:
+            kept.append(override)
+        elif data_config is None or not as_trained(data_config, override):
+            raise UserInputError(f"{override}: this setting decides which rows are the test split or what is fitted "
+                                 "on the training split (normalization, encoders, the columns), which stay as the "
+                                 f"checkpoint was trained; train a run with {override} to score another split")
+    return kept
 
 
 def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] = (), trained_on: dict | None = None):
@@ -243,7 +266,7 @@ def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] =
     what its network learned from (overrides that point at another file with another alphabet, other categories or
     other statistics, another image dataset): what is fitted again here must be what the checkpoint was fitted with."""
     if trained_on is not None:
-        refuse_split_settings(overrides)
+        overrides = refuse_split_settings(overrides, data_config)
     datamodule = instantiate_datamodule(data_config, overrides)
     prepare_data_once(datamodule)
     datamodule.setup("fit")
@@ -305,8 +328,8 @@ def fitted_datamodule(checkpoint: dict, overrides: list[str] | tuple[str, ...] =
     """The run's DataModule holding what it fitted on the training split, read from the checkpoint (Lightning
     saves a DataModule's state_dict there) without touching the data; a DataModule that saved nothing is set up
     on its training split instead. Overrides of SPLIT_SETTINGS are refused."""
-    refuse_split_settings(overrides)
     config = checkpoint["hyper_parameters"]["config"]["data"]
+    overrides = refuse_split_settings(overrides, config)
     datamodule = instantiate_datamodule(config, overrides)
     if state := checkpoint.get(type(datamodule).__qualname__):
         datamodule.load_state_dict(state)

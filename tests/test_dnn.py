@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -1133,3 +1134,23 @@ def test_train_on_a_csv_it_has_never_seen(tmp_path, monkeypatch, capsys):
     write_csv(tmp_path / "twice.csv", new.assign(again=new["age"]).rename(columns={"again": "age"}))  # pandas: age.1
     with pytest.raises(UserInputError, match=r"twice.csv: the header \(row 1\) names column\(s\) \['age'\] twice"):
         predict_script.predict(ckpt, tmp_path / "twice.csv")
+
+
+def test_rescoring_accepts_a_split_setting_given_as_the_run_was_trained(tmp_path):
+    # A training command's data.* settings given again to eval.py or predict.py change nothing: refusing them with
+    # "train a run with data.rows=20000" sent the user to train the run they already had.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "city": np.repeat(["a", "b", "c"], 100),
+                          "y": rng.integers(0, 2, 300)})
+    config = {"_target_": "data.tabular.CSVDataModule", "path": str(write_csv(tmp_path / "a.csv", frame)),
+              "label_column": "y", "numeric_columns": ["x"], "categorical_columns": ["city"], "split_seed": 0,
+              "val_fraction": 0.15}
+    trained = runs.build_datamodule(config)
+    checkpoint = {"hyper_parameters": {"net_kwargs": trained.net_kwargs, "config": {"data": config}},
+                  "CSVDataModule": trained.state_dict()}
+    same = ["data.split_seed=0", "data.numeric_columns=[x]", "data.val_fraction=0.15"]
+    runs.build_datamodule(config, same, trained_on=checkpoint)
+    assert runs.fitted_datamodule(checkpoint, same).ids.vocab["city"].tolist() == ["a", "b", "c"]
+    for other in ("data.split_seed=1", "data.numeric_columns=[x,city]", "data.split_seed=0.0"):  # 0.0: not as stored
+        with pytest.raises(UserInputError, match=rf"^{re.escape(other)}: this setting decides"):
+            runs.fitted_datamodule(checkpoint, [other])
