@@ -2,7 +2,8 @@
 
 The network comes from the checkpoint alone (`models.recipe.load_recipe`), the data from the config stored in it,
 so this reproduces the test metrics train.py wrote to RUN/metrics.json (on as much of the test split as the run
-scored: its trainer.limit_test_batches, unless given here, times the run's DDP processes if a count (a fraction of
+scored: its trainer.limit_test_batches, unless given here, times the run's DDP processes and shared among this
+command's (trainer.devices=N) if a count (a fraction of
 a DDP run's test split is near, not exact: a note says so); a count of batches, debug=fast's 2, covers other
 examples with another data.eval_batch_size). `paths.data_dir=DIR` or
 `data.KEY=VALUE` change the data (the dataset moved; a larger eval batch), never its test split nor what its
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from data import UserInputError
@@ -58,6 +60,13 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
         trainer = L.Trainer(**options)
     except (TypeError, ValueError, MisconfigurationException, ImportError) as err:
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
+    if isinstance(limit, int) and "limit_test_batches" not in trainer_options and trainer.world_size > 1:
+        # this command's processes share the run's batches (each would score the count, world_size times as many)
+        trainer.limit_test_batches = -(-limit // trainer.world_size)
+        if limit % trainer.world_size and trainer.global_rank == 0:
+            print(f"note: the run scored {limit} test batches; {trainer.world_size} processes score "
+                  f"{trainer.limit_test_batches} each, {trainer.limit_test_batches * trainer.world_size} in all: give "
+                  "a trainer.devices that divides it to compare exactly", file=sys.stderr)
     with fraction_of_a_batch_refused():
         metrics = trainer.test(recipe, datamodule=datamodule, verbose=False)[0]
     return {**metrics, **reference_metrics(datamodule, trainer)}
@@ -78,6 +87,8 @@ def main(argv: list[str]) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if rank_zero_only.rank != 0:  # trainer.devices=N: the other processes leave the output to the first
+        return 0
     out = Path(options.get("out") or output_path(ckpt_path)).expanduser()
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))  # first: out= may fail

@@ -2,6 +2,8 @@
 import importlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from unittest import mock
@@ -20,7 +22,7 @@ from models.signatures import check_trainer_args
 from models.cli import distributed_arguments
 from models.sweeps import SweepSummary
 from models.runs import prepare_data_once
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 from tests.cli_process import run_cli
 
 eval_script = importlib.import_module("eval")  # eval.py, beside train.py
@@ -112,6 +114,15 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
     single = train_module.train(make_config(*common, "data.batch_size=256", "trainer.limit_test_batches=4",
                                             output_dir=tmp_path / "one"))
+    # eval.py on two processes scores as many test batches as the run's one did, 2 a process (each scored the
+    # run's 4: 8 in all, other metrics), and prints and writes them once.
+    rescored = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={tmp_path}/one/checkpoints/best.ckpt",
+                               "trainer.accelerator=cpu", "trainer.devices=2", f"out={tmp_path}/eval2.json"],
+                              capture_output=True, text=True, timeout=300)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert rescored.stdout.count('"test/auroc"') == 1 and rescored.stderr.count("written to") == 1
+    evaluated = json.loads((tmp_path / "eval2.json").read_text())
+    assert {k: evaluated[k] for k in COMPARED[:3]} == pytest.approx({k: single[k] for k in COMPARED[:3]}, abs=1e-3)
     assert (parallel["steps"], parallel["epochs"]) == (single["steps"], single["epochs"]) == (112, 2)
     assert parallel["test/auroc"] > 0.74  # learned: 0.5 is chance, the Bayes optimum of this data 0.81
     # Measured: differences of at most 8e-4; 2e-2 when both ranks trained on the same shard.
