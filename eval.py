@@ -1,13 +1,13 @@
 """Evaluate a trained checkpoint on its test split: `python eval.py ckpt_path=RUN/checkpoints/best.ckpt`.
 
 The network comes from the checkpoint alone (`models.recipe.load_recipe`), the data from the config stored in it,
-so this reproduces the test metrics train.py wrote to RUN/metrics.json (on as much of the test split as the run
-scored: its trainer.limit_test_batches, unless given here, times the run's DDP processes and shared among this
-command's (trainer.devices=N) if a count (a fraction of
-a DDP run's test split is near, not exact: a note says so); a count of batches, debug=fast's 2, covers other
-examples with another data.eval_batch_size). `paths.data_dir=DIR` or
-`data.KEY=VALUE` change the data (the dataset moved; a larger eval batch), never its test split nor what its
-training split fits (models.runs.SPLIT_SETTINGS); `trainer.KEY=VALUE` the Trainer (`trainer.accelerator=cpu`).
+so this reproduces the test metrics train.py wrote to RUN/metrics.json, on as much of the test split as the run
+scored: its trainer.limit_test_batches, unless given here. A count is multiplied by the run's DDP processes and
+shared among this command's (trainer.devices=N); a count of batches, debug=fast's 2, covers other examples with
+another data.eval_batch_size; a fraction of a DDP run's test split is near, not exact (a note says so).
+`paths.data_dir=DIR` or `data.KEY=VALUE` change the data (the dataset moved; a larger eval batch), never its test
+split nor what its training split fits (models.runs.SPLIT_SETTINGS); `trainer.KEY=VALUE` the Trainer
+(`trainer.accelerator=cpu`).
 Prints the test metrics and writes them to RUN/metrics_eval.json, or to `out=FILE`.
 """
 import json
