@@ -92,7 +92,11 @@ def main(argv: list[str]) -> int:
     out = Path(options.get("out") or output_path(ckpt_path)).expanduser()
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))  # first: out= may fail
-    write_json(out, saved)
+    try:
+        write_json(out, saved)
+    except UserInputError as err:  # a full disk
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"written to {out}", file=sys.stderr)
     return 0
 

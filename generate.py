@@ -15,7 +15,7 @@ import torch
 from data import UserInputError
 from models.lstm import CharLM
 from models.recipe import load_recipe
-from models.records import stdout_closed
+from models.records import stdout_closed, writes_reported
 from models.runs import load_checkpoint
 from models.samples import sample
 
@@ -89,7 +89,8 @@ def main(argv: list[str]) -> None:
             text = generate(**options)
         for warning in caught:  # one line each, without Python's second line (the source that warned)
             print(f"warning: {warning.message}", file=sys.stderr)
-        print(text, flush=True)  # flushed here, where a closed pipe is caught, not at exit
+        with writes_reported("stdout"):  # (a full disk behind `> FILE`)
+            print(text, flush=True)  # flushed here, where a closed pipe is caught, not at exit
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -39,7 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from data import UserInputError, class_names, count
 from data.columns import CsvRows, read_csv_rows
 from models.recipe import load_recipe, probabilities
-from models.records import stdout_closed, written_whole
+from models.records import stdout_closed, writes_reported, written_whole
 from models.runs import fitted_datamodule, load_checkpoint, parse_arguments
 
 USAGE = ("python predict.py ckpt_path=RUN/checkpoints/best.ckpt input=IMAGE|FOLDER|FILE.csv|FILE.txt [out=FILE.csv] "
@@ -261,8 +261,9 @@ def output(out: str | None):
     """Where the CSV goes: stdout, or out=FILE written whole or not at all (`written_whole`): an error or Ctrl-C
     halfway leaves an earlier FILE as it was."""
     if not out:
-        yield sys.stdout
-        sys.stdout.flush()  # here, where main catches a closed pipe, not at exit (a traceback Python prints itself)
+        with writes_reported("stdout"):  # (a full disk behind `> FILE`)
+            yield sys.stdout
+            sys.stdout.flush()  # here, where main catches a closed pipe, not at exit (a traceback Python prints itself)
         return
     with written_whole(out, newline="") as f:
         yield f

@@ -1,6 +1,7 @@
 """The files a run writes about itself, and reading them back: metrics.json (written whole or not at all, so a kill
 mid-write never leaves half a record) and Hydra's .hydra/overrides.yaml. A damaged one is a one-line error naming
 it, not a traceback."""
+import errno
 import json
 import os
 import sys
@@ -24,23 +25,39 @@ def stdout_closed() -> int:
     return 1
 
 
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a full quota, a file larger than allowed
+
+
+@contextmanager
+def writes_reported(where: str) -> Iterator[None]:
+    """A write to `where` that fails for want of room (`WRITE_FAILURES`) as one error line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            raise
+        raise UserInputError(f"{where}: cannot write it ({err.strerror}); make room, or write elsewhere") from None
+
+
 @contextmanager
 def written_whole(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
     """A text file to write `path` through, whole or not at all: a temporary file beside it, renamed over it when the
-    block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was). A symlink's target is
+    block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was; a full disk is one
+    error line, `writes_reported`). A symlink's target is
     replaced, the link kept. What is not a regular file (/dev/stdout, a pipe, a device) is written to directly:
     renaming over it would put a file in its place."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_file():
-        with open(path, "w", newline=newline) as f:
+        with writes_reported(str(path)), open(path, "w", newline=newline) as f:
             yield f
         return
     path = path.resolve()
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with open(partial, "w", newline=newline) as f:
-            yield f
-        os.replace(partial, path)
+        with writes_reported(str(path)):
+            with open(partial, "w", newline=newline) as f:
+                yield f
+            os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 

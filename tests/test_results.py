@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -784,3 +785,32 @@ def test_out_null_means_the_default_output(tmp_path, monkeypatch):
     options, _, _ = runs.parse_arguments(["ckpt_path=x.ckpt", "out=nullity.json"], "usage", required=("ckpt_path",),
                                          optional=("out",))
     assert options["out"] == "nullity.json"
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_earlier_output(tmp_path, monkeypatch):
+    # eval.py out=, predict.py's CSV (to out= or stdout) and generate.py's text on a full disk: OSError tracebacks.
+    from models.records import write_json
+
+    (tmp_path / "m.json").write_text('{"test/acc": 0.5}\n')
+    real_open = open
+
+    def full(path, *args, **kwargs):  # the partial file beside it: written to a full disk
+        f = real_open(path, *args, **kwargs)
+        if ".partial" in str(path):
+            f.write = lambda text: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        return f
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(UserInputError, match=r"m.json: cannot write it \(No space left on device\); make room, or"):
+        write_json(tmp_path / "m.json", {"test/acc": 0.9})
+    monkeypatch.undo()
+    assert (tmp_path / "m.json").read_text() == '{"test/acc": 0.5}\n' and len(list(tmp_path.iterdir())) == 1
+    if Path("/dev/full").exists():  # Linux: every write fails with ENOSPC
+        with pytest.raises(UserInputError, match=r"^/dev/full: cannot write it \(No space left on device\)"):
+            write_json("/dev/full", {"test/acc": 0.9})
+        monkeypatch.setattr("sys.stdout", open("/dev/full", "w"))  # (`> FILE` on a full disk)
+        with pytest.raises(UserInputError, match=r"^stdout: cannot write it \(No space left on device\)"):
+            with predict_script.output(None) as f:
+                f.write("row\n")
+        monkeypatch.setattr(sys.stdout, "close", lambda: None)  # its unwritten row would fail again when closed
+    with pytest.raises(FileNotFoundError):  # any other failure (no such folder) is not a full disk: as it was
+        write_json(tmp_path / "no" / "m.json", {})
