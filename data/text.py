@@ -19,6 +19,7 @@ Corpora (the `data=` choices):
 The vocabulary is the training split's characters plus `<unk>` (id 0), which stands for any other character (in
 validation, test or a prompt). It travels in `net_kwargs`, so the checkpoint's hparams hold it as a plain list.
 """
+import hashlib
 import html
 import os
 import re
@@ -75,6 +76,7 @@ class CharDataModule(L.LightningDataModule):
         self.eval_seq_len, self.eval_batch_size = eval_seq_len, eval_batch_size
         self.on_device = on_device
         self.vocab = self.train = self.val = self.test = None  # vocab: list[str]; splits: int64 ids (N,)
+        self.train_sha256 = None  # of the training text: a checkpoint's record of what it was trained on
 
     def read(self, split: str) -> str:  # "train", "val" or "test"
         raise NotImplementedError
@@ -87,6 +89,7 @@ class CharDataModule(L.LightningDataModule):
                                      f"data.seq_len={self.seq_len} needs at least {2 * self.seq_len + 2}: "
                                      "use a longer text or a smaller data.seq_len")
             self.vocab = [UNK] + sorted(set(text))
+            self.train_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
             self.train, self.val = encode(text, self.vocab), self.encode_eval("val")
         if stage == "test" and self.test is None:  # the test split is read only here
             if self.vocab is None:  # tested before any fit, nor a checkpoint's state (the Python API): the training
@@ -113,6 +116,11 @@ class CharDataModule(L.LightningDataModule):
     @property
     def net_kwargs(self) -> dict:
         return {"vocab_size": len(self.vocab), "vocab": self.vocab}
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the training text's SHA-256, by which eval.py knows another text of the same alphabet
+        (a shuffled copy, another edition) from the one the run was trained on, wherever that file has moved."""
+        return {"train_sha256": self.train_sha256} if self.train_sha256 else {}
 
     def reference_metrics(self, batches: int | None = None) -> dict:
         """A model that ignores context: the characters the test windows predict (those of the first `batches` test

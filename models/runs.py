@@ -272,8 +272,10 @@ def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] =
     datamodule.setup("fit")
     if trained_on is not None:
         saved = trained_on.get(type(datamodule).__qualname__) or {}
+        names = learned_names(saved)  # (what an older checkpoint saved: no more is compared)
+        given = {key: value for key, value in learned_names(datamodule.state_dict()).items() if key in names}
         differences = (data_differences(trained_on["hyper_parameters"].get("net_kwargs", {}), datamodule.net_kwargs)
-                       or data_differences(learned_names(saved), learned_names(datamodule.state_dict()))
+                       or data_differences(names, given)
                        or fitted_differences(saved, datamodule.state_dict()))
         if differences:
             changed = f" ({', '.join(overrides)})" if overrides else ""
@@ -284,10 +286,12 @@ def build_datamodule(data_config: dict, overrides: list[str] | tuple[str, ...] =
 
 def learned_names(state: dict) -> dict:
     """From a DataModule's state_dict, what the network's inputs and outputs mean beyond their sizes: the class
-    names (images) and each categorical column's levels (tables)."""
+    names (images), each categorical column's levels (tables), the training text (a language model's)."""
     names = {"classes": list(state["classes"])} if "classes" in state else {}
     for column, levels in state.get("ids", {}).get("vocab", {}).items():
         names[f"levels of {column}"] = list(levels)
+    if "train_sha256" in state:  # a text's: the same alphabet is not the same text
+        names["training text"] = f"sha256 {state['train_sha256'][:12]}"
     return names
 
 
@@ -430,8 +434,9 @@ def check_out(out: str, read: dict[str, Path], out_name: str = "out.csv") -> Non
         for run in path.resolve().parents:
             if (run / ".hydra" / "config.yaml").is_file():
                 part = path.resolve().relative_to(run).parts[0]
-                if part in RUN_FILES:
-                    raise UserInputError(f"out={out} is a file train.py wrote for the run in {run} ({part}): give "
+                if part in RUN_FILES or part == "metrics_eval.json" != out_name:  # (eval.py's record: eval.py's own)
+                    writer = "eval.py" if part == "metrics_eval.json" else "train.py"
+                    raise UserInputError(f"out={out} is a file {writer} wrote for the run in {run} ({part}): give "
                                          f"another file name, e.g. out={run / out_name}")
                 break
     if path.exists() and not path.is_file():  # /dev/stdout, a pipe, a device: written to directly (opening a pipe

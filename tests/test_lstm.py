@@ -400,6 +400,15 @@ def test_eval_rescores_the_run_and_refuses_a_text_of_another_alphabet(pattern_ru
     other.write_text("".join(chr(ord(c) + 1) if c.isalpha() else c for c in text))
     with pytest.raises(UserInputError, match=r"trained on other data than this \(data.path=.*\): vocab with other"):
         eval_script.evaluate(ckpt, [f"data.path={other}"])
+    # The same alphabet in another order (its lines shuffled, another edition) was scored silently: another test split.
+    reordered = tmp_path / "reordered.txt"
+    reordered.write_text(PATTERN[5:] + text[:-len(PATTERN) + 5])  # the sentence from its sixth character on
+    with pytest.raises(UserInputError, match=r"other data than this \(data.path=.*\): training text 'sha256 \w{12}' "
+                                             r"there, 'sha256 \w{12}' here; give the data it was trained on$"):
+        eval_script.evaluate(ckpt, [f"data.path={reordered}"])
+    moved = tmp_path / "moved.txt"  # the same text elsewhere: the same scores
+    moved.write_text(text)
+    assert eval_script.evaluate(ckpt, [f"data.path={moved}"])["test/loss"] == pytest.approx(scored["test/loss"])
     for bad, message in [("data.eval_batch_size=0", "data.eval_batch_size=0: give a whole number >= 1"),
                          ("data.seq_len=abc", "data.seq_len='abc'")]:  # checked as train.py checks them
         with pytest.raises(UserInputError, match=message):

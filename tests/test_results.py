@@ -766,7 +766,11 @@ def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_
     with pytest.raises(UserInputError, match=f"out={run} is a folder; give a file name in it, e.g. "
                                              f"out={run}/metrics_eval.json$"):  # eval.py's (it said out.csv)
         runs.parse_arguments([f"out={run}"], "usage", ("out",), out_name="metrics_eval.json")
-    runs.parse_arguments([*read, f"out={run / 'metrics_eval.json'}"], "usage", **arguments)
+    runs.parse_arguments([*read, f"out={run / 'metrics_eval.json'}"], "usage", **arguments,
+                         out_name="metrics_eval.json")  # eval.py rewrites its own record; predict.py did, as a CSV:
+    with pytest.raises(UserInputError, match=f"out={run / 'metrics_eval.json'} is a file eval.py wrote"):
+        runs.parse_arguments([*read, f"out={run / 'metrics_eval.json'}"], "usage", **arguments,
+                             out_name="predictions.csv")
     runs.parse_arguments([*read, f"out={run / 'new.csv'}"], "usage", **arguments)
     assert not (run / "new.csv").exists()  # tried for writing, and removed: the command writes it when done
     if Path("/proc/self").is_dir():  # Linux: nobody, root included, writes a new file in /proc
