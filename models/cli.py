@@ -342,8 +342,10 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
     last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file() and not (run / "metrics.json").is_file():  # it stopped before its first checkpoint: a bad
-        if not other_rank():                                         # setting (a sweep's failed job), a kill
+    # best.ckpt without last.ckpt (its last checkpoints turned off): trained, never started over; ckpt_path=last's
+    checkpointed = last.is_file() or any((run / "checkpoints").glob("*.ckpt"))  # error names the missing last.ckpt
+    if not checkpointed and not (run / "metrics.json").is_file():  # it stopped before its first checkpoint: a bad
+        if not other_rank():                                # setting (a sweep's failed job), a kill
             print(f"warning: resume={run}: no {last}, the run stopped before it saved one; it starts again from its "
                   "first step there", file=sys.stderr)
         resume = []

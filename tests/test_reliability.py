@@ -1209,3 +1209,16 @@ def test_a_finished_runs_damaged_records_are_one_line(tmp_path):
     with pytest.raises(UserInputError, match=r"overrides.yaml is not the list of overrides Hydra writes \(a list"):
         read_overrides(tmp_path)
     assert read_overrides(tmp_path / "elsewhere") == []  # no saved overrides: none
+
+
+def test_a_run_with_a_best_checkpoint_but_no_last_one_is_not_started_over(tmp_path):
+    # Its last checkpoints turned off (~callbacks.epoch_checkpoint ~callbacks.step_checkpoint), killed before its
+    # test: resume=RUN started it again from step 0 over its trained best.ckpt, "the run stopped before it saved one".
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model=dnn", "~callbacks.epoch_checkpoint"]))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
+    assert resume_arguments([f"resume={tmp_path}"])[-2] == "ckpt_path=last"
+    (tmp_path / "checkpoints" / "best.ckpt").unlink()  # nothing saved yet: it starts again
+    assert "ckpt_path=last" not in resume_arguments([f"resume={tmp_path}"])
+
