@@ -159,7 +159,8 @@ def misspelt_key(key: str, overrides: list[str]) -> str | None:
     except Exception:  # a choice is wrong too: Hydra's message about this key stands
         return None
     node = OmegaConf.select(node, parent) if parent else node
-    near = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1) if isinstance(node, DictConfig) else []
+    keys = [str(k) for k in node.keys() if k != name] if isinstance(node, DictConfig) else []  # (`~data.rows
+    near = difflib.get_close_matches(name, keys, n=1)  # data.rows=5`: the key itself, deleted, is not its spelling)
     return f"{key} is not a setting train.py reads; did you mean {parent}{'.' if parent else ''}{near[0]}?" if near \
         else None
 

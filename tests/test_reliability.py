@@ -1222,3 +1222,10 @@ def test_a_run_with_a_best_checkpoint_but_no_last_one_is_not_started_over(tmp_pa
     (tmp_path / "checkpoints" / "best.ckpt").unlink()  # nothing saved yet: it starts again
     assert "ckpt_path=last" not in resume_arguments([f"resume={tmp_path}"])
 
+
+def test_a_key_deleted_on_the_command_line_is_not_its_own_misspelling():
+    # `~data.rows data.rows=5` said "data.rows is not a setting train.py reads; did you mean data.rows?"
+    with pytest.raises(UserInputError) as refused:
+        check_overrides(["model=dnn", "data=clicks", "~data.rows", "data.rows=5"])
+    assert "did you mean data.rows?" not in str(refused.value)
+    assert str(refused.value).startswith("Could not override 'data.rows'.")
