@@ -332,6 +332,10 @@ def test_eval_says_a_ddp_runs_fraction_of_the_test_split_is_not_reproduced_exact
                                               "trainer.limit_test_batches=0.5 of their own shard")
     eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"limit_test_batches": 2})  # given: no note
     assert "note:" not in capsys.readouterr().err
+    for strategy in ("ddp_spawn", "ddp_fork"):  # was an IndexError once the spawned processes had scored
+        with pytest.raises(UserInputError, match=f"^trainer.strategy={strategy}: use trainer.strategy=ddp for"):
+            eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"strategy": strategy, "devices": 2,
+                                                                         "accelerator": "cpu"})
     with pytest.raises(UserInputError, match=r"^trainer.limit_test_batches=1e-05 of the test split's \d+ batch"):
         eval_script.evaluate(tmp_path / "ddp.ckpt", trainer_options={"limit_test_batches": 0.00001})  # Lightning's
 
