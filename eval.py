@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
@@ -60,7 +61,7 @@ def evaluate(ckpt_path: str | Path, data_overrides: list[str] = (), trainer_opti
         trainer = L.Trainer(**options)
     except (TypeError, ValueError, MisconfigurationException, ImportError) as err:
         raise UserInputError(f"trainer options {trainer_options}: {err}") from err
-    if type(getattr(trainer.strategy, "launcher", None)).__name__ == "_MultiProcessingLauncher":  # ddp_spawn, ddp_fork
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):  # ddp_spawn, ddp_fork
         raise UserInputError(f"trainer.strategy={trainer_options.get('strategy')}: use trainer.strategy=ddp for "
                              "several processes (the scores of spawned or forked ones never come back to eval.py)")
     if isinstance(limit, int) and "limit_test_batches" not in trainer_options and trainer.world_size > 1:

@@ -33,8 +33,8 @@ def split_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[s
             raise UserInputError(f"{arg}: give key=value arguments, the benchmark's own ({', '.join(names)}) and "
                                  "train.py's overrides; --help shows the usage")
         key = arg.split("=", 1)[0].lstrip("+~")
-        if key not in names and "." not in key and not is_train_setting(key) and (
-                near := difflib.get_close_matches(key, names, n=1, cutoff=0.75)):  # Hydra would advise +step=5
+        near = [] if key in names or "." in key else difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+        if near and not is_train_setting(key):  # `step=5`: Hydra would advise +step=5
             raise UserInputError(f"{arg}: {key} is neither this benchmark's option nor train.py's; did you mean "
                                  f"{near[0]}?")
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in names)

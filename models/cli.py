@@ -159,8 +159,9 @@ def misspelt_key(key: str, overrides: list[str]) -> str | None:
     except Exception:  # a choice is wrong too: Hydra's message about this key stands
         return None
     node = OmegaConf.select(node, parent) if parent else node
-    keys = [str(k) for k in node.keys() if k != name] if isinstance(node, DictConfig) else []  # (`~data.rows
-    near = difflib.get_close_matches(name, keys, n=1)  # data.rows=5`: the key itself, deleted, is not its spelling)
+    # (`~data.rows data.rows=5`: the key itself, deleted on the command line, is not its own misspelling)
+    keys = [str(k) for k in node.keys() if k != name] if isinstance(node, DictConfig) else []
+    near = difflib.get_close_matches(name, keys, n=1)
     return f"{key} is not a setting train.py reads; did you mean {parent}{'.' if parent else ''}{near[0]}?" if near \
         else None
 
@@ -343,10 +344,10 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
     last = run / "checkpoints" / "last.ckpt"
-    # best.ckpt without last.ckpt (its last checkpoints turned off): trained, never started over; ckpt_path=last's
-    checkpointed = last.is_file() or any((run / "checkpoints").glob("*.ckpt"))  # error names the missing last.ckpt
-    if not checkpointed and not (run / "metrics.json").is_file():  # it stopped before its first checkpoint: a bad
-        if not other_rank():                                # setting (a sweep's failed job), a kill
+    # No checkpoint at all: it stopped before its first (a bad setting, as a sweep's failed job; a kill), and starts
+    # again. A best.ckpt alone (last checkpoints turned off) is never trained over: ckpt_path=last says what is missing.
+    if not any((run / "checkpoints").glob("*.ckpt")) and not (run / "metrics.json").is_file():
+        if not other_rank():
             print(f"warning: resume={run}: no {last}, the run stopped before it saved one; it starts again from its "
                   "first step there", file=sys.stderr)
         resume = []
