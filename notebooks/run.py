@@ -43,6 +43,11 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
                              "into") from None
     if not Path(run_dir).is_dir():
         raise ValueError(f"run directory {run_dir} not found")
+    sweep = (Path(run_dir) / "summary.csv").is_file() and not (Path(run_dir) / ".hydra").is_dir()
+    if sweep and name not in TEACHING + ("compare_runs",):  # it said "no checkpoint at SWEEP/checkpoints/best.ckpt"
+        job = next((p.parent.name for p in sorted(Path(run_dir).glob("*/metrics.json"))), "0")
+        raise ValueError(f"{run_dir} is a sweep's folder (summary.csv): give one of its runs to {name}, e.g. "
+                         f"{Path(run_dir) / job}, or compare them with compare_runs")
     notebook = nbformat.read(path, as_version=4)
     tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
     defaults = notebook_parameters(notebook.cells[tagged[0]].source) if tagged else {"run_dir": None}

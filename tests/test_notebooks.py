@@ -128,6 +128,16 @@ def test_no_execution_writes_over_a_notebook_of_notebooks(name, where, out, monk
     assert not written
 
 
+def test_a_sweeps_folder_given_for_one_run_is_one_line(capsys, tmp_path):
+    # analyze_run SWEEP said "no checkpoint at SWEEP/checkpoints/best.ckpt", not that it is a sweep's folder.
+    (tmp_path / "summary.csv").write_text("job,failed\n1,False\n")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "metrics.json").write_text("{}")
+    assert importlib.import_module("notebooks.run").main(["analyze_run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} is a sweep's folder (summary.csv): give one of its runs to "
+                                       f"analyze_run, e.g. {tmp_path / '1'}, or compare them with compare_runs\n")
+
+
 def test_the_runner_knows_each_notebooks_parameters_and_their_kinds():
     run = importlib.import_module("notebooks.run")
     source = 'run_dir = None  # a run\ndata_overrides = []\nmax_examples = 32\nshape = tuple(range(2))'
