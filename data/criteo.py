@@ -213,9 +213,11 @@ def read_tab_separated(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     if not first.strip():
         raise UserInputError(f"input={path} is empty (or starts with a blank line): give Kaggle's tab-separated "
                              "lines, one example a line")
-    if is_header(first.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t")):
+    cells, fields = first.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t"), first.count(b"\t") + 1
+    # A header: a first line of names, one of them Criteo's or as many as its columns (a first line of 2 words
+    # is a line of the wrong width, not a header without I1: Kaggle's files have none)
+    if is_header(cells) and (set(cells) & set(COLUMNS) or fields in (len(COLUMNS), len(COLUMNS) - 1)):
         return read_with_header(path, "\t", rows)
-    fields = first.count(b"\t") + 1
     names = {len(COLUMNS): COLUMNS, len(COLUMNS) - 1: COLUMNS[1:]}.get(fields)
     if names is None:
         raise UserInputError(f"input={path}: row 1 has {fields} tab-separated fields; Kaggle's Criteo lines have "

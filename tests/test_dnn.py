@@ -511,6 +511,12 @@ def test_predict_scores_criteo_rows_as_training_encoded_them_without_the_trainin
     test_rows.iloc[:, :30].to_csv(tmp_path / "short.tsv", sep="\t", header=False, index=False)
     with pytest.raises(UserInputError, match="row 1 has 30 tab-separated fields; Kaggle's Criteo lines have 40"):
         predict_script.predict(ckpt, tmp_path / "short.tsv")
+    (tmp_path / "words.txt").write_text("a\tb\n")  # words, not numbers, but no Criteo column: no header either (it
+    with pytest.raises(UserInputError, match="row 1 has 2 tab-separated fields; Kaggle's Criteo lines have 40"):
+        predict_script.predict(ckpt, tmp_path / "words.txt")  # said "no column 'I1' in the header")
+    (tmp_path / "names.tsv").write_text("\t".join(f"x{i}" for i in range(39)) + "\n")  # a header of 39 other names
+    with pytest.raises(UserInputError, match="no column 'I1' in the header"):
+        predict_script.predict(ckpt, tmp_path / "names.tsv")
     test_rows.assign(I3="many").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserInputError, match=r"bad.csv, column 'I3', row 1 \(line 2\): 'many' is not a finite number"):
         predict_script.predict(ckpt, tmp_path / "bad.csv")
