@@ -23,7 +23,7 @@ from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, distributed_arguments,
                         flags_first, log, log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
-from models.records import log_hparams_tab, logged_step, write_json
+from models.records import log_hparams_tab, logged_step, write_json, writes_reported
 from models.runs import is_choice, load_checkpoint, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, mark_trial_failed, write_sweep_summary
@@ -41,7 +41,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg, resume_step=load_checkpoint(resume_from)["global_step"] if resume_from else None)
 
     try:
-        with fraction_of_a_batch_refused():
+        with fraction_of_a_batch_refused(), room_for(out):
             trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except ValueError as err:  # known only once the data is read: an interval longer than an epoch
         if "`val_check_interval`" not in str(err):
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict:
         log.warning(warning)  # the run's train.log
         rank_zero_only(print)(f"warning: {warning}", file=sys.stderr)  # and the console, where the run is watched
     # The official test split, once, on the best checkpoint.
-    with fraction_of_a_batch_refused():
+    with fraction_of_a_batch_refused(), room_for(out):
         # (its path, as ckpt_path="best" would take, without the warning that three ModelCheckpoints draw)
         test = trainer.test(recipe, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, weights_only=True)[0]
     metrics = {**test, **reference_metrics(datamodule, trainer), **fit}
@@ -88,6 +88,12 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:  # under DDP every rank gets here with the same (all-rank) metrics
         write_json(out / "metrics.json", metrics)  # whole or not at all: its presence marks a finished run
     return metrics
+
+
+def room_for(out: Path):
+    """A full disk under the run's folder (a checkpoint's write) as one error line that says how to go on: the
+    checkpoints written before are whole (AtomicCheckpointIO)."""
+    return writes_reported(str(out), advice=f"make room, then go on with: python train.py resume={out}")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -11,6 +11,7 @@
   on other data, with other network settings or by another optimizer.
 Checkpoints hold only tensors and plain Python containers, so every load uses `weights_only=True`.
 """
+import io
 import os
 import warnings
 from pathlib import Path
@@ -39,7 +40,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # one stale file, which the next save overwrites, not one per process.
         tmp = path.with_name(path.name + ".tmp")
         try:
-            torch.save(checkpoint, tmp)
+            # Serialized in memory first (as Lightning's own _atomic_save does), then written: a full disk is then an
+            # OSError that says so, which train.py reports in one line (torch.save's own writer stops at the short
+            # write with RuntimeError "unexpected pos").
+            serialized = io.BytesIO()
+            torch.save(checkpoint, serialized)
+            tmp.write_bytes(serialized.getbuffer())
             os.replace(tmp, path)
         finally:  # a failed write (disk full, Ctrl-C) leaves no half file behind
             tmp.unlink(missing_ok=True)

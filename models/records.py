@@ -29,14 +29,14 @@ WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a ful
 
 
 @contextmanager
-def writes_reported(where: str) -> Iterator[None]:
+def writes_reported(where: str, advice: str = "make room, or write elsewhere") -> Iterator[None]:
     """A write to `where` that fails for want of room (`WRITE_FAILURES`) as one error line, not a traceback."""
     try:
         yield
     except OSError as err:
         if err.errno not in WRITE_FAILURES:
             raise
-        raise UserInputError(f"{where}: cannot write it ({err.strerror}); make room, or write elsewhere") from None
+        raise UserInputError(f"{where}: cannot write to it ({err.strerror}); {advice}") from None
 
 
 @contextmanager

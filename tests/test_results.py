@@ -808,15 +808,15 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_earlier_output(tmp_path, mo
             f.write = lambda text: (_ for _ in ()).throw(OSError(28, "No space left on device"))
         return f
     monkeypatch.setattr("builtins.open", full)
-    with pytest.raises(UserInputError, match=r"m.json: cannot write it \(No space left on device\); make room, or"):
+    with pytest.raises(UserInputError, match=r"m.json: cannot write to it \(No space left on device\); make room, or"):
         write_json(tmp_path / "m.json", {"test/acc": 0.9})
     monkeypatch.undo()
     assert (tmp_path / "m.json").read_text() == '{"test/acc": 0.5}\n' and len(list(tmp_path.iterdir())) == 1
     if Path("/dev/full").exists():  # Linux: every write fails with ENOSPC
-        with pytest.raises(UserInputError, match=r"^/dev/full: cannot write it \(No space left on device\)"):
+        with pytest.raises(UserInputError, match=r"^/dev/full: cannot write to it \(No space left on device\)"):
             write_json("/dev/full", {"test/acc": 0.9})
         monkeypatch.setattr("sys.stdout", open("/dev/full", "w"))  # (`> FILE` on a full disk)
-        with pytest.raises(UserInputError, match=r"^stdout: cannot write it \(No space left on device\)"):
+        with pytest.raises(UserInputError, match=r"^stdout: cannot write to it \(No space left on device\)"):
             with predict_script.output(None) as f:
                 f.write("row\n")
         monkeypatch.setattr(sys.stdout, "close", lambda: None)  # its unwritten row would fail again when closed
