@@ -8,6 +8,7 @@ import gzip
 import math
 import pickle
 import shutil
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,17 @@ class _CIFAR10(datasets.CIFAR10):
     train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
     test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
     meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+def whole_gzip(file: Path) -> bool:
+    """Whether a .gz file decompresses to its end (not a cut-short download)."""
+    try:
+        with gzip.open(file) as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error):  # not gzip (BadGzipFile), cut short, corrupt data
+        return False
+    return True
 
 
 def cifar_problem(file: Path) -> str | None:
@@ -201,7 +213,17 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
             ds = cls(self.root, train=train, download=download)  # torchvision decodes the files here
         except Exception as err:
             missing = [name for name in files if not (folder / name).is_file()]
+            # torchvision extracts a NAME.gz only when it is its own download (its md5): any other copy (Debian's, a
+            # re-compressed one), or one with data.download=false, was reported "not found" while lying right there.
+            packed = [f"{name}.gz" for name in missing if (folder / f"{name}.gz").is_file()]
             broken = {} if missing else {name: why for name in files if (why := file_problem(folder / name))}
+            if damaged := [name for name in packed if not whole_gzip(folder / name)]:  # gunzip would fail on it
+                raise UserInputError(f"could not read {self.name}: {folder / damaged[0]} is a cut-short or damaged "
+                                     f"gzip file: delete it, and put {hint} there") from err
+            if packed:
+                them = "it" if len(packed) == 1 else "them"
+                raise UserInputError(f"{self.name} in {folder}/ has {', '.join(packed)}, still gzip-compressed: "
+                                     f"decompress {them} (gunzip -k {folder}/*.gz)") from err
             if broken:  # name the file that is wrong
                 name, why = next(iter(broken.items()))
                 again = (" (delete it: it is copied again from the Debian package)"

@@ -236,6 +236,27 @@ def test_corrupt_idx_file_is_named(name, corrupt, message, mnist_dir, tmp_path):
         dm.prepare_data()
 
 
+@pytest.mark.parametrize("download", [False, True])
+def test_idx_files_left_gzip_compressed_are_named_not_reported_missing(download, mnist_dir, tmp_path):
+    # They were "mnist not found in DIR/MNIST/raw/": torchvision extracts a .gz only when it is its own download
+    # (its md5), and never with data.download=false. (Offline here: the download of the others fails.)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        packed = f.name.startswith("t10k")  # the training files decompressed, the test ones not
+        raw.joinpath(f.name + ".gz" * packed).write_bytes(gzip.compress(f.read_bytes()) if packed else f.read_bytes())
+    with mock.patch.object(DATASETS["mnist"].dataset, "mirrors", ["http://127.0.0.1:9/"]):  # nothing answers
+        with pytest.raises(UserInputError, match=rf"^mnist in {raw}/ has t10k-images-idx3-ubyte.gz, "
+                                                 r"t10k-labels-idx1-ubyte.gz, still gzip-compressed: decompress them "
+                                                 rf"\(gunzip -k {raw}/\*.gz\)$"):
+            ImageDataModule("mnist", str(tmp_path), download=download).prepare_data()
+        cut = raw / "t10k-labels-idx1-ubyte.gz"
+        cut.write_bytes(cut.read_bytes()[:20])  # gunzip would fail on it: a cut-short download
+        with pytest.raises(UserInputError, match=rf"^could not read mnist: {cut} is a cut-short or damaged gzip file: "
+                                                 r"delete it, and put the four uncompressed IDX files"):
+            ImageDataModule("mnist", str(tmp_path), download=download).prepare_data()
+
+
 @pytest.mark.parametrize("split", ["train", "t10k"])
 def test_images_without_their_labels_or_an_empty_folder_are_named_before_training(split, mnist_dir, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
