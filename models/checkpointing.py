@@ -52,11 +52,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with two changes for resuming.
+    """Lightning's ModelCheckpoint, with three changes for resuming.
     - After a resume from a run directory that was moved or copied, Lightning forgets the best score (its saved
       folder differs from this one), and the next epoch, however bad, overwrites best.ckpt. Here the saved paths
       are re-rooted in this run's checkpoint folder when the best checkpoint is there (a resume from another run's
       checkpoint starts its own record, as Lightning's does).
+    - A step save is made only at a batch that ends an optimizer step, never within trainer.accumulate_grad_batches.
     - The every-N-steps save of a step that a validation follows (an epoch's last, a val_check_interval's, the
       run's last) waits until that validation is done: saved before it, a resume would start after it, and that
       validation (best checkpoint, early stopping) would never happen. Waiting only moves the save, never drops it."""
@@ -73,6 +74,12 @@ class RunCheckpoint(ModelCheckpoint):
             super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            # No optimizer step at this batch (trainer.accumulate_grad_batches): its gradient, which no checkpoint
+            # holds, waits for the step's other batches. Lightning would save here at the first batch of a run resumed
+            # at a multiple of every_n_train_steps (it has saved nothing yet), and a resume from that checkpoint
+            # would take its step without this batch.
+            return
         every = self._every_n_train_steps  # a step Lightning saves at, and a validation follows: wait for it
         if every and trainer.global_step % every == 0 and validates_next(trainer, pl_module, batch_idx):
             self._pending = batch_idx
