@@ -311,6 +311,10 @@ def check_optimization(cfg: DictConfig) -> None:
         if optimizer.get("name") not in OPTIMIZERS:
             raise UserInputError(f"optimizer.name={optimizer.get('name')!r}: choose one of {', '.join(OPTIMIZERS)}")
         options = {k: v for k, v in OmegaConf.to_container(optimizer, resolve=True).items() if k != "name"}
+        if "weight_decay" in options:  # each parameter group sets its own, from model.weight_decay: never used
+            raise UserInputError(f"optimizer.weight_decay={options['weight_decay']} is not used: the recipe decays "
+                                 "weight matrices, kernels and embeddings (not biases or norms) by model.weight_decay; "
+                                 f"give model.weight_decay={options['weight_decay']} instead")
         check_arguments("optimizer", OPTIMIZERS[optimizer.name], options)  # nesterov=abc: SGD takes bool
         betas = options.get("betas", [0.9, 0.999])
         if not isinstance(betas, list) or len(betas) != 2:

@@ -647,6 +647,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5: give a number > 0 and <= 1"),
     ("optimizer.name=adamx", "optimizer.name='adamx': choose one of sgd, adam, adamw, rmsprop"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9]: give two numbers, [beta1, beta2]"),
+    # the parameter groups' own weight decay (model.weight_decay's, and 0) won: trained with 5e-4, silently
+    ("+optimizer.weight_decay=0.1", "optimizer.weight_decay=0.1 is not used: the recipe decays weight matrices, "
+                                    "kernels and embeddings (not biases or norms) by model.weight_decay; give "
+                                    "model.weight_decay=0.1 instead"),
     ("optimizer=rmsprop optimizer.alpha=1.5", "optimizer.alpha=1.5: give a number >= 0 and < 1"),
     ("model=lstm model.net.forget_bias=abc",  # a network built by a function: "a setting of the wrong kind (can't
      "model.net.forget_bias='abc' has the wrong type: models.lstm.build takes float | None"),  # assign a str ...)"
