@@ -341,7 +341,12 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
         if key in ("model", "data", "experiment") and value != (run_choices(run, kept).get(key) or "null"):
             raise UserInputError(f"resume={run}: {a} would change what the run trains on or with; a resumed run "
                                  "keeps its model and data: start a new run with it instead")
-    if (run / "metrics.json").is_file() and not flags + given:  # re-running its test would only rewrite metrics.json
+    # What the run had already: its model=, data=, experiment= choices (checked equal above), or the last value one
+    # of its overrides gave a key (`++trainer.KEY=` as saved), restated
+    had = {a.lstrip("+~").partition("=")[0]: a.lstrip("+") for a in kept}
+    changes = [a for a in given if (key := a.lstrip("+~").partition("=")[0]) not in ("model", "data", "experiment")
+               and had.get(key) != a.lstrip("+")]
+    if (run / "metrics.json").is_file() and not flags + changes:  # re-running its test would only rewrite metrics.json
         raise UserInputError(f"resume={run}: {nothing_to_continue(read_metrics(run))}")
     last = run / "checkpoints" / "last.ckpt"
     # No checkpoint at all: it stopped before its first (a bad setting, as a sweep's failed job; a kill), and starts

@@ -594,6 +594,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
     with pytest.raises(UserInputError, match="that run finished .* nothing to continue"):  # it would only re-test
         resume_arguments([f"resume={out}"])
+    with pytest.raises(UserInputError, match="that run finished .* nothing to continue"):  # restated: no change
+        resume_arguments([f"resume={out}", "model=cnn", "trainer.max_epochs=1"])
+    assert resume_arguments([f"resume={out}", "trainer.max_epochs=4"])[-4] == "trainer.max_epochs=4"  # it had 1 last
     result = run_cli(f"resume={out}", "model.lr=abc")  # a bad value is refused before Hydra saves the config
     assert result.returncode == 2 and "model.lr='abc': give a number > 0" in result.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
