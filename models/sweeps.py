@@ -37,15 +37,13 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        rows = write_sweep_summary(sweep, config.monitor)
-        if not rows:
-            return
-        failed = [r["job"] for r in rows if r["failed"]]
-        jobs = f"{'job' if len(failed) == 1 else 'jobs'} {', '.join(failed)}"
-        failures = f" ({len(failed)} failed, no metrics.json: {jobs})" if failed else ""
-        best = f"; best by {config.monitor.metric}_best: job {rows[0]['job']}" if not rows[0]["failed"] else ""
-        print(f"{count(len(rows) - len(failed), 'run')}{failures}; summary: {sweep / 'summary.csv'}{best}")
-        if self.failed_jobs:
+        if rows := write_sweep_summary(sweep, config.monitor):
+            failed = [r["job"] for r in rows if r["failed"]]
+            jobs = f"{'job' if len(failed) == 1 else 'jobs'} {', '.join(failed)}"
+            failures = f" ({len(failed)} failed, no metrics.json: {jobs})" if failed else ""
+            best = f"; best by {config.monitor.metric}_best: job {rows[0]['job']}" if not rows[0]["failed"] else ""
+            print(f"{count(len(rows) - len(failed), 'run')}{failures}; summary: {sweep / 'summary.csv'}{best}")
+        if self.failed_jobs:  # also where the summary found no job folder
             sys.exit(1)
 
 
@@ -53,16 +51,20 @@ def write_sweep_summary(sweep: Path, monitor: DictConfig) -> list[dict]:
     """The sweep's summary.csv and summary.json from its job directories so far, best first by `monitor`'s metric;
     their rows (none: nothing written)."""
     rows, failed = [], []  # finished jobs (with metrics.json), and jobs that ended with an error
-    for job in sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda job: (len(job.name), job.name)):
+    # A job's folder is hydra.sweep.subdir, which may be deeper than one level (`${hydra.job.num}/run`, `lr_${model.lr}/
+    # seed_${seed}`): named by its path in the sweep folder
+    jobs = {p.parent.relative_to(sweep).as_posix(): p.parent for p in sweep.rglob(".hydra") if p.parent != sweep}
+    for name in sorted(jobs, key=lambda name: (len(name), name)):
+        job = jobs[name]
         overrides = {}  # key -> value; "++trainer.x=1" as trainer.x, "~logger" with no value
         for override in read_overrides(job):
             key, _, value = override.partition("=")
             overrides[key.lstrip("+")] = value
         if (job / "metrics.json").exists():
             metrics = read_metrics(job)
-            rows.append({"job": job.name, "failed": False, **overrides, **metrics})
+            rows.append({"job": name, "failed": False, **overrides, **metrics})
         else:
-            failed.append({"job": job.name, "failed": True, **overrides})
+            failed.append({"job": name, "failed": True, **overrides})
     if not rows and not failed:
         return []
     key, mode = f"{monitor.metric}_best", monitor.mode

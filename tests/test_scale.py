@@ -301,6 +301,25 @@ def sweep_jobs(sweep, jobs: dict) -> None:
             (sweep / job / "metrics.json").write_text(json.dumps(metrics))
 
 
+def test_a_sweep_whose_jobs_are_deeper_folders_has_a_summary_and_exits_1_on_a_failed_job(tmp_path, capsys):
+    # hydra.sweep.subdir=${hydra.job.num}/run: the summary looked one level down only, so it found no job, wrote
+    # nothing, and the sweep whose jobs had all failed exited 0.
+    sweep_jobs(tmp_path, {"0/run": (["seed=0"], {"val/acc_best": 0.5}), "1/run": (["seed=1"], None)})
+    summary = SweepSummary()
+    for job in (0, 1):
+        summary.on_job_end(OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)},
+                                                       "runtime": {"output_dir": str(tmp_path / str(job) / "run")},
+                                                       "job": {"num": job}},
+                                             "monitor": {"metric": "val/acc", "mode": "max"}}), job_return=None)
+    with pytest.raises(SystemExit) as ended:
+        summary.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                                                  "monitor": {"metric": "val/acc", "mode": "max"}}))
+    assert ended.value.code == 1
+    assert capsys.readouterr().out.startswith("1 run (1 failed, no metrics.json: job 1/run); summary: ")
+    assert [(r["job"], r["seed"], r["failed"]) for r in json.loads((tmp_path / "summary.json").read_text())] == [
+        ("0/run", "0", False), ("1/run", "1", True)]
+
+
 def test_the_sweep_end_line_counts_failed_jobs_in_job_order_and_names_the_best(tmp_path, capsys):
     # Job 10 after job 2; `++trainer.x=` is the column trainer.x; the printed line counts the finished runs.
     sweep_jobs(tmp_path, {"0": (["++trainer.max_epochs=1"], {"val/acc_best": 0.5}),
