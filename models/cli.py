@@ -403,6 +403,12 @@ def check_sweep_dir(args: dict[str, str], multirun: bool) -> None:
         if done := sorted(Path(sweep_dir).rglob("metrics.json")) + sorted(Path(sweep_dir).rglob("checkpoints")):
             raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's runs ({done[0].parent}): this "
                                  "sweep's jobs would overwrite them; choose another directory")
+        # Jobs that failed before a checkpoint: this sweep's summary would list those it does not rerun as its own
+        # failed jobs (its exit status 0 all the same), and the jobs it reruns append to their train.log
+        if failed := sorted(p.parent for p in Path(sweep_dir).rglob(".hydra")):
+            raise UserInputError(f"hydra.sweep.dir={sweep_dir} holds an earlier sweep's jobs that failed "
+                                 f"({failed[0]}): this sweep's summary would list them as its own; delete them or "
+                                 "choose another directory")
 
 
 def run_dir_arguments(args: dict[str, str], argv: list[str], multirun: bool) -> list[str]:

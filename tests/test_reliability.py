@@ -1236,6 +1236,19 @@ def test_a_second_grid_sweep_into_a_sweep_directory_that_holds_runs_is_refused(t
     assert resume_arguments(stamped) == stamped
 
 
+def test_a_second_grid_sweep_into_a_sweep_directory_that_holds_failed_jobs_is_refused(tmp_path):
+    # An earlier sweep's jobs that failed before a checkpoint (.hydra/ alone): a sweep of fewer jobs there listed
+    # them in its summary as its own failed jobs, and exited 0 all the same.
+    argv = ["-m", "model.lr=0.1", f"hydra.sweep.dir={tmp_path}"]
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    with pytest.raises(UserInputError, match=f"hydra.sweep.dir={tmp_path} holds an earlier sweep's jobs that failed "
+                                             f"\\({tmp_path / '1'}\\): this sweep's summary would list them as its "
+                                             "own; delete them or choose another directory"):
+        resume_arguments(argv)
+    optuna = ["-m", "hparams_search=dnn_optuna", f"hydra.sweep.dir={tmp_path}"]  # a study's folder lists all its trials
+    assert resume_arguments(optuna) == optuna
+
+
 @pytest.mark.parametrize("setting, message", [
     # Each ran: without .hydra/config.yaml (resume= then failed), or reading relative paths from the run directory.
     ("hydra.output_subdir=null", "hydra.output_subdir=null: a run keeps its config in .hydra/"),
