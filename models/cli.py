@@ -57,7 +57,8 @@ def flags_first(argv: list[str]) -> list[str]:
     arguments, so one added at the end (the run directory claimed below) must not follow a flag that came last
     (`python train.py seed=1,2 -m`). `--info` without a topic gets its default, `all` (it would read the first
     override as one); `--hydra-help` keeps the `hydra` overrides alone; `hydra.mode=MULTIRUN` becomes `--multirun`,
-    which the sweep checks look for; two of Hydra's modes at once are refused."""
+    which the sweep checks look for (as does `hparams_search=NAME`, whose preset sets it); two of Hydra's modes at
+    once are refused."""
     overrides = hydra_overrides(argv)
     rest = list(argv)
     for override in overrides:
@@ -76,6 +77,14 @@ def flags_first(argv: list[str]) -> list[str]:
     if multirun and {MODES.get(flag, flag) for flag in modes} <= {"--multirun"}:  # (with --cfg: Hydra's business)
         overrides = [o for o in overrides if o not in multirun]
         rest = rest if modes else ["--multirun", *rest]
+    # A search preset sets hydra.mode: MULTIRUN itself, so `hparams_search=NAME` without -m is a sweep too: the
+    # sweep's checks (before the study starts) and folder (no run directory claimed) are -m's. (resume= of a trial
+    # is one run: resume_arguments adds the trial's own hparams_search= with hydra.mode=RUN.)
+    keys = [o.lstrip("+").partition("=") for o in overrides]
+    search = any(key == "hparams_search" and value.lower() not in ("", "null") for key, _, value in keys)
+    other = [flag for flag in rest if flag in (*MODES, *MODES.values(), "-h", "--help", "--hydra-help")]
+    if search and not other and not any(key in ("hydra.mode", "resume") for key, _, _ in keys):
+        rest = ["--multirun", *rest]
     return rest + overrides
 
 

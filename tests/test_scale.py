@@ -19,7 +19,7 @@ import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
 from models.signatures import check_trainer_args
-from models.cli import distributed_arguments
+from models.cli import distributed_arguments, flags_first
 from models.sweeps import SweepSummary
 from models.runs import prepare_data_once
 from tests.conftest import ROOT, make_config
@@ -148,6 +148,20 @@ def test_a_sweep_refuses_ddp_processes(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: -m with 2 DDP processes per run is not supported")
     assert not list(tmp_path.iterdir())  # refused before the first job: no job directory, no data generated
+
+
+def test_a_search_without_its_flag_is_checked_as_a_sweep_before_its_study(tmp_path):
+    # hparams_search=NAME sets hydra.mode: MULTIRUN itself. Without -m the sweep's checks were skipped: the study
+    # started, its first trial failed on DDP (study.db, a FAIL trial), and an empty run folder was claimed.
+    result = run_cli("hparams_search=dnn_optuna", "trainer=ddp_cpu", "data.rows=2000", "hydra.sweeper.n_trials=1",
+                     *QUIET, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: -m with 2 DDP processes per run is not supported")
+    assert not list(tmp_path.iterdir())  # no study, no trial, no run folder
+    assert flags_first(["hparams_search=dnn_optuna", "seed=1"]) == ["--multirun", "hparams_search=dnn_optuna", "seed=1"]
+    for argv in (["hparams_search=dnn_optuna", "--cfg", "job"], ["hparams_search=dnn_optuna", "hydra.mode=RUN"],
+                 ["hparams_search=null"], ["-m", "hparams_search=dnn_optuna"]):
+        assert flags_first(argv)[0] != "--multirun"  # Hydra's other modes, a run asked for, no search; -m given
 
 
 def test_torchrun_ranks_must_name_one_run_directory():
