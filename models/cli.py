@@ -82,7 +82,8 @@ def flags_first(argv: list[str]) -> list[str]:
     # is one run: resume_arguments adds the trial's own hparams_search= with hydra.mode=RUN.)
     keys = [o.lstrip("+").partition("=") for o in overrides]
     search = any(key == "hparams_search" and value.lower() not in ("", "null") for key, _, value in keys)
-    other = [flag for flag in rest if flag in (*MODES, *MODES.values(), "-h", "--help", "--hydra-help")]
+    other = [flag for flag in rest  # `--cfg=job` too, as argparse reads it
+             if flag.partition("=")[0] in (*MODES, *MODES.values(), "-h", "--help", "--hydra-help")]
     if search and not other and not any(key in ("hydra.mode", "resume") for key, _, _ in keys):
         rest = ["--multirun", *rest]
     return rest + overrides

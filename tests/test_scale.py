@@ -159,7 +159,8 @@ def test_a_search_without_its_flag_is_checked_as_a_sweep_before_its_study(tmp_pa
     assert result.stderr.strip().splitlines()[-1].startswith("error: -m with 2 DDP processes per run is not supported")
     assert not list(tmp_path.iterdir())  # no study, no trial, no run folder
     assert flags_first(["hparams_search=dnn_optuna", "seed=1"]) == ["--multirun", "hparams_search=dnn_optuna", "seed=1"]
-    for argv in (["hparams_search=dnn_optuna", "--cfg", "job"], ["hparams_search=dnn_optuna", "hydra.mode=RUN"],
+    for argv in (["hparams_search=dnn_optuna", "--cfg", "job"], ["hparams_search=dnn_optuna", "--cfg=job"],
+                 ["hparams_search=dnn_optuna", "hydra.mode=RUN"],
                  ["hparams_search=null"], ["-m", "hparams_search=dnn_optuna"]):
         assert flags_first(argv)[0] != "--multirun"  # Hydra's other modes, a run asked for, no search; -m given
 
