@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from data import UserInputError, check_folder
-from models.checks import CONFIGS, check_config, check_settings, check_sweep
+from models.checks import CONFIGS, check_config, check_model_reads_data, check_settings, check_sweep
 from models.records import read_metrics, read_overrides
 from models.signatures import not_a_trainer_argument
 
@@ -150,6 +150,8 @@ def check_overrides(argv: list[str]) -> None:
             if not flags:
                 check_config(cfg, choices)  # choices: `model=cnn` named as typed, also when it came from a default
             else:  # what would stop the sweep at its first job stops it before (mismatched jobs fail alone, as ever)
+                if choices.get("hparams_search"):  # but a trial's error ends an Optuna study: no trial may mismatch
+                    check_model_reads_data(cfg, choices)
                 check_settings(cfg)
                 check_sweep(cfg)
         except InterpolationResolutionError as err:  # `model.lr=${oc.env:UNSET}`

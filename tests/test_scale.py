@@ -19,7 +19,7 @@ import train as train_module
 from data import UserInputError
 from data.batches import TensorBatches
 from models.signatures import check_trainer_args
-from models.cli import distributed_arguments, flags_first
+from models.cli import check_overrides, distributed_arguments, flags_first
 from models.sweeps import SweepSummary
 from models.runs import prepare_data_once
 from tests.conftest import ROOT, make_config
@@ -163,6 +163,15 @@ def test_a_search_without_its_flag_is_checked_as_a_sweep_before_its_study(tmp_pa
                  ["hparams_search=dnn_optuna", "hydra.mode=RUN"],
                  ["hparams_search=null"], ["-m", "hparams_search=dnn_optuna"]):
         assert flags_first(argv)[0] != "--multirun"  # Hydra's other modes, a run asked for, no search; -m given
+
+
+def test_a_search_refuses_a_model_that_cannot_read_its_data_before_its_study():
+    # Checked as a sweep, hparams_search=NAME without -m lost the up-front refusal of a model for data it does not
+    # read (a grid's mismatched job fails alone): the study started and its first trial failed on it (study.db).
+    for argv in (["hparams_search=dnn_optuna"], ["-m", "hparams_search=dnn_optuna"]):
+        with pytest.raises(UserInputError, match=r"^model=dnn reads tables, and data=fashion_mnist is images"):
+            check_overrides(flags_first([*argv, "data=fashion_mnist", "~data.rows"]))
+    check_overrides(["-m", "model=dnn,cnn", "data=fashion_mnist"])  # a grid: its dnn job fails alone, as before
 
 
 def test_torchrun_ranks_must_name_one_run_directory():
