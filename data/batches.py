@@ -8,6 +8,7 @@ Under DDP every rank holds the whole split and serves its own shard of it (`num_
 inserts a DistributedSampler only into a torch DataLoader, never into an iterable like this one.
 """
 import math
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -141,7 +142,10 @@ def loader_args(trainer) -> dict:
     `current_epoch` is still the last finished epoch then.)"""
     if trainer is None:
         return {"seed": torch.initial_seed()}
-    return {"seed": torch.initial_seed(), "epoch": lambda: trainer.current_epoch,
+    # The run's seed, as seed_everything recorded it: every DDP process shares it (the shards of one order), while
+    # each process's generator is seeded apart for its own dropout masks (Recipe.on_fit_start)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+    return {"seed": seed, "epoch": lambda: trainer.current_epoch,
             "epoch_batches": lambda: trainer.num_training_batches,
             "num_replicas": trainer.world_size, "rank": trainer.global_rank}
 

@@ -217,6 +217,7 @@ class Recipe(L.LightningModule):
         self.seconds_before = 0.0  # training time of the run before the checkpoint it resumed from
         self._fit_started = time.perf_counter()
         self._fitting = False  # between this module's on_fit_start and on_fit_end (see check_finite)
+        self._own_rng_restored = False  # this DDP process's generators, from the checkpoint it resumes
         self._log_now = False  # whether this training step logs its per-step values (_logging_step)
         self._step_losses: list[Tensor] = []  # the losses of the optimizer step's accumulated batches so far
         self._batch_started: float | None = None  # when the last training batch began (_logging_step)
@@ -337,6 +338,11 @@ class Recipe(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started, self._fitting = time.perf_counter(), True
         self._guard(fresh=True)  # a fit starts clean, also after a callback's trial run (a learning-rate finder)
+        if self.global_rank > 0 and not self._own_rng_restored:
+            # Every DDP process was seeded alike (the same initial weights, which DDP broadcasts anyway): from here
+            # each draws its own dropout masks, as one process drawing for the whole global batch would, not the
+            # masks of rank 0's rows for its own. (Data order and augmentation have their own per-rank generators.)
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_fit_end(self) -> None:
         self._fitting = False
@@ -442,6 +448,18 @@ class Recipe(L.LightningModule):
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if self.trainer.world_size > 1:  # each process's own (on_fit_start), in rank order (every rank saves)
+            checkpoint["rng"]["per_rank"] = {device: self._gathered(state) for device, state in self._rng_states()}
+
+    def _rng_states(self) -> list[tuple[str, torch.Tensor]]:
+        """This process's generators: the CPU's, and its GPU's (a DDP process has one)."""
+        device = self.trainer.strategy.root_device
+        return [("cpu", torch.get_rng_state())] + ([("cuda", torch.cuda.get_rng_state(device))]
+                                                    if device.type == "cuda" else [])
+
+    def _gathered(self, state: torch.Tensor) -> torch.Tensor:
+        root = self.trainer.strategy.root_device  # (NCCL gathers GPU tensors only)
+        return self.trainer.strategy.all_gather(state.to(root)).cpu()  # (world_size, state bytes)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before configure_optimizers, which checks the new run's schedule against the saved one.
@@ -452,6 +470,12 @@ class Recipe(L.LightningModule):
                 torch.set_rng_state(checkpoint["rng"]["cpu"])
                 for device, state in enumerate(checkpoint["rng"]["cuda"][:torch.cuda.device_count()]):
                     torch.cuda.set_rng_state(state, device)  # the GPUs this machine has, if it has fewer
+                per_rank = checkpoint["rng"].get("per_rank", {})
+                if len(per_rank.get("cpu", [])) == self.trainer.world_size:  # a DDP run resumed on as many processes
+                    self._own_rng_restored = True
+                    torch.set_rng_state(per_rank["cpu"][self.global_rank].clone())
+                    if "cuda" in per_rank and (device := self.trainer.strategy.root_device).type == "cuda":
+                        torch.cuda.set_rng_state(per_rank["cuda"][self.global_rank].clone(), device)
 
     # -- optimization ---------------------------------------------------------------------------
     def _optimizer_settings(self) -> tuple[str, float, dict]:

@@ -8,6 +8,7 @@ import threading
 import time
 from unittest import mock
 
+import lightning as L
 import optuna
 import pytest
 import torch
@@ -132,6 +133,42 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     curves = [{e.step: e.value for e in EventAccumulator(str(folder)).Reload().Scalars("train/loss_step")}
               for folder in (events.path, next((tmp_path / "one" / "tensorboard").rglob("events.*")).parent)]
     assert len(curves[0]) >= 3 and curves[0] == pytest.approx(curves[1], abs=2e-3)
+
+
+class DrawProbe(L.Callback):
+    """Appends a draw of its process's generator (dropout's) to `path`.RANK at each training batch. (Hydra imports
+    this as tests.test_scale.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        with open(f"{self.path}.{trainer.global_rank}", "a") as f:
+            f.write(f"{trainer.global_step} {torch.rand(1).item()!r}\n")
+
+
+def test_each_ddp_process_draws_its_own_dropout_masks_and_resumes_with_its_own(tmp_path):
+    # Seeded alike, the two processes drew the same masks: rank 1's rows got the masks of rank 0's. And a resume
+    # must give each process its own generator back (the checkpoint held rank 0's alone).
+    common = ["model=dnn", "data.rows=3000", "data.batch_size=128", "trainer=ddp_cpu", "scheduler=none",
+              "callbacks.early_stopping=null", "trainer.limit_test_batches=1", *QUIET,
+              "+callbacks.probe._target_=tests.test_scale.DrawProbe"]
+
+    def run(out, epochs, *more):
+        result = run_cli(*common, f"+callbacks.probe.path={out}/draws", f"trainer.max_epochs={epochs}",
+                         f"hydra.run.dir={out}", *more)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [(out / f"draws.{rank}").read_text().splitlines() for rank in (0, 1)]
+
+    whole = run(tmp_path / "whole", 2)
+    run(tmp_path / "broken", 1)
+    resumed = run(tmp_path / "broken", 2, "ckpt_path=last")  # the draws of both segments, as the whole run's
+    assert len(whole[0]) == len(whole[1]) > 4 and whole[0][-1].split()[0] != "0"
+    assert [line.split()[1] for line in whole[0]] != [line.split()[1] for line in whole[1]]
+    assert resumed == whole
+    weights = [torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for out in (tmp_path / "whole", tmp_path / "broken")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_an_error_under_ddp_is_one_line_not_one_per_process(tmp_path):
