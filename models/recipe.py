@@ -448,7 +448,10 @@ class Recipe(L.LightningModule):
         # RNG states (augmentation, dropout): a resumed run draws what the uninterrupted run would have.
         checkpoint["rng"] = {"cpu": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        if self.trainer.world_size > 1:  # each process's own (on_fit_start), in rank order (every rank saves)
+        # Each process's own (on_fit_start), in rank order (every rank saves). Not before this module's on_fit_start
+        # (a learning-rate finder's trial checkpoint): the processes are still seeded alike, and restoring that trial
+        # would keep them so (on_fit_start skips the reseed of a process whose own state was restored).
+        if self.trainer.world_size > 1 and self._fitting:
             checkpoint["rng"]["per_rank"] = {device: self._gathered(state) for device, state in self._rng_states()}
 
     def _rng_states(self) -> list[tuple[str, torch.Tensor]]:

@@ -171,6 +171,19 @@ def test_each_ddp_process_draws_its_own_dropout_masks_and_resumes_with_its_own(t
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_a_learning_rate_finder_under_ddp_leaves_each_process_its_own_dropout_masks(tmp_path):
+    # The finder's trial checkpoint, saved from its on_fit_start before the processes reseeded, held their alike
+    # states as each one's own; restoring it made on_fit_start skip the reseed: every process drew rank 0's masks.
+    result = run_cli("model=dnn", "data.rows=3000", "data.batch_size=128", "trainer=ddp_cpu", "scheduler=none",
+                     "trainer.max_epochs=1", "callbacks.early_stopping=null", "trainer.limit_test_batches=1", *QUIET,
+                     "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateFinder",
+                     "+callbacks.lr.num_training_steps=5", "+callbacks.probe._target_=tests.test_scale.DrawProbe",
+                     f"+callbacks.probe.path={tmp_path}/draws", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    draws = [[line.split()[1] for line in (tmp_path / f"draws.{rank}").read_text().splitlines()] for rank in (0, 1)]
+    assert len(draws[0]) == len(draws[1]) > 4 and draws[0][-1] != draws[1][-1]
+
+
 def test_an_error_under_ddp_is_one_line_not_one_per_process(tmp_path):
     # Known only once each process has read the data: every rank raised it, and every rank printed it.
     result = run_cli("model=dnn", "trainer=ddp_cpu", "data.rows=2000", "trainer.limit_train_batches=0.0001", *QUIET,
