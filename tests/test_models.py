@@ -382,7 +382,7 @@ def fake_trainer(**settings):
 
     return SimpleNamespace(**{"log_every_n_steps": 2, "global_step": 0, "max_steps": -1, "max_epochs": 2,
                               "current_epoch": 0, "num_training_batches": 5, "callbacks": [], "world_size": 1,
-                              "should_stop": False, **settings})
+                              "global_rank": 0, "should_stop": False, **settings})
 
 
 def test_the_non_finite_guard_looks_at_the_first_batch_and_every_log_interval():
