@@ -228,6 +228,28 @@ def write_csv(path, frame: pd.DataFrame):
     return path
 
 
+def test_a_runs_training_rows_come_shuffled_anew_each_epoch_in_an_order_of_its_seed(tmp_path, monkeypatch):
+    # Each row's number is its numeric column: the served order, read as a run reads it (a Trainer's epoch,
+    # seed_everything's PL_GLOBAL_SEED), is not the split's, changes every epoch and follows the seed.
+    from types import SimpleNamespace
+    frame = pd.DataFrame({"row": np.arange(400.0), "y": np.arange(400) % 2})
+    dm = CSVDataModule(str(write_csv(tmp_path / "t.csv", frame)), "y", ["row"], log_columns=[], batch_size=40,
+                       on_device=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=0, num_training_batches=float("inf"),
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+    def rows(epoch: int, seed: int) -> list[float]:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        dm.trainer.current_epoch = epoch
+        return torch.cat([numeric[:, 0] for numeric, _, _ in dm.train_dataloader()]).tolist()
+
+    first, split = rows(0, seed=1), dm.train[0][:, 0].tolist()  # 280 rows: 7 batches of 40
+    assert sorted(first) == sorted(split) and first != split  # every training row once, shuffled
+    assert rows(1, seed=1) != first and rows(0, seed=2) != first and rows(0, seed=1) == first
+    assert torch.cat([numeric[:, 0] for numeric, _, _ in dm.val_dataloader()]).tolist() == dm.val[0][:, 0].tolist()
+
+
 @needs(ADVERTISING)
 def test_advertising_csv_reads_numbers_categories_and_timestamps():
     dm = CSVDataModule(str(ADVERTISING), "Clicked on Ad", ["Daily Time Spent on Site", "Age", "Area Income",

@@ -2,6 +2,7 @@
 import gzip
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -332,6 +333,25 @@ def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
         torch.manual_seed(seed)
         orders.append(next(iter(TensorBatches(rows, batch_size=103, shuffle=True, **loader_args(None))))[0])
     assert not torch.equal(*orders)
+
+
+def test_a_runs_training_images_come_shuffled_anew_each_epoch_in_an_order_of_its_seed(mnist_dir, monkeypatch):
+    # Through the DataModule, as a run reads them (a Trainer's epoch, seed_everything's PL_GLOBAL_SEED): not in the
+    # split's order, another order every epoch, and another for another seed. The loader's own test above builds
+    # TensorBatches by hand, so the DataModule's shuffle=train and loader_args' seed were never asserted.
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, batch_size=1000, on_device=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=0, num_training_batches=float("inf"),
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+    def labels(epoch: int, seed: int) -> list[int]:  # one batch of all 1000 training images
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        dm.trainer.current_epoch = epoch
+        return torch.cat([y for _, y in dm.train_dataloader()]).tolist()
+
+    first = labels(0, seed=1)
+    assert sorted(first) == sorted(dm.train[1].tolist()) and first != dm.train[1].tolist()  # 1000 labels: shuffled
+    assert labels(1, seed=1) != first and labels(0, seed=2) != first and labels(0, seed=1) == first
 
 
 def test_epochs_shortened_by_a_batch_limit_go_on_through_one_order():

@@ -200,6 +200,28 @@ def test_training_windows_shift_by_every_offset_below_seq_len_alike_in_every_loa
     assert set(shifts.tolist()) == {0, 1, 2, 3}  # 217 windows: an offset missing by chance has p < 1e-26
 
 
+def test_a_runs_training_windows_come_shuffled_anew_each_epoch_in_an_order_of_its_seed(tmp_path, monkeypatch):
+    # All characters distinct, so a window's first id is its position: read as a run reads them (a Trainer's epoch,
+    # seed_everything's PL_GLOBAL_SEED), the windows are not in text order (the jitter alone keeps them rising),
+    # come in another order every epoch and another for another seed.
+    path = tmp_path / "positions.txt"
+    train = "".join(chr(0x4E00 + i) for i in range(900))
+    path.write_text(train + train[:100])
+    dm = TextFileDataModule(str(path), seq_len=4, batch_size=7, on_device=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=0, num_training_batches=float("inf"),
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+    def starts(epoch: int, seed: int) -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        dm.trainer.current_epoch = epoch
+        return (torch.cat([x[:, 0] for x, _ in dm.train_dataloader()]) - 1) // 4  # the window's place on the grid
+
+    first = starts(0, seed=1)
+    assert not (first.diff() > 0).all()  # shuffled: in text order every window starts after the one before
+    assert not torch.equal(starts(1, seed=1), first) and not torch.equal(starts(0, seed=2), first)
+
+
 def test_a_split_shorter_than_an_evaluation_window_is_one_window_over_all_of_it(tmp_path):
     # Pins eval_windows' short split: one window of every character but the last, predicting every one but the first.
     path = tmp_path / "abc.txt"
