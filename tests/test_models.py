@@ -226,6 +226,32 @@ def test_l2_weight_decay_applies_to_weights_and_kernels_only():
     assert free["params"] and len(decayed["params"]) + len(free["params"]) == len(list(net.parameters()))
 
 
+def test_adamw_decays_the_weights_apart_from_the_gradient_and_leaves_the_biases_alone():
+    # One step of optimizer=adamw, model.weight_decay=0.1 through the recipe: Adam's first step moves each parameter
+    # by lr * g / (|g| + eps) (about lr * sign(g)); AdamW's decay then shrinks each weight by lr * wd * w, decoupled
+    # from that normalized step. Adam with an L2 term (torch.optim.Adam's weight_decay) would add wd * w to g first,
+    # where the normalization all but erases it; the biases are in the group without decay.
+    import lightning as L
+    import torch.nn.functional as F
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(64, 4), torch.randint(0, 3, (64,))
+    net.weight.data *= 10  # a decay of 1% a step (lr * wd) moves these weights ~0.01 .. 0.05: well above rounding
+    weight, bias = (p.detach().clone().requires_grad_() for p in (net.weight, net.bias))
+    gradient, bias_gradient = torch.autograd.grad(F.cross_entropy(F.linear(x, weight, bias), y), (weight, bias))
+    recipe = Recipe(net, task="multiclass", lr=0.1, weight_decay=0.1, optimizer={"name": "adamw"},
+                    scheduler={"name": "none"}, net_kwargs={"num_classes": 3})
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(recipe, TensorBatches(x, y, batch_size=64))
+    eps = 1e-8  # torch's default
+    expected = weight * (1 - 0.1 * 0.1) - 0.1 * gradient / (gradient.abs() + eps)
+    assert torch.allclose(net.weight, expected, atol=1e-5)
+    assert torch.allclose(net.bias, bias - 0.1 * bias_gradient / (bias_gradient.abs() + eps), atol=1e-5)
+
+
 @pytest.mark.parametrize("optimizer, scheduler, message", [
     ("lion", "none", "unknown optimizer 'lion'; choose one of"),
     ("adamw", "linear", "unknown scheduler 'linear'; choose one of none, step, cosine, onecycle"),
