@@ -414,6 +414,21 @@ def test_augmentation_draws_anew_every_pass_and_alike_in_every_run():
     assert torch.equal(torch.cat([b for (b,) in again]), second)
 
 
+def test_a_datamodules_augmentation_follows_its_batches_own_seed_not_the_global_generator(mnist_dir):
+    # What makes a resumed run's augmented batches those of the uninterrupted run, whatever else drew from torch's
+    # generator in between (a network built, dropout masks): the DataModule hands random_affine the batch's generator.
+    augment = {"enabled": True, "translate": 2, "degrees": 10.0}
+    dm = ImageDataModule("mnist", str(mnist_dir), val_size=200, batch_size=100, augment=augment, on_device=False)
+    dm.setup("fit")
+    first = [x for x, _ in dm.train_dataloader()]
+    torch.rand(1000)  # the global generator moves on
+    again = [x for x, _ in dm.train_dataloader()]  # a new loader: epoch 0 again, the same order
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    plain = ImageDataModule("mnist", str(mnist_dir), val_size=200, batch_size=100, on_device=False)
+    plain.setup("fit")
+    assert not torch.equal(next(iter(plain.train_dataloader()))[0], first[0])  # (augmented: else this proves nothing)
+
+
 def test_validation_split_is_fixed_and_disjoint():
     train, val = split_indices(100, 20, seed=0)
     assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
