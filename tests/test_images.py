@@ -484,6 +484,19 @@ def test_augmentation_shifts_both_ways_and_rotates_both_ways_without_losing_the_
     assert (tilt > 1).any() and (tilt < -1).any()  # both ways: angles of either sign
 
 
+@pytest.mark.parametrize("degrees", [10, 30])
+def test_augmentation_turns_by_up_to_the_degrees_given_and_no_further(degrees):
+    # data.augment.degrees is in degrees: a bar from the centre rightwards turns by up to that angle either way, its
+    # centre of mass with it. (Taken as radians, degrees=10 turned digits by any angle, upside down too, and the
+    # other augmentation tests, which ask only for turns both ways that keep the area, still passed.)
+    bar = torch.zeros(256, 1, 33, 33)
+    bar[..., 16, 16:] = 1.0
+    turned = random_affine(bar, degrees, 0, hflip=False, generator=torch.Generator().manual_seed(0))[:, 0]
+    y, x = torch.meshgrid(torch.arange(33.0) - 16, torch.arange(33.0) - 16, indexing="ij")
+    angles = torch.rad2deg(torch.atan2((turned * y).sum((1, 2)), (turned * x).sum((1, 2))))  # (256,)
+    assert degrees - 1 < angles.max() < degrees + 0.5 and -degrees - 0.5 < angles.min() < -degrees + 1
+
+
 def test_mirroring_with_a_rotation_mirrors_the_rotated_image():
     images = torch.rand(64, 1, 8, 8)
     plain, mixed = (random_affine(images, 30, 1, hflip, torch.Generator().manual_seed(0)) for hflip in (False, True))
