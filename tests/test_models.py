@@ -91,6 +91,28 @@ def test_epoch_loss_is_the_mean_over_every_item_whatever_the_batch_sizes(batch_s
     assert metrics["val/acc"] == pytest.approx((net(x[:10]).argmax(1) == y[:10]).float().mean().item())
 
 
+def test_validation_scores_the_network_in_evaluation_mode_and_leaves_it_as_it_was():
+    # No dropout, and batch norm's running statistics, not the batch's, and never updated by validation data: the
+    # val/loss early stopping and the best checkpoint follow is the loss of the weights as they will be tested.
+    import lightning as L
+    import torch.nn.functional as F
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(8, 3))
+    x, y = torch.randn(50, 4) * 3 + 1, torch.randint(0, 3, (50,))  # far from the running statistics' (0, 1)
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    with torch.no_grad():
+        expected = F.cross_entropy(net.eval()(x), y).item()
+    recipe = recipe_for(net.train(), "multiclass")
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(recipe, TensorBatches(x, y, batch_size=10), verbose=False)[0]
+    assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
+    assert all(torch.equal(value, net.state_dict()[name]) for name, value in before.items())
+
+
 @pytest.mark.parametrize("scores", ["distinct", "tied", "all_tied", "float64", "bfloat16"])
 def test_the_exact_auroc_is_torchmetrics_auroc(scores):
     from torchmetrics.functional.classification import binary_auroc
