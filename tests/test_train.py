@@ -20,12 +20,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train as train_module
 from data import UserInputError
+from data.batches import split_indices
 from data.images import ImageDataModule
 from models import runs
 from models.cnn import ConvNet
 from models.recipe import Recipe, WeightedMean, load_recipe, stopped_early
 from tests.cli_process import run_cli
-from tests.conftest import make_config
+from tests.conftest import make_config, pattern_images, write_idx
 
 eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
@@ -220,6 +221,32 @@ def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
     assert longer["stopped_early"] and longer["epochs"] == metrics["epochs"] + 2
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"][
         "EarlyStopping{'monitor': 'val/acc', 'mode': 'max'}"]["patience"] == 4
+
+
+def test_the_reported_best_validation_score_is_the_best_epochs_not_the_last(tmp_path):
+    # val/loss_best (what a sweep optimizes) is the run's lowest val/loss, the best checkpoint's, in a run that gets
+    # worse on validation as it trains: the held-out images are labelled one class on, so the better the network
+    # learns the training labels the higher its validation loss. (The generated classes are learnt within an epoch:
+    # on them val/acc is 1.0 from the first epoch on, and the last epoch is as good as the best.)
+    images, labels = pattern_images(1200, 28, 1, seed=0)
+    held_out = split_indices(1200, 200, seed=0)[1].numpy()  # the rows data.val_size=200 (split_seed 0) holds out
+    labels[held_out] = (labels[held_out] + 1) % 10
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    test_images, test_labels = pattern_images(300, 28, 1, seed=1)
+    for split, x, y in (("train", images, labels), ("t10k", test_images, test_labels)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", x[..., 0])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", y)
+    metrics = train_module.train(mnist_config(tmp_path / "data", tmp_path / "run", "trainer.max_epochs=3",
+                                              "monitor.metric=val/loss", "monitor.mode=min",
+                                              "callbacks.early_stopping=null"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    curve = [e.value for e in events.Scalars("val/loss")]
+    assert len(curve) == 3 and min(curve) < curve[-1]  # else this test proves nothing
+    assert metrics["val/loss_best"] == pytest.approx(min(curve), rel=1e-6)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == curve.index(min(curve))
 
 
 def test_a_logged_step_loss_is_the_mean_over_its_accumulated_batches(mnist_dir, tmp_path):
