@@ -727,6 +727,29 @@ def test_criteo_streamed_from_files_serves_the_same_rows(tmp_path):
     assert all(tuple(row) in training for row in served.tolist())  # training rows, not the validation or test rows
 
 
+@pytest.mark.parametrize("max_in_memory_gb", [1.0, 0.0])  # held, streamed
+def test_a_runs_criteo_training_rows_come_shuffled_anew_each_epoch_in_an_order_of_its_seed(max_in_memory_gb,
+                                                                                          tmp_path, monkeypatch):
+    # Read as a run reads them (a Trainer's epoch, seed_everything's PL_GLOBAL_SEED): another order of the training
+    # rows (of their blocks, streamed) every epoch and for another seed; validation the same rows in the same order.
+    from types import SimpleNamespace
+    path = tmp_path / "train.txt"
+    criteo_rows(1000, np.random.default_rng(2)).to_csv(path, sep="\t", header=False, index=False)
+    dm = CriteoDataModule(str(path), str(tmp_path / "cache"), max_in_memory_gb=max_in_memory_gb, batch_size=64,
+                          block_rows=16, on_device=False)
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=0, num_training_batches=float("inf"))
+    dm.setup("fit")
+
+    def served(epoch: int, seed: int, split: str = "train") -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        dm.trainer.current_epoch = epoch
+        return torch.cat([ids for _, ids, _ in getattr(dm, f"{split}_dataloader")()])
+
+    first = served(0, seed=1)
+    assert not torch.equal(served(1, seed=1), first) and not torch.equal(served(0, seed=2), first)
+    assert torch.equal(served(0, seed=1), first) and torch.equal(served(0, 1, "val"), served(1, 2, "val"))
+
+
 def test_criteo_holds_a_stage_of_at_most_max_in_memory_gb(tmp_path):
     # The limit is per stage and inclusive: train + val (900 rows of 157 bytes) held at exactly their size, streamed
     # a byte below it, while the test split (100 rows) is still held.
