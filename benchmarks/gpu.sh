@@ -123,7 +123,9 @@ cnn_run_step() {  # the preset as a user runs it: python train.py experiment=cnn
 # name:limit:least, in seconds: a step runs if at least `least` seconds of the budget are left, and is stopped after
 # `limit` (or when the budget ends). A step cut short loses its figures: `least` is what it needs, with a margin.
 # The three GPU targets first (they prove the CUDA path runs, too), then the tests of what they do not show.
-all_steps=(env:30:10 cnn_tta:200:120 lstm_throughput:120:60 lstm_run:200:170 tests:300:180 dnn_throughput:120:60
+# env's 60 s: a cold `import torch` and the first torch.compile (inductor, Triton) on a fresh machine; it ends sooner
+# when they are quick, and cut short it would lose only env.json (the CNN steps then run compiled).
+all_steps=(env:60:10 cnn_tta:200:120 lstm_throughput:120:60 lstm_run:200:170 tests:300:180 dnn_throughput:120:60
            cnn_throughput:150:90 lstm_fp16:120:60 dnn_tta:120:60 cnn_run:150:100 dnn_batch_65536:120:60)
 wanted=("$@")
 
