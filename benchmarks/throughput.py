@@ -93,10 +93,12 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
 
 
 def lightning_run(cfg, datamodule, steps: int, warmup: int):
-    """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer)."""
+    """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer). The budget is those
+    steps alone: a trainer.max_time guard of the config (model=lstm's 9.5 minutes, experiment=lstm_gpu's 2) would end
+    the run before its last step, which the clock would never see."""
     L.seed_everything(cfg.seed)
     recipe, clock = assemble.build_recipe(cfg, datamodule), Clock(warmup)
-    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, max_time=None, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock], plugins=None, _convert_="all")
     trainer.fit(recipe, datamodule=datamodule)

@@ -145,6 +145,15 @@ def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(overrides, mo
     assert not all(torch.equal(value, start[name]) for name, value in lightning.net.state_dict().items())  # trained
 
 
+def test_a_max_time_guard_of_the_config_does_not_cut_the_lightning_path_short():
+    # model=lstm's trainer.max_time (9.5 minutes; experiment=lstm_gpu's 2) ended the Lightning run before its last
+    # step when the steps took longer: its clock never stopped, and the benchmark ended in a TypeError.
+    cfg = make_config(*SMALL_DNN, "trainer.max_time=00:00:00:00", "paths.output_dir=/tmp/redes-benchmark")
+    datamodule, _ = assemble.build(cfg)
+    seconds, trainer = throughput.lightning_run(cfg, datamodule, steps=3, warmup=1)
+    assert trainer.global_step == 4 and seconds > 0
+
+
 def test_time_to_accuracy_records_the_test_metric_after_every_epoch(tmp_path):
     out = tmp_path / "tta.json"
     result, path = time_to_accuracy.main([*SMALL_DNN, "trainer.max_epochs=3", "targets=[0.0,1.01]", f"out={out}"])
