@@ -11,9 +11,10 @@ are in the JSON as warmup_seconds); the timed network starts from the same seed 
 The metric is test/acc for images, test/loss (nats/char, lower is better) for text, test/auroc for clicks.
 This benchmark alone scores the test split after every epoch, with the clock stopped: it measures speed and
 chooses nothing (training still early-stops on validation only; the clock counts training, the validation after each
-epoch that early stopping needs and the epoch-end metrics, as train.py's train_seconds does; not checkpoints, which are
-not written, nor the test scoring, which trainer.max_time does not count either). Lightning runs the recipe's and early
-stopping's epoch ends after this benchmark's: each point counts those of the epochs before it (milliseconds).
+epoch that early stopping needs and the epoch-end metrics, as train.py's train_seconds does; not checkpoints nor
+TensorBoard figures, which are not made here though train_seconds counts them; nor the test scoring, which
+trainer.max_time does not count either). Lightning runs the recipe's and early stopping's epoch ends after this
+benchmark's: each point counts those of the epochs before it (milliseconds).
 """
 import sys
 import time
