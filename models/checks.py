@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError, check_folder
 from models.recipe import OPTIMIZERS, epoch_metric_names, make_optimizer, metric_mode
-from models.schedules import SCHEDULERS
+from models.schedules import SCHEDULE_SETTINGS, SCHEDULERS
 from models.signatures import check_arguments, check_object_args, check_trainer_args, get_object
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -332,6 +332,7 @@ def check_optimization(cfg: DictConfig) -> None:
     name = scheduler.get("name")
     if name not in SCHEDULERS:
         raise UserInputError(f"scheduler.name={name!r}: choose one of {', '.join(SCHEDULERS)}")
+    check_schedule_keys(scheduler, name)
     if name == "step":
         check_number("scheduler.every_epochs", scheduler.every_epochs, 1, whole=True)
         check_number("scheduler.gamma", scheduler.gamma, 0, inclusive=False)
@@ -343,6 +344,25 @@ def check_optimization(cfg: DictConfig) -> None:
             raise UserInputError(f"scheduler.cycle_momentum={scheduler.cycle_momentum!r}: give true or false")
         check_number("scheduler.max_momentum", scheduler.max_momentum, 0, 1, most_inclusive=False)
         check_number("scheduler.base_momentum", scheduler.base_momentum, 0, scheduler.max_momentum)  # <= max
+
+
+def check_schedule_keys(scheduler: DictConfig, name: str) -> None:
+    """The schedule's own settings, all there and no others: `scheduler.name=cosine` changes the name alone, keeping
+    the onecycle config's settings and lacking cosine's (a traceback), and an extra key (`+scheduler.warmup=5`,
+    Hydra's advice for a key it does not know) would be silently ignored."""
+    reads = SCHEDULE_SETTINGS[name]
+    if missing := [key for key in reads if key not in scheduler]:
+        raise UserInputError(f"scheduler={name} reads scheduler.{missing[0]}, which is missing: choose the schedule "
+                             f"with scheduler={name} (configs/scheduler/{name}.yaml sets its settings; "
+                             f"scheduler.name={name} changes only the name), or give scheduler.{missing[0]}=...")
+    if extra := [str(key) for key in scheduler if key != "name" and key not in reads]:
+        near = difflib.get_close_matches(extra[0], reads, n=1)
+        advice = (f"did you mean scheduler.{near[0]}?" if near else
+                  f"drop it (~scheduler.{extra[0]} drops one that a config sets), or choose the schedule that reads "
+                  "it with scheduler=NAME")
+        settings = ", ".join(f"scheduler.{key}" for key in reads) or "no settings (a constant model.lr)"
+        raise UserInputError(f"scheduler.{extra[0]} is not a setting of scheduler={name}, which reads {settings}; "
+                             f"{advice}")
 
 
 # The settings train.py reads outside the nodes checked against a constructor's arguments (data, model.net, callbacks,

@@ -10,6 +10,9 @@ from data import UserInputError
 
 SCHEDULE_LENGTH = {"step": "step_size", "cosine": "T_max", "onecycle": "total_steps"}  # the attribute, in steps
 SCHEDULERS = ("none", *SCHEDULE_LENGTH)
+# The settings each schedule reads (configs/scheduler/NAME.yaml sets them); any other key would be ignored.
+SCHEDULE_SETTINGS = {"none": (), "step": ("every_epochs", "gamma"), "cosine": ("final_ratio",),
+                     "onecycle": ("pct_start", "cycle_momentum", "base_momentum", "max_momentum")}
 
 
 def steps_per_epoch(trainer: L.Trainer) -> int:

@@ -664,6 +664,19 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("scheduler=onecycle scheduler.max_momentum=0.5", "scheduler.base_momentum=0.85: give a number >= 0 and <= 0.5"),
     ("scheduler=step scheduler.every_epochs=0", "scheduler.every_epochs=0: give a whole number >= 1"),
     ("scheduler=cosine scheduler.final_ratio=-1", "scheduler.final_ratio=-1: give a number >= 0 and <= 1"),
+    # The name alone changed: onecycle's settings kept, cosine's missing (omegaconf's traceback: not in struct).
+    ("scheduler.name=cosine", "scheduler=cosine reads scheduler.final_ratio, which is missing: choose the schedule "
+                              "with scheduler=cosine (configs/scheduler/cosine.yaml sets its settings; "
+                              "scheduler.name=cosine changes only the name), or give scheduler.final_ratio=..."),
+    ("scheduler=step ~scheduler.gamma", "scheduler=step reads scheduler.gamma, which is missing"),
+    # A key no schedule reads, added with the + Hydra advises: trained as if it were not there.
+    ("scheduler=cosine +scheduler.warmup=5", "scheduler.warmup is not a setting of scheduler=cosine, which reads "
+                                             "scheduler.final_ratio; drop it (~scheduler.warmup drops one"),
+    ("scheduler=none +scheduler.gamma=0.5", "scheduler.gamma is not a setting of scheduler=none, which reads no "
+                                            "settings (a constant model.lr)"),
+    ("+scheduler.pct_star=0.3", "scheduler.pct_star is not a setting of scheduler=onecycle, which reads "
+                                "scheduler.pct_start, scheduler.cycle_momentum, scheduler.base_momentum, "
+                                "scheduler.max_momentum; did you mean scheduler.pct_start?"),
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
@@ -730,6 +743,7 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_built(setting,
 
 
 @pytest.mark.parametrize("setting", ["model.weight_decay=0", "scheduler=cosine scheduler.final_ratio=1",
+                                     "scheduler=none", "scheduler=step", "scheduler=onecycle",  # their own settings
                                      "+trainer.check_val_every_n_epoch=2", "trainer.limit_val_batches=1.0",
                                      "model.net.dropout=0", "callbacks.early_stopping=false"])  # false: off, as null
 def test_settings_at_the_edge_of_their_range_are_accepted(setting):
