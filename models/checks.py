@@ -315,6 +315,10 @@ def check_optimization(cfg: DictConfig) -> None:
             raise UserInputError(f"optimizer.weight_decay={options['weight_decay']} is not used: the recipe decays "
                                  "weight matrices, kernels and embeddings (not biases or norms) by model.weight_decay; "
                                  f"give model.weight_decay={options['weight_decay']} instead")
+        if "lr" in options:  # the recipe gives the optimizer model.lr: torch's "got multiple values for 'lr'"
+            raise UserInputError(f"optimizer.lr={options['lr']}: the learning rate is model.lr (the schedule's start "
+                                 f"or peak), which the recipe gives the optimizer; give model.lr={options['lr']} "
+                                 "instead")
         check_arguments("optimizer", OPTIMIZERS[optimizer.name], options)  # nesterov=abc: SGD takes bool
         betas = options.get("betas", [0.9, 0.999])
         if not isinstance(betas, list) or len(betas) != 2:

@@ -677,6 +677,9 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+scheduler.pct_star=0.3", "scheduler.pct_star is not a setting of scheduler=onecycle, which reads "
                                 "scheduler.pct_start, scheduler.cycle_momentum, scheduler.base_momentum, "
                                 "scheduler.max_momentum; did you mean scheduler.pct_start?"),
+    # torch's "AdamW() got multiple values for keyword argument 'lr'", which did not say where the rate is set
+    ("+optimizer.lr=0.1", "optimizer.lr=0.1: the learning rate is model.lr (the schedule's start or peak), which the "
+                          "recipe gives the optimizer; give model.lr=0.1 instead"),
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
