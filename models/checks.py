@@ -257,6 +257,13 @@ def check_run_settings(cfg: DictConfig) -> None:
     if ckpt_path is not None and not isinstance(ckpt_path, str) or ckpt_path == "":  # "": was "no checkpoint at ."
         raise UserInputError(f"ckpt_path={ckpt_path!r}: give a checkpoint file, or `last`")
     trainer = cfg.trainer
+    if "logger" in trainer:  # the run's own logger (or none) is handed to the Trainer in its place
+        raise UserInputError(f"trainer.logger={trainer.logger!r} is not used: the run's logger is the logger config's "
+                             "(configs/logger/): drop it; ~logger runs without one")
+    if "callbacks" in trainer:  # likewise the run's callbacks
+        raise UserInputError("trainer.callbacks is not used: the run's callbacks are the callbacks config's "
+                             "(configs/callbacks/): drop it; +callbacks.NAME._target_=CLASS adds one, "
+                             "callbacks.NAME=null drops one")
     for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):
         if trainer.get(key) is not None:
             check_number(f"trainer.{key}", trainer[key], 1, whole=True)

@@ -680,6 +680,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     # torch's "AdamW() got multiple values for keyword argument 'lr'", which did not say where the rate is set
     ("+optimizer.lr=0.1", "optimizer.lr=0.1: the learning rate is model.lr (the schedule's start or peak), which the "
                           "recipe gives the optimizer; give model.lr=0.1 instead"),
+    # The Trainer is given the run's own logger and callbacks in their place: TensorBoard was written all the same.
+    ("+trainer.logger=false", "trainer.logger=False is not used: the run's logger is the logger config's "
+                              "(configs/logger/): drop it; ~logger runs without one"),
+    ("+trainer.callbacks=[]", "trainer.callbacks is not used: the run's callbacks are the callbacks config's"),
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
