@@ -217,9 +217,14 @@ def check_data_settings(data: DictConfig) -> None:
 
 
 def check_data_path(data: DictConfig | None) -> None:
-    """`data.path=` (empty) would be the current folder, and refused as a folder named `.`."""
+    """`data.path=` (empty) would be the current folder, and refused as a folder named `.`; `data.data_dir=` or
+    `data.cache_dir=` would put the datasets or Criteo's cache in the current folder (as `paths.data_dir=` did)."""
     if data is not None and data.get("path") == "":
         raise UserInputError("data.path='' names no file: give data.path=FILE")
+    for key, default in (("data_dir", "paths.data_dir"), ("cache_dir", "paths.data_dir/criteo_cache")):
+        if data is not None and data.get(key) == "":
+            raise UserInputError(f"data.{key}= is empty: the data would go in the current folder; give a folder, "
+                                 f"or leave it out for the configs' {default}")
 
 
 RUN_CHECKPOINTS = "${paths.output_dir}/checkpoints"  # configs/callbacks/default.yaml's dirpath

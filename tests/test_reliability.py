@@ -684,6 +684,11 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("+trainer.logger=false", "trainer.logger=False is not used: the run's logger is the logger config's "
                               "(configs/logger/): drop it; ~logger runs without one"),
     ("+trainer.callbacks=[]", "trainer.callbacks is not used: the run's callbacks are the callbacks config's"),
+    # Put Fashion-MNIST, or Criteo's cache, in the working directory (as paths.data_dir= did)
+    ("data.data_dir=", "data.data_dir= is empty: the data would go in the current folder; give a folder, or leave "
+                       "it out for the configs' paths.data_dir"),
+    ("model=dnn data=criteo data.path=x.txt data.cache_dir=", "data.cache_dir= is empty: the data would go in the "
+                                                              "current folder"),
     ("callbacks.early_stopping.patience=-3", "callbacks.early_stopping.patience=-3: give a whole number >= 0"),
     ("callbacks.model_summary.max_depth=-5", "callbacks.model_summary.max_depth=-5: give a whole number >= -1"),
     ("model=dnn data.hash_buckets=0", "data.hash_buckets=0: give a whole number >= 1"),
