@@ -335,6 +335,14 @@ def resumed(run: Path, argv: list[str], multirun: bool) -> list[str]:
     by_hand = f"continue it by hand: python train.py <its settings> hydra.run.dir={run} ckpt_path=last"
     if multirun:
         raise UserInputError(f"resume={run} continues one run: drop -m")
+    if not run.exists():  # a misspelt run: "continue it by hand" would start a new run in the folder it names
+        try:
+            runs = [p.name for p in run.parent.iterdir() if p.is_dir()]
+        except OSError:  # its parent is missing too (or unreadable)
+            runs = []
+        near = difflib.get_close_matches(run.name, runs, n=1)
+        raise UserInputError(f"resume={run}: no such folder; " + (f"did you mean resume={run.parent / near[0]}?" if near
+                             else "give the directory of the run to continue, as in resume=outputs/MODEL/DATE_TIME"))
     saved = run / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise UserInputError(f"resume={run}: no {saved}, where resume reads the run's settings; {by_hand}")

@@ -1127,6 +1127,15 @@ def test_resuming_a_run_that_stopped_early_says_its_best_weights_are_kept(tmp_pa
     (tmp_path / ".hydra" / "overrides.yaml").unlink()
     with pytest.raises(UserInputError, match=r"no .*overrides.yaml, where resume reads the run's settings; continue"):
         resume_arguments([f"resume={tmp_path}"])
+    # A misspelt run, which "continue it by hand: ... hydra.run.dir=RUN ckpt_path=last" would start anew there.
+    (tmp_path / "2026-12-04_10-00-00").mkdir()
+    with pytest.raises(UserInputError, match=re.escape(f"resume={tmp_path}/2026-12-04_10-00-01: no such folder; did "
+                                                       f"you mean resume={tmp_path}/2026-12-04_10-00-00?")):
+        resume_arguments([f"resume={tmp_path}/2026-12-04_10-00-01"])
+    with pytest.raises(UserInputError, match=re.escape(f"resume={tmp_path}/no/run: no such folder; give the "
+                                                       "directory of the run to continue, as in resume=outputs/")):
+        resume_arguments([f"resume={tmp_path}/no/run"])
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_is_resumed_from_the_start(tmp_path):
