@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from data import UserInputError, check_folder
-from models.checks import CONFIGS, check_config, check_model_reads_data, check_settings, check_sweep
+from models.checks import CONFIGS, check_config, check_model_reads_data, check_settings, check_sweep, flatten
 from models.records import read_metrics, read_overrides
 from models.signatures import not_a_trainer_argument
 
@@ -93,10 +93,54 @@ MODES = {"-m": "--multirun", "-c": "--cfg", "-i": "--info", "-sc": "--shell-comp
 INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # Hydra's --info choices
 
 
+def check_flags(argv: list[str]) -> None:
+    """`--max_epochs=5`, `--batch-size 64` (another program's habit), which argparse refuses with its usage page: one
+    line naming the setting meant. (A known flag's bad value, `--cfg jobs`, is Hydra's to report.)"""
+    parser = get_args_parser()
+    parser.exit_on_error = False
+
+    def refuse(message: str) -> NoReturn:
+        raise argparse.ArgumentError(None, message)
+
+    parser.error = refuse
+    try:
+        unknown = parser.parse_known_args(argv)[1]
+    except argparse.ArgumentError:
+        return
+    if (flag := next((a for a in unknown if a.startswith("-")), None)) is None:
+        return
+    name, equals, value = flag.lstrip("-").partition("=")
+    if not equals:  # `--batch-size 64`: its value is the next word
+        after = argv[argv.index(flag) + 1:]
+        value = after[0] if after and not after[0].startswith("-") and "=" not in after[0] else ""
+    if key := setting_named(name.replace("-", "_"), argv):
+        raise UserInputError(f"{flag}: train.py takes settings as key=value, without dashes: {key}="
+                             f"{value or '...'} (python train.py --help lists its flags)")
+    raise UserInputError(f"{flag} is not a flag of train.py (python train.py --help lists them); settings are "
+                         "key=value, without dashes (python train.py --cfg job lists them)")
+
+
+def setting_named(name: str, argv: list[str]) -> str | None:
+    """The setting whose last part is `name` (`max_epochs` -> trainer.max_epochs, `model` -> model, a config group),
+    in the config `argv`'s choices compose (model=dnn: its keys); the shortest where several are; None if none is."""
+    if name and (CONFIGS / name).is_dir():
+        return name
+    choices = [a for a in argv if "=" in a and (CONFIGS / a.split("=", 1)[0].lstrip("+~")).is_dir()]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            keys = list(flatten(OmegaConf.to_container(compose("train", overrides=choices), resolve=False)))
+    except Exception:  # a choice is wrong too: it is refused next
+        keys = []
+    keys += [f"trainer.{k}" for k in inspect.signature(L.Trainer.__init__).parameters]  # any Trainer argument
+    named = sorted((k for k in keys if k.rpartition(".")[2] == name), key=len)
+    return named[0] if named else None
+
+
 def check_syntax(argv: list[str]) -> None:
     """Each `key=value` as Hydra's grammar reads it, `hydra.*` ones too (Hydra itself would print a page): an
     unquoted character it does not take (a letter outside ASCII, as in a path) is one line that names it and
-    shows the quoting that works."""
+    shows the quoting that works. A flag Hydra does not have is refused first."""
+    check_flags(argv)
     for arg in hydra_overrides(argv):
         try:
             OverridesParser.create().parse_overrides([arg])

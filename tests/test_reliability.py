@@ -1035,6 +1035,28 @@ def test_hydras_flags_and_their_values_are_not_read_as_overrides():
     assert "batch_size: 64" in shown.stdout and "error" not in shown.stderr
 
 
+def test_a_flag_hydra_does_not_have_is_one_line_naming_the_setting_meant():
+    # `--max_epochs=5` (another program's habit) printed argparse's usage page, then "train.py: error: unrecognized
+    # arguments: --max_epochs=5".
+    for argv, message in [
+        (["--max_epochs=5", "model=cnn"], "--max_epochs=5: train.py takes settings as key=value, without dashes: "
+                                          "trainer.max_epochs=5 (python train.py --help lists its flags)"),
+        (["model=dnn", "--hidden_size", "64"], "--hidden_size: train.py takes settings as key=value, without dashes: "
+                                               "model.net.hidden_size=64"),
+        (["--batch-size", "64"], "--batch-size: train.py takes settings as key=value, without dashes: "
+                                 "data.batch_size=64"),
+        (["--model", "dnn"], "--model: train.py takes settings as key=value, without dashes: model=dnn"),
+        (["--epochs=3"], "--epochs=3 is not a flag of train.py (python train.py --help lists them); settings are "
+                         "key=value, without dashes (python train.py --cfg job lists them)"),
+    ]:
+        with pytest.raises(UserInputError, match=f"^{re.escape(message)}"):
+            check_syntax(argv)
+    refused = run_cli("model=cnn", "--max_epochs=5")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: --max_epochs=5: train.py takes settings as key=value, without dashes: trainer.max_epochs=5 (python "
+        "train.py --help lists its flags)"]
+
+
 def test_a_sweep_with_its_flag_last_runs(tmp_path):
     # `seed=1,2 -m` (Hydra takes flags after the overrides) failed: the sweep folder claimed for it was added after
     # the flag, where Hydra's parser no longer reads overrides ("unrecognized arguments: hydra.sweep.dir=...").
