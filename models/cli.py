@@ -174,6 +174,7 @@ def check_overrides(argv: list[str]) -> None:
         return
     overrides = [a for a in argv if not a.startswith(("-", "hydra.", "+hydra."))]
     check_one_config_each(overrides)
+    check_hydra_values(argv, (sweep_variants(overrides) or [overrides])[0] if flags else overrides)
     for variant in sweep_variants(overrides) if flags else [overrides]:
         try:
             with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -202,6 +203,35 @@ def check_overrides(argv: list[str]) -> None:
             raise UserInputError(f"{err.full_key}: {str(err).splitlines()[0]}") from None
         finally:
             HydraConfig.instance().cfg = None  # Hydra sets the job's own
+
+
+def check_hydra_values(argv: list[str], overrides: list[str]) -> None:
+    """Hydra's own settings of the wrong type (`hydra.sweeper.n_trials=abc`, `hydra.job.chdir=maybe`: Hydra's page),
+    and a study of no trials (`hydra.sweeper.n_trials=0`: Optuna's traceback once the empty study ends), composed with
+    the choices `overrides` make (hparams_search=NAME picks the sweeper). The run and sweep folders are checked
+    apart."""
+    settings = [a for a in argv if a.lstrip("+").startswith("hydra.") and not a.lstrip("+").startswith(
+        ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    if not settings:
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", overrides=overrides + settings, return_hydra_config=True)
+    except Exception as err:
+        cause = next(iter(str(err.__cause__ or "").splitlines()), "")
+        merging = re.match(r"Error merging override (\S+)", str(err))
+        if merging and cause:  # the value's problem, on the override's line
+            raise UserInputError(f"{merging[1]}: {cause} (see `python train.py --hydra-help`)") from None
+        if (unknown := re.match(r"Could not override '(hydra\.[^']+)'", str(err))) is None:
+            return  # another problem (a misspelt key, a bad choice) is said next, as for any other override
+        search = unknown[1].startswith("hydra.sweeper.") and not any(
+            o.lstrip("+").startswith("hparams_search=") for o in overrides)  # Hydra's basic sweeper has no n_trials
+        raise UserInputError(f"{unknown[1]} is not a setting of Hydra here (`python train.py --cfg hydra` lists them)"
+                             + (f"; an Optuna study's come with hparams_search={group_configs('hparams_search')}"
+                                if search else "")) from None
+    trials = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=None)
+    if trials is not None and trials < 1:
+        raise UserInputError(f"hydra.sweeper.n_trials={trials}: give a whole number of trials >= 1")
 
 
 def misspelt_key(key: str, overrides: list[str]) -> str | None:

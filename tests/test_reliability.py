@@ -1057,6 +1057,25 @@ def test_a_flag_hydra_does_not_have_is_one_line_naming_the_setting_meant():
         "train.py --help lists its flags)"]
 
 
+def test_hydras_own_settings_of_the_wrong_type_or_name_are_one_line():
+    # Hydra's "Error merging override ..." page, exit 1; n_trials=0 ran the study and ended in Optuna's traceback
+    # ("Record does not exist"); n_trials without hparams_search: a traceback ("Could not override").
+    for argv, message in [
+        (["-m", "hparams_search=dnn_optuna", "hydra.sweeper.n_trials=abc"],
+         "hydra.sweeper.n_trials=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["-m", "hparams_search=dnn_optuna", "hydra.sweeper.n_trials=0"],
+         "hydra.sweeper.n_trials=0: give a whole number of trials >= 1"),
+        (["model=dnn", "hydra.sweeper.n_trials=3"],
+         "hydra.sweeper.n_trials is not a setting of Hydra here (`python train.py --cfg hydra` lists them); an Optuna "
+         "study's come with hparams_search=dnn_optuna"),
+        (["model=dnn", "hydra.job.chdir=maybe"], "hydra.job.chdir=maybe: Value 'maybe' is not a valid bool"),
+    ]:
+        with pytest.raises(UserInputError, match=f"^{re.escape(message)}"):
+            check_overrides(argv)
+    check_overrides(["-m", "hparams_search=dnn_optuna", "hydra.sweeper.n_trials=3"])
+    check_overrides(["model=dnn", "hydra.job.chdir=false", "hydra.verbose=true"])
+
+
 def test_a_sweep_with_its_flag_last_runs(tmp_path):
     # `seed=1,2 -m` (Hydra takes flags after the overrides) failed: the sweep folder claimed for it was added after
     # the flag, where Hydra's parser no longer reads overrides ("unrecognized arguments: hydra.sweep.dir=...").
