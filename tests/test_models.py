@@ -8,7 +8,7 @@ from models import lstm
 from models.cnn import ConvNet
 from models.dnn import ClickMLP
 from models.recipe import Recipe, make_optimizer
-from models.schedules import one_cycle
+from models.schedules import SCHEDULE_SETTINGS, SCHEDULERS, one_cycle
 
 
 def cnn_case(**knobs):
@@ -281,6 +281,18 @@ def test_adamw_decays_the_weights_apart_from_the_gradient_and_leaves_the_biases_
 def test_an_unknown_optimizer_or_schedule_is_refused_when_the_recipe_is_made(optimizer, scheduler, message):
     with pytest.raises(ValueError, match=message):
         Recipe(logistic_case()[0], task="binary", lr=1e-3, optimizer={"name": optimizer}, scheduler={"name": scheduler})
+
+
+def test_each_schedule_config_sets_exactly_the_settings_its_check_expects():
+    """models/checks.py refuses a missing or extra scheduler.* key by SCHEDULE_SETTINGS: a key added to a config
+    (or to make_scheduler) and not there would be refused on every run of that schedule."""
+    from omegaconf import OmegaConf
+
+    from models.checks import CONFIGS
+    configs = {path.stem: OmegaConf.load(path) for path in (CONFIGS / "scheduler").glob("*.yaml")}
+    assert sorted(configs) == sorted(SCHEDULERS) == sorted(SCHEDULE_SETTINGS)
+    for name, cfg in configs.items():
+        assert cfg.name == name and sorted(k for k in cfg if k != "name") == sorted(SCHEDULE_SETTINGS[name])
 
 
 def test_a_cnn_that_would_shrink_images_to_nothing_is_refused_by_name():
