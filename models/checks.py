@@ -373,9 +373,10 @@ def check_schedule_keys(scheduler: DictConfig, name: str) -> None:
                              f"scheduler.name={name} changes only the name), or give scheduler.{missing[0]}=...")
     if extra := [str(key) for key in scheduler if key != "name" and key not in reads]:
         near = difflib.get_close_matches(extra[0], reads, n=1)
+        other = [other for other, keys in SCHEDULE_SETTINGS.items() if extra[0] in keys]  # scheduler.name=none
         advice = (f"did you mean scheduler.{near[0]}?" if near else
-                  f"drop it (~scheduler.{extra[0]} drops one that a config sets), or choose the schedule that reads "
-                  "it with scheduler=NAME")
+                  f"it is scheduler={other[0]}'s: choose that schedule with scheduler={other[0]}" if other else
+                  f"no schedule reads it: drop it (~scheduler.{extra[0]} drops one that a config sets)")
         settings = ", ".join(f"scheduler.{key}" for key in reads) or "no settings (a constant model.lr)"
         raise UserInputError(f"scheduler.{extra[0]} is not a setting of scheduler={name}, which reads {settings}; "
                              f"{advice}")

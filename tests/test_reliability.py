@@ -671,9 +671,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("scheduler=step ~scheduler.gamma", "scheduler=step reads scheduler.gamma, which is missing"),
     # A key no schedule reads, added with the + Hydra advises: trained as if it were not there.
     ("scheduler=cosine +scheduler.warmup=5", "scheduler.warmup is not a setting of scheduler=cosine, which reads "
-                                             "scheduler.final_ratio; drop it (~scheduler.warmup drops one"),
+                                             "scheduler.final_ratio; no schedule reads it: drop it"),
     ("scheduler=none +scheduler.gamma=0.5", "scheduler.gamma is not a setting of scheduler=none, which reads no "
-                                            "settings (a constant model.lr)"),
+                                            "settings (a constant model.lr); it is scheduler=step's: choose that "
+                                            "schedule with scheduler=step"),
     ("+scheduler.pct_star=0.3", "scheduler.pct_star is not a setting of scheduler=onecycle, which reads "
                                 "scheduler.pct_start, scheduler.cycle_momentum, scheduler.base_momentum, "
                                 "scheduler.max_momentum; did you mean scheduler.pct_start?"),
