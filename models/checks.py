@@ -349,6 +349,13 @@ def check_optimization(cfg: DictConfig) -> None:
     if name not in SCHEDULERS:
         raise UserInputError(f"scheduler.name={name!r}: choose one of {', '.join(SCHEDULERS)}")
     check_schedule_keys(scheduler, name)
+    trainer = cfg.get("trainer") or {}
+    if name in ("cosine", "onecycle") and all(trainer.get(key) in (None, -1) for key in ("max_epochs", "max_steps")):
+        # -1 epochs fails when the schedule is made; null would be Lightning's 1000 epochs, the schedule spread over
+        # them (early stopping ends the run while one-cycle still warms up)
+        raise UserInputError(f"scheduler={name} needs the run's length, and trainer.max_epochs="
+                             f"{trainer.get('max_epochs')} with trainer.max_steps={trainer.get('max_steps')} sets "
+                             "none: give trainer.max_epochs=N or trainer.max_steps=N, or use scheduler=none")
     if name == "step":
         check_number("scheduler.every_epochs", scheduler.every_epochs, 1, whole=True)
         check_number("scheduler.gamma", scheduler.gamma, 0, inclusive=False)

@@ -747,6 +747,10 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("paths.data_dir=", "paths.data_dir= is empty: give a folder"),
     ("model.net=foo", "model.net=foo replaces the section the recipe reads model.net._target_ from: set its keys "
                       "instead (model.net._target_=...)"),  # was "model.net._target_ is missing (deleted with ~ ..."
+    # Lightning's 1000 epochs for null: the schedule spread over them, the run early-stopped while it warmed up
+    ("trainer.max_epochs=null", "scheduler=onecycle needs the run's length, and trainer.max_epochs=None with "
+                                "trainer.max_steps=-1 sets none: give trainer.max_epochs=N or trainer.max_steps=N"),
+    ("scheduler=cosine trainer.max_epochs=-1", "scheduler=cosine needs the run's length"),  # was after the data
     ("logger._target_=null", "logger has no _target_: a logger is a section naming its class in _target_ (as in "
                              "configs/logger/), or ~logger for none"),
 ])
