@@ -16,6 +16,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
@@ -25,7 +26,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryPrecisionRecallCurve,
 from torchmetrics.utilities import dim_zero_cat
 
 from data import UserInputError
-from models.records import read_checkpoint
+from models.records import read_checkpoint, verify_checksums
 from models.schedules import SCHEDULERS, check_resumed_length, make_scheduler
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -502,5 +503,20 @@ def load_recipe(ckpt_path: str, map_location: str = "cpu") -> Recipe:
     """A trained Recipe from its checkpoint alone; `weights_only=True`: loading never runs code from the file. (The
     hyperparameters come from the file memory-mapped: only Lightning's load reads its tensors.)"""
     hparams = read_checkpoint(ckpt_path)["hyper_parameters"]
-    net = instantiate(hparams["config"]["model"]["net"])(**hparams["net_kwargs"])
+    try:  # another project's Lightning checkpoint may keep a `config` of its own, without redes' model.net
+        net_config, net_kwargs = hparams["config"]["model"]["net"], dict(hparams["net_kwargs"])
+        target = net_config["_target_"]
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{ckpt_path} is not a checkpoint written by train.py (its config names no model.net, "
+                             "or no net_kwargs)") from None
+    try:
+        net = instantiate(net_config)(**net_kwargs)
+    except InstantiationException as err:  # a class of the user's that this copy of the code cannot import
+        cause = err
+        while cause.__cause__ is not None:  # Hydra's wrappers, down to the import's own error
+            cause = cause.__cause__
+        cause = " ".join(f"{type(cause).__name__}: {cause}".split())
+        raise UserInputError(f"{ckpt_path} holds a network of class {target}, which cannot be built here ({cause}); "
+                             "run this where the code that trained it can be imported") from None
+    verify_checksums(ckpt_path)  # the weights' bytes (Lightning reads them without checking them)
     return Recipe.load_from_checkpoint(ckpt_path, map_location=map_location, net=net, weights_only=True)

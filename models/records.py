@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,3 +134,24 @@ def read_checkpoint(path: str | Path) -> dict:
         if "mmap can only be used" not in str(err):
             raise
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def verify_checksums(path: str | Path) -> None:
+    """A checkpoint's bytes against the CRC-32 that torch.save records for each of its parts (the zip format's): a
+    bit flipped on a disk or in a copy, in a tensor's bytes, is read by torch.load without a word (weights of NaN or
+    noise, scored and predicted with). A file in torch's pre-1.6 format, or saved without checksums (torch's
+    set_crc32_options(False) records 0 for every part), is not checked."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        for part in archive.infolist():
+            if part.CRC == 0:  # none recorded
+                continue
+            try:
+                with archive.open(part) as f:  # zipfile checks the CRC-32 when the part is read to its end
+                    while f.read(1 << 24):
+                        pass
+            except (zipfile.BadZipFile, OSError, EOFError) as err:
+                why = "its bytes fail the CRC-32 check the file records" if "CRC" in str(err) else str(err)
+                raise UserInputError(f"{path} is not a readable checkpoint ({part.filename} is damaged: {why}, e.g. "
+                                     "a bad copy or disk): copy it again, or use the run's other checkpoint") from None

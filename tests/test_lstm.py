@@ -648,6 +648,33 @@ def test_generate_command_prints_the_text_or_one_error_line(pattern_run, tmp_pat
     assert err.startswith("warning: prompt characters not in the training vocabulary") and err.count("\n") == 1
 
 
+def test_a_damaged_checkpoint_or_another_projects_is_one_error_line_not_its_noise_or_a_keyerror(pattern_run, tmp_path):
+    # Bytes damaged inside a tensor (a bad copy or disk): torch.load read them without a word; generate.py ended in
+    # torch.multinomial's RuntimeError traceback (NaN probabilities), eval.py scored a NaN loss and predict.py wrote
+    # empty probabilities, both exiting 0.
+    # Another project's Lightning checkpoint keeping a `config` of its own: a KeyError 'model' traceback.
+    import struct
+    import zipfile
+
+    best = pattern_run[0] / "checkpoints" / "best.ckpt"
+    data = bytearray(best.read_bytes())
+    with zipfile.ZipFile(best) as archive:
+        part = max(archive.infolist(), key=lambda info: info.file_size)  # a weight matrix's bytes
+    names, extra = struct.unpack("<HH", data[part.header_offset + 26:part.header_offset + 30])
+    start = part.header_offset + 30 + names + extra  # where the part's bytes begin, after its local header
+    data[start + part.file_size // 2:start + part.file_size // 2 + 8] = b"\xff" * 8
+    (tmp_path / "damaged.ckpt").write_bytes(data)
+    with pytest.raises(UserInputError, match=rf"damaged.ckpt is not a readable checkpoint \({part.filename} is "
+                                             r"damaged: its bytes fail the CRC-32 check"):
+        generate(str(tmp_path / "damaged.ckpt"), length=5)
+    torch.save({"hyper_parameters": {"config": {"lr": 0.1}}, "state_dict": {}}, tmp_path / "other.ckpt")
+    for command in (lambda path: generate(path), lambda path: eval_script.evaluate(path)):
+        with pytest.raises(UserInputError, match=r"other.ckpt is not a checkpoint written by train.py \(its config "
+                                                 "names no model.net"):
+            command(str(tmp_path / "other.ckpt"))
+    assert generate(str(best), prompt="hello", length=13, temperature=0) == "hello world, hello"  # whole ones load
+
+
 def test_a_reader_that_stops_reading_ends_generate_quietly(pattern_run):
     # `python generate.py ... | head -c 20`: a BrokenPipeError traceback (for a short text, Python's "Exception
     # ignored" as it flushed at exit). predict.py's table: test_dnn.
