@@ -24,7 +24,7 @@ from data import UserInputError
 from models.checks import check_batch_limit, fraction_of_a_batch_refused
 from models.recipe import load_recipe
 from models.records import write_json
-from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics
+from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics, unwritable
 from models.signatures import check_trainer_args
 
 USAGE = ("python eval.py ckpt_path=RUN/checkpoints/best.ckpt [out=FILE] [paths.data_dir=DIR] [data.KEY=VALUE ...] "
@@ -87,13 +87,16 @@ def main(argv: list[str]) -> int:
         options, data, trainer = parse_arguments(argv, USAGE, required=("ckpt_path",), optional=("out",),
                                                  out_name="metrics_eval.json")
         ckpt_path = Path(options["ckpt_path"])
+        out = Path(options.get("out") or output_path(ckpt_path)).expanduser()
+        if "out" not in options and ckpt_path.is_file() and (why := unwritable(out)):  # (out= is checked so too)
+            raise UserInputError(f"{out}: cannot write there ({why}), where eval.py writes the metrics of a "
+                                 "checkpoint in RUN/checkpoints/: give out=FILE in a folder you can write")
         metrics = evaluate(ckpt_path, data, trainer)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank_zero_only.rank != 0:  # trainer.devices=N: the other processes leave the output to the first
         return 0
-    out = Path(options.get("out") or output_path(ckpt_path)).expanduser()
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))  # first: out= may fail
     try:

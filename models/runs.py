@@ -443,13 +443,21 @@ def check_out(out: str, read: dict[str, Path], out_name: str = "out.csv") -> Non
         if not os.access(path, os.W_OK):      # now would end its reader's input before the output came)
             raise UserInputError(f"out={out}: cannot write there; give a file you can write")
         return
+    if why := unwritable(path):
+        raise UserInputError(f"out={out}: cannot write there ({why}); give a file you can write")
+
+
+def unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written (found out now, not after the work), or None; a file made to find out is
+    removed."""
     target = path.resolve()  # what is written: a symlink's target (a link to no file yet too), the link kept
     existed = target.exists()
-    try:  # writable? (found out now, not after the work)
+    try:
         with open(target, "a"):
             pass
     except OSError as err:
-        raise UserInputError(f"out={out}: cannot write there ({err.strerror}); give a file you can write") from None
+        return err.strerror
     finally:
         if not existed:
             target.unlink(missing_ok=True)
+    return None

@@ -782,6 +782,27 @@ def test_out_never_writes_over_the_files_the_command_reads_nor_a_checkpoint(tmp_
             runs.parse_arguments([*read, "out=/proc/p.csv"], "usage", **arguments)
 
 
+def test_evals_default_output_in_a_folder_it_cannot_write_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # eval.py without out= writes RUN/metrics_eval.json: in a run folder it may not write (a colleague's run, a
+    # read-only copy) it scored the whole test split, then ended in a PermissionError traceback.
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.ckpt").write_bytes(b"")
+    real_open = open
+
+    def read_only_run(path, mode="r", *args, **kwargs):
+        if Path(path).parent == tmp_path / "run" and mode[0] in "wax":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only_run)
+    monkeypatch.setattr(eval_script, "evaluate", lambda *args: pytest.fail("scored before the output was checked"))
+    assert eval_script.main([f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'run' / 'metrics_eval.json'}: cannot write there "
+                                       "(Permission denied), where eval.py writes the metrics of a checkpoint in "
+                                       "RUN/checkpoints/: give out=FILE in a folder you can write\n")
+    assert not list((tmp_path / "run").glob("*.json"))
+
+
 def test_out_null_means_the_default_output(tmp_path, monkeypatch):
     # out=null wrote the metrics, or the predictions, to a file named "null" in the working directory.
     monkeypatch.chdir(tmp_path)
