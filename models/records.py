@@ -40,14 +40,36 @@ def writes_reported(where: str, advice: str = "make room, or write elsewhere") -
         raise UserInputError(f"{where}: cannot write to it ({err.strerror}); {advice}") from None
 
 
+def descriptor(path: str | Path) -> int | None:
+    """N for a path that names this process's open file descriptor N: /dev/stdout (1), /dev/stderr (2), /dev/fd/N,
+    /proc/self/fd/N, each a link to whatever the descriptor has open; else None. Where that is a regular file (a
+    shell's `> log` or `>> log`, a batch job's output file), the path resolves to the file, and replacing the file
+    or opening it anew would write over what the shell wrote there before and lose what it writes after."""
+    folders = {Path("/dev/fd"), Path("/proc/self/fd"), Path(f"/proc/{os.getpid()}/fd")}
+    link = Path(os.path.abspath(Path(path).expanduser()))
+    for _ in range(40):  # (a loop of links ends here)
+        if link.parent in folders and link.name.isdigit():
+            return int(link.name)
+        if not link.is_symlink():
+            return None
+        link = Path(os.path.abspath(link.parent / os.readlink(link)))
+    return None
+
+
 @contextmanager
 def written_whole(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
     """A text file to write `path` through, whole or not at all: a temporary file beside it, renamed over it when the
     block ends without an error (an error or Ctrl-C halfway leaves an earlier `path` as it was; a full disk is one
     error line, `writes_reported`). A symlink's target is
-    replaced, the link kept. What is not a regular file (/dev/stdout, a pipe, a device) is written to directly:
-    renaming over it would put a file in its place."""
+    replaced, the link kept. What is not a regular file (a pipe, a device) is written to directly: renaming over it
+    would put a file in its place; /dev/stdout, /dev/fd/N (`descriptor`) through the open descriptor."""
     path = Path(path).expanduser()
+    if (fd := descriptor(path)) is not None:  # /dev/stdout, /dev/fd/N: through the descriptor, where it has got to
+        sys.stdout.flush()  # (what was printed before comes first)
+        sys.stderr.flush()
+        with writes_reported(str(path)), open(fd, "w", newline=newline, closefd=False) as f:
+            yield f
+        return
     if path.exists() and not path.is_file():
         with writes_reported(str(path)), open(path, "w", newline=newline) as f:
             yield f

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError, class_names
 from models.checks import check_data_settings, flatten
 from models.recipe import PER_STEP, load_recipe, probabilities
-from models.records import read_checkpoint, read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
+from models.records import descriptor, read_checkpoint, read_metrics, read_overrides  # noqa: F401 (runs.read_metrics: the notebooks')
 
 # Config keys that differ between runs without being a choice: where files went (the checkpoints' dirpath too), what
 # to log, and the checkpoint a resumed run (resume=RUN_DIR) went on from. The callbacks' other settings are choices
@@ -421,6 +421,12 @@ def check_out(out: str, read: dict[str, Path], out_name: str = "out.csv") -> Non
     """eval.py's and predict.py's `out=FILE`, before the work: a file that can be written, and not one this command
     reads, a checkpoint, or one of a training run's own files (its metrics.json is the run's record)."""
     path = Path(out).expanduser()
+    if (fd := descriptor(path)) is not None:  # /dev/stdout, /dev/fd/N: written through the descriptor
+        try:
+            os.fstat(fd)
+        except OSError as err:
+            raise UserInputError(f"out={out}: cannot write there ({err.strerror}); give a file you can write") from None
+        return
     if not path.parent.is_dir():
         raise UserInputError(f"out={out}: no folder {path.parent}; create it first")
     if path.is_dir():

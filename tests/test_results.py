@@ -738,6 +738,40 @@ def test_out_that_is_a_pipe_is_written_to_not_replaced(tmp_path):
     assert received == ['{\n  "test/acc": 0.5\n}\n'] and fifo.is_fifo()
 
 
+def test_out_that_names_an_open_descriptor_writes_through_it_where_a_log_file_has_got_to(tmp_path):
+    # out=/dev/stdout with stdout a file (`> log`, `>> log`, a batch job's output): the path resolves to the file,
+    # which was replaced by the output alone: what the shell wrote before was gone, and what it wrote after went to
+    # the replaced file, deleted. /dev/fd/N is the same link for descriptor N.
+    from models.records import write_json
+
+    log = tmp_path / "job.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"training...\n")
+        out = f"/dev/fd/{fd}" if Path("/dev/fd").is_dir() else f"/proc/self/fd/{fd}"
+        if not Path(out).exists():
+            pytest.skip("no /dev/fd or /proc/self/fd here")
+        runs.parse_arguments(["ckpt_path=x.ckpt", f"out={out}"], "usage", required=("ckpt_path",), optional=("out",))
+        inode = log.stat().st_ino
+        write_json(out, {"test/acc": 0.5})
+        with predict_script.output(out) as f:
+            f.write("file,class\n")
+        os.write(fd, b"done\n")
+    finally:
+        os.close(fd)
+    assert log.read_text() == 'training...\n{\n  "test/acc": 0.5\n}\nfile,class\ndone\n' and log.stat().st_ino == inode
+    from models.records import descriptor
+
+    assert descriptor(out) == fd and descriptor(log) is None
+    if Path("/dev/stdout").is_symlink():  # Linux: a link to /proc/self/fd/1
+        assert descriptor("/dev/stdout") == 1 and descriptor("/dev/stderr") == 2
+    closed = os.open(log, os.O_RDONLY)
+    os.close(closed)
+    with pytest.raises(UserInputError, match=f"out={out.rsplit('/', 1)[0]}/{closed}: cannot write there"):
+        runs.parse_arguments(["ckpt_path=x.ckpt", f"out={out.rsplit('/', 1)[0]}/{closed}"], "usage",
+                             required=("ckpt_path",), optional=("out",))
+
+
 def test_out_in_a_missing_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserInputError, match=r"out=.*m.json: no folder .*/no/dir; create it first"):
         runs.parse_arguments(["ckpt_path=x.ckpt", f"out={tmp_path}/no/dir/m.json"], "usage", required=("ckpt_path",),
