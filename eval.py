@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from data import UserInputError
 from models.checks import check_batch_limit, fraction_of_a_batch_refused
 from models.recipe import load_recipe
-from models.records import write_json
+from models.records import stdout_closed, write_json, writes_reported
 from models.runs import build_datamodule, load_checkpoint, parse_arguments, reference_metrics, unwritable
 from models.signatures import check_trainer_args
 
@@ -98,8 +98,13 @@ def main(argv: list[str]) -> int:
     if rank_zero_only.rank != 0:  # trainer.devices=N: the other processes leave the output to the first
         return 0
     saved = {**metrics, "checkpoint": str(ckpt_path), "data_overrides": data}
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2))  # first: out= may fail
     try:
+        try:
+            with writes_reported("stdout"):  # (a full disk behind `> FILE`)
+                print(json.dumps({k: v for k, v in metrics.items() if k.startswith("test/")}, indent=2),
+                      flush=True)  # first: out= may fail
+        except BrokenPipeError:  # the reader of stdout has gone (`| grep -q acc`): the file is written all the same
+            stdout_closed()
         write_json(out, saved)
     except UserInputError as err:  # a full disk
         print(f"error: {err}", file=sys.stderr)

@@ -877,3 +877,25 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_earlier_output(tmp_path, mo
         monkeypatch.setattr(sys.stdout, "close", lambda: None)  # its unwritten row would fail again when closed
     with pytest.raises(FileNotFoundError):  # any other failure (no such folder) is not a full disk: as it was
         write_json(tmp_path / "no" / "m.json", {})
+
+
+def test_evals_printed_metrics_on_a_full_disk_or_a_closed_pipe(tmp_path, monkeypatch, capsys):
+    # eval.py prints the test metrics before it writes them: on a full disk behind `> FILE` an OSError traceback, and
+    # with a reader that had gone (`| grep -q acc`) a BrokenPipeError traceback, metrics_eval.json never written.
+    monkeypatch.setattr(eval_script, "evaluate", lambda *args: {"test/acc": 0.5})
+    arguments = [f"ckpt_path={tmp_path / 'best.ckpt'}", f"out={tmp_path / 'm.json'}"]
+    if Path("/dev/full").exists():  # Linux: every write fails with ENOSPC
+        monkeypatch.setattr("sys.stdout", open("/dev/full", "w"))
+        assert eval_script.main(arguments) == 2
+        assert capsys.readouterr().err == ("error: stdout: cannot write to it (No space left on device); make room, "
+                                           "or write elsewhere\n")
+        monkeypatch.setattr(sys.stdout, "close", lambda: None)  # what it holds would fail again when closed
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    monkeypatch.setattr("sys.stdout", open(write, "w"))
+    try:
+        assert eval_script.main(arguments) == 0
+    finally:
+        sys.stdout.close()
+    assert json.loads((tmp_path / "m.json").read_text())["test/acc"] == 0.5
+    assert capsys.readouterr().err == f"written to {tmp_path / 'm.json'}\n"
