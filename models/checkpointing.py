@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checks import flatten
 from models.recipe import repeated_epoch_end
+from models.records import verify_checksums
 from models.runs import data_differences, load_checkpoint
 
 
@@ -191,6 +192,10 @@ def check_checkpoint_fits(path: str, ckpt_path: str, net_kwargs: dict, recipe: L
     `cfg`: model.net.hidden_size=64 for 128); the optimizer and schedule whose state it restores (adamw's moments
     are no sgd's, a one-cycle schedule's state no cosine's)."""
     checkpoint = load_checkpoint(Path(path))  # memory-mapped: shapes and settings, no tensor read
+    try:  # its bytes (torch.load reads damaged ones without a word: a run would go on from noise or NaN)
+        verify_checksums(path)
+    except UserInputError as err:
+        raise UserInputError(f"ckpt_path={ckpt_path}: {err}") from None
     saved = checkpoint["hyper_parameters"].get("net_kwargs", {})
     if differences := data_differences(saved, net_kwargs):
         raise UserInputError(f"ckpt_path={ckpt_path}: the checkpoint was trained on other data ({differences}); "

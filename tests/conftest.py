@@ -33,6 +33,21 @@ def pattern_images(n: int, size: int, channels: int, seed: int) -> tuple[np.ndar
     return images, labels
 
 
+def damaged_copy(checkpoint: Path, out: Path) -> str:
+    """`checkpoint` copied to `out` with 8 bytes inside its largest tensor overwritten (a bad disk or copy, which
+    torch.load reads without a word); the name of the damaged part in the zip archive torch.save writes."""
+    import zipfile
+
+    data = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:
+        part = max(archive.infolist(), key=lambda info: info.file_size)  # a weight matrix's bytes
+    names, extra = struct.unpack("<HH", data[part.header_offset + 26:part.header_offset + 30])
+    start = part.header_offset + 30 + names + extra  # where the part's bytes begin, after its local header
+    data[start + part.file_size // 2:start + part.file_size // 2 + 8] = b"\xff" * 8
+    out.write_bytes(data)
+    return part.filename
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """IDX format (big-endian): magic 0x0000 08 <ndim>, each dimension as int32, then the uint8 data."""
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -24,7 +24,7 @@ from models.signatures import admits
 from models.lstm import CharLM, SequenceClassifier, build, recur
 from models.checks import check_settings
 from models.recipe import Recipe
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, damaged_copy, make_config
 
 eval_script = importlib.import_module("eval")  # eval.py, beside train.py
 
@@ -653,18 +653,9 @@ def test_a_damaged_checkpoint_or_another_projects_is_one_error_line_not_its_nois
     # torch.multinomial's RuntimeError traceback (NaN probabilities), eval.py scored a NaN loss and predict.py wrote
     # empty probabilities, both exiting 0.
     # Another project's Lightning checkpoint keeping a `config` of its own: a KeyError 'model' traceback.
-    import struct
-    import zipfile
-
     best = pattern_run[0] / "checkpoints" / "best.ckpt"
-    data = bytearray(best.read_bytes())
-    with zipfile.ZipFile(best) as archive:
-        part = max(archive.infolist(), key=lambda info: info.file_size)  # a weight matrix's bytes
-    names, extra = struct.unpack("<HH", data[part.header_offset + 26:part.header_offset + 30])
-    start = part.header_offset + 30 + names + extra  # where the part's bytes begin, after its local header
-    data[start + part.file_size // 2:start + part.file_size // 2 + 8] = b"\xff" * 8
-    (tmp_path / "damaged.ckpt").write_bytes(data)
-    with pytest.raises(UserInputError, match=rf"damaged.ckpt is not a readable checkpoint \({part.filename} is "
+    part = damaged_copy(best, tmp_path / "damaged.ckpt")
+    with pytest.raises(UserInputError, match=rf"damaged.ckpt is not a readable checkpoint \({part} is "
                                              r"damaged: its bytes fail the CRC-32 check"):
         generate(str(tmp_path / "damaged.ckpt"), length=5)
     torch.save({"hyper_parameters": {"config": {"lr": 0.1}}, "state_dict": {}}, tmp_path / "other.ckpt")

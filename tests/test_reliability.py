@@ -32,7 +32,7 @@ from models.checks import check_config, check_model_reads_data, check_settings
 from models.signatures import admits, check_trainer_args
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, flags_first,
                         hydra_overrides, resume_arguments, sweep_variants, trainer_arguments)
-from tests.conftest import make_config
+from tests.conftest import damaged_copy, make_config
 from tests.cli_process import TrainPy, run_cli
 from tests.test_train import FAST, mnist_config
 
@@ -418,6 +418,10 @@ def test_checkpoints_load_weights_only_and_foreign_ones_are_refused(mnist_dir, t
     check_checkpoint_fits(best, "best.ckpt", {**sized, "image_size": tuple(sized["image_size"])})  # it fits
     with pytest.raises(UserInputError, match=r"trained on other data \(in_channels 1 there, 3 here\)"):
         check_checkpoint_fits(best, "best.ckpt", {**sized, "in_channels": 3})
+    part = damaged_copy(Path(best), tmp_path / "damaged.ckpt")  # a resume trained on from the damaged weights
+    with pytest.raises(UserInputError, match=rf"ckpt_path=damaged.ckpt: .*damaged.ckpt is not a readable checkpoint "
+                                             rf"\({part} is damaged: its bytes fail the CRC-32 check"):
+        check_checkpoint_fits(str(tmp_path / "damaged.ckpt"), "damaged.ckpt", sized)
     torch.save({"hyper_parameters": {"config": {}, "net_kwargs": {"vocab": list("abcdef")}}, "state_dict": {}},
                tmp_path / "lm.ckpt")
     with pytest.raises(UserInputError, match=r"other data \(vocab with other entries\)"):  # same size: silent otherwise
