@@ -456,6 +456,7 @@ def check_settings(cfg: DictConfig) -> None:
         if node is not None and node is not False:  # callbacks.NAME=null (or false) drops one
             check_object_args(key, node)
     check_tuning_callbacks(cfg)
+    check_pruning_layout(cfg)
     check_batch_norm_rows(cfg)
     trainer = cfg.trainer
     if trainer.get("limit_test_batches") == 0:
@@ -521,6 +522,23 @@ def check_tuning_callbacks(cfg: DictConfig) -> None:
             raise UserInputError(f"callbacks.{name}: {cls.__name__} changes {changes} after the scheduler={schedule} "
                                  "schedule was sized by it (it would end at the wrong step, one-cycle fails past its "
                                  f"end): add scheduler=none, or set {changes} yourself")
+
+
+def check_pruning_layout(cfg: DictConfig) -> None:
+    """Lightning's ModelPruning prunes with torch.nn.utils.prune, which reads each weight as one flat view: a conv
+    kernel in the channels-last layout (model.channels_last, the CNN's default) has none, and the run failed with a
+    RuntimeError traceback at its first epoch's end, after that epoch's training."""
+    from lightning.pytorch.callbacks import ModelPruning
+
+    if not OmegaConf.select(cfg, "model.channels_last", default=False):
+        return
+    for name, node in (cfg.get("callbacks") or {}).items():
+        target = node.get("_target_") if node else None
+        cls = get_object(target) if isinstance(target, str) else None
+        if isinstance(cls, type) and issubclass(cls, ModelPruning):
+            raise UserInputError(f"callbacks.{name}: {cls.__name__} cannot prune the conv kernels that "
+                                 "model.channels_last=true lays out channels-last (torch's pruning reads each weight "
+                                 "as one flat view, which such a kernel has not): add model.channels_last=false")
 
 
 def check_config(cfg: DictConfig, choices: dict | None = None) -> None:

@@ -784,6 +784,23 @@ def test_settings_just_past_their_range_are_refused(setting, message):
         check_settings(make_config("model=cnn", "trainer.max_epochs=2", *setting.split()))
 
 
+def test_model_pruning_of_channels_last_kernels_is_refused_in_one_line():
+    # torch's pruning reads each weight as one flat view, which a channels-last conv kernel has not: the CNN's
+    # default (model.channels_last=true) trained an epoch, then ended in a RuntimeError traceback at its end.
+    conv = torch.nn.Conv2d(2, 4, 3).to(memory_format=torch.channels_last)  # (one channel: still contiguous)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        torch.nn.utils.prune.l1_unstructured(conv, "weight", amount=0.5)
+    prune = ("+callbacks.prune._target_=lightning.pytorch.callbacks.ModelPruning",
+             "+callbacks.prune.pruning_fn=l1_unstructured")
+    with pytest.raises(UserInputError, match=re.escape(
+            "callbacks.prune: ModelPruning cannot prune the conv kernels that model.channels_last=true lays out "
+            "channels-last (torch's pruning reads each weight as one flat view, which such a kernel has not): add "
+            "model.channels_last=false")):
+        check_config(make_config("model=cnn", "trainer.max_epochs=2", *prune))
+    check_config(make_config("model=cnn", "trainer.max_epochs=2", *prune, "model.channels_last=false"))
+    check_config(make_config("model=dnn", "trainer.max_epochs=2", *prune))  # no conv kernels: its layout is plain
+
+
 def test_a_batch_of_one_row_is_refused_only_where_batch_norm_needs_two():
     # The DNN's BatchNorm1d normalizes each feature over a batch's rows: torch raised mid-run, after the data was read.
     with pytest.raises(UserInputError, match=re.escape("data.batch_size=1 with model.net.batch_norm=true: batch norm "
