@@ -146,8 +146,8 @@ def make_trainer(cfg: DictConfig, resume_step: int | None = None) -> L.Trainer:
         raise UserInputError(f"trainer: {message}" + ("; check trainer.accelerator, trainer.devices, trainer.precision "
                                                       "(trainer=cpu runs anywhere)" if hardware else "")) from err
     if trainer.precision == "16-true":  # float16 weights, inputs and loss, unscaled: NaN at the first large number
-        raise UserInputError("trainer.precision=16-true trains float16 weights without loss scaling, and float16 "
-                             "overflows past 65,504 (raw features such as a salary): use 16-mixed, bf16-mixed or "
-                             "bf16-true")
+        raise UserInputError("trainer.precision=16-true trains float16 weights without loss scaling: gradients "
+                             "below float16's 6e-8 are lost and values past its 65,504 (a raw feature such as a "
+                             "salary) overflow: use 16-mixed, bf16-mixed or bf16-true")
     check_single_process_sweep(trainer)
     return trainer
