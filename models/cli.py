@@ -30,6 +30,7 @@ from omegaconf.errors import InterpolationResolutionError
 from data import UserInputError, check_folder
 from models.checks import CONFIGS, check_config, check_model_reads_data, check_settings, check_sweep, flatten
 from models.records import read_metrics, read_overrides
+from models.sweeps import check_study
 from models.signatures import not_a_trainer_argument
 
 
@@ -175,6 +176,8 @@ def check_overrides(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith(("-", "hydra.", "+hydra."))]
     check_one_config_each(overrides)
     check_hydra_values(argv, (sweep_variants(overrides) or [overrides])[0] if flags else overrides)
+    if flags:
+        check_study_goes_on(argv, overrides)
     for variant in sweep_variants(overrides) if flags else [overrides]:
         try:
             with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -232,6 +235,24 @@ def check_hydra_values(argv: list[str], overrides: list[str]) -> None:
     trials = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=None)
     if trials is not None and trials < 1:
         raise UserInputError(f"hydra.sweeper.n_trials={trials}: give a whole number of trials >= 1")
+
+
+def check_study_goes_on(argv: list[str], overrides: list[str]) -> None:
+    """`-m hparams_search=...` where its study exists already: the search must rank its trials as the study did
+    (`check_study`), composed with every Hydra setting given (the study's name and folder)."""
+    settings = [a for a in argv if a.lstrip("+").startswith("hydra.") and not a.lstrip("+").startswith("hydra.mode=")]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", overrides=overrides + settings, return_hydra_config=True)
+    except Exception:
+        return  # the checks that follow say what is wrong
+    if not cfg.hydra.runtime.choices.get("hparams_search"):
+        return
+    HydraConfig.instance().set_config(cfg)  # `paths.log_dir` in the study's folder resolves
+    try:
+        check_study(cfg.hydra.sweeper, cfg.monitor)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def misspelt_key(key: str, overrides: list[str]) -> str | None:

@@ -1,6 +1,7 @@
 """`python train.py -m ...` sweeps: a summary of the jobs (summary.csv, summary.json) kept up to date in the sweep
 directory, which sweeps go on past a failed job, and what a failed job leaves: a grid sweep's exit status 1, an Optuna
-trial marked failed in its study."""
+trial marked failed in its study; and the metric an Optuna study ranks by, kept in it, so that a later search that
+would rank its trials another way is refused."""
 import csv
 import logging
 import sys
@@ -9,9 +10,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from data import count
+from data import UserInputError, count
 from models.records import read_metrics, read_overrides, write_json
 
 
@@ -28,6 +29,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        stamp_study(config.hydra.sweeper, config.monitor.metric)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
@@ -91,7 +93,7 @@ def mark_trial_failed() -> None:
     ever (train.py ends the process, so the sweeper that would tell the study never learns of it). Its trial is the
     running one whose parameters this job was given."""
     sweeper = HydraConfig.get().sweeper
-    if "optuna" not in sweeper.get("_target_", "").lower() or not sweeper.get("storage"):
+    if not optuna_storage(sweeper):
         return  # another sweeper; or an in-memory study, which ends with the process
     import optuna  # (only here: the Optuna sweeper's own dependency)
 
@@ -105,3 +107,51 @@ def mark_trial_failed() -> None:
                 return
     except Exception as err:  # the error that ended the trial is the one to report, not this
         logging.getLogger(__name__).warning("could not mark the Optuna trial failed in %s: %s", sweeper.storage, err)
+
+
+def optuna_storage(sweeper: DictConfig) -> str | None:
+    """The storage of an Optuna sweeper's study (`sqlite:///.../study.db`); None for another sweeper, or a study kept
+    in memory."""
+    return sweeper.get("storage") or None if "optuna" in sweeper.get("_target_", "").lower() else None
+
+
+def stamp_study(sweeper: DictConfig, metric: str) -> None:
+    """The study a search is about to start or continue records the metric its trials are ranked by (Optuna keeps
+    only the direction), for `check_study` to compare the next search's with."""
+    if not (storage := optuna_storage(sweeper)):
+        return
+    import optuna  # (only here: the Optuna sweeper's own dependency)
+
+    direction = sweeper.direction  # ("maximize"; a list for a study of several objectives)
+    study = optuna.create_study(study_name=sweeper.study_name, storage=storage, load_if_exists=True,
+                                directions=list(direction) if isinstance(direction, ListConfig) else [direction])
+    if "monitor" not in study.user_attrs:
+        study.set_user_attr("monitor", metric)
+
+
+def check_study(sweeper: DictConfig, monitor: DictConfig) -> None:
+    """An Optuna search that goes on with a study already in its SQLite file (the same command again) must rank
+    its trials as the study's own were: by the same metric in the same direction. Optuna itself refuses only the
+    other direction, with its traceback once the sweep has started; another metric's values would join the study's,
+    and TPE learn from numbers that do not compare."""
+    storage = optuna_storage(sweeper)
+    path = Path(storage.removeprefix("sqlite:///")) if storage and storage.startswith("sqlite:///") else None
+    if path is None or not path.is_file() or not isinstance(direction := sweeper.direction, str):
+        return
+    import optuna
+
+    name = sweeper.study_name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the file holds other studies, not this one: a new study
+        return
+    except Exception as err:
+        first = next(iter(str(err).splitlines()), type(err).__name__)
+        raise UserInputError(f"{path}: Optuna cannot read it as a study database ({first}); move it away, or name "
+                             "another study, hydra.sweeper.study_name=NAME") from None
+    metric, mode = study.user_attrs.get("monitor"), study.direction.name.lower()
+    if mode != direction.lower() or metric not in (None, monitor.metric):
+        kept = f"{mode}s {metric}" if metric else f"{mode}s its metric"
+        raise UserInputError(f"hydra.sweeper.study_name={name}: that study ({path}) {kept}; this search "
+                             f"{direction.lower()}s {monitor.metric}, so its trials would not rank among the study's: "
+                             "name a study of its own, hydra.sweeper.study_name=NAME")

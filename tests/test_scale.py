@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -262,9 +263,34 @@ def test_optuna_search_reports_the_best_trial_and_resumes_its_study(tmp_path):
 
     again = run_cli(*args, "hydra.sweeper.n_trials=1")  # the same command goes on with the same study
     assert again.returncode == 0, again.stderr[-2000:]
-    study = optuna.load_study(study_name="dnn", storage=f"sqlite:///{tmp_path}/study.db")
+    study = optuna.load_study(study_name="dnn_clicks", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert study.user_attrs == {"monitor": "val/auroc"}  # what the next search is checked against
     assert len(list(tmp_path.glob("*/metrics.json"))) == 4  # a new run directory; none overwritten
+
+
+def test_each_data_config_has_a_study_of_its_own_and_a_study_keeps_its_ranking(tmp_path, monkeypatch):
+    # The default study was one for all data (`dnn`): data=advertising's trials joined the click data's, or its
+    # val/loss (minimized) ended in Optuna's "ValueError: Cannot overwrite study direction" once the sweep started.
+    monkeypatch.setenv("REDES_ROOT", str(tmp_path))  # outputs/optuna/NAME under tmp_path
+    for data in ("clicks", "advertising"):
+        storage = f"sqlite:///{tmp_path}/outputs/optuna/dnn_{data}/study.db"
+        (tmp_path / "outputs" / "optuna" / f"dnn_{data}").mkdir(parents=True)
+        metric, mode = ("val/auroc", "maximize") if data == "clicks" else ("val/loss", "minimize")
+        optuna.create_study(study_name=f"dnn_{data}", storage=storage, direction=mode).set_user_attr("monitor", metric)
+        check_overrides(["-m", "hparams_search=dnn_optuna", f"data={data}", *(["~data.rows"] * (data != "clicks"))])
+    stamped = "hydra.sweeper.study_name=dnn_clicks: that study ({}/outputs/optuna/dnn_clicks/study.db) maximizes " \
+              "val/auroc; this search {}, so its trials would not rank among the study's: name a study of its own, " \
+              "hydra.sweeper.study_name=NAME"
+    for monitor, search in ((["monitor.metric=val/loss", "monitor.mode=min"], "minimizes val/loss"),
+                            (["monitor.metric=val/acc"], "maximizes val/acc")):  # the same direction, not the metric
+        with pytest.raises(UserInputError, match=f"^{re.escape(stamped.format(tmp_path, search))}$"):
+            check_overrides(["-m", "hparams_search=dnn_optuna", *monitor])
+        check_overrides(["-m", "hparams_search=dnn_optuna", *monitor, "hydra.sweeper.study_name=mine"])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "study.db").write_text("not a database")  # hydra.sweep.dir names the study's folder
+    with pytest.raises(UserInputError, match=f"^{re.escape(str(tmp_path))}/elsewhere/study.db: Optuna cannot read it"):
+        check_overrides(["-m", "hparams_search=dnn_optuna", f"hydra.sweep.dir={tmp_path}/elsewhere"])
 
 
 def test_an_optuna_study_stopped_by_an_error_keeps_a_summary_with_the_failed_trial(tmp_path):
@@ -275,7 +301,7 @@ def test_an_optuna_study_stopped_by_an_error_keeps_a_summary_with_the_failed_tri
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.path={tmp_path}/missing.csv: no such file")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary) == 1 and summary[0]["failed"] and "model.lr" in summary[0]  # the trial, with its proposal
-    study = optuna.load_study(study_name="dnn", storage=f"sqlite:///{tmp_path}/study.db")
+    study = optuna.load_study(study_name="dnn_advertising", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["FAIL"]  # not RUNNING for ever: the sweeper never got to say
     assert {k: str(v) for k, v in study.trials[0].params.items()}.items() <= summary[0].items()  # that trial
 
