@@ -16,6 +16,7 @@ import ast
 import difflib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent
@@ -28,6 +29,7 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
     """Run notebooks/<name>.ipynb with `run_dir` and `parameters`; return where the executed copy went."""
     import nbclient
     import nbformat
+    from traitlets.config import Config
 
     path = NOTEBOOKS / f"{name}.ipynb"
     if not path.is_file():
@@ -72,10 +74,15 @@ def execute(name: str, run_dir: str | Path, out: str | Path | None = None, timeo
     if out.resolve() in {kept.resolve() for kept in NOTEBOOKS.glob("*.ipynb")}:
         raise ValueError(f"{out} is a notebook of {NOTEBOOKS}, kept without outputs: give "
                          + ("another out=FILE.ipynb" if given else "another folder"))
-    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    # The kernel talks over Unix sockets in a folder of its own (over TCP, ipykernel warns on every run that anyone
+    # on the machine could listen in)
+    sockets = tempfile.TemporaryDirectory(prefix="redes-kernel-")
+    kernel = Config(KernelManager=dict(transport="ipc", ip=os.path.join(sockets.name, "kernel")))
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3", config=kernel,
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})  # cwd: notebooks/, as in Jupyter
     try:
-        client.execute()
+        with sockets:
+            client.execute()
     except BaseException:
         nbformat.write(notebook, failed_copy(out))  # it shows the cell and its traceback; a good copy stays
         raise

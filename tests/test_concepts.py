@@ -493,13 +493,15 @@ def test_gradient_vanishes_through_a_plain_rnn_and_less_through_an_lstm():
 # ---- The notebook ----
 
 @needs_fashion_mnist
-def test_notebook_executes_and_draws(tmp_path):
+def test_notebook_executes_and_draws(tmp_path, capfd):
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("nbclient")
     assert all(cell.get("outputs", []) == [] for cell in nbformat.read(NOTEBOOK, as_version=4).cells), (
         "store the notebook without outputs")
     # The README's command, into a folder it makes: python notebooks/run.py concepts outputs/notebooks
     assert importlib.import_module("notebooks.run").main(["concepts", str(tmp_path / "new")]) == 0
+    # the kernel talks over Unix sockets: no "[IPKernelApp] WARNING | Kernel is running over TCP without encryption"
+    assert "WARNING" not in capfd.readouterr().err
     notebook = nbformat.read(tmp_path / "new" / "concepts.ipynb", as_version=4)
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert not [output for output in outputs if output.output_type == "error"]
