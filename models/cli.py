@@ -250,7 +250,7 @@ def check_study_goes_on(argv: list[str], overrides: list[str]) -> None:
         return
     HydraConfig.instance().set_config(cfg)  # `paths.log_dir` in the study's folder resolves
     try:
-        check_study(cfg.hydra.sweeper, cfg.monitor)
+        check_study(cfg.hydra.sweeper, cfg.monitor, cfg.data)
     finally:
         HydraConfig.instance().cfg = None
 

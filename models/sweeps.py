@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data import UserInputError, count
 from models.records import read_metrics, read_overrides, write_json
@@ -29,7 +29,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The sweep directory exists before the sweeper starts: the Optuna sweeper opens its SQLite study there.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        stamp_study(config.hydra.sweeper, config.monitor.metric)
+        stamp_study(config.hydra.sweeper, config.monitor.metric, config.data)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
@@ -115,9 +115,17 @@ def optuna_storage(sweeper: DictConfig) -> str | None:
     return sweeper.get("storage") or None if "optuna" in sweeper.get("_target_", "").lower() else None
 
 
-def stamp_study(sweeper: DictConfig, metric: str) -> None:
+def data_file(data: DictConfig) -> str | None:
+    """The file a search's data comes from (data=csv, advertising, criteo), as an absolute path; None where the data
+    config reads none (the synthetic clicks)."""
+    if "path" not in data or OmegaConf.is_missing(data, "path") or not data.path:  # data=csv's ???: said after
+        return None
+    return str(Path(data.path).resolve())
+
+
+def stamp_study(sweeper: DictConfig, metric: str, data: DictConfig) -> None:
     """The study a search is about to start or continue records the metric its trials are ranked by (Optuna keeps
-    only the direction), for `check_study` to compare the next search's with."""
+    only the direction) and the file they learn from, for `check_study` to compare the next search's with."""
     if not (storage := optuna_storage(sweeper)):
         return
     import optuna  # (only here: the Optuna sweeper's own dependency)
@@ -125,15 +133,17 @@ def stamp_study(sweeper: DictConfig, metric: str) -> None:
     direction = sweeper.direction  # ("maximize"; a list for a study of several objectives)
     study = optuna.create_study(study_name=sweeper.study_name, storage=storage, load_if_exists=True,
                                 directions=list(direction) if isinstance(direction, ListConfig) else [direction])
-    if "monitor" not in study.user_attrs:
-        study.set_user_attr("monitor", metric)
+    for key, value in (("monitor", metric), ("data", data_file(data))):
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
 
 
-def check_study(sweeper: DictConfig, monitor: DictConfig) -> None:
+def check_study(sweeper: DictConfig, monitor: DictConfig, data: DictConfig) -> None:
     """An Optuna search that goes on with a study already in its SQLite file (the same command again) must rank
-    its trials as the study's own were: by the same metric in the same direction. Optuna itself refuses only the
-    other direction, with its traceback once the sweep has started; another metric's values would join the study's,
-    and TPE learn from numbers that do not compare."""
+    its trials as the study's own were: by the same metric in the same direction, on the same data file (data=csv's
+    study, dnn_csv, is every file's). Optuna itself refuses only the other direction, with its traceback once the
+    sweep has started; another metric's values, or another table's, would join the study's, and TPE learn from
+    numbers that do not compare."""
     storage = optuna_storage(sweeper)
     path = Path(storage.removeprefix("sqlite:///")) if storage and storage.startswith("sqlite:///") else None
     if path is None or not path.is_file() or not isinstance(direction := sweeper.direction, str):
@@ -155,3 +165,7 @@ def check_study(sweeper: DictConfig, monitor: DictConfig) -> None:
         raise UserInputError(f"hydra.sweeper.study_name={name}: that study ({path}) {kept}; this search "
                              f"{direction.lower()}s {monitor.metric}, so its trials would not rank among the study's: "
                              "name a study of its own, hydra.sweeper.study_name=NAME")
+    if "data" in study.user_attrs and (searched := study.user_attrs["data"]) != data_file(data):
+        raise UserInputError(f"hydra.sweeper.study_name={name}: that study ({path}) searched "
+                             f"{searched or 'the synthetic clicks'}; this search reads {data_file(data)}: name a "
+                             "study for this file, hydra.sweeper.study_name=NAME")

@@ -265,7 +265,7 @@ def test_optuna_search_reports_the_best_trial_and_resumes_its_study(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="dnn_clicks", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    assert study.user_attrs == {"monitor": "val/auroc"}  # what the next search is checked against
+    assert study.user_attrs == {"monitor": "val/auroc", "data": None}  # what the next search is checked against
     assert len(list(tmp_path.glob("*/metrics.json"))) == 4  # a new run directory; none overwritten
 
 
@@ -287,6 +287,16 @@ def test_each_data_config_has_a_study_of_its_own_and_a_study_keeps_its_ranking(t
         with pytest.raises(UserInputError, match=f"^{re.escape(stamped.format(tmp_path, search))}$"):
             check_overrides(["-m", "hparams_search=dnn_optuna", *monitor])
         check_overrides(["-m", "hparams_search=dnn_optuna", *monitor, "hydra.sweeper.study_name=mine"])
+    # data=csv's study, dnn_csv, is every table's: a study keeps its file, and another file's search is refused
+    table = ["-m", "hparams_search=dnn_optuna", "data=advertising", "~data.rows"]
+    study = optuna.load_study(study_name="dnn_advertising",
+                              storage=f"sqlite:///{tmp_path}/outputs/optuna/dnn_advertising/study.db")
+    study.set_user_attr("data", str(tmp_path / "a.csv"))
+    check_overrides([*table, f"data.path={tmp_path}/a.csv"])
+    with pytest.raises(UserInputError, match=re.escape(f"that study ({tmp_path}/outputs/optuna/dnn_advertising/"
+                                                       f"study.db) searched {tmp_path}/a.csv; this search reads "
+                                                       f"{tmp_path}/b.csv: name a study for this file")):
+        check_overrides([*table, f"data.path={tmp_path}/b.csv"])
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "study.db").write_text("not a database")  # hydra.sweep.dir names the study's folder
     with pytest.raises(UserInputError, match=f"^{re.escape(str(tmp_path))}/elsewhere/study.db: Optuna cannot read it"):
@@ -303,6 +313,7 @@ def test_an_optuna_study_stopped_by_an_error_keeps_a_summary_with_the_failed_tri
     assert len(summary) == 1 and summary[0]["failed"] and "model.lr" in summary[0]  # the trial, with its proposal
     study = optuna.load_study(study_name="dnn_advertising", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["FAIL"]  # not RUNNING for ever: the sweeper never got to say
+    assert study.user_attrs == {"monitor": "val/loss", "data": f"{tmp_path}/missing.csv"}
     assert {k: str(v) for k, v in study.trials[0].params.items()}.items() <= summary[0].items()  # that trial
 
 
