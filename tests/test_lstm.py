@@ -688,9 +688,13 @@ def test_predict_refuses_a_language_model_and_points_to_generate(pattern_run, tm
 
 
 def test_row_classifier_end_to_end(mnist_dir, tmp_path):
+    # Forget gates open from the start, and 8 epochs: with PyTorch's init and 6 epochs the test accuracy hung on the
+    # seed (0.68 to 1.0 over seeds 0-11 and 42; 6 of 13 below 0.9) and on float rounding (seed 42 with its initial
+    # weights scaled by 1 +- 1e-6: 0.91 in 5 of 19 tries). Measured with both: 1.0 for each of 30 seeds (0-28, 42)
+    # and each of those 19 tries, early stopping after 5-7 epochs.
     cfg = make_config("model=lstm", "data=fashion_mnist_rows", "data.name=mnist", f"paths.data_dir={mnist_dir}",
-                      "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=6",
-                      "model.lr=1e-2",
+                      "data.val_size=200", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=8",
+                      "model.lr=1e-2", "model.net.forget_bias=1.0",
                       *QUIET, output_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
