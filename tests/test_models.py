@@ -586,3 +586,30 @@ def test_the_cnn_head_drops_out_the_flattened_features_and_the_hidden_units():
     nn = torch.nn
     assert [type(m) for m in head] == [nn.Flatten, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
     assert [m.p for m in head if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+
+
+def test_lightnings_per_hook_writes_skip_the_module_registry_and_modules_and_tensors_still_register(monkeypatch):
+    # Lightning writes `_current_fx_name` around each of ~20 hook calls a step: on a GPU, whose small steps are
+    # host-bound, nn.Module.__setattr__'s registry checks there are step time. A plain value for a plain name goes
+    # straight in; a parameter, buffer or submodule is still registered, also under a name that held a plain value.
+    import lightning as L
+
+    seen = []
+    module_setattr = torch.nn.Module.__setattr__
+    monkeypatch.setattr(torch.nn.Module, "__setattr__",
+                        lambda self, name, value: (seen.append(name), module_setattr(self, name, value))[1])
+    recipe = recipe_for(torch.nn.Linear(4, 10), "multiclass")
+    rows = torch.utils.data.TensorDataset(torch.randn(24, 4), torch.randint(0, 10, (24,)))
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    seen.clear()  # (the module's own __init__ makes these names, through the registry)
+    trainer.fit(recipe, torch.utils.data.DataLoader(rows, batch_size=8))
+    assert recipe.trainer.global_step == 3
+    assert "_current_fx_name" not in seen and "_log_now" not in seen
+    recipe.spare = 1
+    recipe.spare = torch.nn.Linear(2, 2)  # a plain name becomes a submodule
+    recipe.weight = torch.nn.Parameter(torch.zeros(2))
+    assert "spare" in dict(recipe.named_children()) and "weight" in dict(recipe.named_parameters())
+    recipe.register_buffer("counts", torch.zeros(2))
+    recipe.counts = torch.ones(2)  # a buffer stays a buffer
+    assert torch.equal(dict(recipe.named_buffers())["counts"], torch.ones(2))
