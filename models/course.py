@@ -24,13 +24,16 @@ def fit(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, optimizer: t
     # Full batch: every step sees all the data, so the loss curve shows the optimizer, not the sampling.
     # torch.optim.SGD only does w <- w - lr * grad: fed the whole data set it is plain (deterministic) gradient
     # descent; it is "stochastic" only when each step's gradient comes from a random mini-batch.
+    # losses[i] is the loss after i steps: losses[0] the untrained model's, losses[-1] the trained one's (steps + 1).
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = loss_fn(model(inputs), targets)
+        loss = loss_fn(model(inputs), targets)  # the loss after the steps so far: this step's gradient is its
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    with torch.no_grad():
+        losses.append(loss_fn(model(inputs), targets).item())  # and after the last step
     return losses
 
 

@@ -53,6 +53,17 @@ def test_no_single_neuron_solves_xor():
     assert course.accuracy(predicted, course.AND_TARGETS) == 1.0
 
 
+def test_fit_records_the_loss_before_the_first_step_and_after_every_step():
+    # "after N steps" in the notebooks reads losses[N]: the untrained model's loss first, the trained one's last.
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    model = nn.Linear(3, 1)
+    start = F.mse_loss(model(x), y).item()
+    losses = course.fit(model, x, y, F.mse_loss, torch.optim.SGD(model.parameters(), lr=0.1), 5)
+    assert len(losses) == 6 and losses[0] == start
+    assert losses[-1] == F.mse_loss(model(x), y).item() < losses[-2]
+
+
 def test_one_hidden_layer_of_two_units_solves_xor():
     assert torch.equal(course.xor_by_hand(course.BOOLEAN_INPUTS), course.XOR_TARGETS)
     mlp, losses = course.train_xor_mlp()
