@@ -28,7 +28,7 @@ def fit(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, optimizer: t
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = loss_fn(model(inputs), targets)  # the loss after the steps so far: this step's gradient is its
+        loss = loss_fn(model(inputs), targets)  # the loss after the steps so far, whose gradient this step follows
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
