@@ -19,6 +19,7 @@ from benchmarks.arguments import split_options
 from benchmarks.measure import autocast, peak_memory
 from data.batches import TensorBatches
 from conftest import ROOT, make_config
+from tests.cli_process import run_script
 
 SMALL_DNN = ["model=dnn", "data.rows=4000", "data.batch_size=256", "data.eval_batch_size=1000"]
 
@@ -223,8 +224,8 @@ def test_the_gpu_script_runs_its_steps_and_gathers_their_results(tmp_path):
     ("lstm_windows.py", ["--steps", "0"], "error: argument --steps: '0': give a whole number >= 1"),
 ])
 def test_a_bad_benchmark_argument_is_one_error_line(script, args, message, tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, *(
-        ["--dir", str(tmp_path / "criteo")] if script == "criteo_prepare.py" else [])], capture_output=True, text=True)
+    done = run_script(f"benchmarks/{script}", *args, *(
+        ["--dir", str(tmp_path / "criteo")] if script == "criteo_prepare.py" else []))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert message in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "criteo").exists()  # refused before any file is written
@@ -241,8 +242,7 @@ def test_a_benchmarks_out_is_checked_before_it_measures(script, out, message, tm
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     (tmp_path / "run" / "metrics.json").write_text('{"test/acc": 0.9}\n')
     own = ["steps=1", "warmup=0", "repeats=1"] if script == "throughput.py" else ["trainer.max_epochs=1"]
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *SMALL_DNN, *own,
-                           f"out={tmp_path / out}"], capture_output=True, text=True)
+    done = run_script(f"benchmarks/{script}", *SMALL_DNN, *own, f"out={tmp_path / out}")
     assert done.returncode == 2 and "Traceback" not in done.stderr and not done.stdout, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: out={tmp_path / out}")
     assert message in done.stderr
@@ -261,8 +261,7 @@ def test_a_misspelt_benchmark_option_is_named_with_the_one_meant():
 
 @pytest.mark.parametrize("script", ["throughput.py", "time_to_accuracy.py"])
 def test_a_benchmarks_help_is_its_usage(script):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
-                          text=True)
+    done = run_script(f"benchmarks/{script}", "--help")
     assert done.returncode == 0 and f"python benchmarks/{script}" in done.stdout and not done.stderr, done.stderr
 
 
@@ -277,8 +276,7 @@ def test_lstm_windows_refuses_a_text_it_cannot_use_in_one_line(content, message,
         path.mkdir()
     else:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lstm_windows.py"), "--path", str(path),
-                           "--steps", "1", "--hidden", "8"], capture_output=True, text=True, timeout=120)
+    done = run_script("benchmarks/lstm_windows.py", "--path", str(path), "--steps", "1", "--hidden", "8", timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"error: --path {path}" in done.stderr.strip().splitlines()[-1] and message in done.stderr, done.stderr
 
@@ -290,8 +288,7 @@ def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
     (tmp_path / "a_file").write_text("keep me too")
     for folder, message in [("mine", "holds files this benchmark did not write (precious.txt)"),
                             ("a_file", "is a file")]:
-        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001",
-                               "--dir", str(tmp_path / folder)], capture_output=True, text=True)
+        done = run_script("benchmarks/criteo_prepare.py", "--gb", "0.001", "--dir", str(tmp_path / folder))
         assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me" and (tmp_path / "a_file").is_file()
 
@@ -299,8 +296,7 @@ def test_criteo_prepare_never_deletes_a_folder_it_did_not_fill(tmp_path):
 def test_criteo_prepare_refuses_a_dir_it_cannot_make_in_one_line(tmp_path):
     # --dir /sys/kernel/x ended in a PermissionError traceback (a folder under a file: NotADirectoryError).
     (tmp_path / "a_file").write_text("kept")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001",
-                           "--dir", str(tmp_path / "a_file" / "x")], capture_output=True, text=True)
+    done = run_script("benchmarks/criteo_prepare.py", "--gb", "0.001", "--dir", str(tmp_path / "a_file" / "x"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith(f"error: --dir {tmp_path / 'a_file' / 'x'}: cannot make it "
                                                          "(Not a directory): give a folder you can write to")
@@ -321,17 +317,15 @@ def test_criteo_prepare_refuses_a_training_that_would_not_stream(tmp_path):
     data = CriteoDataModule(path=tmp_path / "criteo.txt", cache_dir=tmp_path / "cache", max_in_memory_gb=between)
     data.setup("fit")
     assert isinstance(data.train[0], torch.Tensor)  # held in memory, as the script now says
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.002",
-                           "--train-steps", "1", "--max-in-memory-gb", f"{between!r}", "--dir", str(tmp_path / "c")],
-                          capture_output=True, text=True)
+    done = run_script("benchmarks/criteo_prepare.py", "--gb", "0.002", "--train-steps", "1",
+                      "--max-in-memory-gb", f"{between!r}", "--dir", str(tmp_path / "c"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr  # bad input: 2 (it was 1)
     assert "holds the training and validation rows" in done.stderr.strip().splitlines()[-1]
 
 
 def test_criteo_prepare_prints_json_alone_on_stdout(tmp_path):
     # The conversion's progress bar went to stdout, before the JSON: `> result.json` was not JSON.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001", "--dir",
-                           str(tmp_path / "c")], capture_output=True, text=True)
+    done = run_script("benchmarks/criteo_prepare.py", "--gb", "0.001", "--dir", str(tmp_path / "c"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] > 0 and "preparing" in done.stderr
 
@@ -339,8 +333,7 @@ def test_criteo_prepare_prints_json_alone_on_stdout(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--max-in-memory-gb", "0"), ("--hash-buckets", "10")])
 def test_criteo_prepare_refuses_a_training_setting_without_training(flag, value, tmp_path):
     # Without --train-steps there is no training: the setting was ignored, the file written and converted anyway.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteo_prepare.py"), "--gb", "0.001", flag,
-                           value, "--dir", str(tmp_path / "c")], capture_output=True, text=True)
+    done = run_script("benchmarks/criteo_prepare.py", "--gb", "0.001", flag, value, "--dir", str(tmp_path / "c"))
     assert done.returncode == 2 and not done.stdout, done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith(f"error: {flag} sets the training: add --train-steps N, or "
                                                          "leave it out")
