@@ -50,8 +50,8 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
         # A setting for another network, e.g. data=fashion_mnist_rows sizes the LSTM.
         raise UserInputError(f"model.net: {err} (set by the data's config or the command line "
                              "for another model: pick the model it was meant for, or drop the setting)") from err
-    if cfg.model.compile:
-        net.compile()
+    if cfg.model.compile:  # true: torch.compile's default mode; or a mode's name (models/checks.py, COMPILE_MODES)
+        net.compile(mode=None if cfg.model.compile is True else cfg.model.compile)
     return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
                   l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
                   scheduler=OmegaConf.to_container(cfg.scheduler),

@@ -227,6 +227,10 @@ def check_data_path(data: DictConfig | None) -> None:
                                  f"or leave it out for the configs' {default}")
 
 
+# model.compile's values besides true (torch.compile's default) and false: torch.compile's modes. reduce-overhead
+# replays the compiled forward and backward as CUDA graphs: one launch for each instead of one per kernel, for a step
+# that waits on the host (a small network on a fast GPU); on a CPU it compiles as the default does.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RUN_CHECKPOINTS = "${paths.output_dir}/checkpoints"  # configs/callbacks/default.yaml's dirpath
 
 
@@ -246,8 +250,11 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
     for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
         value = OmegaConf.select(cfg, key, default=None)
+        if key == "model.compile" and value in COMPILE_MODES:
+            continue
         if value is not None and not isinstance(value, bool):
-            raise UserInputError(f"{key}={value!r}: give true or false")
+            modes = f", or a torch.compile mode ({', '.join(COMPILE_MODES)})" if key == "model.compile" else ""
+            raise UserInputError(f"{key}={value!r}: give true or false{modes}")
     if (data_dir := OmegaConf.select(cfg, "paths.data_dir", default=None)) is not None:
         check_folder("paths.data_dir", Path(str(data_dir)).expanduser())
     for name, node in (cfg.get("callbacks") or {}).items():  # a ModelCheckpoint's folder (best.ckpt, last.ckpt)

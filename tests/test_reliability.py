@@ -634,7 +634,8 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("model.net.batch_norm=abc", "model.net.batch_norm='abc' has the wrong type: ConvNet takes bool"),  # was true
     ("model.net.dropout=1.0", "model.net.dropout=1.0: give a number >= 0 and < 1"),
     ("model.weight_decay=null", "model.weight_decay=None: give a number >= 0"),
-    ("model.compile=abc", "model.compile='abc': give true or false"),
+    ("model.compile=abc", "model.compile='abc': give true or false, or a torch.compile mode (default, reduce-overhead, "
+     "max-autotune, max-autotune-no-cudagraphs)"),
     ("model.channels_last=abc", "model.channels_last='abc': give true or false"),  # 'abc' counted as true
     ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
     # trained with seed 0, the log said nothing; such a run resumes with seed=0 (the saved seed=null comes first)

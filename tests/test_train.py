@@ -719,6 +719,21 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
     assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("setting, mode", [("true", None), ("false", "not compiled"),
+                                           ("reduce-overhead", "reduce-overhead")])
+def test_compile_setting_picks_torch_compiles_mode(setting, mode, monkeypatch, tmp_path):
+    # model.compile=true compiles in torch.compile's default mode; a mode's name picks that mode (experiment=cnn_gpu's
+    # reduce-overhead: CUDA graphs, for a step that waits on the host). Each passes the run's checks.
+    from models import assemble
+    from models.checks import check_run_settings
+    cfg = make_config("model=dnn", "data.rows=2000", f"model.compile={setting}", output_dir=tmp_path)
+    check_run_settings(cfg)
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, mode=None, **options: modes.append(mode))
+    assemble.build(cfg)
+    assert modes == ([] if mode == "not compiled" else [mode])
+
+
 @pytest.mark.parametrize("budget, last_epoch", [({"max_epochs": -1, "max_steps": 10}, "/2"),  # 4 steps an epoch
                                                 ({"max_epochs": 3}, "/2"),
                                                 # 2 optimizer steps an epoch (the last accumulates 1 batch): 3 epochs
