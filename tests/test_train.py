@@ -662,7 +662,7 @@ def test_gpu_presets_run_their_whole_path_on_the_cpu(experiment, precision, mnis
     data = ([f"data.path={text}", "data.seq_len=32", "data.eval_seq_len=64", "callbacks.text_samples.length=20"]
             if experiment == "lstm_gpu" else ["data=mnist", f"paths.data_dir={mnist_dir}", "data.val_size=200"])
     cfg = make_config(f"experiment={experiment}", *data, "trainer.accelerator=cpu", f"trainer.precision={precision}",
-                      "model.compile=false", "data.batch_size=32", "data.eval_batch_size=32",  # small batches: time
+                      "model.compile=false", "data.batch_size=8", "data.eval_batch_size=8",  # small batches: time
                       "trainer.max_steps=2", "trainer.limit_val_batches=2",
                       "trainer.limit_test_batches=2", "callbacks.progress_bar=null",
                       "callbacks.result_figures=null", output_dir=tmp_path / "run")
