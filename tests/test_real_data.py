@@ -45,3 +45,14 @@ def test_the_lstm_learns_shakespeares_characters(tmp_path):
         "callbacks.text_samples=null", *QUIET, output_dir=tmp_path))
     # 2.21-2.23 nats/char against 3.36 for the best guess that ignores context (the characters' frequencies)
     assert metrics["test/loss"] < 2.45 < metrics["test/unigram_loss"], metrics
+
+
+@needs(SHARED / "tinyshakespeare.txt")
+def test_the_lstm_gpu_presets_logging_interval_fits_in_an_epoch_of_tinyshakespeare(tmp_path):
+    # Lightning warns on every fit whose epoch has fewer batches than log_every_n_steps (its loggers get a point
+    # every n steps across epochs all the same): the preset's interval is within the corpus's 30 steps an epoch.
+    from models.assemble import instantiate_data
+    cfg = make_config("experiment=lstm_gpu", f"data.path={SHARED / 'tinyshakespeare.txt'}", output_dir=tmp_path)
+    datamodule = instantiate_data(cfg.data)
+    datamodule.setup("fit")
+    assert cfg.trainer.log_every_n_steps <= len(datamodule.train_dataloader()) == 30
