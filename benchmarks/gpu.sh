@@ -111,6 +111,11 @@ lstm_fp16_step() {  # float16 with the gradient scaler, against bf16 autocast ar
     "out=$work/lstm_fp16_throughput.json" $preset_device \
     $(smoke steps=2 warmup=1 repeats=1 model.net.hidden_size=32 data.seq_len=32)
 }
+lstm_profile_step() {  # where each path's LSTM step goes (torch.profiler): GPU kernel time against wall time
+  "$py" benchmarks/throughput.py experiment=lstm_gpu "data.path=$text" steps=20 repeats=1 profile=10 \
+    "out=$work/lstm_profile.json" $preset_device \
+    $(smoke steps=2 warmup=1 profile=1 model.net.hidden_size=32 data.seq_len=32)
+}
 dnn_tta_step() {
   "$py" benchmarks/time_to_accuracy.py model=dnn "$gpu" "paths.data_dir=$data" 'targets=[0.80,0.81,0.812]' \
     "out=$work/dnn_tta.json" $(smoke data.rows=20000 trainer.max_epochs=1)
@@ -127,7 +132,8 @@ cnn_run_step() {  # the preset as a user runs it: python train.py experiment=cnn
 # env's 60 s: a cold `import torch` and the first torch.compile (inductor, Triton) on a fresh machine; it ends sooner
 # when they are quick, and cut short it would lose only env.json (the CNN steps then run compiled).
 all_steps=(env:60:10 cnn_tta:200:120 lstm_throughput:120:60 lstm_run:200:170 dnn_throughput:120:60
-           cnn_throughput:150:90 tests:300:90 lstm_fp16:120:60 dnn_tta:120:60 cnn_run:150:100 dnn_batch_65536:120:60)
+           cnn_throughput:150:90 tests:300:90 lstm_fp16:120:60 lstm_profile:120:60 dnn_tta:120:60 cnn_run:150:100
+           dnn_batch_65536:120:60)
 wanted=("$@")
 
 record() {  # step, exit code, seconds: into results.json, with the step's JSON files
@@ -180,6 +186,8 @@ for step, e in r.items():
             line += f" | {name}: {j['metric']} reached {j['seconds_to_target']} (s), last {j['curve'][-1] if j['curve'] else None}, warm-up {j['warmup_seconds']} s, peak GPU MiB {j.get('peak_gpu_mib')}"
         elif "ratio" in j:
             line += f" | {name} ({j['precision']}, batch {j['batch_size']}): " + rate(j, "chars_per_s" if "lightning_chars_per_s" in j else "samples_per_s")
+            for path, p in j.get("profile", {}).items():
+                line += f" | profiled {path}: {p['wall_ms_per_step']} ms a step, GPU {p['gpu_ms_per_step']} ms (busy {p['gpu_busy']})"
         elif name == "env":
             line += " | " + ", ".join(f"{k} {v}" for k, v in j.items())
         elif name == "metrics":

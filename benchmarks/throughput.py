@@ -1,7 +1,7 @@
 """Training throughput: the project's Lightning path against a plain PyTorch loop, same process, same
 network, batches, loss, optimizer and schedule. Prints JSON.
 
-    python benchmarks/throughput.py model=cnn [steps=200] [warmup=20] [repeats=3] [out=FILE] [any train.py override ...]
+    python benchmarks/throughput.py model=cnn [steps=200] [warmup=20] [repeats=3] [profile=N] [out=FILE] [overrides ...]
 
 Both paths get `warmup` untimed steps, then `steps` timed ones (the GPU is synchronized at both ends), on a fresh
 network each time; the two paths take turns `repeats` times and each reports its best run (a shared machine's slow
@@ -9,6 +9,8 @@ spells only ever slow a run down) next to all of them.
 Validation, checkpoints, logging and the progress bar are off in both: this measures the training step.
 Samples are images, table rows or windows of text (and, for a language model, characters are counted too); peak
 GPU memory is each path's own (the dataset on the GPU included), peak RSS the process's.
+`profile=N` then runs each path once more, N steps after the same warm-up, under torch.profiler: where a step's time
+goes (benchmarks/measure.py, profile_summary), in the JSON's "profile". Its wall time counts the profiler's own cost.
 """
 import gc
 import sys
@@ -25,30 +27,46 @@ from hydra.utils import instantiate  # noqa: E402
 from data import UserInputError  # noqa: E402
 from models import assemble  # noqa: E402
 from benchmarks.arguments import run, split_options, train_config, whole_option  # noqa: E402
-from benchmarks.measure import autocast, peak_memory, sync  # noqa: E402
+from benchmarks.measure import autocast, peak_memory, profile_summary, profiled_activities, sync  # noqa: E402
 from models.recipe import decayed_parameters  # noqa: E402
 
 
 class Clock(L.Callback):
     """Wall time from the start of step `warmup` to the end of the last step (not the run's end: the epoch-end
-    metrics of the epoch the step budget cuts short are not a training step, and the plain loop has none)."""
+    metrics of the epoch the step budget cuts short are not a training step, and the plain loop has none). A
+    profiler given is started and stopped with the clock."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds = warmup, None, None
+    def __init__(self, warmup: int, profiler: torch.profiler.profile | None = None) -> None:
+        self.warmup, self.start, self.seconds, self.profiler = warmup, None, None, profiler
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.warmup:
-            sync(pl_module.device)
-            self.start = time.perf_counter()
+            self.start = start_window(pl_module.device, self.profiler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == trainer.max_steps:
-            sync(pl_module.device)
-            self.seconds = time.perf_counter() - self.start
+            self.seconds = end_window(pl_module.device, self.start, self.profiler)
+
+
+def start_window(device: torch.device, profiler: torch.profiler.profile | None) -> float:
+    """The timed steps begin: the GPU's queue empty, the profiler (if any) on; the clock's start."""
+    sync(device)
+    if profiler is not None:
+        profiler.start()
+    return time.perf_counter()
+
+
+def end_window(device: torch.device, start: float, profiler: torch.profiler.profile | None) -> float:
+    """The timed steps end, their work on the GPU done: their seconds (then the profiler, if any, stops)."""
+    sync(device)
+    seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.stop()
+    return seconds
 
 
 def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None,
-               clip_algorithm: str = "norm") -> float:
+               clip_algorithm: str = "norm", profiler: torch.profiler.profile | None = None) -> float:
     """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
     the recipe's step does (loss, L1 penalty, gradient clipping by norm or by value, optimizer, schedule; with
     16-mixed, the gradient scaler Lightning adds) and nothing else. Its clock, like Lightning's, covers the making
@@ -65,8 +83,7 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
     while done < warmup + steps:
         for *inputs, targets in loader:
             if done == warmup:
-                sync(device)
-                start = time.perf_counter()
+                start = start_window(device, profiler)
             # as Lightning does with each batch (nothing to do for a dataset already on the device)
             inputs, targets = [x.to(device, non_blocking=True) for x in inputs], targets.to(device, non_blocking=True)
             with forward:
@@ -88,16 +105,15 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
             done += 1
             if done == warmup + steps:
                 break
-    sync(device)
-    return time.perf_counter() - start
+    return end_window(device, start, profiler)
 
 
-def lightning_run(cfg, datamodule, steps: int, warmup: int):
+def lightning_run(cfg, datamodule, steps: int, warmup: int, profiler: torch.profiler.profile | None = None):
     """`warmup` + `steps` steps of trainer.fit on a fresh network; (timed seconds, trainer). The budget is those
     steps alone: a trainer.max_time guard of the config (model=lstm's 9.5 minutes, experiment=lstm_gpu's 2) would end
     the run before its last step, which the clock would never see."""
     L.seed_everything(cfg.seed)
-    recipe, clock = assemble.build_recipe(cfg, datamodule), Clock(warmup)
+    recipe, clock = assemble.build_recipe(cfg, datamodule), Clock(warmup, profiler)
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, max_time=None, limit_val_batches=0,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=[clock], plugins=None, _convert_="all")
@@ -107,7 +123,8 @@ def lightning_run(cfg, datamodule, steps: int, warmup: int):
     return clock.seconds, trainer
 
 
-def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
+def plain_run(cfg, datamodule, trainer, steps: int, warmup: int,
+              profiler: torch.profiler.profile | None = None) -> float:
     """The same fresh network (same seed) through the hand-written loop; its timed seconds."""
     L.seed_everything(cfg.seed)
     plain = assemble.build_recipe(cfg, datamodule)
@@ -119,13 +136,14 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int) -> float:
     loader.epoch = 0  # the Lightning run's epochs from the first, counted by the loader (not the finished trainer)
     # trainer.precision as Lightning normalized it ("bf16" -> "bf16-mixed"): what the Lightning path ran
     return plain_loop(plain, loader, steps, warmup, str(trainer.precision), cfg.trainer.get("gradient_clip_val"),
-                      cfg.trainer.get("gradient_clip_algorithm") or "norm")
+                      cfg.trainer.get("gradient_clip_algorithm") or "norm", profiler)
 
 
 def main(argv: list[str]) -> tuple[dict, str | None]:
-    options, overrides = split_options(argv, ("steps", "warmup", "repeats", "out"))
+    options, overrides = split_options(argv, ("steps", "warmup", "repeats", "profile", "out"))
     steps, warmup = whole_option(options, "steps", 200, least=1), whole_option(options, "warmup", 20, least=0)
     repeats = whole_option(options, "repeats", 3, least=1)
+    profiled_steps = whole_option(options, "profile", 0, least=0)
     cfg = train_config(overrides)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:  # the plain loop steps after every batch
         raise UserInputError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: throughput.py "
@@ -177,6 +195,15 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     result["lightning_ms_per_step"] = round(min(seconds["lightning"]) / steps * 1e3, 3)
     result["plain_ms_per_step"] = round(min(seconds["plain"]) / steps * 1e3, 3)
     result["overhead_ms_per_step"] = round(result["lightning_ms_per_step"] - result["plain_ms_per_step"], 3)
+    if profiled_steps:
+        result["profile"] = {}
+        for path in ("lightning", "plain"):
+            profiler = torch.profiler.profile(activities=profiled_activities())
+            if path == "lightning":
+                timed, trainer = lightning_run(cfg, datamodule, profiled_steps, warmup, profiler)
+            else:
+                timed = plain_run(cfg, datamodule, trainer, profiled_steps, warmup, profiler)
+            result["profile"][path] = profile_summary(profiler, profiled_steps, timed)
     return result, options.get("out")
 
 

@@ -14,6 +14,7 @@ import torch
 from models import assemble
 from data import UserInputError
 from models.recipe import Recipe
+from benchmarks import measure as benchmark_measure
 from benchmarks import throughput, time_to_accuracy
 from benchmarks.arguments import split_options
 from benchmarks.measure import autocast, peak_memory
@@ -40,6 +41,28 @@ def test_throughput_times_both_paths_and_reports_their_ratio(tmp_path, precision
         result["lightning_ms_per_step"] - result["plain_ms_per_step"], abs=2e-3)
     assert result["peak_rss_mib"] > 100 and result["peak_gpu_mib"] is None and result["precision"] == precision
     assert "lightning_chars_per_s" not in result  # only for a language model
+
+
+def test_throughput_profiles_each_paths_timed_steps_when_asked(monkeypatch):
+    # profile=N: one more run of each path, N steps after the warm-up, under torch.profiler, which starts and stops
+    # with the clock: it sees those N optimizer steps alone, in both paths.
+    steps = {}
+    summary = benchmark_measure.profile_summary
+
+    def counting(profiler, n, seconds, top=10):
+        steps[len(steps)] = sum(e.count for e in profiler.key_averages() if e.key.startswith("Optimizer.step#"))
+        return summary(profiler, n, seconds, top)
+
+    monkeypatch.setattr(throughput, "profile_summary", counting)
+    result, _ = throughput.main([*SMALL_DNN, "steps=2", "warmup=2", "repeats=1", "profile=3"])
+    assert steps == {0: 3, 1: 3}  # the Lightning path's, then the plain loop's
+    for path in ("lightning", "plain"):
+        profiled = result["profile"][path]
+        assert profiled["steps"] == 3 and profiled["wall_ms_per_step"] > 0
+        assert profiled["gpu_ms_per_step"] is None and profiled["gpu_busy"] is None  # no GPU here
+        ops = dict(profiled["host_ms_per_step"])
+        assert len(ops) == 10 and "aten::mm" in ops and all(ms > 0 for ms in ops.values())  # the linear layers
+    assert "profile" not in throughput.main([*SMALL_DNN, "steps=2", "warmup=1", "repeats=1"])[0]
 
 
 def test_throughput_counts_a_language_models_characters(tmp_path):

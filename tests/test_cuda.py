@@ -134,3 +134,13 @@ def test_the_recipe_adds_no_host_synchronisation_to_a_training_step(preset, mnis
                                                       cfg.trainer.get("gradient_clip_val")))
     print(f"host syncs in steps {first + 1}-{last}: Lightning path {lightning}, plain loop {plain}")
     assert lightning <= plain, f"the Lightning path synchronised {lightning} times, the plain loop {plain}"
+
+
+def test_a_profiled_throughput_run_reports_the_gpus_share_of_each_step():
+    # profile=N on a GPU: the kernels' milliseconds a step (not the optimizer's record_function span, which the
+    # profiler also draws on the GPU's timeline and would count the whole step), within the step's wall time.
+    result, _ = throughput.main(["model=dnn", "trainer=gpu", "data.rows=50000", "data.batch_size=1024", "steps=2",
+                                 "warmup=2", "repeats=1", "profile=5"])
+    for path in ("lightning", "plain"):
+        profiled = result["profile"][path]
+        assert 0 < profiled["gpu_ms_per_step"] and 0 < profiled["gpu_busy"] <= 1.05, profiled
