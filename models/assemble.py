@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import UserInputError
 from models.checkpointing import RunCheckpoint
 from models.checks import check_single_process_sweep
-from models.host import cheap_cuda_check, keep_freed_memory
+from models.host import cheap_cuda_check, keep_freed_memory, set_matmul_precision
 from models.recipe import Recipe
 from models.runs import instantiate_data, prepare_data_once
 
@@ -32,6 +32,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Recipe]:
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()  # before the first step's buffers: see models/host.py
     cheap_cuda_check()  # no GPU: torch.optim's check for one on every step, without NVML (models/host.py)
+    set_matmul_precision(cfg.get("float32_matmul_precision", "high"), cfg.trainer.get("accelerator", "auto"))
     datamodule = instantiate_data(cfg.data)  # its settings checked: one-line errors
     prepare_data_once(datamodule)
     datamodule.setup("fit")

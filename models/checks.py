@@ -231,6 +231,7 @@ def check_data_path(data: DictConfig | None) -> None:
 # replays the compiled forward and backward as CUDA graphs: one launch for each instead of one per kernel, for a step
 # that waits on the host (a small network on a fast GPU); on a CPU it compiles as the default does.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 RUN_CHECKPOINTS = "${paths.output_dir}/checkpoints"  # configs/callbacks/default.yaml's dirpath
 
 
@@ -255,6 +256,9 @@ def check_run_settings(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, bool):
             modes = f", or a torch.compile mode ({', '.join(COMPILE_MODES)})" if key == "model.compile" else ""
             raise UserInputError(f"{key}={value!r}: give true or false{modes}")
+    if cfg.get("float32_matmul_precision", "high") not in MATMUL_PRECISIONS:
+        raise UserInputError(f"float32_matmul_precision={cfg.float32_matmul_precision!r}: give one of "
+                             f"{', '.join(MATMUL_PRECISIONS)} (torch.set_float32_matmul_precision's)")
     if (data_dir := OmegaConf.select(cfg, "paths.data_dir", default=None)) is not None:
         check_folder("paths.data_dir", Path(str(data_dir)).expanduser())
     for name, node in (cfg.get("callbacks") or {}).items():  # a ModelCheckpoint's folder (best.ckpt, last.ckpt)
@@ -400,8 +404,8 @@ def check_schedule_keys(scheduler: DictConfig, name: str) -> None:
 # logger, trainer, optimizer, scheduler): an extra key (`+model.lrr=0.1`, the route Hydra suggests for a key it does
 # not know) would otherwise be silently ignored.
 KNOWN_KEYS = {
-    "": ("seed", "keep_freed_memory", "ckpt_path", "trainer", "callbacks", "logger", "paths", "model", "data",
-         "optimizer", "scheduler", "monitor"),
+    "": ("seed", "keep_freed_memory", "float32_matmul_precision", "ckpt_path", "trainer", "callbacks", "logger",
+         "paths", "model", "data", "optimizer", "scheduler", "monitor"),
     "model": ("net", "lr", "weight_decay", "l1", "compile", "channels_last"),
     "monitor": ("metric", "mode"),
     "paths": ("root_dir", "data_dir", "log_dir", "output_dir"),

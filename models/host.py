@@ -34,6 +34,13 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
+def set_matmul_precision(precision: str, accelerator: str) -> None:
+    """`float32_matmul_precision` for a run that may use a CUDA GPU (trainer.accelerator auto, gpu or cuda): torch's
+    default, highest, leaves the tensor cores out of float32 matrix products (and Lightning says so on every run)."""
+    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
+
+
 def cheap_cuda_check() -> bool:
     """On a machine without a CUDA GPU, let `torch.cuda.is_available()` ask the CUDA runtime (a cached answer)
     instead of NVML (a new attempt to load libnvidia-ml on every call).

@@ -42,6 +42,7 @@ def test_the_cnn_preset_trains_compiled_in_bf16_on_the_gpu_and_its_checkpoint_sc
     # dropout's random numbers are what could make inductor skip them), each batch copied into a recorded graph's input
     assert counters["inductor"]["cudagraph_skips"] == 0 and counters["inductor"]["cudagraph_recorded_non_static_inputs"]
     assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last  # what the preset promises
+    assert torch.get_float32_matmul_precision() == "high"  # float32 products on TF32 tensor cores
     on_cpu = eval_script.evaluate(tmp_path / metrics["best_checkpoint"], trainer_options={"accelerator": "cpu"})
     assert on_cpu["test/acc"] == pytest.approx(metrics["test/acc"], abs=0.01)  # bf16 on two devices: near, not equal
 

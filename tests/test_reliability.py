@@ -638,6 +638,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
      "max-autotune, max-autotune-no-cudagraphs)"),
     ("model.channels_last=abc", "model.channels_last='abc': give true or false"),  # 'abc' counted as true
     ("seed=-1", "seed=-1: give a whole number >= 0 and <= 4294967295"),
+    ("float32_matmul_precision=tf32", "float32_matmul_precision='tf32': give one of highest, high, medium"),
     # trained with seed 0, the log said nothing; such a run resumes with seed=0 (the saved seed=null comes first)
     ("seed=null", "seed=null: give a whole number, seed=N (a run is repeated from its seed; a run saved with seed=null "
                   "was seeded with 0: add seed=0 to resume it)"),

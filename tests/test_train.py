@@ -719,6 +719,19 @@ def test_compile_switch_trains_a_compiled_network_whose_checkpoint_loads_without
     assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("accelerator, cuda, set_to", [("auto", True, "high"), ("gpu", True, "high"),
+                                                      ("cpu", True, None), ("auto", False, None)])
+def test_float32_matmul_precision_is_set_for_a_run_that_may_use_a_cuda_gpu(accelerator, cuda, set_to, monkeypatch):
+    # TF32 tensor cores for float32 matrix products on a GPU (torch's default leaves them out, and Lightning says so
+    # on every GPU run); nothing changes for a run on the CPU.
+    from models import host
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    host.set_matmul_precision(make_config().float32_matmul_precision, accelerator)
+    assert calls == ([] if set_to is None else [set_to])
+
+
 @pytest.mark.parametrize("setting, mode", [("true", None), ("false", "not compiled"),
                                            ("reduce-overhead", "reduce-overhead")])
 def test_compile_setting_picks_torch_compiles_mode(setting, mode, monkeypatch, tmp_path):
