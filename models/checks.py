@@ -249,13 +249,12 @@ def check_run_settings(cfg: DictConfig) -> None:
         raise UserInputError("seed=null: give a whole number, seed=N (a run is repeated from its seed; a run saved "
                              "with seed=null was seeded with 0: add seed=0 to resume it)")
     check_number("seed", cfg.seed, 0, 2**32 - 1, whole=True)  # numpy's range
-    for key in ("keep_freed_memory", "model.compile", "model.channels_last"):
+    # switches: true or false; model.compile also takes a torch.compile mode
+    for key, modes in (("keep_freed_memory", ()), ("model.compile", COMPILE_MODES), ("model.channels_last", ())):
         value = OmegaConf.select(cfg, key, default=None)
-        if key == "model.compile" and value in COMPILE_MODES:
-            continue
-        if value is not None and not isinstance(value, bool):
-            modes = f", or a torch.compile mode ({', '.join(COMPILE_MODES)})" if key == "model.compile" else ""
-            raise UserInputError(f"{key}={value!r}: give true or false{modes}")
+        if value is not None and not isinstance(value, bool) and value not in modes:
+            raise UserInputError(f"{key}={value!r}: give true or false"
+                                 + (f", or a torch.compile mode ({', '.join(modes)})" if modes else ""))
     if cfg.get("float32_matmul_precision", "high") not in MATMUL_PRECISIONS:
         raise UserInputError(f"float32_matmul_precision={cfg.float32_matmul_precision!r}: give one of "
                              f"{', '.join(MATMUL_PRECISIONS)} (torch.set_float32_matmul_precision's)")
