@@ -3,11 +3,12 @@
 Training batches are B windows of T+1 characters at random offsets, gathered in one indexing op
 (`corpus[starts[:, None] + arange(T + 1)]`): the first T are the inputs, the last T the targets (the next character
 at every step). The offsets are stratified: `TensorBatches` shuffles one start per T characters, and each start
-moves by a random 0..T-1 of its own, so an epoch (a pass, when `limit_train_batches` shortens epochs) reads as many
-characters as the split holds, never on the same grid twice: neighbouring windows overlap or leave a gap, so a pass
-reads about 2/3 of the characters once, 1/6 twice and 1/6 not at all (the next pass, other ones). Windows are
-independent, so the network needs no state between batches and the shared recipe trains it like any other; the
-price is that each window starts from a zero state (README, LSTM: what carrying the state would gain).
+moves by a random 0..T-1 of its own (never past the split's end, so the last window can reach its last character),
+so an epoch (a pass, when `limit_train_batches` shortens epochs) reads as many characters as the split holds, never
+on the same grid twice: neighbouring windows overlap or leave a gap, so a pass reads about 2/3 of the characters
+once, 1/6 twice and 1/6 not at all (the next pass, other ones). Windows are independent, so the network needs no
+state between batches and the shared recipe trains it like any other; the price is that each window starts from a
+zero state (README, LSTM: what carrying the state would gain).
 Validation and test read their split once, in order, in non-overlapping windows of `eval_seq_len` characters
 (the final partial window is left out).
 
@@ -137,7 +138,7 @@ class CharDataModule(L.LightningDataModule):
         device = data_device(self.trainer, self.on_device)
         ids, steps = ids.to(device), torch.arange(window + 1, device=device)
         if train:  # one start per `window` characters, moved by a random 0..window-1 for every batch
-            starts, jitter = torch.arange(0, len(ids) - 2 * window, window, device=device), window
+            starts, jitter = torch.arange(0, len(ids) - window, window, device=device), window
         else:  # fixed, non-overlapping windows; a short split gets one shorter window
             window, starts = eval_windows(len(ids), window)
             starts, jitter = torch.arange(starts.start, starts.stop, starts.step, device=device), 0
@@ -148,8 +149,10 @@ class CharDataModule(L.LightningDataModule):
                                  f"data.{'seq_len' if train else 'eval_seq_len'}, or a longer split")
 
         def windows(first: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-            if jitter:  # drawn from the batch's own generator: a resumed run reads the same windows
-                first = first + torch.randint(0, jitter, first.shape, device=device, generator=generator)
+            if jitter:  # drawn from the batch's own generator: a resumed run reads the same windows; a window moved
+                # past the split's end is put back to end with it, so the last characters are read too
+                first = (first + torch.randint(0, jitter, first.shape, device=device, generator=generator)).clamp_(
+                    max=len(ids) - window - 1)
             chunk = ids[first[:, None] + steps]  # (B, T + 1)
             return chunk[:, :-1], chunk[:, 1:]  # inputs (B, T), targets (B, T): the next character
 

@@ -155,9 +155,14 @@ def test_training_windows_reach_the_end_of_the_training_split(tmp_path):
     path.write_text(train + train[:200])  # validation and test repeat its characters: no <unk> warning
     dm = TextFileDataModule(str(path), seq_len=16, batch_size=1)
     dm.setup("fit")
-    read = torch.cat([torch.cat([x, y], 1) for x, y in dm.train_dataloader()]) - 1  # batch 1: every start served
-    # Starts 0, 16, ... below 1800 - 32 (111 of them), each moved 0..15: the last window ends at 1768 or beyond.
-    assert len(dm.train) == 1800 and len(read) == 111 and read.max() >= len(dm.train) - 2 * 16
+    loader = dm.train_dataloader()  # batch 1: every start served; each pass through it is the next epoch
+    read = [torch.cat([torch.cat([x, y], 1) for x, y in loader]) - 1 for _ in range(16)]
+    # Starts 0, 16, ... below 1800 - 16 (112 of them), each moved 0..15 but never past the split's end: the last
+    # window reads the last character when its move is 7 or more (an epoch misses it with p = 7/16), a character
+    # between two starts misses both windows with p <= 1/4. In 16 epochs, all are read (p > 0.999). Only the
+    # first 16 are read by one window alone (the first character when its move is 0).
+    assert len(dm.train) == 1800 and [len(epoch) for epoch in read] == [112] * 16
+    assert set(torch.cat(read).flatten().tolist()) >= set(range(16, 1800))
 
 
 def test_the_vocabulary_is_the_training_splits_alone(tmp_path):
@@ -193,11 +198,11 @@ def test_training_windows_shift_by_every_offset_below_seq_len_alike_in_every_loa
     path.write_text(train + train[:100])
     dm = TextFileDataModule(str(path), seq_len=4, batch_size=7)
     dm.setup("fit")
-    batches = list(dm.train_dataloader())  # 223 starts: 31 batches of 7, 6 windows left over
-    assert [len(x) for x, _ in batches] == [7] * 31
+    batches = list(dm.train_dataloader())  # 224 starts: 32 batches of 7
+    assert [len(x) for x, _ in batches] == [7] * 32
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, dm.train_dataloader(), strict=True))
     shifts = (torch.cat([x[:, 0] for x, _ in batches]) - 1) % 4  # the grid's starts are multiples of 4
-    assert set(shifts.tolist()) == {0, 1, 2, 3}  # 217 windows: an offset missing by chance has p < 1e-26
+    assert set(shifts.tolist()) == {0, 1, 2, 3}  # 224 windows: an offset missing by chance has p < 1e-26
 
 
 def test_a_runs_training_windows_come_shuffled_anew_each_epoch_in_an_order_of_its_seed(tmp_path, monkeypatch):
@@ -253,7 +258,7 @@ def test_the_shortest_training_split_is_two_windows_and_two_characters(tmp_path)
                 dm.setup("fit")
         else:
             dm.setup("fit")
-            assert len(dm.train) == 34 and next(iter(dm.train_dataloader()))[0].shape == (1, 16)
+            assert len(dm.train) == 34 and next(iter(dm.train_dataloader()))[0].shape == (2, 16)  # starts 0, 16
 
 
 def test_validating_alone_reads_the_training_vocabulary_and_the_validation_split(tmp_path):
