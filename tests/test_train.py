@@ -105,10 +105,12 @@ def test_train_seconds_leave_out_reading_the_data(mnist_dir, tmp_path, monkeypat
 def test_bfloat16_weights_train_and_unscaled_float16_ones_are_refused(tmp_path):
     # bf16-true: the model summary forwarded its float32 example into bfloat16 weights (a traceback); 16-true gave
     # NaN from the DNN's raw features (float16 ends at 65,504) and a traceback in the test figures.
-    metrics = train_module.train(make_config("model=dnn", "data.rows=3000", "trainer.max_epochs=1",
-                                             "trainer.precision=bf16-true", "callbacks.progress_bar=null",
+    metrics = train_module.train(make_config("model=dnn", "data.rows=20000", "data.batch_size=256",
+                                             "trainer.max_epochs=2", "trainer.precision=bf16-true",
+                                             "callbacks.progress_bar=null",
                                              output_dir=tmp_path / "bf16"))  # the summary and figures on
-    assert metrics["test/auroc"] > 0.5
+    # It learns as float32 weights do: 0.770-0.772 for seeds 42, 0 and 1, float32 0.771-0.773 (Bayes 0.827).
+    assert metrics["test/auroc"] > 0.74
     # The losses in float32: bfloat16 ones (its 8 bits, steps of 1/256 at 0.5) were what metrics.json reported.
     assert metrics["test/loss"] != torch.tensor(metrics["test/loss"]).bfloat16().item()
     mean = WeightedMean().to(torch.bfloat16)  # as bf16-true converts the recipe's modules, its metrics' states too
