@@ -436,9 +436,11 @@ def test_wider_and_deeper_fit_a_wiggly_curve_better():
     # against 0.00005-0.0015, 58 to 1,000 times lower.
     assert course.mlp_parameter_count(1, 200, 1, 1) == 601 and course.mlp_parameter_count(1, 16, 3, 1) == 593
     assert course.fit_wiggly_curve(200, 1)[0] > 10 * wide_and_deep
-    # Speed of learning more than capacity: given 5,000 steps one layer of 16 gets below what three reached in 500
-    # (4.8e-5 against 9.6e-4).
-    assert course.fit_wiggly_curve(16, 1, steps=5000)[0] < wide_and_deep
+    # Speed of learning more than capacity: given 5,000 steps instead of 500, one layer of 16 fits the curve too. Seeds
+    # 0-4: MSE 4.8e-5 to 5.1e-4 (590 to 4,800 times below its 500-step MSE; three layers reached 5.6e-5 to 1.3e-3 in
+    # 500, so which of the two is lower depends on the seed).
+    longer = course.fit_wiggly_curve(16, 1, steps=5000)[0]
+    assert longer < 1e-3 and longer < wide / 100
 
 
 def test_lstm_gates_by_hand_match_nn_lstm():
