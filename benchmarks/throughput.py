@@ -139,6 +139,24 @@ def plain_run(cfg, datamodule, trainer, steps: int, warmup: int,
                       cfg.trainer.get("gradient_clip_algorithm") or "norm", profiler)
 
 
+def both_paths(cfg, datamodule, steps: int, warmup: int, profile: bool = False) -> tuple[dict, object]:
+    """One run of each path on a fresh network, Lightning's first (the plain loop takes its trainer's settings):
+    ({path: (timed seconds, peak GPU MiB or None without a GPU, its torch.profiler or None)}, Lightning's trainer)."""
+    runs, trainer = {}, None
+    for path in ("lightning", "plain"):
+        gc.collect()  # the previous run's network, gradients and optimizer state: not in this path's peak
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        profiler = torch.profiler.profile(activities=profiled_activities()) if profile else None
+        if path == "lightning":
+            timed, trainer = lightning_run(cfg, datamodule, steps, warmup, profiler)
+        else:
+            timed = plain_run(cfg, datamodule, trainer, steps, warmup, profiler)
+        peak = peak_memory()["peak_gpu_mib"] if torch.cuda.is_available() else None
+        runs[path] = (timed, peak, profiler)
+    return runs, trainer
+
+
 def main(argv: list[str]) -> tuple[dict, str | None]:
     options, overrides = split_options(argv, ("steps", "warmup", "repeats", "profile", "out"))
     steps, warmup = whole_option(options, "steps", 200, least=1), whole_option(options, "warmup", 20, least=0)
@@ -154,17 +172,11 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     seconds = {"lightning": [], "plain": []}
     peak_gpu_mib = {"lightning": 0.0, "plain": 0.0}  # each path's peak, the data on the GPU included
     for _ in range(repeats):  # alternated, so a slow spell of a shared machine hits both paths alike
-        for path in ("lightning", "plain"):
-            gc.collect()  # the previous run's network, gradients and optimizer state: not in this path's peak
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            if path == "lightning":
-                timed, trainer = lightning_run(cfg, datamodule, steps, warmup)
-            else:
-                timed = plain_run(cfg, datamodule, trainer, steps, warmup)
+        runs, trainer = both_paths(cfg, datamodule, steps, warmup)
+        for path, (timed, peak, _) in runs.items():
             seconds[path].append(timed)
-            if torch.cuda.is_available():
-                peak_gpu_mib[path] = max(peak_gpu_mib[path], peak_memory()["peak_gpu_mib"])
+            if peak is not None:
+                peak_gpu_mib[path] = max(peak_gpu_mib[path], peak)
 
     # What one training batch holds, counted on a batch (a streamed loader's batch_size counts blocks of rows):
     # samples (images, rows, windows of text) and targets (characters, for a language model).
@@ -196,14 +208,9 @@ def main(argv: list[str]) -> tuple[dict, str | None]:
     result["plain_ms_per_step"] = round(min(seconds["plain"]) / steps * 1e3, 3)
     result["overhead_ms_per_step"] = round(result["lightning_ms_per_step"] - result["plain_ms_per_step"], 3)
     if profiled_steps:
-        result["profile"] = {}
-        for path in ("lightning", "plain"):
-            profiler = torch.profiler.profile(activities=profiled_activities())
-            if path == "lightning":
-                timed, trainer = lightning_run(cfg, datamodule, profiled_steps, warmup, profiler)
-            else:
-                timed = plain_run(cfg, datamodule, trainer, profiled_steps, warmup, profiler)
-            result["profile"][path] = profile_summary(profiler, profiled_steps, timed)
+        runs, _ = both_paths(cfg, datamodule, profiled_steps, warmup, profile=True)
+        result["profile"] = {path: profile_summary(profiler, profiled_steps, timed)
+                             for path, (timed, _, profiler) in runs.items()}
     return result, options.get("out")
 
 
