@@ -7,6 +7,7 @@ The notebook's two toy demonstrations (dropout on a tensor, Adam's L2 against Ad
 import importlib
 import io
 import logging
+import os
 from types import SimpleNamespace
 
 import pandas as pd
@@ -16,6 +17,7 @@ from torch import nn
 
 from data import DEBIAN_FASHION_MNIST
 from models import course, regularization
+from tests.cli_process import SERVER
 
 needs_fashion_mnist = pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
                                 reason=f"real Fashion-MNIST not found at {DEBIAN_FASHION_MNIST} "
@@ -26,6 +28,11 @@ needs_fashion_mnist = pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
 def runs(tmp_path_factory):
     """The six experiments, trained once per session: name -> (metrics, curves, final weights)."""
     root = tmp_path_factory.mktemp("regularization")
+    # Each run trains on one thread (regularization._quiet): two at a time, one a core, in processes forked from the
+    # tests' fork server (train.py's imports already done), so the six take half as long. The loop below then reads
+    # the finished runs back, as the notebook does (run() trains only what is missing).
+    with SERVER.Pool(min(2, os.cpu_count() or 1), maxtasksperchild=1) as pool:
+        pool.starmap(regularization.experiment, [(name, root) for name in regularization.EXPERIMENTS])
     results = {}
     for name in regularization.EXPERIMENTS:
         metrics, curves = regularization.experiment(name, root)
