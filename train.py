@@ -23,7 +23,7 @@ from models.checks import WholeSweepError, check_config, flatten, fraction_of_a_
 from models.cli import (check_overrides, check_syntax, claimed_run_dir, config_kept_on_failure, distributed_arguments,
                         flags_first, log, log_to_run_file, resume_arguments, trainer_arguments)
 from models.recipe import NonFiniteLossError, stopped_by, stopped_early
-from models.records import log_hparams_tab, logged_step, write_json, writes_reported
+from models.records import graph_written, log_hparams_tab, logged_step, write_json, writes_reported
 from models.runs import is_choice, load_checkpoint, reference_metrics
 from models.schedules import cut_short
 from models.sweeps import is_grid_sweep_job, mark_trial_failed, write_sweep_summary
@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict:
         log.warning(warning)  # the run's train.log
         rank_zero_only(print)(f"warning: {warning}", file=sys.stderr)  # and the console, where the run is watched
     # The official test split, once, on the best checkpoint.
+    graph_written(trainer)
     with fraction_of_a_batch_refused(), room_for(out):
         # (its path, as ckpt_path="best" would take, without the warning that three ModelCheckpoints draw)
         test = trainer.test(recipe, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, weights_only=True)[0]

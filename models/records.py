@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -97,6 +98,15 @@ def logged_step(trainer) -> int:
     end that is one less than `trainer.global_step`, which would put them a step later, and past the purge of a
     run resumed from the checkpoint written at that validation (TensorBoard's purge_step): lost for good."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def graph_written(trainer: L.Trainer) -> None:
+    """After fit: the network's graph (`+logger.log_graph=true`) is in TensorBoard. Lightning writes it at the start
+    of every stage, so trainer.test wrote a second, the same network traced again, which TensorBoard overwrites the
+    first with, warning "Found more than one graph event per run"."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger._log_graph = False  # (Lightning's switch, the argument log_graph)
 
 
 @rank_zero_only

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import train as train_module
 from data import UserInputError
@@ -545,6 +546,11 @@ def test_log_graph_writes_the_networks_graph_to_tensorboard(tmp_path):
     train_module.train(cfg)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert events.Tags()["graph"]
+    # Once: Lightning wrote it again at the test's start, a second graph TensorBoard overwrote the first with,
+    # warning "Found more than one graph event per run".
+    graphs = [event for file in (tmp_path / "tensorboard").glob("events.*")
+              for event in EventFileLoader(str(file)).Load() if event.HasField("graph_def")]
+    assert len(graphs) == 1
 
 
 def test_cli_unknown_choice_lists_the_options(tmp_path):
