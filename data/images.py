@@ -6,6 +6,7 @@ comes from Debian's `dataset-fashion-mnist` package, decompressed into torchvisi
 """
 import gzip
 import math
+import os
 import pickle
 import shutil
 import zlib
@@ -158,6 +159,31 @@ def random_affine(images: Tensor, degrees: float, translate: int, hflip: bool,
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def missing_from_debian(folder: Path) -> list[str]:
+    """The IDX files Debian's Fashion-MNIST package has and `folder` lacks."""
+    return [name for name in IDX_FILES
+            if (DEBIAN_FASHION_MNIST / f"{name}.gz").is_file() and not (folder / name).exists()]
+
+
+def copy_debian_fashion_mnist(folder: Path) -> None:
+    """Decompress into `folder` the files it lacks from Debian's package. One run at a time: two runs
+    starting on a new paths.data_dir (a parallel sweep, two terminals) wrote into the same NAME.part, the second
+    truncating the first's, and the first's rename then failed. The second now waits on a lock of the folder (Linux's
+    flock; the package is Debian's), then copies what is still missing: nothing."""
+    import fcntl
+
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        for name in missing_from_debian(folder):
+            part = folder / f"{name}.part"  # renamed when whole: an interrupted copy is redone
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            part.rename(folder / name)
+    finally:
+        os.close(handle)  # and the lock with it
+
+
 class ImageDataModule(SplitLoaders, L.LightningDataModule):
     task = "multiclass"
     kind = "images"  # what the network must read (its `reads`)
@@ -189,15 +215,9 @@ class ImageDataModule(SplitLoaders, L.LightningDataModule):
         if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
             # Debian recompressed them: the IDX inside is standard. Only the missing ones are copied: a read-only
             # data_dir that holds them all is fine.
-            copies = [name for name in IDX_FILES
-                      if (DEBIAN_FASHION_MNIST / f"{name}.gz").is_file() and not (folder / name).exists()]
-            if copies:
+            if missing_from_debian(folder):
                 make_folder("paths.data_dir", self.root, folder)
-            for name in copies:
-                part = folder / f"{name}.part"  # renamed when whole: an interrupted copy is redone
-                with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                part.rename(folder / name)
+                copy_debian_fashion_mnist(folder)
         train = self._open(train=True, download=self.download)
         test = self._open(train=False, download=False)  # checked now, not after training (read only by test)
         if train.data.shape[1:] != test.data.shape[1:]:  # the network would fail on the first test batch

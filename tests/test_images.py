@@ -1,6 +1,8 @@
 """Image datasets: the real torchvision loaders on files in the exact on-disk formats, batching, augmentation."""
 import gzip
 import pickle
+import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -11,6 +13,8 @@ import torch
 from data import DEBIAN_FASHION_MNIST, UserInputError
 from data.batches import TensorBatches, loader_args, split_indices
 from data.images import DATASETS, IDX_FILES, ImageDataModule, random_affine
+from tests.cli_process import SERVER
+from tests.conftest import pattern_images, write_idx
 
 
 def test_mnist_loader_reads_idx_files(mnist_dir):
@@ -315,6 +319,52 @@ def test_a_data_dir_where_the_copy_cannot_be_made_is_one_line(tmp_path, monkeypa
         with pytest.raises(UserInputError, match=r"^paths.data_dir=/proc/self: cannot make or write "
                                                  r"/proc/self/FashionMNIST/raw \(No such file or directory\)"):
             ImageDataModule("fashion_mnist", "/proc/self", download=False).prepare_data()
+
+
+def _prepare_fashion_mnist(debian: str, data_dir: str, pause: float) -> None:
+    """A run's prepare_data, in a process of its own, from the package copy `debian`; `pause`: seconds to hold its
+    first copy half-written, after saying so in DATA_DIR/started."""
+    import data.images
+
+    data.images.DEBIAN_FASHION_MNIST = Path(debian)
+    copy = shutil.copyfileobj
+    if pause:
+        def held(src, dst, *args):
+            shutil.copyfileobj = copy  # the first file only
+            dst.write(src.read(64))
+            dst.flush()
+            (Path(data_dir) / "started").touch()
+            time.sleep(pause)
+            copy(src, dst, *args)
+
+        shutil.copyfileobj = held
+    ImageDataModule("fashion_mnist", data_dir, download=False).prepare_data()
+
+
+def test_two_runs_filling_a_new_data_dir_from_the_debian_package_at_once_both_succeed(tmp_path):
+    # A parallel sweep, or two terminals, on a new paths.data_dir: both copied into the same NAME.part, the second
+    # truncating the first's file and renaming it away, and the first then failed (FileNotFoundError).
+    debian, files = tmp_path / "debian", {}
+    debian.mkdir()
+    for split, n in (("train", 60), ("t10k", 20)):
+        images, labels = pattern_images(n, 28, 1, seed=0)
+        for name, array in ((f"{split}-images-idx3-ubyte", images[..., 0]), (f"{split}-labels-idx1-ubyte", labels)):
+            write_idx(tmp_path / name, array)
+            files[name] = (tmp_path / name).read_bytes()
+            (debian / f"{name}.gz").write_bytes(gzip.compress(files[name]))
+    data = tmp_path / "data"
+    first = SERVER.Process(target=_prepare_fashion_mnist, args=(str(debian), str(data), 3.0))
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (data / "started").exists() and first.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = SERVER.Process(target=_prepare_fashion_mnist, args=(str(debian), str(data), 0.0))
+    second.start()
+    second.join(120)
+    first.join(120)
+    assert (first.exitcode, second.exitcode) == (0, 0)
+    raw = data / "FashionMNIST" / "raw"
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == files  # whole, and no NAME.part left
 
 
 def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
