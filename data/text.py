@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import urllib.request
+import uuid
 import warnings
 from pathlib import Path
 
@@ -184,11 +185,17 @@ class TextFileDataModule(CharDataModule):
             return
         try:
             with tempfile.TemporaryDirectory() as folder:  # nothing is made at data.path until the file arrived whole
-                downloaded, part = Path(folder) / self.path.name, self.path.with_name(self.path.name + ".part")
+                downloaded = Path(folder) / self.path.name
                 urllib.request.urlretrieve(self.url, downloaded)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(downloaded, part)
-                part.replace(self.path)  # renamed when complete: an interrupted copy is never read
+                # A part of this run's own: two runs downloading at once wrote into one NAME.part, and the second
+                # to finish found it renamed away (its error said the download failed).
+                part = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}.part")
+                try:
+                    shutil.copyfile(downloaded, part)
+                    part.replace(self.path)  # renamed when complete: an interrupted copy is never read
+                finally:
+                    part.unlink(missing_ok=True)
         except (OSError, ValueError) as err:  # ValueError: data.url is no URL
             shared = SHARED_DATASETS / self.path.name
             copy = (f"data.path={os.path.relpath(shared)}" if shared.is_file()

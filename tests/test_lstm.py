@@ -1,9 +1,11 @@
 """The LSTM: shapes, learning, the text pipeline (corpora, vocabulary, windows), generation from a checkpoint,
 packed sequences, and the row-by-row image classifier end to end."""
+import errno
 import importlib
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -376,6 +378,39 @@ def test_a_failed_download_names_the_file_and_leaves_no_folders(tmp_path, monkey
     folder.prepare_data()  # there, though no file: read() names it, nothing is downloaded over it
     with pytest.raises(UserInputError, match=f"data.path={tmp_path}: cannot read it"):
         folder.setup("fit")
+
+
+def test_two_runs_downloading_the_text_at_once_both_succeed(tmp_path, monkeypatch):
+    # Both copied the download into one NAME.part: the first to finish renamed it away, and the other's rename
+    # failed, reported as a failed download.
+    text = "to be, or not to be\n" * 500
+    monkeypatch.setattr("urllib.request.urlretrieve", lambda url, filename: Path(filename).write_text(text))
+    target, second = tmp_path / "tiny.txt", []
+
+    def interleaved(src, dst):  # the first run's copy is half written when a second run downloads and copies
+        whole = Path(src).read_bytes()
+        with open(dst, "wb") as out:
+            out.write(whole[:100])
+            out.flush()
+            if not second:
+                second.append(TextFileDataModule(str(target), url="https://x/t.txt"))
+                second[0].prepare_data()
+            out.write(whole[100:])
+        return dst
+
+    monkeypatch.setattr(shutil, "copyfile", interleaved)
+    TextFileDataModule(str(target), url="https://x/t.txt").prepare_data()
+    assert second and target.read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.txt"]  # no part left behind
+
+    def full_disk(src, dst):
+        Path(dst).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(UserInputError, match="No space left on device"):  # and a copy that failed leaves none
+        TextFileDataModule(str(tmp_path / "other.txt"), url="https://x/t.txt").prepare_data()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.txt"]
 
 
 def test_shakespeare_plays_become_plain_text_and_whole_plays_are_held_out():
