@@ -68,7 +68,8 @@ PY
 }
 compile_off() { [ ! -f "$work/compile_failed" ] || echo model.compile=false; }  # see env_step
 tests_step() {
-  "$py" -m pytest -v -rA -p no:cacheprovider tests/test_cuda.py  # -v: a test per line as it ends, kept if cut short
+  # -v: a test per line as it ends, kept if cut short; -o addopts: one process, and no pytest-xdist (not in the image)
+  "$py" -m pytest -v -rA -p no:cacheprovider -o addopts= tests/test_cuda.py
 }
 cnn_tta_step() {  # the CNN to 93% and 94% on Fashion-MNIST: the issue's <= 6 s target
   "$py" benchmarks/time_to_accuracy.py experiment=cnn_gpu "paths.data_dir=$data" 'targets=[0.93,0.94]' warmup=20 \
