@@ -10,15 +10,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def pytest_configure(config) -> None:
     """Under pytest-xdist (pyproject's addopts: two workers), one thread per worker and per process it starts, set
     before any test module imports torch. Two threads each on two cores ran many tests 2-4x slower than alone (the
-    suite: 12:24 against one process's 15:10 on the EPYC); one thread each: 4:05 against 6:17 on the Xeon."""
+    suite: 12:24 against one process's 15:10 on the EPYC); one thread each: 3:45-4:05 against 6:17 on the Xeon."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def make_config(*overrides: str, output_dir: Path | None = None) -> DictConfig:
