@@ -68,9 +68,9 @@ def end_window(device: torch.device, start: float, profiler: torch.profiler.prof
 def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: float | None = None,
                clip_algorithm: str = "norm", profiler: torch.profiler.profile | None = None) -> float:
     """The hand-written loop: the seconds `steps` optimizer steps take after `warmup` untimed ones. It does what
-    the recipe's step does (loss, L1 penalty, gradient clipping by norm or by value, optimizer, schedule; with
-    16-mixed, the gradient scaler Lightning adds) and nothing else. Its clock, like Lightning's, covers the making
-    of steps - 1 batches: the first timed one is made before it starts, and no batch after the last one."""
+    the recipe's step does (loss, label smoothing, L1 penalty, gradient clipping by norm or by value, optimizer,
+    schedule; with 16-mixed, the gradient scaler Lightning adds) and nothing else. Its clock, like Lightning's, covers
+    the making of steps - 1 batches: the first timed one is made before it starts, and no batch after the last one."""
     net, device, l1 = recipe.net, recipe.device, recipe.hparams.l1
     decayed = decayed_parameters(net)
     config = recipe.configure_optimizers()
@@ -87,7 +87,8 @@ def plain_loop(recipe, loader, steps: int, warmup: int, precision: str, clip: fl
             # as Lightning does with each batch (nothing to do for a dataset already on the device)
             inputs, targets = [x.to(device, non_blocking=True) for x in inputs], targets.to(device, non_blocking=True)
             with forward:
-                loss = recipe.loss(net(*inputs), targets)[0]
+                logits = net(*inputs)
+                loss = recipe.smoothed(recipe.loss(logits, targets)[0], logits)
             if l1:
                 loss = loss + l1 * sum(p.abs().sum() for p in decayed)
             optimizer.zero_grad(set_to_none=True)

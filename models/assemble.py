@@ -54,7 +54,8 @@ def build_recipe(cfg: DictConfig, datamodule: L.LightningDataModule) -> Recipe:
     if cfg.model.compile:  # true: torch.compile's default mode; or a mode's name (models/checks.py, COMPILE_MODES)
         net.compile(mode=None if cfg.model.compile is True else cfg.model.compile)
     return Recipe(net, task=datamodule.task, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay,
-                  l1=cfg.model.l1, optimizer=OmegaConf.to_container(cfg.optimizer),
+                  l1=cfg.model.l1, label_smoothing=cfg.model.get("label_smoothing", 0.0),
+                  optimizer=OmegaConf.to_container(cfg.optimizer),
                   scheduler=OmegaConf.to_container(cfg.scheduler),
                   net_kwargs=datamodule.net_kwargs,
                   channels_last=cfg.model.get("channels_last", False),

@@ -140,6 +140,7 @@ def check_sweep(cfg: DictConfig) -> None:
 # value (top_k: null = no cut). Keys a run's config lacks (another data module's) are skipped.
 NUMBERS = {
     "model.lr": dict(least=0, inclusive=False), "model.weight_decay": dict(least=0), "model.l1": dict(least=0),
+    "model.label_smoothing": dict(least=0, most=1, most_inclusive=False),  # 1 would leave no trace of the targets
     "model.net.dropout": dict(least=0, most=1, most_inclusive=False),  # 1 would zero every activation
     "data.batch_size": dict(least=1, whole=True), "data.eval_batch_size": dict(least=1, whole=True),
     "data.hash_buckets": dict(least=1, whole=True), "data.min_count": dict(least=0, whole=True),
@@ -405,7 +406,7 @@ def check_schedule_keys(scheduler: DictConfig, name: str) -> None:
 KNOWN_KEYS = {
     "": ("seed", "keep_freed_memory", "float32_matmul_precision", "ckpt_path", "trainer", "callbacks", "logger",
          "paths", "model", "data", "optimizer", "scheduler", "monitor"),
-    "model": ("net", "lr", "weight_decay", "l1", "compile", "channels_last"),
+    "model": ("net", "lr", "weight_decay", "l1", "label_smoothing", "compile", "channels_last"),
     "monitor": ("metric", "mode"),
     "paths": ("root_dir", "data_dir", "log_dir", "output_dir"),
 }

@@ -1,5 +1,5 @@
 """The one training recipe every redes network goes through: loss, metrics, optimizer, schedule, L1 and weight
-decay (AdamW's decoupled decay; an L2 term in the gradient under SGD, Adam and RMSprop).
+decay (AdamW's decoupled decay; an L2 term in the gradient under SGD, Adam and RMSprop), label smoothing.
 
 The network is a plain `nn.Module` returning logits; the task comes from the data:
   binary      one logit per row        -> sigmoid + binary cross-entropy   metrics: auroc, acc
@@ -192,7 +192,8 @@ def epoch_metric_names(task: str, stage: str) -> list[str]:
 
 class Recipe(L.LightningModule):
     def __init__(self, net: nn.Module, task: str, lr: float, optimizer: dict, scheduler: dict,
-                 weight_decay: float = 0.0, l1: float = 0.0, net_kwargs: dict | None = None,
+                 weight_decay: float = 0.0, l1: float = 0.0, label_smoothing: float = 0.0,
+                 net_kwargs: dict | None = None,
                  channels_last: bool = False, config: dict | None = None) -> None:
         super().__init__()
         if task not in TASKS:
@@ -248,12 +249,29 @@ class Recipe(L.LightningModule):
         logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (B*T, classes), (B*T,)
         return F.cross_entropy(logits, targets), logits, targets
 
-    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+    def smoothed(self, loss: Tensor, logits: Tensor) -> Tensor:
+        """The training loss with label smoothing ε (model.label_smoothing): the cross-entropy against targets that
+        keep 1 - ε on the true class and spread ε evenly over all of them (ε/2 on each side of a binary one), i.e.
+        (1 - ε) x `loss` + ε x the loss against the even spread. It stops the logits growing without bound to make
+        a training example certain. Validation and test losses stay the plain ones."""
+        eps = self.hparams.label_smoothing
+        if not eps:
+            return loss
+        logits = logits.float()
+        if self.hparams.task == "binary":  # against a target of 0.5: -(log p + log(1 - p)) / 2
+            even = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 0.5))
+        else:  # the mean over the classes of -log p, averaged over the items
+            even = -F.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1).mean()
+        return (1 - eps) * loss + eps * even
+
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> tuple[Tensor, Tensor]:
+        """(the batch's mean loss, its logits), the stage's metrics updated."""
         *inputs, targets = batch
-        loss, preds, flat_targets = self.loss(self.net(*inputs), targets)
+        logits = self.net(*inputs)
+        loss, preds, flat_targets = self.loss(logits, targets)
         self.losses[f"{stage}_"].update(loss.detach(), flat_targets.numel())
         self.metrics[f"{stage}_"].update(preds.detach(), flat_targets)
-        return loss
+        return loss, logits
 
     def _logging_step(self, batch_idx: int) -> tuple[bool, bool]:
         """(whether Lightning sends this step's on_step values to the loggers, whether every DDP process does so too:
@@ -271,7 +289,7 @@ class Recipe(L.LightningModule):
             self.trainer, within=2 * (now - before) if before is not None else 0.0), every_rank
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss, logits = self._step(batch, "train")
         self._step_losses.append(loss.detach())  # with trainer.accumulate_grad_batches, the step's batches so far
         self._log_now, every_rank = self._logging_step(batch_idx)  # (_log_now: also read by on_before_optimizer_step)
         if self._log_now:  # Lightning sends the value logged at the step's last batch: the mean its gradient follows
@@ -280,8 +298,9 @@ class Recipe(L.LightningModule):
                 # (a collective only where every process calls it: not at a step one process's clock picked)
                 loss_step = self.trainer.strategy.reduce(loss_step, reduce_op="mean")
             self.log("train/loss_step", loss_step, on_step=True, on_epoch=False)
-        # L1: a constant pull to zero (sparsity; with gradient steps weights end near 0, not at it). Added after
-        # logging: train/loss is the data's loss, comparable across runs with and without the penalty.
+        # Label smoothing and L1 (a constant pull to zero: sparsity; with gradient steps weights end near 0, not at it)
+        # come after logging: train/loss is the data's loss, comparable across runs with and without them.
+        loss = self.smoothed(loss, logits)
         if self.hparams.l1:
             loss = loss + self.hparams.l1 * sum(p.abs().sum() for p in decayed_parameters(self.net))
         self._record_non_finite(loss)

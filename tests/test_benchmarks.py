@@ -126,16 +126,18 @@ def test_the_plain_loop_runs_the_memory_layout_the_lightning_path_ran(channels_l
 
 
 @pytest.mark.parametrize("overrides", [
-    [*SMALL_DNN, "model.l1=1e-4"],  # 11 batches an epoch: the 14 steps cross into the second epoch
+    [*SMALL_DNN, "model.l1=1e-4", "model.label_smoothing=0.1"],  # 11 batches an epoch: 14 steps cross into a second
     ["model=lstm", "data=text", "model.net.hidden_size=32", "model.net.embedding_dim=16", "data.seq_len=16",
-     "data.batch_size=16", "data.path={text}", "trainer.gradient_clip_val=0.05"],  # a clip the gradients exceed
+     "data.batch_size=16", "data.path={text}", "trainer.gradient_clip_val=0.05",  # a clip the gradients exceed
+     "model.label_smoothing=0.1"],
     ["model=lstm", "data=text", "model.net.hidden_size=32", "model.net.embedding_dim=16", "data.seq_len=16",
      "data.batch_size=16", "data.path={text}", "trainer.gradient_clip_val=0.01",
      "+trainer.gradient_clip_algorithm=value"],  # by value: each gradient entry within ±0.01
 ])
 def test_the_plain_loop_takes_the_same_steps_as_the_lightning_path(overrides, monkeypatch, tmp_path):
-    # What makes the ratio fair: the same network, batches, loss, L1, clipping, optimizer and schedule. Without
-    # dropout (whose masks each path would draw at its own point of the RNG stream) both end on the same weights.
+    # What makes the ratio fair: the same network, batches, loss, label smoothing, L1, clipping, optimizer and
+    # schedule. Without dropout (whose masks each path would draw at its own point of the RNG stream) both end on the
+    # same weights.
     text = tmp_path / "corpus.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 40)
     cfg = make_config(*(o.format(text=text) for o in overrides), "model.net.dropout=0",

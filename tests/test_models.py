@@ -187,6 +187,37 @@ def test_l1_adds_its_pull_to_the_step_but_train_loss_is_the_datas_loss():
     assert torch.allclose(net.bias, bias - 0.1 * bias_gradient, atol=1e-6)  # the data's gradient alone
 
 
+@pytest.mark.parametrize("task, classes", [("multiclass", 3), ("binary", 1)])
+def test_label_smoothing_trains_on_the_smoothed_targets_but_train_loss_is_the_datas_loss(task, classes):
+    import lightning as L
+    import torch.nn.functional as F
+
+    from data.batches import TensorBatches
+
+    torch.manual_seed(0)
+    net, x = torch.nn.Linear(4, classes), torch.randn(64, 4)
+    y = torch.randint(0, 3, (64,)) if task == "multiclass" else torch.randint(0, 2, (64,)).float()
+    weight, bias = (p.detach().clone().requires_grad_() for p in (net.weight, net.bias))
+    logits = F.linear(x, weight, bias)
+    if task == "multiclass":  # torch's own label smoothing, and the plain loss
+        smoothed, data_loss = F.cross_entropy(logits, y, label_smoothing=0.2), F.cross_entropy(logits, y)
+    else:  # the binary targets 0 and 1 smoothed to 0.1 and 0.9
+        smoothed = F.binary_cross_entropy_with_logits(logits.squeeze(1), y * 0.8 + 0.1)
+        data_loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), y)
+    gradient, bias_gradient = torch.autograd.grad(smoothed, (weight, bias), retain_graph=True)
+    data_gradient = torch.autograd.grad(data_loss, weight)[0]
+    assert (gradient - data_gradient).abs().max() > 1e-3  # steps ~1e-4 apart: the check below tells them apart
+    recipe = Recipe(net, task=task, lr=0.1, label_smoothing=0.2, optimizer={"name": "sgd", "momentum": 0.0,
+                    "nesterov": False}, scheduler={"name": "none"}, net_kwargs={"num_classes": classes})
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(recipe, TensorBatches(x, y.long(), batch_size=64))
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(data_loss.item(), rel=1e-5)
+    # one plain SGD step down the smoothed loss's gradient
+    assert torch.allclose(net.weight, weight - 0.1 * gradient, atol=1e-6)
+    assert torch.allclose(net.bias, bias - 0.1 * bias_gradient, atol=1e-6)
+
+
 def test_the_logged_gradient_norm_is_the_norm_of_all_gradients_together():
     net = torch.nn.Linear(2, 1)
     net.weight.grad, net.bias.grad = torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])  # norms 3 and 4

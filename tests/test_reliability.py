@@ -633,6 +633,7 @@ def test_a_finished_run_is_never_overwritten(mnist_dir, tmp_path):
     ("model.net.widths=[32.5]", "model.net.widths=[32.5] has the wrong type: ConvNet takes tuple[int, ...]"),
     ("model.net.batch_norm=abc", "model.net.batch_norm='abc' has the wrong type: ConvNet takes bool"),  # was true
     ("model.net.dropout=1.0", "model.net.dropout=1.0: give a number >= 0 and < 1"),
+    ("model.label_smoothing=1", "model.label_smoothing=1: give a number >= 0 and < 1"),  # no trace of the targets
     ("model.weight_decay=null", "model.weight_decay=None: give a number >= 0"),
     ("model.compile=abc", "model.compile='abc': give true or false, or a torch.compile mode (default, reduce-overhead, "
      "max-autotune, max-autotune-no-cudagraphs)"),

@@ -186,16 +186,18 @@ def test_channels_last_is_set_before_the_strategy_wraps_the_network(channels_las
 
 
 def test_the_command_lines_penalties_rate_and_optimizer_are_what_the_recipe_trains_with(mnist_dir, tmp_path):
-    # The recipe's own tests give it weight_decay and l1 directly: here they come from the config, as a run gets them.
+    # The recipe's own tests give it weight_decay, l1 and label_smoothing directly: here they come from the config, as
+    # a run gets them.
     from models.assemble import build
 
     cfg = mnist_config(mnist_dir, tmp_path, "model.weight_decay=0.05", "model.l1=0.001", "model.lr=0.02",
-                       "optimizer=sgd", "optimizer.momentum=0.5", "scheduler=none")
+                       "model.label_smoothing=0.1", "optimizer=sgd", "optimizer.momentum=0.5", "scheduler=none")
     _, recipe = build(cfg)
     optimizer = recipe.configure_optimizers()
     decayed, free = optimizer.param_groups
     assert type(optimizer) is torch.optim.SGD and (decayed["weight_decay"], free["weight_decay"]) == (0.05, 0.0)
-    assert (decayed["lr"], decayed["momentum"], recipe.hparams.l1) == (0.02, 0.5, 0.001)
+    assert (decayed["lr"], decayed["momentum"], recipe.hparams.l1, recipe.hparams.label_smoothing) == (
+        0.02, 0.5, 0.001, 0.1)
 
 
 def test_early_stopping_stops_when_validation_stalls(mnist_dir, tmp_path):
